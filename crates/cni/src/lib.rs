@@ -1,0 +1,1 @@
+//! CNI spec types, versions, errors, env and config parsing.

@@ -1,0 +1,118 @@
+use std::path::Path;
+
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
+};
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+
+use crate::{netns, Error, Result};
+
+/// A route-netlink socket bound to one network namespace.
+#[derive(Debug)]
+pub struct Handle {
+    socket: Socket,
+    seq: u32,
+}
+
+impl Handle {
+    /// Opens a handle in the calling thread's network namespace.
+    pub fn new() -> Result<Self> {
+        let mut socket = Socket::new(NETLINK_ROUTE)?;
+        socket.bind_auto()?;
+        socket.connect(&SocketAddr::new(0, 0))?;
+        // Extended acks make kernel errors carry their reason; harmless if
+        // unsupported.
+        let _ = socket.set_ext_ack(true);
+        Ok(Handle { socket, seq: 0 })
+    }
+
+    /// Opens a handle inside the network namespace at `path` (for example
+    /// `/run/netns/x`). The socket stays bound to that namespace, so the
+    /// handle can be used from any thread afterwards.
+    pub fn in_netns(path: &Path) -> Result<Self> {
+        netns::run_in(path, Handle::new)?
+    }
+
+    fn next_seq(&mut self) -> u32 {
+        self.seq = self.seq.wrapping_add(1);
+        self.seq
+    }
+
+    fn send(&mut self, msg: RouteNetlinkMessage, flags: u16) -> Result<u32> {
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | flags;
+        let seq = self.next_seq();
+        header.sequence_number = seq;
+        let mut packet = NetlinkMessage::new(header, NetlinkPayload::from(msg));
+        packet.finalize();
+        let mut buf = vec![0u8; packet.buffer_len()];
+        packet.serialize(&mut buf);
+        self.socket.send(&buf, 0)?;
+        Ok(seq)
+    }
+
+    /// Sends a request that expects an ACK; `op` names it in errors.
+    pub(crate) fn request(&mut self, op: &str, msg: RouteNetlinkMessage, flags: u16) -> Result<()> {
+        let seq = self.send(msg, flags | NLM_F_ACK)?;
+        loop {
+            let (buf, _) = self.socket.recv_from_full()?;
+            let mut offset = 0;
+            while offset < buf.len() {
+                let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[offset..])
+                    .map_err(|e| Error::Decode(e.to_string()))?;
+                let len = msg.header.length as usize;
+                if msg.header.sequence_number == seq {
+                    if let NetlinkPayload::Error(err) = msg.payload {
+                        return match err.code {
+                            None => Ok(()),
+                            Some(code) => Err(Error::Kernel {
+                                op: op.to_string(),
+                                source: nix::errno::Errno::from_raw(-code.get()),
+                            }),
+                        };
+                    }
+                }
+                if len == 0 {
+                    break;
+                }
+                offset += len;
+            }
+        }
+    }
+
+    /// Sends a dump request and collects every answer.
+    pub(crate) fn dump(&mut self, op: &str, msg: RouteNetlinkMessage) -> Result<Vec<RouteNetlinkMessage>> {
+        let seq = self.send(msg, NLM_F_DUMP)?;
+        let mut out = Vec::new();
+        loop {
+            let (buf, _) = self.socket.recv_from_full()?;
+            let mut offset = 0;
+            while offset < buf.len() {
+                let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[offset..])
+                    .map_err(|e| Error::Decode(e.to_string()))?;
+                let len = msg.header.length as usize;
+                if msg.header.sequence_number == seq {
+                    match msg.payload {
+                        NetlinkPayload::Done(_) => return Ok(out),
+                        NetlinkPayload::Error(err) => {
+                            if let Some(code) = err.code {
+                                return Err(Error::Kernel {
+                                    op: op.to_string(),
+                                    source: nix::errno::Errno::from_raw(-code.get()),
+                                });
+                            }
+                            return Ok(out);
+                        }
+                        NetlinkPayload::InnerMessage(inner) => out.push(inner),
+                        _ => {}
+                    }
+                }
+                if len == 0 {
+                    break;
+                }
+                offset += len;
+            }
+        }
+    }
+}

@@ -1,0 +1,28 @@
+//! A small, synchronous, typed wrapper over rtnetlink (`netlink-packet-route`
+//! on a blocking `netlink-sys` socket).
+//!
+//! Why our own: the CNI plugin runs once per pod and must stay synchronous and
+//! small (no async runtime), and the agent drives several network namespaces
+//! from plain threads. A [`Handle`] is bound to the network namespace it was
+//! opened in (the "two-socket trick": open one inside the target netns, then
+//! drive it from any thread).
+
+mod error;
+mod handle;
+mod link;
+mod addr;
+mod route;
+mod rule;
+mod neigh;
+pub mod netns;
+pub mod sysctl;
+
+pub use error::{Error, Result};
+pub use handle::Handle;
+pub use link::{Link, MacAddr, VethSpec};
+pub use route::{Route, RouteKind, RouteScope};
+pub use rule::Rule;
+pub use neigh::Neighbour;
+
+/// The main routing table.
+pub const TABLE_MAIN: u32 = 254;

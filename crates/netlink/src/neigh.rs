@@ -1,0 +1,80 @@
+use std::net::Ipv4Addr;
+
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_REPLACE};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
+};
+use netlink_packet_route::route::RouteType;
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+
+use crate::{Handle, MacAddr, Result};
+
+/// A permanent IPv4 neighbour entry (`ip neigh ... nud permanent`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Neighbour {
+    pub ifindex: u32,
+    pub ip: Ipv4Addr,
+    pub mac: MacAddr,
+}
+
+impl Neighbour {
+    fn to_message(&self) -> NeighbourMessage {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        msg.header.ifindex = self.ifindex;
+        msg.header.state = NeighbourState::Permanent;
+        msg.header.kind = RouteType::Unicast;
+        msg.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(self.ip)));
+        msg.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(self.mac.0.to_vec()));
+        msg
+    }
+}
+
+impl Handle {
+    /// Adds or replaces a permanent neighbour entry.
+    pub fn replace_neighbour(&mut self, n: &Neighbour) -> Result<()> {
+        self.request(
+            &format!("add neighbour {} lladdr {}", n.ip, n.mac),
+            RouteNetlinkMessage::NewNeighbour(n.to_message()),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+    }
+
+    /// Deletes a neighbour entry.
+    pub fn delete_neighbour(&mut self, n: &Neighbour) -> Result<()> {
+        self.request(
+            &format!("delete neighbour {}", n.ip),
+            RouteNetlinkMessage::DelNeighbour(n.to_message()),
+            0,
+        )
+    }
+
+    /// Permanent IPv4 neighbour entries.
+    pub fn permanent_neighbours(&mut self) -> Result<Vec<Neighbour>> {
+        let mut req = NeighbourMessage::default();
+        req.header.family = AddressFamily::Inet;
+        let msgs = self.dump("list neighbours", RouteNetlinkMessage::GetNeighbour(req))?;
+        let mut out = Vec::new();
+        for m in msgs {
+            if let RouteNetlinkMessage::NewNeighbour(n) = m {
+                if n.header.state != NeighbourState::Permanent {
+                    continue;
+                }
+                let ip = n.attributes.iter().find_map(|a| match a {
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
+                    _ => None,
+                });
+                let mac = n.attributes.iter().find_map(|a| match a {
+                    NeighbourAttribute::LinkLayerAddress(v) => <[u8; 6]>::try_from(v.as_slice()).ok(),
+                    _ => None,
+                });
+                if let (Some(ip), Some(mac)) = (ip, mac) {
+                    out.push(Neighbour { ifindex: n.header.ifindex, ip, mac: MacAddr(mac) });
+                }
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,92 @@
+use std::net::IpAddr;
+
+use ipnet::Ipv4Net;
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
+use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+
+use crate::{Handle, Result};
+
+/// An IPv4 policy-routing rule: `priority: from <src> to <dst> lookup <table>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub priority: u32,
+    pub src: Option<Ipv4Net>,
+    pub dst: Option<Ipv4Net>,
+    pub table: u32,
+}
+
+impl Rule {
+    fn to_message(&self) -> RuleMessage {
+        let mut msg = RuleMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        msg.header.action = RuleAction::ToTable;
+        msg.header.table = if self.table < 256 { self.table as u8 } else { 252 };
+        msg.attributes.push(RuleAttribute::Table(self.table));
+        msg.attributes.push(RuleAttribute::Priority(self.priority));
+        if let Some(src) = self.src {
+            msg.header.src_len = src.prefix_len();
+            msg.attributes.push(RuleAttribute::Source(IpAddr::V4(src.network())));
+        }
+        if let Some(dst) = self.dst {
+            msg.header.dst_len = dst.prefix_len();
+            msg.attributes.push(RuleAttribute::Destination(IpAddr::V4(dst.network())));
+        }
+        msg
+    }
+
+    fn from_message(msg: &RuleMessage) -> Option<Rule> {
+        if msg.header.family != AddressFamily::Inet {
+            return None;
+        }
+        let mut rule = Rule { priority: 0, src: None, dst: None, table: u32::from(msg.header.table) };
+        for attr in &msg.attributes {
+            match attr {
+                RuleAttribute::Priority(p) => rule.priority = *p,
+                RuleAttribute::Table(t) => rule.table = *t,
+                RuleAttribute::Source(IpAddr::V4(a)) => {
+                    rule.src = Ipv4Net::new(*a, msg.header.src_len).ok()
+                }
+                RuleAttribute::Destination(IpAddr::V4(a)) => {
+                    rule.dst = Ipv4Net::new(*a, msg.header.dst_len).ok()
+                }
+                _ => {}
+            }
+        }
+        Some(rule)
+    }
+}
+
+impl Handle {
+    /// Adds a rule; EEXIST if an identical rule exists.
+    pub fn add_rule(&mut self, rule: &Rule) -> Result<()> {
+        self.request(
+            &format!("add rule {rule:?}"),
+            RouteNetlinkMessage::NewRule(rule.to_message()),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+    }
+
+    /// Deletes a rule.
+    pub fn delete_rule(&mut self, rule: &Rule) -> Result<()> {
+        self.request(
+            &format!("delete rule {rule:?}"),
+            RouteNetlinkMessage::DelRule(rule.to_message()),
+            0,
+        )
+    }
+
+    /// IPv4 rules.
+    pub fn rules(&mut self) -> Result<Vec<Rule>> {
+        let mut req = RuleMessage::default();
+        req.header.family = AddressFamily::Inet;
+        let msgs = self.dump("list rules", RouteNetlinkMessage::GetRule(req))?;
+        Ok(msgs
+            .iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewRule(r) => Rule::from_message(r),
+                _ => None,
+            })
+            .collect())
+    }
+}
