@@ -1,1 +1,29 @@
-//! EC2 Query API + IMDSv2 client and the instance limits table.
+//! The cloud side of a node: the EC2 Query API (SigV4-signed, form-encoded
+//! POSTs, XML answers) and IMDSv2, plus the instance-type network limits.
+//!
+//! The same client runs on AWS and in the lab; only the endpoints differ.
+
+pub mod ec2;
+pub mod http;
+pub mod imds;
+pub mod limits;
+pub mod sigv4;
+
+pub use ec2::{Ec2Client, Ec2Error, NetworkInterface};
+pub use imds::{Imds, ImdsError};
+pub use limits::{InstanceLimits, LimitsTable};
+
+/// Access key, secret and optional session token.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub session_token: Option<String>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the secret.
+        f.debug_struct("Credentials").field("access_key_id", &self.access_key_id).finish_non_exhaustive()
+    }
+}

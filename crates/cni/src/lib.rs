@@ -1,1 +1,19 @@
-//! CNI spec types, versions, errors, env and config parsing.
+//! The CNI specification (0.3.0 … 1.1.0) as podwire speaks it: versions,
+//! the error object and its codes, the `CNI_*` environment, the network
+//! configuration the runtime pipes in, and the ADD result with its
+//! conversion to every supported version.
+//!
+//! Nothing here touches the kernel or the agent, so all of it is unit-tested
+//! without root.
+
+pub mod config;
+pub mod env;
+pub mod error;
+pub mod result;
+pub mod version;
+
+pub use config::{Attachment, NetConf};
+pub use env::{Command, Invocation};
+pub use error::{CniError, Code};
+pub use result::{CniResult, Interface, IpConfig, RouteEntry};
+pub use version::Version;

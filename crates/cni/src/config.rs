@@ -1,0 +1,226 @@
+//! The network configuration a runtime writes to the plugin's stdin.
+
+use std::path::PathBuf;
+
+use serde_json::{Map, Value};
+
+use crate::{CniError, CniResult, Code, Version};
+
+/// Where pods get their addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Secondary IPs of the node's ENIs (the Amazon VPC CNI model).
+    Vpc,
+    /// Blocks of a separate pod CIDR over VXLAN (the Calico model).
+    Overlay,
+}
+
+/// One `(containerID, ifname)` pair from a GC request.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+pub struct Attachment {
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    pub ifname: String,
+}
+
+pub const DEFAULT_AGENT_SOCKET: &str = "/run/podwire/agent.sock";
+
+/// A validated podwire network configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetConf {
+    pub cni_version: Version,
+    pub name: String,
+    pub plugin_type: String,
+    pub mode: Mode,
+    pub agent_socket: PathBuf,
+    pub mtu: Option<u32>,
+    pub veth_prefix: Option<String>,
+    pub prev_result: Option<CniResult>,
+    /// GC: the attachments that are still valid.
+    pub valid_attachments: Option<Vec<Attachment>>,
+}
+
+/// Keys the spec defines or reserves; runtimes may pass any of them.
+const SPEC_KEYS: &[&str] = &[
+    "cniVersion",
+    "cniVersions",
+    "name",
+    "type",
+    "capabilities",
+    "runtimeConfig",
+    "args",
+    "prevResult",
+    "dns",
+    "disableCheck",
+    "disableGC",
+    "loadOnlyInlinedPlugins",
+];
+const PODWIRE_KEYS: &[&str] = &["mode", "agentSocket", "mtu", "vethPrefix"];
+
+fn bad(msg: String) -> CniError {
+    CniError::new(Code::InvalidConfig, msg)
+}
+
+/// Network names: `^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$`.
+pub fn valid_network_name(name: &str) -> bool {
+    crate::env::valid_container_id(name)
+}
+
+/// Reads just the `cniVersion` (for VERSION, whose stdin may carry nothing
+/// else). Missing → the latest.
+pub fn requested_version(stdin: &[u8]) -> Result<String, CniError> {
+    if stdin.iter().all(|b| b.is_ascii_whitespace()) {
+        return Ok(Version::LATEST.to_string());
+    }
+    let v: Value = serde_json::from_slice(stdin)
+        .map_err(|e| CniError::new(Code::Decode, format!("config is not JSON: {e}")))?;
+    Ok(v.get("cniVersion")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| Version::LATEST.to_string()))
+}
+
+impl NetConf {
+    /// Parses and validates the config from stdin bytes.
+    pub fn parse(stdin: &[u8]) -> Result<NetConf, CniError> {
+        let value: Value = serde_json::from_slice(stdin)
+            .map_err(|e| CniError::new(Code::Decode, format!("network config is not valid JSON: {e}")))?;
+        let Value::Object(obj) = value else {
+            return Err(CniError::new(Code::Decode, "network config is not a JSON object"));
+        };
+        let str_field = |obj: &Map<String, Value>, k: &str| -> Result<Option<String>, CniError> {
+            match obj.get(k) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s.clone())),
+                Some(_) => Err(bad(format!("field {k:?} must be a string"))),
+            }
+        };
+        let version_raw = str_field(&obj, "cniVersion")?
+            .ok_or_else(|| bad("required field \"cniVersion\" is missing".into()))?;
+        let cni_version: Version = version_raw.parse()?;
+        let name = str_field(&obj, "name")?
+            .ok_or_else(|| bad("required field \"name\" is missing".into()))?;
+        if !valid_network_name(&name) {
+            return Err(bad(format!("network name {name:?} must match ^[a-zA-Z0-9][a-zA-Z0-9_.\\-]*$")));
+        }
+        let plugin_type = str_field(&obj, "type")?
+            .ok_or_else(|| bad("required field \"type\" is missing".into()))?;
+
+        for (k, v) in &obj {
+            let known = SPEC_KEYS.contains(&k.as_str())
+                || PODWIRE_KEYS.contains(&k.as_str())
+                || k.starts_with("cni.dev/");
+            if !known {
+                return Err(CniError::new(
+                    Code::UnsupportedField,
+                    format!("unsupported field {k:?} (value {v}) in network config; podwire accepts {}", PODWIRE_KEYS.join(", ")),
+                ));
+            }
+        }
+
+        let mode = match str_field(&obj, "mode")?.as_deref() {
+            None | Some("vpc") => Mode::Vpc,
+            Some("overlay") => Mode::Overlay,
+            Some(other) => return Err(bad(format!("mode {other:?} must be \"vpc\" or \"overlay\""))),
+        };
+        let agent_socket = str_field(&obj, "agentSocket")?
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_AGENT_SOCKET));
+        if !agent_socket.is_absolute() {
+            return Err(bad(format!("agentSocket {:?} must be an absolute path", agent_socket)));
+        }
+        let mtu = match obj.get("mtu") {
+            None | Some(Value::Null) => None,
+            Some(v) => match v.as_u64() {
+                Some(m) if (576..=9001).contains(&m) => Some(m as u32),
+                _ => return Err(bad(format!("mtu {v} must be a number from 576 to 9001"))),
+            },
+        };
+        let veth_prefix = str_field(&obj, "vethPrefix")?;
+        if let Some(p) = &veth_prefix {
+            // The name is prefix + 11 hex digits and must fit 15 bytes.
+            if p.is_empty() || p.len() > 4 || !p.chars().all(|c| c.is_ascii_alphanumeric()) {
+                return Err(bad(format!("vethPrefix {p:?} must be 1-4 letters or digits")));
+            }
+            if ["eth", "lo", "vlan"].contains(&p.as_str()) {
+                return Err(bad(format!("vethPrefix {p:?} is reserved")));
+            }
+        }
+        let prev_result = match obj.get("prevResult") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(CniResult::from_value(v)?),
+        };
+        // GC: the renamed key first, the spec-1.1.0 tag's key as a fallback.
+        let valid_attachments = match obj
+            .get("cni.dev/valid-attachments")
+            .or_else(|| obj.get("cni.dev/attachments"))
+        {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(serde_json::from_value(v.clone()).map_err(|e| {
+                CniError::new(Code::Decode, format!("cni.dev/valid-attachments: {e}"))
+            })?),
+        };
+        Ok(NetConf {
+            cni_version,
+            name,
+            plugin_type,
+            mode,
+            agent_socket,
+            mtu,
+            veth_prefix,
+            prev_result,
+            valid_attachments,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<NetConf, CniError> {
+        NetConf::parse(s.as_bytes())
+    }
+
+    #[test]
+    fn minimal_and_full() {
+        let c = parse(r#"{"cniVersion":"1.0.0","name":"pw","type":"podwire"}"#).expect("ok");
+        assert_eq!(c.mode, Mode::Vpc);
+        assert_eq!(c.agent_socket, PathBuf::from(DEFAULT_AGENT_SOCKET));
+        let c = parse(r#"{"cniVersion":"0.3.1","name":"pw","type":"podwire","mode":"overlay","mtu":8951,"vethPrefix":"cali","agentSocket":"/x.sock","dns":{}}"#).expect("ok");
+        assert_eq!((c.mode, c.mtu, c.veth_prefix.as_deref()), (Mode::Overlay, Some(8951), Some("cali")));
+    }
+
+    #[test]
+    fn codes() {
+        let cases = [
+            ("{not json", 6),
+            ("[1]", 6),
+            (r#"{"name":"pw","type":"podwire"}"#, 7),
+            (r#"{"cniVersion":"1.0.0","type":"podwire"}"#, 7),
+            (r#"{"cniVersion":"1.0.0","name":"pw"}"#, 7),
+            (r#"{"cniVersion":"1.0.0","name":"-pw","type":"podwire"}"#, 7),
+            (r#"{"cniVersion":"9.9.9","name":"pw","type":"podwire"}"#, 1),
+            (r#"{"cniVersion":"1.0.0","name":"pw","type":"podwire","bogus":1}"#, 2),
+            (r#"{"cniVersion":"1.0.0","name":"pw","type":"podwire","ipam":{"type":"host-local"}}"#, 2),
+            (r#"{"cniVersion":"1.0.0","name":"pw","type":"podwire","mtu":70000}"#, 7),
+            (r#"{"cniVersion":"1.0.0","name":"pw","type":"podwire","mode":"bridge"}"#, 7),
+            (r#"{"cniVersion":"1.0.0","name":"pw","type":"podwire","vethPrefix":"toolong"}"#, 7),
+        ];
+        for (input, code) in cases {
+            let e = parse(input).expect_err(input);
+            assert_eq!(e.code, code, "{input}: {}", e.msg);
+        }
+        let e = parse(r#"{"cniVersion":"1.0.0","name":"pw","type":"podwire","bogus":1}"#).expect_err("2");
+        assert!(e.msg.contains("bogus"));
+    }
+
+    #[test]
+    fn gc_accepts_both_attachment_keys() {
+        for key in ["cni.dev/valid-attachments", "cni.dev/attachments"] {
+            let s = format!(r#"{{"cniVersion":"1.1.0","name":"pw","type":"podwire","{key}":[{{"containerID":"a","ifname":"eth0"}}]}}"#);
+            let c = parse(&s).expect(key);
+            assert_eq!(c.valid_attachments.expect("list")[0].container_id, "a");
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! vpc mode: a pod's address is a secondary IP of one of the node's ENIs.
+//!
+//! Pod side: `<ip>/32` on the interface, `169.254.1.1 dev eth0 scope link`,
+//! `default via 169.254.1.1`, and a permanent neighbour entry for
+//! 169.254.1.1 pointing at the host veth's MAC (no proxy ARP, nothing owns
+//! that address). Node side: the `eni…` veth with no address, `<ip> dev
+//! eni… scope link` in the main table and, when the address lives on a
+//! secondary ENI, `from <ip> lookup <ENI table>` — the VPC drops packets whose
+//! source is not an address of the ENI they leave from.
+
+use std::fs::File;
+use std::net::Ipv4Addr;
+use std::os::fd::AsFd;
+use std::path::Path;
+
+use ipnet::Ipv4Net;
+use podwire_netlink::{Handle, Link, Neighbour, Route, RouteScope, Rule, VethSpec, TABLE_MAIN};
+
+use crate::{DataplaneError, Result};
+
+/// The pod's default gateway; nothing owns it, the neighbour entry answers.
+pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+/// `to <pod ip> lookup main`: traffic to a pod always uses the main table.
+pub const RULE_TO_POD_PRIORITY: u32 = 512;
+/// `from <pod ip> lookup <eni table>`: pods on secondary ENIs leave by them.
+pub const RULE_FROM_POD_PRIORITY: u32 = 1536;
+
+/// What to build for one pod.
+#[derive(Debug, Clone)]
+pub struct PodSpec<'a> {
+    pub netns: &'a Path,
+    pub ifname: &'a str,
+    pub host_veth: &'a str,
+    pub ip: Ipv4Addr,
+    pub mtu: u32,
+    pub route_table: u32,
+}
+
+/// What was built: both ends of the veth.
+#[derive(Debug, Clone)]
+pub struct PodLinks {
+    pub host: Link,
+    pub container: Link,
+}
+
+fn host32(ip: Ipv4Addr) -> Ipv4Net {
+    Ipv4Net::new(ip, 32).unwrap_or_default()
+}
+
+fn pod_rules(ip: Ipv4Addr, route_table: u32) -> Vec<Rule> {
+    if route_table == TABLE_MAIN {
+        return Vec::new();
+    }
+    vec![
+        Rule { priority: RULE_TO_POD_PRIORITY, src: None, dst: Some(host32(ip)), table: TABLE_MAIN },
+        Rule { priority: RULE_FROM_POD_PRIORITY, src: Some(host32(ip)), dst: None, table: route_table },
+    ]
+}
+
+fn open_netns(path: &Path) -> Result<File> {
+    File::open(path).map_err(|source| DataplaneError::Netns { path: path.display().to_string(), source })
+}
+
+/// Wires a pod. On any failure everything this call created is removed
+/// before the error is returned.
+pub fn add_pod(host: &mut Handle, spec: &PodSpec<'_>) -> Result<PodLinks> {
+    let netns_file = open_netns(spec.netns)?;
+    let mut pod = Handle::in_netns(spec.netns)?;
+    if pod.link_by_name(spec.ifname)?.is_some() {
+        return Err(DataplaneError::IfnameExists {
+            ifname: spec.ifname.to_string(),
+            netns: spec.netns.display().to_string(),
+        });
+    }
+    // A leftover host veth of the same name belongs to an earlier sandbox of
+    // the same pod (names derive from namespace/name): replace it.
+    host.delete_link_by_name(spec.host_veth)?;
+    host.add_veth(&VethSpec {
+        name: spec.host_veth,
+        peer_name: spec.ifname,
+        mtu: Some(spec.mtu),
+        mac: None,
+        peer_mac: None,
+        peer_netns: Some(netns_file.as_fd()),
+    })?;
+    match wire(host, &mut pod, spec) {
+        Ok(links) => Ok(links),
+        Err(e) => {
+            let _ = remove_host_side(host, spec.host_veth, spec.ip, spec.route_table);
+            Err(e)
+        }
+    }
+}
+
+fn wire(host: &mut Handle, pod: &mut Handle, spec: &PodSpec<'_>) -> Result<PodLinks> {
+    let host_link = host.link(spec.host_veth)?;
+    let host_mac = host_link
+        .mac
+        .ok_or_else(|| DataplaneError::Mismatch(format!("{} has no MAC", spec.host_veth)))?;
+    let cont = pod.link(spec.ifname)?;
+    pod.add_address(cont.index, host32(spec.ip))?;
+    pod.set_up(cont.index)?;
+    pod.add_route(&Route::new(host32(GATEWAY)).dev(cont.index).scope(RouteScope::Link))?;
+    pod.add_route(&Route::new(Ipv4Net::default()).via(GATEWAY).dev(cont.index))?;
+    pod.replace_neighbour(&Neighbour { ifindex: cont.index, ip: GATEWAY, mac: host_mac })?;
+
+    host.set_up(host_link.index)?;
+    host.add_route(&Route::new(host32(spec.ip)).dev(host_link.index).scope(RouteScope::Link))?;
+    for rule in pod_rules(spec.ip, spec.route_table) {
+        match host.add_rule(&rule) {
+            Err(e) if !e.is_exists() => return Err(e.into()),
+            _ => {}
+        }
+    }
+    Ok(PodLinks { host: host.link(spec.host_veth)?, container: pod.link(spec.ifname)? })
+}
+
+/// Removes the node side of a pod: the veth (its peer and the /32 route go
+/// with it) and the policy rules. Idempotent.
+pub fn remove_host_side(host: &mut Handle, host_veth: &str, ip: Ipv4Addr, route_table: u32) -> Result<()> {
+    host.delete_link_by_name(host_veth)?;
+    // The route normally vanishes with the link; remove a stray one that
+    // points elsewhere only if it is still ours (scope link to that veth).
+    for rule in pod_rules(ip, route_table) {
+        match host.delete_rule(&rule) {
+            Err(e) if !e.is_not_found() => return Err(e.into()),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Removes a pod: the container interface (when the netns still exists) and
+/// the node side. Idempotent: whatever is already gone is skipped.
+pub fn del_pod(host: &mut Handle, netns: Option<&Path>, ifname: &str, host_veth: &str, ip: Ipv4Addr, route_table: u32) -> Result<()> {
+    if let Some(ns) = netns.filter(|p| p.exists()) {
+        if let Ok(mut pod) = Handle::in_netns(ns) {
+            pod.delete_link_by_name(ifname)?;
+        }
+    }
+    remove_host_side(host, host_veth, ip, route_table)
+}
+
+/// Verifies that a pod still looks as ADD left it.
+pub fn check_pod(host: &mut Handle, spec: &PodSpec<'_>) -> Result<()> {
+    let mismatch = |m: String| Err(DataplaneError::Mismatch(m));
+    let Some(host_link) = host.link_by_name(spec.host_veth)? else {
+        return mismatch(format!("host veth {} is missing", spec.host_veth));
+    };
+    let routes = host.routes()?;
+    if !routes.iter().any(|r| r.dst == host32(spec.ip) && r.oif == Some(host_link.index) && r.table == TABLE_MAIN) {
+        return mismatch(format!("route {} dev {} is missing", spec.ip, spec.host_veth));
+    }
+    let rules = host.rules()?;
+    for rule in pod_rules(spec.ip, spec.route_table) {
+        if !rules.contains(&rule) {
+            return mismatch(format!("policy rule {rule:?} is missing"));
+        }
+    }
+    let mut pod = Handle::in_netns(spec.netns)?;
+    let Some(cont) = pod.link_by_name(spec.ifname)? else {
+        return mismatch(format!("{} is missing in {}", spec.ifname, spec.netns.display()));
+    };
+    if !pod.addresses(Some(cont.index))?.iter().any(|(_, a)| *a == host32(spec.ip)) {
+        return mismatch(format!("{} lacks {}/32", spec.ifname, spec.ip));
+    }
+    if !pod.routes()?.iter().any(|r| r.dst == Ipv4Net::default() && r.gateway == Some(GATEWAY)) {
+        return mismatch("default route via 169.254.1.1 is missing in the pod".into());
+    }
+    Ok(())
+}

@@ -1,0 +1,238 @@
+//! ADD, DEL, CHECK, STATUS and GC for vpc mode.
+
+use std::path::Path;
+
+use ipnet::Ipv4Net;
+use podwire_cni::config::Mode;
+use podwire_cni::result::{Interface, IpConfig, RouteEntry};
+use podwire_cni::{CniError, Code, Command, Invocation, NetConf};
+use podwire_dataplane::names::host_veth_name;
+use podwire_dataplane::{vpc, DataplaneError};
+use podwire_netlink::Handle;
+use podwire_proto::{AddRequest, Allocation, AttachmentKey, Request, Response};
+
+use crate::agent;
+
+const DEFAULT_MTU: u32 = 9001;
+const DEFAULT_VETH_PREFIX: &str = "eni";
+
+pub fn dispatch(inv: &Invocation, conf: &NetConf) -> Result<String, CniError> {
+    if conf.mode == Mode::Overlay {
+        return Err(CniError::new(
+            Code::InvalidConfig,
+            "mode \"overlay\" is not available in this podwire build yet; use \"vpc\"",
+        ));
+    }
+    match inv.command {
+        Command::Add => add(inv, conf),
+        Command::Del => del(inv, conf).map(|()| String::new()),
+        Command::Check => check(inv, conf).map(|()| String::new()),
+        Command::Status => status(conf).map(|()| String::new()),
+        Command::Gc => gc(conf).map(|()| String::new()),
+        Command::Version => Ok(String::new()),
+    }
+}
+
+fn key(inv: &Invocation, conf: &NetConf) -> AttachmentKey {
+    AttachmentKey {
+        network: conf.name.clone(),
+        container_id: inv.container_id.clone(),
+        ifname: inv.ifname.clone(),
+    }
+}
+
+fn veth_for(conf: &NetConf, ns: Option<&str>, name: Option<&str>, container_id: &str) -> String {
+    let prefix = conf.veth_prefix.as_deref().unwrap_or(DEFAULT_VETH_PREFIX);
+    host_veth_name(prefix, ns, name, container_id)
+}
+
+fn host_handle() -> Result<Handle, CniError> {
+    Handle::new().map_err(|e| CniError::new(Code::Kernel, format!("netlink: {e}")))
+}
+
+fn kernel_error(e: DataplaneError) -> CniError {
+    match e {
+        DataplaneError::IfnameExists { .. } => CniError::new(Code::AlreadyExists, e.to_string()),
+        DataplaneError::Netns { .. } => CniError::new(Code::UnknownContainer, e.to_string()),
+        DataplaneError::Mismatch(m) => CniError::new(Code::CheckFailed, m),
+        DataplaneError::Netlink(_) => CniError::new(Code::Kernel, e.to_string()),
+    }
+}
+
+fn add(inv: &Invocation, conf: &NetConf) -> Result<String, CniError> {
+    let netns = inv.netns.as_deref().unwrap_or(Path::new(""));
+    // Check the sandbox before taking an address, so a bad call changes nothing.
+    if !netns.exists() {
+        return Err(CniError::new(
+            Code::UnknownContainer,
+            format!("network namespace {} does not exist", netns.display()),
+        ));
+    }
+    let mut host = host_handle()?;
+    let req = Request::Add(AddRequest {
+        key: key(inv, conf),
+        netns: netns.display().to_string(),
+        pod_namespace: inv.pod.namespace.clone(),
+        pod_name: inv.pod.name.clone(),
+    });
+    let alloc = match agent::request(&conf.agent_socket, &req)? {
+        Response::Allocated { allocation } => allocation,
+        other => return Err(agent::unexpected(other)),
+    };
+    let host_veth = veth_for(conf, inv.pod.namespace.as_deref(), inv.pod.name.as_deref(), &inv.container_id);
+    let mtu = conf.mtu.unwrap_or(DEFAULT_MTU);
+    let spec = vpc::PodSpec {
+        netns,
+        ifname: &inv.ifname,
+        host_veth: &host_veth,
+        ip: alloc.ip,
+        mtu,
+        route_table: alloc.route_table,
+    };
+    let links = match vpc::add_pod(&mut host, &spec) {
+        Ok(l) => l,
+        Err(e) => {
+            // Give the address back; the wiring already undid itself.
+            let _ = agent::request(&conf.agent_socket, &Request::Del { key: key(inv, conf) });
+            return Err(kernel_error(e));
+        }
+    };
+    tracing::info!(ip = %alloc.ip, veth = %host_veth, eni = %alloc.eni_id, "pod attached");
+
+    let mut result = conf.prev_result.clone().unwrap_or_default();
+    let base = result.interfaces.len();
+    result.interfaces.push(Interface {
+        name: links.host.name.clone(),
+        mac: links.host.mac.map(|m| m.to_string()).unwrap_or_default(),
+        mtu: Some(mtu),
+        sandbox: String::new(),
+    });
+    result.interfaces.push(Interface {
+        name: links.container.name.clone(),
+        mac: links.container.mac.map(|m| m.to_string()).unwrap_or_default(),
+        mtu: Some(mtu),
+        sandbox: netns.display().to_string(),
+    });
+    result.ips.push(IpConfig {
+        address: Ipv4Net::new(alloc.ip, 32).unwrap_or_default(),
+        gateway: Some(vpc::GATEWAY),
+        interface: Some(base + 1),
+    });
+    result.routes.push(RouteEntry { dst: Ipv4Net::default(), gw: Some(vpc::GATEWAY), scope: None });
+    Ok(result.to_value(conf.cni_version).to_string())
+}
+
+fn lookup(conf: &NetConf, key: AttachmentKey) -> Result<Option<Allocation>, CniError> {
+    match agent::request(&conf.agent_socket, &Request::Get { key })? {
+        Response::Found { allocation } => Ok(allocation),
+        other => Err(agent::unexpected(other)),
+    }
+}
+
+fn del(inv: &Invocation, conf: &NetConf) -> Result<(), CniError> {
+    let mut host = host_handle()?;
+    let veth = veth_for(conf, inv.pod.namespace.as_deref(), inv.pod.name.as_deref(), &inv.container_id);
+    let alloc = match lookup(conf, key(inv, conf)) {
+        Ok(a) => a,
+        Err(e) => {
+            // Agent unreachable: still remove what lives in the kernel, using
+            // what the runtime remembers, then ask to be called again so the
+            // address is released once the agent is back.
+            if let Some(prev) = &conf.prev_result {
+                for ip in &prev.ips {
+                    let _ = teardown_unknown_table(&mut host, inv, &veth, ip.address.addr());
+                }
+            }
+            return Err(e);
+        }
+    };
+    if let Some(a) = &alloc {
+        vpc::del_pod(&mut host, inv.netns.as_deref(), &inv.ifname, &veth, a.ip, a.route_table)
+            .map_err(kernel_error)?;
+        match agent::request(&conf.agent_socket, &Request::Del { key: key(inv, conf) })? {
+            Response::Released { .. } => {}
+            other => return Err(agent::unexpected(other)),
+        }
+    } else {
+        // Nothing held: a repeated DEL. Make sure no veth is left over.
+        host.delete_link_by_name(&veth)
+            .map_err(|e| CniError::new(Code::Kernel, e.to_string()))?;
+    }
+    Ok(())
+}
+
+fn teardown_unknown_table(host: &mut Handle, inv: &Invocation, veth: &str, ip: std::net::Ipv4Addr) -> Result<(), CniError> {
+    let rules = host.rules().map_err(|e| CniError::new(Code::Kernel, e.to_string()))?;
+    let table = rules
+        .iter()
+        .find(|r| r.priority == vpc::RULE_FROM_POD_PRIORITY && r.src.map(|s| s.addr()) == Some(ip))
+        .map(|r| r.table)
+        .unwrap_or(podwire_netlink::TABLE_MAIN);
+    vpc::del_pod(host, inv.netns.as_deref(), &inv.ifname, veth, ip, table).map_err(kernel_error)
+}
+
+fn check(inv: &Invocation, conf: &NetConf) -> Result<(), CniError> {
+    let alloc = lookup(conf, key(inv, conf))?.ok_or_else(|| {
+        CniError::new(Code::UnknownContainer, format!("podwire holds no attachment for container {} {}", inv.container_id, inv.ifname))
+    })?;
+    if let Some(prev) = &conf.prev_result {
+        if !prev.ips.iter().any(|i| i.address.addr() == alloc.ip) {
+            return Err(CniError::new(Code::CheckFailed, format!("prevResult does not list the pod's address {}", alloc.ip)));
+        }
+    }
+    let veth = veth_for(conf, inv.pod.namespace.as_deref(), inv.pod.name.as_deref(), &inv.container_id);
+    let netns = inv.netns.as_deref().unwrap_or(Path::new(""));
+    let mut host = host_handle()?;
+    vpc::check_pod(
+        &mut host,
+        &vpc::PodSpec {
+            netns,
+            ifname: &inv.ifname,
+            host_veth: &veth,
+            ip: alloc.ip,
+            mtu: conf.mtu.unwrap_or(DEFAULT_MTU),
+            route_table: alloc.route_table,
+        },
+    )
+    .map_err(kernel_error)
+}
+
+fn status(conf: &NetConf) -> Result<(), CniError> {
+    let resp = podwire_proto::call(&conf.agent_socket, &Request::Status, std::time::Duration::from_secs(5));
+    match resp {
+        Ok(Response::Status { status }) if status.ready => Ok(()),
+        Ok(Response::Status { status }) => Err(CniError::new(Code::PluginNotAvailable, status.message)),
+        Ok(other) => Err(agent::unexpected(other)),
+        Err(e) => Err(CniError::new(
+            Code::PluginNotAvailable,
+            format!("podwire-agent is not available at {}: {e}", conf.agent_socket.display()),
+        )),
+    }
+}
+
+fn gc(conf: &NetConf) -> Result<(), CniError> {
+    let valid = conf
+        .valid_attachments
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|a| AttachmentKey { network: conf.name.clone(), container_id: a.container_id, ifname: a.ifname })
+        .collect();
+    let released = match agent::request(&conf.agent_socket, &Request::Gc { network: conf.name.clone(), valid })? {
+        Response::Released { allocations } => allocations,
+        other => return Err(agent::unexpected(other)),
+    };
+    let mut host = host_handle()?;
+    let mut failures = Vec::new();
+    for a in released {
+        let veth = veth_for(conf, a.pod_namespace.as_deref(), a.pod_name.as_deref(), &a.key.container_id);
+        if let Err(e) = vpc::remove_host_side(&mut host, &veth, a.ip, a.route_table) {
+            failures.push(format!("{}: {e}", a.key.container_id));
+        }
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(CniError::new(Code::Kernel, format!("GC could not clean: {}", failures.join("; "))))
+    }
+}
