@@ -1,1 +1,52 @@
-//! The node agent.
+//! `podwire-agent`: one per node. In vpc mode it learns its instance through
+//! IMDSv2, keeps a warm pool of ENI secondary addresses through the EC2 API,
+//! brings new ENIs up in the kernel, and serves the plugin over a root-only
+//! Unix socket. Every allocation is checkpointed before it is answered, so a
+//! restarted agent knows every pod's address and never hands one out twice.
+//!
+//! Plain threads rather than an async runtime: the agent's work is a socket
+//! accept loop and one pool-manager loop, and threads keep its resident
+//! memory small.
+
+mod checkpoint;
+mod config;
+mod pool;
+mod server;
+mod state;
+
+pub use config::AgentConfig;
+
+use std::sync::Arc;
+
+/// Agent failures (start-up; the loops themselves log and carry on).
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("instance metadata: {0}")]
+    Imds(#[from] podwire_cloud::ImdsError),
+    #[error(transparent)]
+    Ec2(#[from] podwire_cloud::Ec2Error),
+    #[error(transparent)]
+    Dataplane(#[from] podwire_dataplane::DataplaneError),
+    #[error(transparent)]
+    Netlink(#[from] podwire_netlink::Error),
+    #[error("checkpoint {path}: {msg}")]
+    Checkpoint { path: String, msg: String },
+    #[error("socket {path}: {source}")]
+    Socket { path: String, source: std::io::Error },
+    #[error("{0}")]
+    Config(String),
+}
+
+/// Starts the agent and serves until the process is stopped.
+pub fn run(config: AgentConfig) -> Result<(), AgentError> {
+    let shared = Arc::new(state::Shared::start(&config)?);
+    let listener = server::bind(&config.socket)?;
+    tracing::info!(socket = %config.socket.display(), node = %shared.node_name(), "agent ready");
+    let manager = Arc::clone(&shared);
+    std::thread::Builder::new()
+        .name("pool".into())
+        .spawn(move || pool::run(&manager))
+        .map_err(|e| AgentError::Config(format!("cannot start pool thread: {e}")))?;
+    server::serve(listener, shared);
+    Ok(())
+}

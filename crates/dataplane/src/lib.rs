@@ -2,6 +2,7 @@
 //! on the node and inside the pod, in each mode.
 
 pub mod names;
+pub mod eni;
 pub mod vpc;
 
 /// Errors from programming the kernel for a pod or node.

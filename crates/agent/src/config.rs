@@ -1,0 +1,21 @@
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How the agent runs (flags of `podwire-agent`).
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub node_name: String,
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub imds_endpoint: String,
+    /// EC2 endpoint; `None` = `https://ec2.<region>.amazonaws.com`.
+    pub ec2_endpoint: Option<String>,
+    /// Free addresses to keep ready; `None` = one ENI's worth (the VPC CNI's
+    /// WARM_ENI_TARGET=1).
+    pub warm_ip_target: Option<u32>,
+    /// How long a released address rests before reuse.
+    pub ip_cooldown: Duration,
+    pub eni_mtu: u32,
+    /// How long ADD may wait for the cloud when the pool is empty.
+    pub add_wait: Duration,
+}

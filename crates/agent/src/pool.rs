@@ -1,0 +1,100 @@
+//! The pool manager: keeps the warm target of free addresses by asking the
+//! cloud for more, attaching and configuring ENIs when the attached ones are
+//! full. Runs on its own thread; never holds the state lock across a cloud
+//! call.
+
+use std::time::Duration;
+
+use podwire_cloud::Ec2Error;
+use podwire_dataplane::eni::{self, EniSpec};
+use podwire_ipam::PoolPlan;
+use podwire_netlink::{Handle, MacAddr};
+use podwire_proto::ErrorKind;
+
+use crate::state::Shared;
+
+const IDLE: Duration = Duration::from_secs(5);
+const BACKOFF: Duration = Duration::from_secs(2);
+
+pub fn run(shared: &Shared) {
+    loop {
+        let plan = {
+            let mut st = shared.lock();
+            let plan = st.pool.plan(shared.warm_target());
+            st.last_plan = plan.clone();
+            plan
+        };
+        let outcome = match &plan {
+            PoolPlan::Satisfied | PoolPlan::AtLimit => {
+                let st = shared.lock();
+                let _unused = shared.changed.wait_timeout(st, IDLE);
+                continue;
+            }
+            PoolPlan::AssignIps { eni_id, count } => assign(shared, eni_id, *count),
+            PoolPlan::AttachEni { device_index, count } => attach(shared, *device_index, *count),
+        };
+        let mut st = shared.lock();
+        match outcome {
+            Ok(()) => st.cloud_error = None,
+            Err(e) => {
+                let kind = match e.code() {
+                    Some("InsufficientFreeAddressesInSubnet") | Some("PrivateIpAddressLimitExceeded") | Some("AttachmentLimitExceeded") => ErrorKind::Exhausted,
+                    _ => ErrorKind::TryAgain,
+                };
+                tracing::warn!(error = %e, ?plan, "pool manager: cloud call failed");
+                st.cloud_error = Some((kind, e.to_string()));
+            }
+        }
+        shared.changed.notify_all();
+        if st.cloud_error.is_some() {
+            let _unused = shared.changed.wait_timeout(st, BACKOFF);
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum PoolError {
+    #[error(transparent)]
+    Ec2(#[from] Ec2Error),
+    #[error("kernel: {0}")]
+    Kernel(String),
+}
+
+impl PoolError {
+    fn code(&self) -> Option<&str> {
+        match self {
+            PoolError::Ec2(e) => e.code(),
+            PoolError::Kernel(_) => None,
+        }
+    }
+}
+
+fn assign(shared: &Shared, eni_id: &str, count: u32) -> Result<(), PoolError> {
+    let ips = shared.ec2.assign_private_ip_addresses(eni_id, count)?;
+    tracing::info!(eni = eni_id, count = ips.len(), "secondary addresses assigned");
+    shared.lock().pool.add_ips(eni_id, &ips);
+    Ok(())
+}
+
+fn attach(shared: &Shared, device_index: u32, count: u32) -> Result<(), PoolError> {
+    let node = &shared.node;
+    let description = format!("podwire-{}", node.instance_id);
+    let created = shared.ec2.create_network_interface(&node.subnet_id, &description, &node.security_groups, count)?;
+    if let Err(e) = shared.ec2.attach_network_interface(&created.id, &node.instance_id, device_index) {
+        // Do not leak an unattached ENI (it holds subnet addresses).
+        if let Err(d) = shared.ec2.delete_network_interface(&created.id) {
+            tracing::warn!(eni = %created.id, error = %d, "could not delete the ENI that failed to attach");
+        }
+        return Err(e.into());
+    }
+    let mac: MacAddr = created.mac.parse().map_err(PoolError::Kernel)?;
+    let spec = EniSpec { mac, device_number: device_index, primary_ip: created.private_ip, subnet: node.subnet, mtu: shared.config.eni_mtu };
+    let mut nl = Handle::new().map_err(|e| PoolError::Kernel(e.to_string()))?;
+    let link = eni::wait_for_link(&mut nl, mac, Duration::from_secs(10)).map_err(|e| PoolError::Kernel(e.to_string()))?;
+    eni::configure_secondary(&mut nl, &spec, &link).map_err(|e| PoolError::Kernel(e.to_string()))?;
+    tracing::info!(eni = %created.id, device_index, link = %link.name, "ENI attached and configured");
+    let mut st = shared.lock();
+    st.pool.add_eni(&created.id, device_index, eni::route_table_for(device_index));
+    st.pool.add_ips(&created.id, &created.secondary_ips().collect::<Vec<_>>());
+    Ok(())
+}

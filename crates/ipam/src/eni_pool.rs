@@ -1,0 +1,266 @@
+//! vpc mode: the node's ENIs and their secondary addresses as one pool.
+//!
+//! Addresses are handed out from the lowest device number first (so pods
+//! fill `eth0` before `eth1`, which keeps the ENI count and the policy rules
+//! small), and a released address rests for a cool-down before reuse so
+//! stale endpoints elsewhere in the cluster cannot reach the next pod.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+/// Instance-type limits as the pool uses them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolLimits {
+    /// ENIs the instance may attach (the primary included).
+    pub max_enis: u32,
+    /// Secondary addresses per ENI (IPv4 per ENI minus the primary).
+    pub secondary_per_eni: u32,
+}
+
+impl PoolLimits {
+    pub fn max_pod_ips(&self) -> u32 {
+        self.max_enis * self.secondary_per_eni
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Slot {
+    Free { since: Option<Instant> },
+    Assigned { owner: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Eni {
+    id: String,
+    device_number: u32,
+    route_table: u32,
+    ips: BTreeMap<Ipv4Addr, Slot>,
+}
+
+/// What the pool needs from the cloud to meet its warm target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PoolPlan {
+    /// Enough free addresses.
+    Satisfied,
+    /// Ask for `count` more secondary addresses on an attached ENI.
+    AssignIps { eni_id: String, count: u32 },
+    /// Every attached ENI is full: create and attach another at this device
+    /// index, with `count` secondary addresses.
+    AttachEni { device_index: u32, count: u32 },
+    /// Short of the target, but the instance-type limits are reached.
+    AtLimit,
+}
+
+/// An address handed out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assigned {
+    pub ip: Ipv4Addr,
+    pub eni_id: String,
+    pub device_number: u32,
+    pub route_table: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct EniPool {
+    limits: PoolLimits,
+    cooldown: Duration,
+    enis: BTreeMap<u32, Eni>,
+}
+
+impl EniPool {
+    pub fn new(limits: PoolLimits, cooldown: Duration) -> EniPool {
+        EniPool { limits, cooldown, enis: BTreeMap::new() }
+    }
+
+    pub fn limits(&self) -> PoolLimits {
+        self.limits
+    }
+
+    /// Adds (or refreshes) an attached ENI; known addresses keep their state.
+    pub fn add_eni(&mut self, id: &str, device_number: u32, route_table: u32) {
+        self.enis.entry(device_number).or_insert_with(|| Eni {
+            id: id.to_string(),
+            device_number,
+            route_table,
+            ips: BTreeMap::new(),
+        });
+    }
+
+    /// Adds secondary addresses the cloud assigned to an ENI, as free.
+    pub fn add_ips(&mut self, eni_id: &str, ips: &[Ipv4Addr]) {
+        if let Some(eni) = self.enis.values_mut().find(|e| e.id == eni_id) {
+            for ip in ips {
+                eni.ips.entry(*ip).or_insert(Slot::Free { since: None });
+            }
+        }
+    }
+
+    /// Marks an address as taken by `owner` (restoring a checkpoint).
+    /// False when the address is not in the pool.
+    pub fn restore(&mut self, ip: Ipv4Addr, owner: &str) -> bool {
+        for eni in self.enis.values_mut() {
+            if let Some(slot) = eni.ips.get_mut(&ip) {
+                *slot = Slot::Assigned { owner: owner.to_string() };
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Hands out the lowest free, rested address of the lowest ENI.
+    pub fn allocate(&mut self, owner: &str, now: Instant) -> Option<Assigned> {
+        let cooldown = self.cooldown;
+        for eni in self.enis.values_mut() {
+            let pick = eni.ips.iter().find_map(|(ip, slot)| match slot {
+                Slot::Free { since } if since.is_none_or(|t| now.duration_since(t) >= cooldown) => Some(*ip),
+                _ => None,
+            });
+            if let Some(ip) = pick {
+                eni.ips.insert(ip, Slot::Assigned { owner: owner.to_string() });
+                return Some(Assigned { ip, eni_id: eni.id.clone(), device_number: eni.device_number, route_table: eni.route_table });
+            }
+        }
+        None
+    }
+
+    /// Returns an address to the pool. False when it was not assigned.
+    pub fn release(&mut self, ip: Ipv4Addr, now: Instant) -> bool {
+        for eni in self.enis.values_mut() {
+            if let Some(slot) = eni.ips.get_mut(&ip) {
+                if matches!(slot, Slot::Assigned { .. }) {
+                    *slot = Slot::Free { since: Some(now) };
+                    return true;
+                }
+                return false;
+            }
+        }
+        false
+    }
+
+    /// Who holds an address.
+    pub fn owner(&self, ip: Ipv4Addr) -> Option<&str> {
+        self.enis.values().find_map(|e| match e.ips.get(&ip) {
+            Some(Slot::Assigned { owner }) => Some(owner.as_str()),
+            _ => None,
+        })
+    }
+
+    /// Free addresses usable now.
+    pub fn free(&self, now: Instant) -> usize {
+        self.enis
+            .values()
+            .flat_map(|e| e.ips.values())
+            .filter(|s| matches!(s, Slot::Free { since } if since.is_none_or(|t| now.duration_since(t) >= self.cooldown)))
+            .count()
+    }
+
+    /// Free addresses, resting ones included.
+    pub fn free_total(&self) -> usize {
+        self.enis.values().flat_map(|e| e.ips.values()).filter(|s| matches!(s, Slot::Free { .. })).count()
+    }
+
+    pub fn assigned(&self) -> usize {
+        self.enis.values().flat_map(|e| e.ips.values()).filter(|s| matches!(s, Slot::Assigned { .. })).count()
+    }
+
+    pub fn eni_count(&self) -> u32 {
+        self.enis.len() as u32
+    }
+
+    /// True when no further address can ever be had on this instance.
+    pub fn at_limit(&self) -> bool {
+        self.eni_count() >= self.limits.max_enis
+            && self.enis.values().all(|e| e.ips.len() as u32 >= self.limits.secondary_per_eni)
+    }
+
+    /// What to ask the cloud for so that `warm_target` addresses are free.
+    pub fn plan(&self, warm_target: u32) -> PoolPlan {
+        let free = self.free_total() as u32;
+        if free >= warm_target {
+            return PoolPlan::Satisfied;
+        }
+        // Like the VPC CNI with WARM_ENI_TARGET: fill an ENI in one call
+        // rather than trickle addresses (fewer, cheaper API calls).
+        for eni in self.enis.values() {
+            let room = self.limits.secondary_per_eni.saturating_sub(eni.ips.len() as u32);
+            if room > 0 {
+                return PoolPlan::AssignIps { eni_id: eni.id.clone(), count: room };
+            }
+        }
+        if self.eni_count() < self.limits.max_enis {
+            let device_index = (0..).find(|d| !self.enis.contains_key(d)).unwrap_or(self.eni_count());
+            return PoolPlan::AttachEni { device_index, count: self.limits.secondary_per_eni };
+        }
+        PoolPlan::AtLimit
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(n: u8) -> Ipv4Addr {
+        Ipv4Addr::new(10, 0, 0, n)
+    }
+
+    fn m5_large() -> EniPool {
+        EniPool::new(PoolLimits { max_enis: 3, secondary_per_eni: 9 }, Duration::ZERO)
+    }
+
+    #[test]
+    fn fills_eth0_first_then_plans_a_new_eni_then_stops_at_the_limit() {
+        let mut p = m5_large();
+        let now = Instant::now();
+        p.add_eni("eni-0", 0, 254);
+        assert_eq!(p.plan(9), PoolPlan::AssignIps { eni_id: "eni-0".into(), count: 9 });
+        p.add_ips("eni-0", &(10..19).map(ip).collect::<Vec<_>>());
+        assert_eq!(p.plan(9), PoolPlan::Satisfied);
+        let a = p.allocate("a", now).expect("first");
+        assert_eq!((a.ip, a.device_number, a.route_table), (ip(10), 0, 254));
+        assert_eq!(p.plan(9), PoolPlan::AttachEni { device_index: 1, count: 9 });
+        p.add_eni("eni-1", 1, 2);
+        p.add_ips("eni-1", &(20..29).map(ip).collect::<Vec<_>>());
+        p.add_eni("eni-2", 2, 3);
+        p.add_ips("eni-2", &(30..39).map(ip).collect::<Vec<_>>());
+        let mut got = vec![a];
+        for i in 1..27 {
+            got.push(p.allocate(&format!("p{i}"), now).expect("within limit"));
+        }
+        // eth0 filled before eth1, eth1 before eth2.
+        assert!(got.windows(2).all(|w| w[0].device_number <= w[1].device_number));
+        assert_eq!(got[9].device_number, 1);
+        assert!(p.allocate("p27", now).is_none(), "the 28th must fail");
+        assert!(p.at_limit());
+        assert_eq!(p.plan(9), PoolPlan::AtLimit);
+        assert!(p.release(got[3].ip, now));
+        assert!(!p.release(got[3].ip, now), "double release");
+        assert_eq!(p.allocate("again", now).map(|a| a.ip), Some(got[3].ip));
+    }
+
+    #[test]
+    fn cooldown_keeps_a_released_address_out_for_a_while() {
+        let mut p = EniPool::new(PoolLimits { max_enis: 1, secondary_per_eni: 2 }, Duration::from_secs(30));
+        let t0 = Instant::now();
+        p.add_eni("e", 0, 254);
+        p.add_ips("e", &[ip(1), ip(2)]);
+        let a = p.allocate("a", t0).expect("a");
+        p.release(a.ip, t0);
+        let b = p.allocate("b", t0).expect("b");
+        assert_ne!(b.ip, a.ip);
+        assert!(p.allocate("c", t0 + Duration::from_secs(1)).is_none());
+        assert_eq!(p.allocate("c", t0 + Duration::from_secs(31)).map(|x| x.ip), Some(a.ip));
+    }
+
+    #[test]
+    fn restore_marks_owner_and_unknown_addresses_are_refused() {
+        let mut p = m5_large();
+        p.add_eni("e", 0, 254);
+        p.add_ips("e", &[ip(1), ip(2)]);
+        assert!(p.restore(ip(2), "x"));
+        assert!(!p.restore(ip(99), "y"));
+        assert_eq!(p.owner(ip(2)), Some("x"));
+        assert_eq!(p.allocate("z", Instant::now()).map(|a| a.ip), Some(ip(1)));
+        assert!(p.allocate("w", Instant::now()).is_none());
+    }
+}
