@@ -7,7 +7,11 @@ use anyhow::Context;
 use clap::Parser;
 
 #[derive(Debug, Parser)]
-#[command(name = "podwire-agent", version, about = "podwire node agent: warm pool of pod addresses, ENI plumbing, plugin socket")]
+#[command(
+    name = "podwire-agent",
+    version,
+    about = "podwire node agent: warm pool of pod addresses, ENI plumbing, plugin socket"
+)]
 struct Args {
     /// Dataplane mode (only `vpc` in this release).
     #[arg(long, default_value = "vpc")]
@@ -41,6 +45,7 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("PODWIRE_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
@@ -48,7 +53,10 @@ fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     if args.mode != "vpc" {
-        anyhow::bail!("mode {:?} is not available in this release (only \"vpc\")", args.mode);
+        anyhow::bail!(
+            "mode {:?} is not available in this release (only \"vpc\")",
+            args.mode
+        );
     }
     let node_name = match args.node_name {
         Some(n) => n,

@@ -1,1 +1,343 @@
-fn main() {}
+//! `podwirectl`: the operator CLI. Today: `lab`, the local emulated VPC.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use podwire_lab::{demo, names, ops, probe, state::LabState};
+
+#[derive(Debug, Parser)]
+#[command(name = "podwirectl", version, about = "podwire operator CLI")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Top,
+}
+
+#[derive(Debug, Subcommand)]
+enum Top {
+    /// The local lab: an emulated VPC made of network namespaces.
+    Lab {
+        #[command(subcommand)]
+        cmd: LabCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LabCmd {
+    /// Build a lab: fabric (the VPC), its cloud, nodes with agents, an external host.
+    Up {
+        #[arg(long, default_value = names::DEFAULT_LAB)]
+        name: String,
+        #[arg(long)]
+        mode: String,
+        #[arg(long, default_value_t = 2)]
+        nodes: usize,
+        #[arg(long, default_value = "m5.large")]
+        instance_type: String,
+        #[arg(long, default_value = "10.0.0.0/20")]
+        subnet: ipnet::Ipv4Net,
+        /// Open the node security group to the external host (and so every pod).
+        #[arg(long)]
+        allow_external: bool,
+    },
+    /// Nodes, ENIs, addresses, pods and namespace names.
+    Status {
+        #[arg(long, default_value = names::DEFAULT_LAB)]
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pods.
+    Pod {
+        #[command(subcommand)]
+        cmd: PodCmd,
+    },
+    /// Run a command inside a node, a pod, `external` or `fabric`.
+    Exec {
+        #[arg(long, default_value = names::DEFAULT_LAB)]
+        name: String,
+        target: String,
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// traceroute from inside FROM's namespace to TO.
+    Trace {
+        #[arg(long, default_value = names::DEFAULT_LAB)]
+        name: String,
+        from: String,
+        to: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// HTTP GET from FROM to TO[:PORT].
+    Curl {
+        #[arg(long, default_value = names::DEFAULT_LAB)]
+        name: String,
+        from: String,
+        to: String,
+    },
+    /// Open or close the node security group to the external host.
+    AllowExternal {
+        #[arg(long, default_value = names::DEFAULT_LAB)]
+        name: String,
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+    },
+    /// Call the lab cloud's EC2 API: ACTION [Key=Value ...]; prints the XML.
+    Ec2 {
+        #[arg(long, default_value = names::DEFAULT_LAB)]
+        name: String,
+        action: String,
+        params: Vec<String>,
+    },
+    /// Stop or start a node's agent (pods keep running while it is down).
+    Agent {
+        #[arg(long, default_value = names::DEFAULT_LAB)]
+        name: String,
+        #[arg(value_parser = ["stop", "start"])]
+        action: String,
+        node: String,
+    },
+    /// The article's vpc-mode experiment, narrated, in its own lab `demo`.
+    Demo {
+        #[arg(long, default_value = "demo")]
+        name: String,
+        /// Leave the lab up afterwards to look around.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Remove the lab: every process, namespace and file it made.
+    Down {
+        #[arg(long, default_value = names::DEFAULT_LAB)]
+        name: String,
+    },
+    #[command(name = "_cloud", hide = true)]
+    Cloud {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    #[command(name = "_http", hide = true)]
+    Http {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        pod: String,
+        #[arg(long)]
+        namespace: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PodCmd {
+    /// Create a pod on a node (prints its IP).
+    Add {
+        #[arg(long, default_value = names::DEFAULT_LAB)]
+        name: String,
+        pod: String,
+        #[arg(long)]
+        node: String,
+        #[arg(long, default_value = "default")]
+        namespace: String,
+        /// Serve a page on TCP 80 inside the pod.
+        #[arg(long)]
+        http: bool,
+    },
+    /// Delete a pod.
+    Del {
+        #[arg(long, default_value = names::DEFAULT_LAB)]
+        name: String,
+        pod: String,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PODWIRE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("podwirectl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let Top::Lab { cmd } = cli.cmd;
+    match cmd {
+        LabCmd::Up {
+            name,
+            mode,
+            nodes,
+            instance_type,
+            subnet,
+            allow_external,
+        } => {
+            let st = ops::up(&ops::UpOptions {
+                name,
+                mode,
+                nodes,
+                instance_type,
+                subnet,
+                allow_external,
+            })?;
+            println!(
+                "lab {} is up (mode {}, {} x {})",
+                st.name,
+                st.mode,
+                st.nodes.len(),
+                st.instance_type
+            );
+            for n in &st.nodes {
+                println!("  {}  {}  netns {}", n.name, n.primary_ip, n.netns);
+            }
+            if let Some(e) = &st.external {
+                println!("  {}  {}  netns {}", e.name, e.primary_ip, e.netns);
+            }
+        }
+        LabCmd::Status { name, json } => {
+            let v = ops::status_json(&name)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print_status(&v);
+            }
+        }
+        LabCmd::Pod {
+            cmd:
+                PodCmd::Add {
+                    name,
+                    pod,
+                    node,
+                    namespace,
+                    http,
+                },
+        } => {
+            let rec = ops::pod_add(&name, &pod, &node, &namespace, http)?;
+            println!("{}", rec.ip);
+        }
+        LabCmd::Pod {
+            cmd: PodCmd::Del { name, pod },
+        } => ops::pod_del(&name, &pod)?,
+        LabCmd::Exec { name, target, cmd } => {
+            let code = probe::exec(&LabState::load(&name)?, &target, &cmd)?;
+            return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
+        }
+        LabCmd::Trace {
+            name,
+            from,
+            to,
+            json,
+        } => {
+            let t = probe::trace(&LabState::load(&name)?, &from, &to)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&t)?);
+            } else {
+                probe::print_trace(&t);
+            }
+            if !t.reached {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        LabCmd::Curl { name, from, to } => {
+            print!("{}", probe::curl(&LabState::load(&name)?, &from, &to)?)
+        }
+        LabCmd::AllowExternal { name, state } => ops::set_allow_external(&name, state == "on")?,
+        LabCmd::Ec2 {
+            name,
+            action,
+            params,
+        } => {
+            let params: Vec<(String, String)> = params
+                .iter()
+                .map(|p| {
+                    p.split_once('=')
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .context(format!("{p:?} is not Key=Value"))
+                })
+                .collect::<anyhow::Result<_>>()?;
+            println!("{}", ops::ec2_call(&name, &action, &params)?);
+        }
+        LabCmd::Agent { name, action, node } => {
+            let mut st = LabState::load(&name)?;
+            if action == "stop" {
+                ops::stop_agent(&mut st, &node)?;
+            } else {
+                ops::restart_agent(&mut st, &node)?;
+            }
+        }
+        LabCmd::Demo { name, keep } => demo::run(&name, keep)?,
+        LabCmd::Down { name } => ops::down(&name)?,
+        LabCmd::Cloud { dir } => podwire_lab::cloud::serve(&dir)?,
+        LabCmd::Http {
+            dir: _,
+            pod,
+            namespace,
+        } => probe::serve_http(&pod, &namespace)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_status(v: &serde_json::Value) {
+    println!(
+        "lab {}  mode {}  subnet {}  {}",
+        v["name"].as_str().unwrap_or(""),
+        v["mode"].as_str().unwrap_or(""),
+        v["subnet"].as_str().unwrap_or(""),
+        v["vpc_id"].as_str().unwrap_or("")
+    );
+    println!("external host reachable to pods: {}", v["allow_external"]);
+    for n in v["nodes"].as_array().into_iter().flatten() {
+        println!(
+            "{}  {}  {}  {}  netns {}",
+            n["name"].as_str().unwrap_or(""),
+            n["instance_id"].as_str().unwrap_or(""),
+            n["instance_type"].as_str().unwrap_or(""),
+            n["primary_ip"].as_str().unwrap_or(""),
+            n["netns"].as_str().unwrap_or("")
+        );
+        for e in n["enis"].as_array().into_iter().flatten() {
+            let ips: Vec<&str> = e["secondary_ips"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|x| x.as_str())
+                .collect();
+            println!(
+                "    eth{}  {}  {}  primary {}  secondary [{}]",
+                e["device_index"],
+                e["id"].as_str().unwrap_or(""),
+                e["mac"].as_str().unwrap_or(""),
+                e["primary_ip"].as_str().unwrap_or(""),
+                ips.join(" ")
+            );
+        }
+    }
+    if let Some(e) = v["external"].as_object() {
+        println!(
+            "external  {}  {}  netns {}",
+            e["instance_id"].as_str().unwrap_or(""),
+            e["ip"].as_str().unwrap_or(""),
+            e["netns"].as_str().unwrap_or("")
+        );
+    }
+    for p in v["pods"].as_array().into_iter().flatten() {
+        println!(
+            "pod {}/{}  on {}  {}  eth{} ({})  netns {}",
+            p["namespace"].as_str().unwrap_or(""),
+            p["name"].as_str().unwrap_or(""),
+            p["node"].as_str().unwrap_or(""),
+            p["ip"].as_str().unwrap_or(""),
+            p["device_index"],
+            p["eni"].as_str().unwrap_or(""),
+            p["netns"].as_str().unwrap_or("")
+        );
+    }
+}

@@ -26,12 +26,20 @@ pub struct Checkpoint {
 
 impl Checkpoint {
     pub fn new(state_dir: &Path) -> Result<Checkpoint, AgentError> {
-        fs::create_dir_all(state_dir).map_err(|e| AgentError::Checkpoint { path: state_dir.display().to_string(), msg: e.to_string() })?;
-        Ok(Checkpoint { path: state_dir.join("ipam.json") })
+        fs::create_dir_all(state_dir).map_err(|e| AgentError::Checkpoint {
+            path: state_dir.display().to_string(),
+            msg: e.to_string(),
+        })?;
+        Ok(Checkpoint {
+            path: state_dir.join("ipam.json"),
+        })
     }
 
     fn err(&self, msg: impl ToString) -> AgentError {
-        AgentError::Checkpoint { path: self.path.display().to_string(), msg: msg.to_string() }
+        AgentError::Checkpoint {
+            path: self.path.display().to_string(),
+            msg: msg.to_string(),
+        }
     }
 
     pub fn load(&self) -> Result<Vec<Allocation>, AgentError> {
@@ -50,7 +58,11 @@ impl Checkpoint {
 
     pub fn save(&self, allocations: &[Allocation]) -> Result<(), AgentError> {
         let tmp = self.path.with_extension("json.tmp");
-        let body = serde_json::to_vec_pretty(&OnDisk { version: FORMAT.into(), allocations: allocations.to_vec() }).map_err(|e| self.err(e))?;
+        let body = serde_json::to_vec_pretty(&OnDisk {
+            version: FORMAT.into(),
+            allocations: allocations.to_vec(),
+        })
+        .map_err(|e| self.err(e))?;
         let mut f = File::create(&tmp).map_err(|e| self.err(e))?;
         f.write_all(&body).map_err(|e| self.err(e))?;
         f.sync_all().map_err(|e| self.err(e))?;

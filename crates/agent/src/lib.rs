@@ -32,7 +32,10 @@ pub enum AgentError {
     #[error("checkpoint {path}: {msg}")]
     Checkpoint { path: String, msg: String },
     #[error("socket {path}: {source}")]
-    Socket { path: String, source: std::io::Error },
+    Socket {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Config(String),
 }

@@ -31,14 +31,19 @@ pub fn run(shared: &Shared) {
                 continue;
             }
             PoolPlan::AssignIps { eni_id, count } => assign(shared, eni_id, *count),
-            PoolPlan::AttachEni { device_index, count } => attach(shared, *device_index, *count),
+            PoolPlan::AttachEni {
+                device_index,
+                count,
+            } => attach(shared, *device_index, *count),
         };
         let mut st = shared.lock();
         match outcome {
             Ok(()) => st.cloud_error = None,
             Err(e) => {
                 let kind = match e.code() {
-                    Some("InsufficientFreeAddressesInSubnet") | Some("PrivateIpAddressLimitExceeded") | Some("AttachmentLimitExceeded") => ErrorKind::Exhausted,
+                    Some("InsufficientFreeAddressesInSubnet")
+                    | Some("PrivateIpAddressLimitExceeded")
+                    | Some("AttachmentLimitExceeded") => ErrorKind::Exhausted,
                     _ => ErrorKind::TryAgain,
                 };
                 tracing::warn!(error = %e, ?plan, "pool manager: cloud call failed");
@@ -71,7 +76,11 @@ impl PoolError {
 
 fn assign(shared: &Shared, eni_id: &str, count: u32) -> Result<(), PoolError> {
     let ips = shared.ec2.assign_private_ip_addresses(eni_id, count)?;
-    tracing::info!(eni = eni_id, count = ips.len(), "secondary addresses assigned");
+    tracing::info!(
+        eni = eni_id,
+        count = ips.len(),
+        "secondary addresses assigned"
+    );
     shared.lock().pool.add_ips(eni_id, &ips);
     Ok(())
 }
@@ -79,8 +88,17 @@ fn assign(shared: &Shared, eni_id: &str, count: u32) -> Result<(), PoolError> {
 fn attach(shared: &Shared, device_index: u32, count: u32) -> Result<(), PoolError> {
     let node = &shared.node;
     let description = format!("podwire-{}", node.instance_id);
-    let created = shared.ec2.create_network_interface(&node.subnet_id, &description, &node.security_groups, count)?;
-    if let Err(e) = shared.ec2.attach_network_interface(&created.id, &node.instance_id, device_index) {
+    let created = shared.ec2.create_network_interface(
+        &node.subnet_id,
+        &description,
+        &node.security_groups,
+        count,
+    )?;
+    if let Err(e) =
+        shared
+            .ec2
+            .attach_network_interface(&created.id, &node.instance_id, device_index)
+    {
         // Do not leak an unattached ENI (it holds subnet addresses).
         if let Err(d) = shared.ec2.delete_network_interface(&created.id) {
             tracing::warn!(eni = %created.id, error = %d, "could not delete the ENI that failed to attach");
@@ -88,13 +106,26 @@ fn attach(shared: &Shared, device_index: u32, count: u32) -> Result<(), PoolErro
         return Err(e.into());
     }
     let mac: MacAddr = created.mac.parse().map_err(PoolError::Kernel)?;
-    let spec = EniSpec { mac, device_number: device_index, primary_ip: created.private_ip, subnet: node.subnet, mtu: shared.config.eni_mtu };
+    let spec = EniSpec {
+        mac,
+        device_number: device_index,
+        primary_ip: created.private_ip,
+        subnet: node.subnet,
+        mtu: shared.config.eni_mtu,
+    };
     let mut nl = Handle::new().map_err(|e| PoolError::Kernel(e.to_string()))?;
-    let link = eni::wait_for_link(&mut nl, mac, Duration::from_secs(10)).map_err(|e| PoolError::Kernel(e.to_string()))?;
-    eni::configure_secondary(&mut nl, &spec, &link).map_err(|e| PoolError::Kernel(e.to_string()))?;
+    let link = eni::wait_for_link(&mut nl, mac, Duration::from_secs(10))
+        .map_err(|e| PoolError::Kernel(e.to_string()))?;
+    eni::configure_secondary(&mut nl, &spec, &link)
+        .map_err(|e| PoolError::Kernel(e.to_string()))?;
     tracing::info!(eni = %created.id, device_index, link = %link.name, "ENI attached and configured");
     let mut st = shared.lock();
-    st.pool.add_eni(&created.id, device_index, eni::route_table_for(device_index));
-    st.pool.add_ips(&created.id, &created.secondary_ips().collect::<Vec<_>>());
+    st.pool.add_eni(
+        &created.id,
+        device_index,
+        eni::route_table_for(device_index),
+    );
+    st.pool
+        .add_ips(&created.id, &created.secondary_ips().collect::<Vec<_>>());
     Ok(())
 }

@@ -15,14 +15,20 @@ use crate::state::Shared;
 use crate::AgentError;
 
 pub fn bind(path: &Path) -> Result<UnixListener, AgentError> {
-    let err = |source| AgentError::Socket { path: path.display().to_string(), source };
+    let err = |source| AgentError::Socket {
+        path: path.display().to_string(),
+        source,
+    };
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).map_err(err)?;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(err)?;
     }
     if path.exists() {
         if UnixStream::connect(path).is_ok() {
-            return Err(err(std::io::Error::new(std::io::ErrorKind::AddrInUse, "another agent is serving this socket")));
+            return Err(err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                "another agent is serving this socket",
+            )));
         }
         fs::remove_file(path).map_err(err)?;
     }
@@ -37,7 +43,9 @@ pub fn serve(listener: UnixListener, shared: Arc<Shared>) {
         match conn {
             Ok(stream) => {
                 let shared = Arc::clone(&shared);
-                let spawned = std::thread::Builder::new().name("conn".into()).spawn(move || handle(stream, &shared));
+                let spawned = std::thread::Builder::new()
+                    .name("conn".into())
+                    .spawn(move || handle(stream, &shared));
                 if let Err(e) = spawned {
                     tracing::warn!("cannot start a connection thread: {e}");
                 }
@@ -54,9 +62,15 @@ fn handle(stream: UnixStream, shared: &Shared) {
         Ok(req) => shared.handle(req),
         Err(podwire_proto::ProtoError::Version(v)) => Response::Error {
             kind: ErrorKind::Protocol,
-            message: format!("plugin speaks protocol v{v}, agent speaks v{}", podwire_proto::PROTOCOL_VERSION),
+            message: format!(
+                "plugin speaks protocol v{v}, agent speaks v{}",
+                podwire_proto::PROTOCOL_VERSION
+            ),
         },
-        Err(e) => Response::Error { kind: ErrorKind::BadRequest, message: e.to_string() },
+        Err(e) => Response::Error {
+            kind: ErrorKind::BadRequest,
+            message: e.to_string(),
+        },
     };
     let mut writer = &stream;
     if let Err(e) = write_response(&mut writer, &response) {

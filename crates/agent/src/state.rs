@@ -11,7 +11,9 @@ use podwire_cloud::{Credentials, Ec2Client, Imds};
 use podwire_dataplane::eni::{self, EniSpec};
 use podwire_ipam::{EniPool, PoolLimits, PoolPlan};
 use podwire_netlink::{sysctl, Handle, MacAddr};
-use podwire_proto::{AddRequest, Allocation, AttachmentKey, ErrorKind, Request, Response, StatusInfo};
+use podwire_proto::{
+    AddRequest, Allocation, AttachmentKey, ErrorKind, Request, Response, StatusInfo,
+};
 
 use crate::checkpoint::Checkpoint;
 use crate::{AgentConfig, AgentError};
@@ -50,8 +52,15 @@ pub struct Shared {
 }
 
 fn credentials(imds: &Imds) -> Result<Credentials, AgentError> {
-    if let (Ok(ak), Ok(sk)) = (std::env::var("AWS_ACCESS_KEY_ID"), std::env::var("AWS_SECRET_ACCESS_KEY")) {
-        return Ok(Credentials { access_key_id: ak, secret_access_key: sk, session_token: std::env::var("AWS_SESSION_TOKEN").ok() });
+    if let (Ok(ak), Ok(sk)) = (
+        std::env::var("AWS_ACCESS_KEY_ID"),
+        std::env::var("AWS_SECRET_ACCESS_KEY"),
+    ) {
+        return Ok(Credentials {
+            access_key_id: ak,
+            secret_access_key: sk,
+            session_token: std::env::var("AWS_SESSION_TOKEN").ok(),
+        });
     }
     Ok(imds.credentials()?)
 }
@@ -67,10 +76,16 @@ impl Shared {
         let imds = Imds::connect(&config.imds_endpoint)?;
         let id: InstanceIdentity = imds.identity()?;
         let creds = credentials(&imds)?;
-        let endpoint = config.ec2_endpoint.clone().unwrap_or_else(|| format!("https://ec2.{}.amazonaws.com", id.region));
+        let endpoint = config
+            .ec2_endpoint
+            .clone()
+            .unwrap_or_else(|| format!("https://ec2.{}.amazonaws.com", id.region));
         let ec2 = Ec2Client::new(&endpoint, &id.region, creds);
         let it = ec2.describe_instance_type(&id.instance_type)?;
-        let limits = PoolLimits { max_enis: it.max_enis, secondary_per_eni: it.ipv4_per_eni.saturating_sub(1) };
+        let limits = PoolLimits {
+            max_enis: it.max_enis,
+            secondary_per_eni: it.ipv4_per_eni.saturating_sub(1),
+        };
         let primary = id
             .enis
             .iter()
@@ -102,7 +117,17 @@ impl Shared {
             if device > 0 {
                 let mac: MacAddr = e.mac.parse().map_err(AgentError::Config)?;
                 let link = eni::wait_for_link(&mut nl, mac, std::time::Duration::from_secs(10))?;
-                eni::configure_secondary(&mut nl, &EniSpec { mac, device_number: device, primary_ip: e.private_ip, subnet: node.subnet, mtu: config.eni_mtu }, &link)?;
+                eni::configure_secondary(
+                    &mut nl,
+                    &EniSpec {
+                        mac,
+                        device_number: device,
+                        primary_ip: e.private_ip,
+                        subnet: node.subnet,
+                        mtu: config.eni_mtu,
+                    },
+                    &link,
+                )?;
             }
         }
 
@@ -129,7 +154,12 @@ impl Shared {
             config: config.clone(),
             ec2,
             checkpoint,
-            state: Mutex::new(State { pool, allocations, last_plan: PoolPlan::Satisfied, cloud_error: None }),
+            state: Mutex::new(State {
+                pool,
+                allocations,
+                last_plan: PoolPlan::Satisfied,
+                cloud_error: None,
+            }),
             changed: Condvar::new(),
         })
     }
@@ -145,18 +175,23 @@ impl Shared {
     }
 
     pub fn warm_target(&self) -> u32 {
-        self.config.warm_ip_target.unwrap_or(self.node.limits.secondary_per_eni)
+        self.config
+            .warm_ip_target
+            .unwrap_or(self.node.limits.secondary_per_eni)
     }
 
     fn save(&self, st: &State) -> Result<(), AgentError> {
-        self.checkpoint.save(&st.allocations.values().cloned().collect::<Vec<_>>())
+        self.checkpoint
+            .save(&st.allocations.values().cloned().collect::<Vec<_>>())
     }
 
     pub fn handle(&self, req: Request) -> Response {
         match req {
             Request::Add(add) => self.add(add),
             Request::Del { key } => self.del(&key),
-            Request::Get { key } => Response::Found { allocation: self.lock().allocations.get(&key).cloned() },
+            Request::Get { key } => Response::Found {
+                allocation: self.lock().allocations.get(&key).cloned(),
+            },
             Request::Status => self.status(),
             Request::Gc { network, valid } => self.gc(&network, &valid),
         }
@@ -182,7 +217,10 @@ impl Shared {
         if let Some(a) = st.allocations.get(&req.key) {
             return Response::Error {
                 kind: ErrorKind::AlreadyExists,
-                message: format!("container {} already has {} on {} (DEL it first)", req.key.container_id, a.ip, req.key.ifname),
+                message: format!(
+                    "container {} already has {} on {} (DEL it first)",
+                    req.key.container_id, a.ip, req.key.ifname
+                ),
             };
         }
         loop {
@@ -201,7 +239,10 @@ impl Shared {
                 if let Err(e) = self.save(&st) {
                     st.allocations.remove(&req.key);
                     st.pool.release(got.ip, now);
-                    return Response::Error { kind: ErrorKind::Internal, message: e.to_string() };
+                    return Response::Error {
+                        kind: ErrorKind::Internal,
+                        message: e.to_string(),
+                    };
                 }
                 // Let the pool manager top the warm pool up again.
                 self.changed.notify_all();
@@ -209,24 +250,42 @@ impl Shared {
                 return Response::Allocated { allocation: alloc };
             }
             if st.pool.at_limit() && st.pool.free_total() == 0 {
-                return Response::Error { kind: ErrorKind::Exhausted, message: self.exhausted_message(&st, &who) };
+                return Response::Error {
+                    kind: ErrorKind::Exhausted,
+                    message: self.exhausted_message(&st, &who),
+                };
             }
             if let Some((kind, msg)) = &st.cloud_error {
                 if *kind == ErrorKind::Exhausted {
-                    return Response::Error { kind: *kind, message: format!("node {}: {msg}", self.node.name) };
+                    return Response::Error {
+                        kind: *kind,
+                        message: format!("node {}: {msg}", self.node.name),
+                    };
                 }
             }
             if now >= deadline {
                 let why = if st.pool.free_total() > 0 {
                     "every free address is still cooling down after release".to_string()
                 } else {
-                    st.cloud_error.as_ref().map(|(_, m)| m.clone()).unwrap_or_else(|| "the cloud has not delivered addresses yet".into())
+                    st.cloud_error
+                        .as_ref()
+                        .map(|(_, m)| m.clone())
+                        .unwrap_or_else(|| "the cloud has not delivered addresses yet".into())
                 };
-                return Response::Error { kind: ErrorKind::TryAgain, message: format!("node {}: no address ready for {who}: {why}", self.node.name) };
+                return Response::Error {
+                    kind: ErrorKind::TryAgain,
+                    message: format!("node {}: no address ready for {who}: {why}", self.node.name),
+                };
             }
             self.changed.notify_all();
-            let wait = deadline.saturating_duration_since(now).min(std::time::Duration::from_millis(500));
-            st = self.changed.wait_timeout(st, wait).map(|(g, _)| g).unwrap_or_else(|p| p.into_inner().0);
+            let wait = deadline
+                .saturating_duration_since(now)
+                .min(std::time::Duration::from_millis(500));
+            st = self
+                .changed
+                .wait_timeout(st, wait)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
         }
     }
 
@@ -241,11 +300,16 @@ impl Shared {
         let released: Vec<Allocation> = self.release_locked(&mut st, key).into_iter().collect();
         if !released.is_empty() {
             if let Err(e) = self.save(&st) {
-                return Response::Error { kind: ErrorKind::Internal, message: e.to_string() };
+                return Response::Error {
+                    kind: ErrorKind::Internal,
+                    message: e.to_string(),
+                };
             }
             self.changed.notify_all();
         }
-        Response::Released { allocations: released }
+        Response::Released {
+            allocations: released,
+        }
     }
 
     fn gc(&self, network: &str, valid: &[AttachmentKey]) -> Response {
@@ -256,14 +320,22 @@ impl Shared {
             .filter(|k| k.network == network && !valid.contains(k))
             .cloned()
             .collect();
-        let released: Vec<Allocation> = stale.iter().filter_map(|k| self.release_locked(&mut st, k)).collect();
+        let released: Vec<Allocation> = stale
+            .iter()
+            .filter_map(|k| self.release_locked(&mut st, k))
+            .collect();
         if !released.is_empty() {
             if let Err(e) = self.save(&st) {
-                return Response::Error { kind: ErrorKind::Internal, message: e.to_string() };
+                return Response::Error {
+                    kind: ErrorKind::Internal,
+                    message: e.to_string(),
+                };
             }
             tracing::info!(count = released.len(), "GC released stale allocations");
         }
-        Response::Released { allocations: released }
+        Response::Released {
+            allocations: released,
+        }
     }
 
     fn status(&self) -> Response {
@@ -274,10 +346,19 @@ impl Shared {
         } else if st.pool.at_limit() {
             (false, self.exhausted_message(&st, "new pods"))
         } else {
-            (true, "addresses are being fetched from the cloud".to_string())
+            (
+                true,
+                "addresses are being fetched from the cloud".to_string(),
+            )
         };
         Response::Status {
-            status: StatusInfo { node: self.node.name.clone(), ready, free_ips: free, assigned_ips: st.pool.assigned(), message },
+            status: StatusInfo {
+                node: self.node.name.clone(),
+                ready,
+                free_ips: free,
+                assigned_ips: st.pool.assigned(),
+                message,
+            },
         }
     }
 

@@ -31,8 +31,16 @@ pub fn agent(timeout: Duration) -> ureq::Agent {
     )
 }
 
-fn finish(method: &'static str, url: &str, r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result<Reply, HttpError> {
-    let wrap = |source| HttpError { method, url: url.to_string(), source };
+fn finish(
+    method: &'static str,
+    url: &str,
+    r: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+) -> Result<Reply, HttpError> {
+    let wrap = |source| HttpError {
+        method,
+        url: url.to_string(),
+        source,
+    };
     let mut resp = r.map_err(wrap)?;
     let status = resp.status().as_u16();
     let body = resp.body_mut().read_to_string().map_err(wrap)?;
@@ -55,7 +63,12 @@ pub fn put(agent: &ureq::Agent, url: &str, headers: &[(&str, &str)]) -> Result<R
     finish("PUT", url, req.send_empty())
 }
 
-pub fn post(agent: &ureq::Agent, url: &str, headers: &[(String, String)], body: &str) -> Result<Reply, HttpError> {
+pub fn post(
+    agent: &ureq::Agent,
+    url: &str,
+    headers: &[(String, String)],
+    body: &str,
+) -> Result<Reply, HttpError> {
     let mut req = agent.post(url);
     for (k, v) in headers {
         req = req.header(k.as_str(), v.as_str());

@@ -12,7 +12,10 @@ pub const DEFAULT_ENDPOINT: &str = "http://169.254.169.254";
 #[derive(Debug, thiserror::Error)]
 pub enum ImdsError {
     #[error("IMDS {path}: {source}")]
-    Http { path: String, source: http::HttpError },
+    Http {
+        path: String,
+        source: http::HttpError,
+    },
     #[error("IMDS {path}: HTTP {status}")]
     Status { path: String, status: u16 },
     #[error("IMDS {path}: {msg}")]
@@ -58,29 +61,56 @@ impl Imds {
         let agent = http::agent(Duration::from_secs(5));
         let path = "/latest/api/token";
         let url = format!("{endpoint}{path}");
-        let reply = http::put(&agent, &url, &[("X-aws-ec2-metadata-token-ttl-seconds", "21600")])
-            .map_err(|source| ImdsError::Http { path: path.into(), source })?;
+        let reply = http::put(
+            &agent,
+            &url,
+            &[("X-aws-ec2-metadata-token-ttl-seconds", "21600")],
+        )
+        .map_err(|source| ImdsError::Http {
+            path: path.into(),
+            source,
+        })?;
         if reply.status != 200 {
-            return Err(ImdsError::Status { path: path.into(), status: reply.status });
+            return Err(ImdsError::Status {
+                path: path.into(),
+                status: reply.status,
+            });
         }
-        Ok(Imds { endpoint, token: reply.body.trim().to_string(), agent })
+        Ok(Imds {
+            endpoint,
+            token: reply.body.trim().to_string(),
+            agent,
+        })
     }
 
     /// Reads `/latest/meta-data/<path>`.
     pub fn get(&self, path: &str) -> Result<String, ImdsError> {
         let full = format!("/latest/meta-data/{path}");
         let url = format!("{}{full}", self.endpoint);
-        let reply = http::get(&self.agent, &url, &[("X-aws-ec2-metadata-token", &self.token)])
-            .map_err(|source| ImdsError::Http { path: full.clone(), source })?;
+        let reply = http::get(
+            &self.agent,
+            &url,
+            &[("X-aws-ec2-metadata-token", &self.token)],
+        )
+        .map_err(|source| ImdsError::Http {
+            path: full.clone(),
+            source,
+        })?;
         if reply.status != 200 {
-            return Err(ImdsError::Status { path: full, status: reply.status });
+            return Err(ImdsError::Status {
+                path: full,
+                status: reply.status,
+            });
         }
         Ok(reply.body.trim().to_string())
     }
 
     fn parse<T: std::str::FromStr>(&self, path: &str) -> Result<T, ImdsError> {
         let v = self.get(path)?;
-        v.parse().map_err(|_| ImdsError::Parse { path: path.into(), msg: format!("unexpected value {v:?}") })
+        v.parse().map_err(|_| ImdsError::Parse {
+            path: path.into(),
+            msg: format!("unexpected value {v:?}"),
+        })
     }
 
     /// One ENI's metadata, by MAC.
@@ -90,7 +120,12 @@ impl Imds {
         let local_ipv4s = ips
             .lines()
             .filter(|l| !l.trim().is_empty())
-            .map(|l| l.trim().parse().map_err(|_| ImdsError::Parse { path: format!("{base}/local-ipv4s"), msg: format!("{l:?}") }))
+            .map(|l| {
+                l.trim().parse().map_err(|_| ImdsError::Parse {
+                    path: format!("{base}/local-ipv4s"),
+                    msg: format!("{l:?}"),
+                })
+            })
             .collect::<Result<_, _>>()?;
         Ok(MetadataEni {
             mac: mac.to_string(),
@@ -100,7 +135,11 @@ impl Imds {
             subnet_cidr: self.parse(&format!("{base}/subnet-ipv4-cidr-block"))?,
             vpc_cidr: self.parse(&format!("{base}/vpc-ipv4-cidr-block"))?,
             local_ipv4s,
-            security_groups: self.get(&format!("{base}/security-group-ids"))?.lines().map(str::to_string).collect(),
+            security_groups: self
+                .get(&format!("{base}/security-group-ids"))?
+                .lines()
+                .map(str::to_string)
+                .collect(),
         })
     }
 
@@ -109,7 +148,11 @@ impl Imds {
         let primary_mac = self.get("mac")?;
         let macs = self.get("network/interfaces/macs/")?;
         let mut enis = Vec::new();
-        for m in macs.lines().map(|l| l.trim().trim_end_matches('/')).filter(|l| !l.is_empty()) {
+        for m in macs
+            .lines()
+            .map(|l| l.trim().trim_end_matches('/'))
+            .filter(|l| !l.is_empty())
+        {
             enis.push(self.eni(m)?);
         }
         enis.sort_by_key(|e| e.device_number);
@@ -133,11 +176,20 @@ impl Imds {
         let role = role.lines().next().unwrap_or_default().trim().to_string();
         let doc_path = format!("{path}{role}");
         let doc = self.get(&doc_path)?;
-        let v: serde_json::Value = serde_json::from_str(&doc).map_err(|e| ImdsError::Parse { path: doc_path.clone(), msg: e.to_string() })?;
+        let v: serde_json::Value = serde_json::from_str(&doc).map_err(|e| ImdsError::Parse {
+            path: doc_path.clone(),
+            msg: e.to_string(),
+        })?;
         let field = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
         Ok(Credentials {
-            access_key_id: field("AccessKeyId").ok_or_else(|| ImdsError::Parse { path: doc_path.clone(), msg: "no AccessKeyId".into() })?,
-            secret_access_key: field("SecretAccessKey").ok_or_else(|| ImdsError::Parse { path: doc_path.clone(), msg: "no SecretAccessKey".into() })?,
+            access_key_id: field("AccessKeyId").ok_or_else(|| ImdsError::Parse {
+                path: doc_path.clone(),
+                msg: "no AccessKeyId".into(),
+            })?,
+            secret_access_key: field("SecretAccessKey").ok_or_else(|| ImdsError::Parse {
+                path: doc_path.clone(),
+                msg: "no SecretAccessKey".into(),
+            })?,
             session_token: field("Token"),
         })
     }

@@ -48,13 +48,21 @@ impl LimitsTable {
         let mut lines = tsv.lines().enumerate();
         let header: Vec<&str> = match lines.next() {
             Some((_, h)) => h.split('\t').collect(),
-            None => return Err(LimitsParseError { line: 1, msg: "empty table".into() }),
+            None => {
+                return Err(LimitsParseError {
+                    line: 1,
+                    msg: "empty table".into(),
+                })
+            }
         };
         let col = |name: &str| {
             header
                 .iter()
                 .position(|h| *h == name)
-                .ok_or_else(|| LimitsParseError { line: 1, msg: format!("no column {name}") })
+                .ok_or_else(|| LimitsParseError {
+                    line: 1,
+                    msg: format!("no column {name}"),
+                })
         };
         let (ty, enis, ips, hv, bm, mp) = (
             col("instance_type")?,
@@ -70,10 +78,16 @@ impl LimitsTable {
             }
             let f: Vec<&str> = line.split('\t').collect();
             let get = |c: usize| {
-                f.get(c).copied().ok_or_else(|| LimitsParseError { line: i + 1, msg: "short row".into() })
+                f.get(c).copied().ok_or_else(|| LimitsParseError {
+                    line: i + 1,
+                    msg: "short row".into(),
+                })
             };
             let num = |c: usize| -> Result<u32, LimitsParseError> {
-                get(c)?.parse().map_err(|_| LimitsParseError { line: i + 1, msg: format!("column {c} is not a number") })
+                get(c)?.parse().map_err(|_| LimitsParseError {
+                    line: i + 1,
+                    msg: format!("column {c} is not a number"),
+                })
             };
             let l = InstanceLimits {
                 instance_type: get(ty)?.to_string(),
@@ -114,7 +128,10 @@ mod tests {
         let t = LimitsTable::builtin().expect("parse");
         assert_eq!(t.len(), 1391);
         let m5 = t.get("m5.large").expect("m5.large");
-        assert_eq!((m5.max_enis, m5.ipv4_per_eni, m5.pod_ips(), m5.max_pods), (3, 10, 27, 29));
+        assert_eq!(
+            (m5.max_enis, m5.ipv4_per_eni, m5.pod_ips(), m5.max_pods),
+            (3, 10, 27, 29)
+        );
         for l in t.iter() {
             assert_eq!(l.max_pods, l.pod_ips() + 2, "{}", l.instance_type);
         }
@@ -125,9 +142,14 @@ mod tests {
         let t = LimitsTable::builtin().expect("parse");
         let txt = include_str!("../../../data/eni-max-pods.txt");
         let mut n = 0;
-        for line in txt.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+        for line in txt
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        {
             let mut it = line.split_whitespace();
-            let (Some(ty), Some(pods)) = (it.next(), it.next()) else { continue };
+            let (Some(ty), Some(pods)) = (it.next(), it.next()) else {
+                continue;
+            };
             let pods: u32 = pods.parse().expect("number");
             assert_eq!(t.get(ty).map(|l| l.max_pods), Some(pods), "{ty}");
             n += 1;

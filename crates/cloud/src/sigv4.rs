@@ -50,8 +50,13 @@ pub fn sign_headers(
         SignableBody::Bytes(body),
     )
     .map_err(|e| SignError(e.to_string()))?;
-    let (instructions, _sig) = sign(signable, &params).map_err(|e| SignError(e.to_string()))?.into_parts();
-    Ok(instructions.headers().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+    let (instructions, _sig) = sign(signable, &params)
+        .map_err(|e| SignError(e.to_string()))?
+        .into_parts();
+    Ok(instructions
+        .headers()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect())
 }
 
 /// Parses `X-Amz-Date` (`20261128T135000Z`) into a time.
@@ -60,7 +65,14 @@ pub fn parse_amz_date(s: &str) -> Option<SystemTime> {
         return None;
     }
     let n = |a: usize, b: usize| s.get(a..b)?.parse::<i64>().ok();
-    let (y, mo, d, h, mi, se) = (n(0, 4)?, n(4, 6)?, n(6, 8)?, n(9, 11)?, n(11, 13)?, n(13, 15)?);
+    let (y, mo, d, h, mi, se) = (
+        n(0, 4)?,
+        n(4, 6)?,
+        n(6, 8)?,
+        n(9, 11)?,
+        n(11, 13)?,
+        n(13, 15)?,
+    );
     // Days from civil (Howard Hinnant's algorithm).
     let y2 = if mo <= 2 { y - 1 } else { y };
     let era = y2.div_euclid(400);
@@ -70,7 +82,9 @@ pub fn parse_amz_date(s: &str) -> Option<SystemTime> {
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146097 + doe - 719468;
     let secs = days * 86400 + h * 3600 + mi * 60 + se;
-    u64::try_from(secs).ok().map(|s| SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(s))
+    u64::try_from(secs)
+        .ok()
+        .map(|s| SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(s))
 }
 
 #[cfg(test)]
@@ -79,18 +93,70 @@ mod tests {
 
     #[test]
     fn signature_is_deterministic_and_key_dependent() {
-        let creds = Credentials { access_key_id: "AKIDEXAMPLE".into(), secret_access_key: "secret".into(), session_token: None };
+        let creds = Credentials {
+            access_key_id: "AKIDEXAMPLE".into(),
+            secret_access_key: "secret".into(),
+            session_token: None,
+        };
         let t = parse_amz_date("20261128T135000Z").expect("date");
-        let hdrs = vec![("host".to_string(), "ec2.us-east-1.amazonaws.com".to_string())];
-        let a = sign_headers(&creds, "us-east-1", "ec2", "POST", "https://ec2.us-east-1.amazonaws.com/", &hdrs, b"Action=X", t).expect("sign");
-        let b = sign_headers(&creds, "us-east-1", "ec2", "POST", "https://ec2.us-east-1.amazonaws.com/", &hdrs, b"Action=X", t).expect("sign");
+        let hdrs = vec![(
+            "host".to_string(),
+            "ec2.us-east-1.amazonaws.com".to_string(),
+        )];
+        let a = sign_headers(
+            &creds,
+            "us-east-1",
+            "ec2",
+            "POST",
+            "https://ec2.us-east-1.amazonaws.com/",
+            &hdrs,
+            b"Action=X",
+            t,
+        )
+        .expect("sign");
+        let b = sign_headers(
+            &creds,
+            "us-east-1",
+            "ec2",
+            "POST",
+            "https://ec2.us-east-1.amazonaws.com/",
+            &hdrs,
+            b"Action=X",
+            t,
+        )
+        .expect("sign");
         assert_eq!(a, b);
-        let auth = a.iter().find(|(k, _)| k.eq_ignore_ascii_case("authorization")).expect("auth").1.clone();
-        assert!(auth.starts_with("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20261128/us-east-1/ec2/aws4_request"));
-        let other = Credentials { secret_access_key: "other".into(), ..creds };
-        let c = sign_headers(&other, "us-east-1", "ec2", "POST", "https://ec2.us-east-1.amazonaws.com/", &hdrs, b"Action=X", t).expect("sign");
+        let auth = a
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+            .expect("auth")
+            .1
+            .clone();
+        assert!(auth.starts_with(
+            "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20261128/us-east-1/ec2/aws4_request"
+        ));
+        let other = Credentials {
+            secret_access_key: "other".into(),
+            ..creds
+        };
+        let c = sign_headers(
+            &other,
+            "us-east-1",
+            "ec2",
+            "POST",
+            "https://ec2.us-east-1.amazonaws.com/",
+            &hdrs,
+            b"Action=X",
+            t,
+        )
+        .expect("sign");
         assert_ne!(a, c);
-        let date = a.iter().find(|(k, _)| k.eq_ignore_ascii_case("x-amz-date")).expect("date").1.clone();
+        let date = a
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("x-amz-date"))
+            .expect("date")
+            .1
+            .clone();
         assert_eq!(date, "20261128T135000Z");
     }
 }

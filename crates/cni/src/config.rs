@@ -83,10 +83,17 @@ pub fn requested_version(stdin: &[u8]) -> Result<String, CniError> {
 impl NetConf {
     /// Parses and validates the config from stdin bytes.
     pub fn parse(stdin: &[u8]) -> Result<NetConf, CniError> {
-        let value: Value = serde_json::from_slice(stdin)
-            .map_err(|e| CniError::new(Code::Decode, format!("network config is not valid JSON: {e}")))?;
+        let value: Value = serde_json::from_slice(stdin).map_err(|e| {
+            CniError::new(
+                Code::Decode,
+                format!("network config is not valid JSON: {e}"),
+            )
+        })?;
         let Value::Object(obj) = value else {
-            return Err(CniError::new(Code::Decode, "network config is not a JSON object"));
+            return Err(CniError::new(
+                Code::Decode,
+                "network config is not a JSON object",
+            ));
         };
         let str_field = |obj: &Map<String, Value>, k: &str| -> Result<Option<String>, CniError> {
             match obj.get(k) {
@@ -101,7 +108,9 @@ impl NetConf {
         let name = str_field(&obj, "name")?
             .ok_or_else(|| bad("required field \"name\" is missing".into()))?;
         if !valid_network_name(&name) {
-            return Err(bad(format!("network name {name:?} must match ^[a-zA-Z0-9][a-zA-Z0-9_.\\-]*$")));
+            return Err(bad(format!(
+                "network name {name:?} must match ^[a-zA-Z0-9][a-zA-Z0-9_.\\-]*$"
+            )));
         }
         let plugin_type = str_field(&obj, "type")?
             .ok_or_else(|| bad("required field \"type\" is missing".into()))?;
@@ -113,7 +122,10 @@ impl NetConf {
             if !known {
                 return Err(CniError::new(
                     Code::UnsupportedField,
-                    format!("unsupported field {k:?} (value {v}) in network config; podwire accepts {}", PODWIRE_KEYS.join(", ")),
+                    format!(
+                        "unsupported field {k:?} (value {v}) in network config; podwire accepts {}",
+                        PODWIRE_KEYS.join(", ")
+                    ),
                 ));
             }
         }
@@ -121,13 +133,20 @@ impl NetConf {
         let mode = match str_field(&obj, "mode")?.as_deref() {
             None | Some("vpc") => Mode::Vpc,
             Some("overlay") => Mode::Overlay,
-            Some(other) => return Err(bad(format!("mode {other:?} must be \"vpc\" or \"overlay\""))),
+            Some(other) => {
+                return Err(bad(format!(
+                    "mode {other:?} must be \"vpc\" or \"overlay\""
+                )))
+            }
         };
         let agent_socket = str_field(&obj, "agentSocket")?
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_AGENT_SOCKET));
         if !agent_socket.is_absolute() {
-            return Err(bad(format!("agentSocket {:?} must be an absolute path", agent_socket)));
+            return Err(bad(format!(
+                "agentSocket {:?} must be an absolute path",
+                agent_socket
+            )));
         }
         let mtu = match obj.get("mtu") {
             None | Some(Value::Null) => None,
@@ -140,7 +159,9 @@ impl NetConf {
         if let Some(p) = &veth_prefix {
             // The name is prefix + 11 hex digits and must fit 15 bytes.
             if p.is_empty() || p.len() > 4 || !p.chars().all(|c| c.is_ascii_alphanumeric()) {
-                return Err(bad(format!("vethPrefix {p:?} must be 1-4 letters or digits")));
+                return Err(bad(format!(
+                    "vethPrefix {p:?} must be 1-4 letters or digits"
+                )));
             }
             if ["eth", "lo", "vlan"].contains(&p.as_str()) {
                 return Err(bad(format!("vethPrefix {p:?} is reserved")));
@@ -188,7 +209,10 @@ mod tests {
         assert_eq!(c.mode, Mode::Vpc);
         assert_eq!(c.agent_socket, PathBuf::from(DEFAULT_AGENT_SOCKET));
         let c = parse(r#"{"cniVersion":"0.3.1","name":"pw","type":"podwire","mode":"overlay","mtu":8951,"vethPrefix":"cali","agentSocket":"/x.sock","dns":{}}"#).expect("ok");
-        assert_eq!((c.mode, c.mtu, c.veth_prefix.as_deref()), (Mode::Overlay, Some(8951), Some("cali")));
+        assert_eq!(
+            (c.mode, c.mtu, c.veth_prefix.as_deref()),
+            (Mode::Overlay, Some(8951), Some("cali"))
+        );
     }
 
     #[test]
@@ -201,24 +225,42 @@ mod tests {
             (r#"{"cniVersion":"1.0.0","name":"pw"}"#, 7),
             (r#"{"cniVersion":"1.0.0","name":"-pw","type":"podwire"}"#, 7),
             (r#"{"cniVersion":"9.9.9","name":"pw","type":"podwire"}"#, 1),
-            (r#"{"cniVersion":"1.0.0","name":"pw","type":"podwire","bogus":1}"#, 2),
-            (r#"{"cniVersion":"1.0.0","name":"pw","type":"podwire","ipam":{"type":"host-local"}}"#, 2),
-            (r#"{"cniVersion":"1.0.0","name":"pw","type":"podwire","mtu":70000}"#, 7),
-            (r#"{"cniVersion":"1.0.0","name":"pw","type":"podwire","mode":"bridge"}"#, 7),
-            (r#"{"cniVersion":"1.0.0","name":"pw","type":"podwire","vethPrefix":"toolong"}"#, 7),
+            (
+                r#"{"cniVersion":"1.0.0","name":"pw","type":"podwire","bogus":1}"#,
+                2,
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"pw","type":"podwire","ipam":{"type":"host-local"}}"#,
+                2,
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"pw","type":"podwire","mtu":70000}"#,
+                7,
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"pw","type":"podwire","mode":"bridge"}"#,
+                7,
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"pw","type":"podwire","vethPrefix":"toolong"}"#,
+                7,
+            ),
         ];
         for (input, code) in cases {
             let e = parse(input).expect_err(input);
             assert_eq!(e.code, code, "{input}: {}", e.msg);
         }
-        let e = parse(r#"{"cniVersion":"1.0.0","name":"pw","type":"podwire","bogus":1}"#).expect_err("2");
+        let e = parse(r#"{"cniVersion":"1.0.0","name":"pw","type":"podwire","bogus":1}"#)
+            .expect_err("2");
         assert!(e.msg.contains("bogus"));
     }
 
     #[test]
     fn gc_accepts_both_attachment_keys() {
         for key in ["cni.dev/valid-attachments", "cni.dev/attachments"] {
-            let s = format!(r#"{{"cniVersion":"1.1.0","name":"pw","type":"podwire","{key}":[{{"containerID":"a","ifname":"eth0"}}]}}"#);
+            let s = format!(
+                r#"{{"cniVersion":"1.1.0","name":"pw","type":"podwire","{key}":[{{"containerID":"a","ifname":"eth0"}}]}}"#
+            );
             let c = parse(&s).expect(key);
             assert_eq!(c.valid_attachments.expect("list")[0].container_id, "a");
         }

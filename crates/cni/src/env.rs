@@ -74,7 +74,9 @@ pub fn valid_ifname(name: &str) -> bool {
         && name.len() <= 15
         && name != "."
         && name != ".."
-        && !name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace())
+        && !name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace())
 }
 
 fn parse_cni_args(raw: &str) -> PodArgs {
@@ -82,7 +84,9 @@ fn parse_cni_args(raw: &str) -> PodArgs {
     // Lenient: unknown keys and malformed pairs are ignored (runtimes send
     // `IgnoreUnknown=1` plus keys for other plugins).
     for pair in raw.split(';').filter(|p| !p.is_empty()) {
-        let Some((k, v)) = pair.split_once('=') else { continue };
+        let Some((k, v)) = pair.split_once('=') else {
+            continue;
+        };
         let v = Some(v.to_string()).filter(|v| !v.is_empty());
         match k {
             "K8S_POD_NAMESPACE" => pod.namespace = v,
@@ -104,7 +108,8 @@ impl Invocation {
     /// Validates a call from an environment map.
     pub fn from_map(env: &HashMap<String, String>) -> Result<Invocation, CniError> {
         let get = |k: &str| env.get(k).map(String::as_str).filter(|v| !v.is_empty());
-        let command_raw = get("CNI_COMMAND").ok_or_else(|| invalid("CNI_COMMAND is not set".into()))?;
+        let command_raw =
+            get("CNI_COMMAND").ok_or_else(|| invalid("CNI_COMMAND is not set".into()))?;
         let command = Command::parse(command_raw)
             .ok_or_else(|| invalid(format!("CNI_COMMAND {command_raw:?} is not a CNI verb")))?;
         let per_container = matches!(command, Command::Add | Command::Del | Command::Check);
@@ -147,11 +152,19 @@ impl Invocation {
         }
         if let Some(ns) = &netns {
             if !ns.is_absolute() {
-                return Err(invalid(format!("CNI_NETNS {:?} is not an absolute path", ns)));
+                return Err(invalid(format!(
+                    "CNI_NETNS {:?} is not an absolute path",
+                    ns
+                )));
             }
         }
         let cni_path = get("CNI_PATH")
-            .map(|p| p.split(':').filter(|s| !s.is_empty()).map(PathBuf::from).collect())
+            .map(|p| {
+                p.split(':')
+                    .filter(|s| !s.is_empty())
+                    .map(PathBuf::from)
+                    .collect()
+            })
             .unwrap_or_default();
         Ok(Invocation {
             command,
@@ -169,7 +182,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn add_env() -> HashMap<String, String> {
@@ -178,7 +194,10 @@ mod tests {
             ("CNI_CONTAINERID", "abc-1.2_x"),
             ("CNI_NETNS", "/run/netns/x"),
             ("CNI_IFNAME", "eth0"),
-            ("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web;junk;X=1"),
+            (
+                "CNI_ARGS",
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web;junk;X=1",
+            ),
         ])
     }
 

@@ -44,7 +44,12 @@ pub struct CniError {
 
 impl CniError {
     pub fn new(code: Code, msg: impl Into<String>) -> Self {
-        CniError { cni_version: None, code: code as u32, msg: msg.into(), details: String::new() }
+        CniError {
+            cni_version: None,
+            code: code as u32,
+            msg: msg.into(),
+            details: String::new(),
+        }
     }
 
     pub fn with_details(mut self, details: impl Into<String>) -> Self {
@@ -59,9 +64,8 @@ impl CniError {
     }
 
     pub fn to_json(&self) -> String {
-        serde_json::to_string(self).unwrap_or_else(|_| {
-            format!("{{\"code\":{},\"msg\":\"error\"}}", self.code)
-        })
+        serde_json::to_string(self)
+            .unwrap_or_else(|_| format!("{{\"code\":{},\"msg\":\"error\"}}", self.code))
     }
 }
 

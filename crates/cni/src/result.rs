@@ -69,8 +69,9 @@ impl CniResult {
     /// Parses a `prevResult` of any supported version (extra fields such as
     /// `ips[].version` are ignored).
     pub fn from_value(v: &Value) -> Result<CniResult, CniError> {
-        serde_json::from_value(v.clone())
-            .map_err(|e| CniError::new(Code::Decode, format!("prevResult is not a CNI result: {e}")))
+        serde_json::from_value(v.clone()).map_err(|e| {
+            CniError::new(Code::Decode, format!("prevResult is not a CNI result: {e}"))
+        })
     }
 
     /// Renders the result in the shape of `version`.
@@ -144,11 +145,29 @@ mod tests {
     fn sample() -> CniResult {
         CniResult {
             interfaces: vec![
-                Interface { name: "eni0123456789a".into(), mac: "0e:00:00:00:00:01".into(), mtu: Some(9001), sandbox: String::new() },
-                Interface { name: "eth0".into(), mac: "0e:00:00:00:00:02".into(), mtu: Some(9001), sandbox: "/run/netns/p".into() },
+                Interface {
+                    name: "eni0123456789a".into(),
+                    mac: "0e:00:00:00:00:01".into(),
+                    mtu: Some(9001),
+                    sandbox: String::new(),
+                },
+                Interface {
+                    name: "eth0".into(),
+                    mac: "0e:00:00:00:00:02".into(),
+                    mtu: Some(9001),
+                    sandbox: "/run/netns/p".into(),
+                },
             ],
-            ips: vec![IpConfig { address: "10.0.3.240/32".parse().expect("ip"), gateway: Some(Ipv4Addr::new(169, 254, 1, 1)), interface: Some(1) }],
-            routes: vec![RouteEntry { dst: "0.0.0.0/0".parse().expect("dst"), gw: Some(Ipv4Addr::new(169, 254, 1, 1)), scope: Some(0) }],
+            ips: vec![IpConfig {
+                address: "10.0.3.240/32".parse().expect("ip"),
+                gateway: Some(Ipv4Addr::new(169, 254, 1, 1)),
+                interface: Some(1),
+            }],
+            routes: vec![RouteEntry {
+                dst: "0.0.0.0/0".parse().expect("dst"),
+                gw: Some(Ipv4Addr::new(169, 254, 1, 1)),
+                scope: Some(0),
+            }],
             dns: Dns::default(),
         }
     }

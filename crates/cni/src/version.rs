@@ -22,7 +22,11 @@ pub const SUPPORTED: [Version; 5] = [
 
 impl Version {
     pub const fn new(major: u8, minor: u8, patch: u8) -> Self {
-        Version { major, minor, patch }
+        Version {
+            major,
+            minor,
+            patch,
+        }
     }
 
     /// The version CHECK appeared in.

@@ -44,7 +44,9 @@ pub fn wait_for_link(h: &mut Handle, mac: MacAddr, timeout: Duration) -> Result<
             return Ok(l);
         }
         if Instant::now() >= deadline {
-            return Err(DataplaneError::Mismatch(format!("no interface with MAC {mac} appeared within {timeout:?}")));
+            return Err(DataplaneError::Mismatch(format!(
+                "no interface with MAC {mac} appeared within {timeout:?}"
+            )));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -67,7 +69,8 @@ pub fn configure_secondary(h: &mut Handle, spec: &EniSpec, link: &Link) -> Resul
         h.set_mtu(link.index, spec.mtu)?;
     }
     set_loose_rp_filter(&link.name)?;
-    let addr = Ipv4Net::new(spec.primary_ip, spec.subnet.prefix_len()).map_err(|e| DataplaneError::Mismatch(e.to_string()))?;
+    let addr = Ipv4Net::new(spec.primary_ip, spec.subnet.prefix_len())
+        .map_err(|e| DataplaneError::Mismatch(e.to_string()))?;
     if let Err(e) = h.add_address(link.index, addr) {
         if !e.is_exists() {
             return Err(e.into());
@@ -76,7 +79,10 @@ pub fn configure_secondary(h: &mut Handle, spec: &EniSpec, link: &Link) -> Resul
     h.set_up(link.index)?;
     // The kernel adds `<subnet> dev ethN proto kernel` to main; only eth0
     // should own the subnet there.
-    let connected = Route::new(spec.subnet).dev(link.index).scope(RouteScope::Link).protocol(2);
+    let connected = Route::new(spec.subnet)
+        .dev(link.index)
+        .scope(RouteScope::Link)
+        .protocol(2);
     if let Err(e) = h.delete_route(&connected) {
         if !e.is_not_found() {
             return Err(e.into());
@@ -89,7 +95,13 @@ pub fn configure_secondary(h: &mut Handle, spec: &EniSpec, link: &Link) -> Resul
             .table(table)
             .protocol(AGENT_ROUTE_PROTO),
     )?;
-    h.replace_route(&Route::new(Ipv4Net::default()).via(gw).dev(link.index).table(table).protocol(AGENT_ROUTE_PROTO))?;
+    h.replace_route(
+        &Route::new(Ipv4Net::default())
+            .via(gw)
+            .dev(link.index)
+            .table(table)
+            .protocol(AGENT_ROUTE_PROTO),
+    )?;
     let rule = Rule {
         priority: RULE_ENI_PRIMARY_PRIORITY,
         src: Some(Ipv4Net::new(spec.primary_ip, 32).unwrap_or_default()),

@@ -1,8 +1,8 @@
 //! Kernel programming for pods and nodes: what a pod's attachment looks like
 //! on the node and inside the pod, in each mode.
 
-pub mod names;
 pub mod eni;
+pub mod names;
 pub mod vpc;
 
 /// Errors from programming the kernel for a pod or node.
@@ -13,7 +13,10 @@ pub enum DataplaneError {
     #[error("interface {ifname} already exists in {netns}")]
     IfnameExists { ifname: String, netns: String },
     #[error("network namespace {path} cannot be opened: {source}")]
-    Netns { path: String, source: std::io::Error },
+    Netns {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Mismatch(String),
 }

@@ -52,13 +52,26 @@ fn pod_rules(ip: Ipv4Addr, route_table: u32) -> Vec<Rule> {
         return Vec::new();
     }
     vec![
-        Rule { priority: RULE_TO_POD_PRIORITY, src: None, dst: Some(host32(ip)), table: TABLE_MAIN },
-        Rule { priority: RULE_FROM_POD_PRIORITY, src: Some(host32(ip)), dst: None, table: route_table },
+        Rule {
+            priority: RULE_TO_POD_PRIORITY,
+            src: None,
+            dst: Some(host32(ip)),
+            table: TABLE_MAIN,
+        },
+        Rule {
+            priority: RULE_FROM_POD_PRIORITY,
+            src: Some(host32(ip)),
+            dst: None,
+            table: route_table,
+        },
     ]
 }
 
 fn open_netns(path: &Path) -> Result<File> {
-    File::open(path).map_err(|source| DataplaneError::Netns { path: path.display().to_string(), source })
+    File::open(path).map_err(|source| DataplaneError::Netns {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 /// Wires a pod. On any failure everything this call created is removed
@@ -100,24 +113,44 @@ fn wire(host: &mut Handle, pod: &mut Handle, spec: &PodSpec<'_>) -> Result<PodLi
     let cont = pod.link(spec.ifname)?;
     pod.add_address(cont.index, host32(spec.ip))?;
     pod.set_up(cont.index)?;
-    pod.add_route(&Route::new(host32(GATEWAY)).dev(cont.index).scope(RouteScope::Link))?;
+    pod.add_route(
+        &Route::new(host32(GATEWAY))
+            .dev(cont.index)
+            .scope(RouteScope::Link),
+    )?;
     pod.add_route(&Route::new(Ipv4Net::default()).via(GATEWAY).dev(cont.index))?;
-    pod.replace_neighbour(&Neighbour { ifindex: cont.index, ip: GATEWAY, mac: host_mac })?;
+    pod.replace_neighbour(&Neighbour {
+        ifindex: cont.index,
+        ip: GATEWAY,
+        mac: host_mac,
+    })?;
 
     host.set_up(host_link.index)?;
-    host.add_route(&Route::new(host32(spec.ip)).dev(host_link.index).scope(RouteScope::Link))?;
+    host.add_route(
+        &Route::new(host32(spec.ip))
+            .dev(host_link.index)
+            .scope(RouteScope::Link),
+    )?;
     for rule in pod_rules(spec.ip, spec.route_table) {
         match host.add_rule(&rule) {
             Err(e) if !e.is_exists() => return Err(e.into()),
             _ => {}
         }
     }
-    Ok(PodLinks { host: host.link(spec.host_veth)?, container: pod.link(spec.ifname)? })
+    Ok(PodLinks {
+        host: host.link(spec.host_veth)?,
+        container: pod.link(spec.ifname)?,
+    })
 }
 
 /// Removes the node side of a pod: the veth (its peer and the /32 route go
 /// with it) and the policy rules. Idempotent.
-pub fn remove_host_side(host: &mut Handle, host_veth: &str, ip: Ipv4Addr, route_table: u32) -> Result<()> {
+pub fn remove_host_side(
+    host: &mut Handle,
+    host_veth: &str,
+    ip: Ipv4Addr,
+    route_table: u32,
+) -> Result<()> {
     host.delete_link_by_name(host_veth)?;
     // The route normally vanishes with the link; remove a stray one that
     // points elsewhere only if it is still ours (scope link to that veth).
@@ -132,7 +165,14 @@ pub fn remove_host_side(host: &mut Handle, host_veth: &str, ip: Ipv4Addr, route_
 
 /// Removes a pod: the container interface (when the netns still exists) and
 /// the node side. Idempotent: whatever is already gone is skipped.
-pub fn del_pod(host: &mut Handle, netns: Option<&Path>, ifname: &str, host_veth: &str, ip: Ipv4Addr, route_table: u32) -> Result<()> {
+pub fn del_pod(
+    host: &mut Handle,
+    netns: Option<&Path>,
+    ifname: &str,
+    host_veth: &str,
+    ip: Ipv4Addr,
+    route_table: u32,
+) -> Result<()> {
     if let Some(ns) = netns.filter(|p| p.exists()) {
         if let Ok(mut pod) = Handle::in_netns(ns) {
             pod.delete_link_by_name(ifname)?;
@@ -148,8 +188,13 @@ pub fn check_pod(host: &mut Handle, spec: &PodSpec<'_>) -> Result<()> {
         return mismatch(format!("host veth {} is missing", spec.host_veth));
     };
     let routes = host.routes()?;
-    if !routes.iter().any(|r| r.dst == host32(spec.ip) && r.oif == Some(host_link.index) && r.table == TABLE_MAIN) {
-        return mismatch(format!("route {} dev {} is missing", spec.ip, spec.host_veth));
+    if !routes.iter().any(|r| {
+        r.dst == host32(spec.ip) && r.oif == Some(host_link.index) && r.table == TABLE_MAIN
+    }) {
+        return mismatch(format!(
+            "route {} dev {} is missing",
+            spec.ip, spec.host_veth
+        ));
     }
     let rules = host.rules()?;
     for rule in pod_rules(spec.ip, spec.route_table) {
@@ -159,12 +204,24 @@ pub fn check_pod(host: &mut Handle, spec: &PodSpec<'_>) -> Result<()> {
     }
     let mut pod = Handle::in_netns(spec.netns)?;
     let Some(cont) = pod.link_by_name(spec.ifname)? else {
-        return mismatch(format!("{} is missing in {}", spec.ifname, spec.netns.display()));
+        return mismatch(format!(
+            "{} is missing in {}",
+            spec.ifname,
+            spec.netns.display()
+        ));
     };
-    if !pod.addresses(Some(cont.index))?.iter().any(|(_, a)| *a == host32(spec.ip)) {
+    if !pod
+        .addresses(Some(cont.index))?
+        .iter()
+        .any(|(_, a)| *a == host32(spec.ip))
+    {
         return mismatch(format!("{} lacks {}/32", spec.ifname, spec.ip));
     }
-    if !pod.routes()?.iter().any(|r| r.dst == Ipv4Net::default() && r.gateway == Some(GATEWAY)) {
+    if !pod
+        .routes()?
+        .iter()
+        .any(|r| r.dst == Ipv4Net::default() && r.gateway == Some(GATEWAY))
+    {
         return mismatch("default route via 169.254.1.1 is missing in the pod".into());
     }
     Ok(())

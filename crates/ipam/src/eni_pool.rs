@@ -70,7 +70,11 @@ pub struct EniPool {
 
 impl EniPool {
     pub fn new(limits: PoolLimits, cooldown: Duration) -> EniPool {
-        EniPool { limits, cooldown, enis: BTreeMap::new() }
+        EniPool {
+            limits,
+            cooldown,
+            enis: BTreeMap::new(),
+        }
     }
 
     pub fn limits(&self) -> PoolLimits {
@@ -101,7 +105,9 @@ impl EniPool {
     pub fn restore(&mut self, ip: Ipv4Addr, owner: &str) -> bool {
         for eni in self.enis.values_mut() {
             if let Some(slot) = eni.ips.get_mut(&ip) {
-                *slot = Slot::Assigned { owner: owner.to_string() };
+                *slot = Slot::Assigned {
+                    owner: owner.to_string(),
+                };
                 return true;
             }
         }
@@ -113,12 +119,24 @@ impl EniPool {
         let cooldown = self.cooldown;
         for eni in self.enis.values_mut() {
             let pick = eni.ips.iter().find_map(|(ip, slot)| match slot {
-                Slot::Free { since } if since.is_none_or(|t| now.duration_since(t) >= cooldown) => Some(*ip),
+                Slot::Free { since } if since.is_none_or(|t| now.duration_since(t) >= cooldown) => {
+                    Some(*ip)
+                }
                 _ => None,
             });
             if let Some(ip) = pick {
-                eni.ips.insert(ip, Slot::Assigned { owner: owner.to_string() });
-                return Some(Assigned { ip, eni_id: eni.id.clone(), device_number: eni.device_number, route_table: eni.route_table });
+                eni.ips.insert(
+                    ip,
+                    Slot::Assigned {
+                        owner: owner.to_string(),
+                    },
+                );
+                return Some(Assigned {
+                    ip,
+                    eni_id: eni.id.clone(),
+                    device_number: eni.device_number,
+                    route_table: eni.route_table,
+                });
             }
         }
         None
@@ -157,11 +175,19 @@ impl EniPool {
 
     /// Free addresses, resting ones included.
     pub fn free_total(&self) -> usize {
-        self.enis.values().flat_map(|e| e.ips.values()).filter(|s| matches!(s, Slot::Free { .. })).count()
+        self.enis
+            .values()
+            .flat_map(|e| e.ips.values())
+            .filter(|s| matches!(s, Slot::Free { .. }))
+            .count()
     }
 
     pub fn assigned(&self) -> usize {
-        self.enis.values().flat_map(|e| e.ips.values()).filter(|s| matches!(s, Slot::Assigned { .. })).count()
+        self.enis
+            .values()
+            .flat_map(|e| e.ips.values())
+            .filter(|s| matches!(s, Slot::Assigned { .. }))
+            .count()
     }
 
     pub fn eni_count(&self) -> u32 {
@@ -171,7 +197,10 @@ impl EniPool {
     /// True when no further address can ever be had on this instance.
     pub fn at_limit(&self) -> bool {
         self.eni_count() >= self.limits.max_enis
-            && self.enis.values().all(|e| e.ips.len() as u32 >= self.limits.secondary_per_eni)
+            && self
+                .enis
+                .values()
+                .all(|e| e.ips.len() as u32 >= self.limits.secondary_per_eni)
     }
 
     /// What to ask the cloud for so that `warm_target` addresses are free.
@@ -183,14 +212,25 @@ impl EniPool {
         // Like the VPC CNI with WARM_ENI_TARGET: fill an ENI in one call
         // rather than trickle addresses (fewer, cheaper API calls).
         for eni in self.enis.values() {
-            let room = self.limits.secondary_per_eni.saturating_sub(eni.ips.len() as u32);
+            let room = self
+                .limits
+                .secondary_per_eni
+                .saturating_sub(eni.ips.len() as u32);
             if room > 0 {
-                return PoolPlan::AssignIps { eni_id: eni.id.clone(), count: room };
+                return PoolPlan::AssignIps {
+                    eni_id: eni.id.clone(),
+                    count: room,
+                };
             }
         }
         if self.eni_count() < self.limits.max_enis {
-            let device_index = (0..).find(|d| !self.enis.contains_key(d)).unwrap_or(self.eni_count());
-            return PoolPlan::AttachEni { device_index, count: self.limits.secondary_per_eni };
+            let device_index = (0..)
+                .find(|d| !self.enis.contains_key(d))
+                .unwrap_or(self.eni_count());
+            return PoolPlan::AttachEni {
+                device_index,
+                count: self.limits.secondary_per_eni,
+            };
         }
         PoolPlan::AtLimit
     }
@@ -205,7 +245,13 @@ mod tests {
     }
 
     fn m5_large() -> EniPool {
-        EniPool::new(PoolLimits { max_enis: 3, secondary_per_eni: 9 }, Duration::ZERO)
+        EniPool::new(
+            PoolLimits {
+                max_enis: 3,
+                secondary_per_eni: 9,
+            },
+            Duration::ZERO,
+        )
     }
 
     #[test]
@@ -213,12 +259,24 @@ mod tests {
         let mut p = m5_large();
         let now = Instant::now();
         p.add_eni("eni-0", 0, 254);
-        assert_eq!(p.plan(9), PoolPlan::AssignIps { eni_id: "eni-0".into(), count: 9 });
+        assert_eq!(
+            p.plan(9),
+            PoolPlan::AssignIps {
+                eni_id: "eni-0".into(),
+                count: 9
+            }
+        );
         p.add_ips("eni-0", &(10..19).map(ip).collect::<Vec<_>>());
         assert_eq!(p.plan(9), PoolPlan::Satisfied);
         let a = p.allocate("a", now).expect("first");
         assert_eq!((a.ip, a.device_number, a.route_table), (ip(10), 0, 254));
-        assert_eq!(p.plan(9), PoolPlan::AttachEni { device_index: 1, count: 9 });
+        assert_eq!(
+            p.plan(9),
+            PoolPlan::AttachEni {
+                device_index: 1,
+                count: 9
+            }
+        );
         p.add_eni("eni-1", 1, 2);
         p.add_ips("eni-1", &(20..29).map(ip).collect::<Vec<_>>());
         p.add_eni("eni-2", 2, 3);
@@ -228,7 +286,9 @@ mod tests {
             got.push(p.allocate(&format!("p{i}"), now).expect("within limit"));
         }
         // eth0 filled before eth1, eth1 before eth2.
-        assert!(got.windows(2).all(|w| w[0].device_number <= w[1].device_number));
+        assert!(got
+            .windows(2)
+            .all(|w| w[0].device_number <= w[1].device_number));
         assert_eq!(got[9].device_number, 1);
         assert!(p.allocate("p27", now).is_none(), "the 28th must fail");
         assert!(p.at_limit());
@@ -240,7 +300,13 @@ mod tests {
 
     #[test]
     fn cooldown_keeps_a_released_address_out_for_a_while() {
-        let mut p = EniPool::new(PoolLimits { max_enis: 1, secondary_per_eni: 2 }, Duration::from_secs(30));
+        let mut p = EniPool::new(
+            PoolLimits {
+                max_enis: 1,
+                secondary_per_eni: 2,
+            },
+            Duration::from_secs(30),
+        );
         let t0 = Instant::now();
         p.add_eni("e", 0, 254);
         p.add_ips("e", &[ip(1), ip(2)]);
@@ -249,7 +315,10 @@ mod tests {
         let b = p.allocate("b", t0).expect("b");
         assert_ne!(b.ip, a.ip);
         assert!(p.allocate("c", t0 + Duration::from_secs(1)).is_none());
-        assert_eq!(p.allocate("c", t0 + Duration::from_secs(31)).map(|x| x.ip), Some(a.ip));
+        assert_eq!(
+            p.allocate("c", t0 + Duration::from_secs(31)).map(|x| x.ip),
+            Some(a.ip)
+        );
     }
 
     #[test]

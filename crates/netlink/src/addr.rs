@@ -36,7 +36,11 @@ impl Handle {
         msg.header.index = index;
         msg.attributes
             .push(AddressAttribute::Local(IpAddr::V4(addr.addr())));
-        self.request(&format!("delete address {addr}"), RouteNetlinkMessage::DelAddress(msg), 0)
+        self.request(
+            &format!("delete address {addr}"),
+            RouteNetlinkMessage::DelAddress(msg),
+            0,
+        )
     }
 
     /// IPv4 addresses of a link (all links when `index` is None), with the

@@ -82,7 +82,11 @@ impl Handle {
     }
 
     /// Sends a dump request and collects every answer.
-    pub(crate) fn dump(&mut self, op: &str, msg: RouteNetlinkMessage) -> Result<Vec<RouteNetlinkMessage>> {
+    pub(crate) fn dump(
+        &mut self,
+        op: &str,
+        msg: RouteNetlinkMessage,
+    ) -> Result<Vec<RouteNetlinkMessage>> {
         let seq = self.send(msg, NLM_F_DUMP)?;
         let mut out = Vec::new();
         loop {

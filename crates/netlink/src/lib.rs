@@ -7,22 +7,22 @@
 //! opened in (the "two-socket trick": open one inside the target netns, then
 //! drive it from any thread).
 
+mod addr;
 mod error;
 mod handle;
 mod link;
-mod addr;
-mod route;
-mod rule;
 mod neigh;
 pub mod netns;
+mod route;
+mod rule;
 pub mod sysctl;
 
 pub use error::{Error, Result};
 pub use handle::Handle;
 pub use link::{Link, MacAddr, VethSpec};
+pub use neigh::Neighbour;
 pub use route::{Route, RouteKind, RouteScope};
 pub use rule::Rule;
-pub use neigh::Neighbour;
 
 /// The main routing table.
 pub const TABLE_MAIN: u32 = 254;

@@ -103,7 +103,10 @@ pub struct VethSpec<'a> {
 impl Handle {
     /// Every link in the namespace.
     pub fn links(&mut self) -> Result<Vec<Link>> {
-        let msgs = self.dump("list links", RouteNetlinkMessage::GetLink(LinkMessage::default()))?;
+        let msgs = self.dump(
+            "list links",
+            RouteNetlinkMessage::GetLink(LinkMessage::default()),
+        )?;
         Ok(msgs
             .iter()
             .filter_map(|m| match m {
@@ -147,7 +150,8 @@ impl Handle {
     /// Creates a veth pair.
     pub fn add_veth(&mut self, spec: &VethSpec<'_>) -> Result<()> {
         let mut peer = LinkMessage::default();
-        peer.attributes.push(LinkAttribute::IfName(spec.peer_name.to_string()));
+        peer.attributes
+            .push(LinkAttribute::IfName(spec.peer_name.to_string()));
         if let Some(mtu) = spec.mtu {
             peer.attributes.push(LinkAttribute::Mtu(mtu));
         }
@@ -158,7 +162,8 @@ impl Handle {
             peer.attributes.push(LinkAttribute::NetNsFd(fd.as_raw_fd()));
         }
         let mut msg = LinkMessage::default();
-        msg.attributes.push(LinkAttribute::IfName(spec.name.to_string()));
+        msg.attributes
+            .push(LinkAttribute::IfName(spec.name.to_string()));
         if let Some(mtu) = spec.mtu {
             msg.attributes.push(LinkAttribute::Mtu(mtu));
         }
@@ -213,7 +218,8 @@ impl Handle {
     pub fn set_netns(&mut self, index: u32, netns: BorrowedFd<'_>) -> Result<()> {
         let mut msg = LinkMessage::default();
         msg.header.index = index;
-        msg.attributes.push(LinkAttribute::NetNsFd(netns.as_raw_fd()));
+        msg.attributes
+            .push(LinkAttribute::NetNsFd(netns.as_raw_fd()));
         self.request("move link to netns", RouteNetlinkMessage::SetLink(msg), 0)
     }
 

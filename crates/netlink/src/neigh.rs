@@ -25,7 +25,9 @@ impl Neighbour {
         msg.header.state = NeighbourState::Permanent;
         msg.header.kind = RouteType::Unicast;
         msg.attributes
-            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(self.ip)));
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
+                self.ip,
+            )));
         msg.attributes
             .push(NeighbourAttribute::LinkLayerAddress(self.mac.0.to_vec()));
         msg
@@ -67,11 +69,17 @@ impl Handle {
                     _ => None,
                 });
                 let mac = n.attributes.iter().find_map(|a| match a {
-                    NeighbourAttribute::LinkLayerAddress(v) => <[u8; 6]>::try_from(v.as_slice()).ok(),
+                    NeighbourAttribute::LinkLayerAddress(v) => {
+                        <[u8; 6]>::try_from(v.as_slice()).ok()
+                    }
                     _ => None,
                 });
                 if let (Some(ip), Some(mac)) = (ip, mac) {
-                    out.push(Neighbour { ifindex: n.header.ifindex, ip, mac: MacAddr(mac) });
+                    out.push(Neighbour {
+                        ifindex: n.header.ifindex,
+                        ip,
+                        mac: MacAddr(mac),
+                    });
                 }
             }
         }

@@ -93,7 +93,11 @@ impl Route {
         let mut msg = RouteMessage::default();
         msg.header.address_family = AddressFamily::Inet;
         msg.header.destination_prefix_length = self.dst.prefix_len();
-        msg.header.table = if self.table < 256 { self.table as u8 } else { 252 };
+        msg.header.table = if self.table < 256 {
+            self.table as u8
+        } else {
+            252
+        };
         msg.header.protocol = RouteProtocol::from(self.protocol);
         msg.header.scope = match self.scope {
             RouteScope::Universe => NlScope::Universe,
@@ -109,18 +113,22 @@ impl Route {
         }
         if self.dst.prefix_len() > 0 {
             msg.attributes
-                .push(RouteAttribute::Destination(RouteAddress::Inet(self.dst.network())));
+                .push(RouteAttribute::Destination(RouteAddress::Inet(
+                    self.dst.network(),
+                )));
         }
         msg.attributes.push(RouteAttribute::Table(self.table));
         if let Some(gw) = self.gateway {
-            msg.attributes.push(RouteAttribute::Gateway(RouteAddress::Inet(gw)));
+            msg.attributes
+                .push(RouteAttribute::Gateway(RouteAddress::Inet(gw)));
         }
         if let Some(oif) = self.oif {
             msg.attributes.push(RouteAttribute::Oif(oif));
         }
         if full {
             if let Some(src) = self.src {
-                msg.attributes.push(RouteAttribute::PrefSource(RouteAddress::Inet(src)));
+                msg.attributes
+                    .push(RouteAttribute::PrefSource(RouteAddress::Inet(src)));
             }
         }
         msg

@@ -21,16 +21,22 @@ impl Rule {
         let mut msg = RuleMessage::default();
         msg.header.family = AddressFamily::Inet;
         msg.header.action = RuleAction::ToTable;
-        msg.header.table = if self.table < 256 { self.table as u8 } else { 252 };
+        msg.header.table = if self.table < 256 {
+            self.table as u8
+        } else {
+            252
+        };
         msg.attributes.push(RuleAttribute::Table(self.table));
         msg.attributes.push(RuleAttribute::Priority(self.priority));
         if let Some(src) = self.src {
             msg.header.src_len = src.prefix_len();
-            msg.attributes.push(RuleAttribute::Source(IpAddr::V4(src.network())));
+            msg.attributes
+                .push(RuleAttribute::Source(IpAddr::V4(src.network())));
         }
         if let Some(dst) = self.dst {
             msg.header.dst_len = dst.prefix_len();
-            msg.attributes.push(RuleAttribute::Destination(IpAddr::V4(dst.network())));
+            msg.attributes
+                .push(RuleAttribute::Destination(IpAddr::V4(dst.network())));
         }
         msg
     }
@@ -39,7 +45,12 @@ impl Rule {
         if msg.header.family != AddressFamily::Inet {
             return None;
         }
-        let mut rule = Rule { priority: 0, src: None, dst: None, table: u32::from(msg.header.table) };
+        let mut rule = Rule {
+            priority: 0,
+            src: None,
+            dst: None,
+            table: u32::from(msg.header.table),
+        };
         for attr in &msg.attributes {
             match attr {
                 RuleAttribute::Priority(p) => rule.priority = *p,

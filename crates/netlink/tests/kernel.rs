@@ -53,9 +53,15 @@ fn veth_address_route_rule_neighbour_round_trip() {
     assert!(again.expect_err("duplicate").is_exists());
 
     h.add_address(a.index, net("10.9.0.1/24")).expect("addr");
-    assert!(h.addresses(Some(a.index)).expect("addrs").contains(&(a.index, net("10.9.0.1/24"))));
+    assert!(h
+        .addresses(Some(a.index))
+        .expect("addrs")
+        .contains(&(a.index, net("10.9.0.1/24"))));
 
-    let host = Route::new(net("10.9.1.5/32")).dev(a.index).scope(RouteScope::Link).protocol(99);
+    let host = Route::new(net("10.9.1.5/32"))
+        .dev(a.index)
+        .scope(RouteScope::Link)
+        .protocol(99);
     h.add_route(&host).expect("route");
     let onlink = Route::new(net("10.9.2.0/26"))
         .via(Ipv4Addr::new(10, 9, 2, 0))
@@ -66,22 +72,43 @@ fn veth_address_route_rule_neighbour_round_trip() {
     let bh = Route::new(net("10.9.3.0/26")).blackhole().protocol(80);
     h.add_route(&bh).expect("blackhole");
     let routes = h.routes().expect("routes");
-    let found = routes.iter().find(|r| r.dst == net("10.9.1.5/32")).expect("host route");
-    assert_eq!((found.protocol, found.scope, found.oif), (99, RouteScope::Link, Some(a.index)));
-    let found = routes.iter().find(|r| r.dst == net("10.9.2.0/26")).expect("onlink");
+    let found = routes
+        .iter()
+        .find(|r| r.dst == net("10.9.1.5/32"))
+        .expect("host route");
+    assert_eq!(
+        (found.protocol, found.scope, found.oif),
+        (99, RouteScope::Link, Some(a.index))
+    );
+    let found = routes
+        .iter()
+        .find(|r| r.dst == net("10.9.2.0/26"))
+        .expect("onlink");
     assert!(found.onlink && found.table == 7);
-    let found = routes.iter().find(|r| r.dst == net("10.9.3.0/26")).expect("bh");
+    let found = routes
+        .iter()
+        .find(|r| r.dst == net("10.9.3.0/26"))
+        .expect("bh");
     assert_eq!(found.kind, RouteKind::Blackhole);
     h.delete_route(&host).expect("del route");
     assert!(h.delete_route(&host).expect_err("gone").is_not_found());
 
-    let rule = Rule { priority: 1536, src: Some(net("10.9.1.5/32")), dst: None, table: 7 };
+    let rule = Rule {
+        priority: 1536,
+        src: Some(net("10.9.1.5/32")),
+        dst: None,
+        table: 7,
+    };
     h.add_rule(&rule).expect("rule");
     assert!(h.rules().expect("rules").contains(&rule));
     h.delete_rule(&rule).expect("del rule");
     assert!(!h.rules().expect("rules").contains(&rule));
 
-    let n = Neighbour { ifindex: a.index, ip: Ipv4Addr::new(169, 254, 1, 1), mac };
+    let n = Neighbour {
+        ifindex: a.index,
+        ip: Ipv4Addr::new(169, 254, 1, 1),
+        mac,
+    };
     h.replace_neighbour(&n).expect("neigh");
     assert!(h.permanent_neighbours().expect("neighs").contains(&n));
 

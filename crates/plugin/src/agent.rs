@@ -15,13 +15,21 @@ pub fn request(socket: &Path, req: &Request) -> Result<Response, CniError> {
         Ok(r) => Ok(r),
         Err(ProtoError::Connect { path, source }) => Err(CniError::new(
             Code::TryAgainLater,
-            format!("podwire-agent is not reachable at {path} ({source}); is it running on this node?"),
+            format!(
+                "podwire-agent is not reachable at {path} ({source}); is it running on this node?"
+            ),
         )),
         Err(ProtoError::Version(v)) => Err(CniError::new(
             Code::Protocol,
-            format!("podwire-agent speaks protocol v{v}; this plugin speaks v{}: upgrade them together", podwire_proto::PROTOCOL_VERSION),
+            format!(
+                "podwire-agent speaks protocol v{v}; this plugin speaks v{}: upgrade them together",
+                podwire_proto::PROTOCOL_VERSION
+            ),
         )),
-        Err(e) => Err(CniError::new(Code::TryAgainLater, format!("podwire-agent: {e}"))),
+        Err(e) => Err(CniError::new(
+            Code::TryAgainLater,
+            format!("podwire-agent: {e}"),
+        )),
     }
 }
 
@@ -38,5 +46,8 @@ fn map_kind(kind: ErrorKind, message: String) -> CniError {
 }
 
 pub fn unexpected(resp: Response) -> CniError {
-    CniError::new(Code::Protocol, format!("unexpected answer from podwire-agent: {resp:?}"))
+    CniError::new(
+        Code::Protocol,
+        format!("unexpected answer from podwire-agent: {resp:?}"),
+    )
 }

@@ -21,10 +21,16 @@ pub struct Outcome {
 
 impl Outcome {
     fn ok(stdout: String) -> Self {
-        Outcome { stdout, exit_code: 0 }
+        Outcome {
+            stdout,
+            exit_code: 0,
+        }
     }
     fn err(e: CniError) -> Self {
-        Outcome { stdout: e.to_json(), exit_code: 1 }
+        Outcome {
+            stdout: e.to_json(),
+            exit_code: 1,
+        }
     }
 }
 
@@ -64,7 +70,10 @@ pub fn run(env: &HashMap<String, String>, stdin: &[u8]) -> Outcome {
     if conf.cni_version < min {
         return Outcome::err(tag(CniError::new(
             Code::IncompatibleVersion,
-            format!("{:?} needs cniVersion {min} or later, config has {}", inv.command, conf.cni_version),
+            format!(
+                "{:?} needs cniVersion {min} or later, config has {}",
+                inv.command, conf.cni_version
+            ),
         )));
     }
     match verbs::dispatch(&inv, &conf) {

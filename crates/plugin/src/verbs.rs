@@ -79,7 +79,12 @@ fn add(inv: &Invocation, conf: &NetConf) -> Result<String, CniError> {
         Response::Allocated { allocation } => allocation,
         other => return Err(agent::unexpected(other)),
     };
-    let host_veth = veth_for(conf, inv.pod.namespace.as_deref(), inv.pod.name.as_deref(), &inv.container_id);
+    let host_veth = veth_for(
+        conf,
+        inv.pod.namespace.as_deref(),
+        inv.pod.name.as_deref(),
+        &inv.container_id,
+    );
     let mtu = conf.mtu.unwrap_or(DEFAULT_MTU);
     let spec = vpc::PodSpec {
         netns,
@@ -93,7 +98,12 @@ fn add(inv: &Invocation, conf: &NetConf) -> Result<String, CniError> {
         Ok(l) => l,
         Err(e) => {
             // Give the address back; the wiring already undid itself.
-            let _ = agent::request(&conf.agent_socket, &Request::Del { key: key(inv, conf) });
+            let _ = agent::request(
+                &conf.agent_socket,
+                &Request::Del {
+                    key: key(inv, conf),
+                },
+            );
             return Err(kernel_error(e));
         }
     };
@@ -109,7 +119,11 @@ fn add(inv: &Invocation, conf: &NetConf) -> Result<String, CniError> {
     });
     result.interfaces.push(Interface {
         name: links.container.name.clone(),
-        mac: links.container.mac.map(|m| m.to_string()).unwrap_or_default(),
+        mac: links
+            .container
+            .mac
+            .map(|m| m.to_string())
+            .unwrap_or_default(),
         mtu: Some(mtu),
         sandbox: netns.display().to_string(),
     });
@@ -118,7 +132,11 @@ fn add(inv: &Invocation, conf: &NetConf) -> Result<String, CniError> {
         gateway: Some(vpc::GATEWAY),
         interface: Some(base + 1),
     });
-    result.routes.push(RouteEntry { dst: Ipv4Net::default(), gw: Some(vpc::GATEWAY), scope: None });
+    result.routes.push(RouteEntry {
+        dst: Ipv4Net::default(),
+        gw: Some(vpc::GATEWAY),
+        scope: None,
+    });
     Ok(result.to_value(conf.cni_version).to_string())
 }
 
@@ -131,7 +149,12 @@ fn lookup(conf: &NetConf, key: AttachmentKey) -> Result<Option<Allocation>, CniE
 
 fn del(inv: &Invocation, conf: &NetConf) -> Result<(), CniError> {
     let mut host = host_handle()?;
-    let veth = veth_for(conf, inv.pod.namespace.as_deref(), inv.pod.name.as_deref(), &inv.container_id);
+    let veth = veth_for(
+        conf,
+        inv.pod.namespace.as_deref(),
+        inv.pod.name.as_deref(),
+        &inv.container_id,
+    );
     let alloc = match lookup(conf, key(inv, conf)) {
         Ok(a) => a,
         Err(e) => {
@@ -147,9 +170,21 @@ fn del(inv: &Invocation, conf: &NetConf) -> Result<(), CniError> {
         }
     };
     if let Some(a) = &alloc {
-        vpc::del_pod(&mut host, inv.netns.as_deref(), &inv.ifname, &veth, a.ip, a.route_table)
-            .map_err(kernel_error)?;
-        match agent::request(&conf.agent_socket, &Request::Del { key: key(inv, conf) })? {
+        vpc::del_pod(
+            &mut host,
+            inv.netns.as_deref(),
+            &inv.ifname,
+            &veth,
+            a.ip,
+            a.route_table,
+        )
+        .map_err(kernel_error)?;
+        match agent::request(
+            &conf.agent_socket,
+            &Request::Del {
+                key: key(inv, conf),
+            },
+        )? {
             Response::Released { .. } => {}
             other => return Err(agent::unexpected(other)),
         }
@@ -161,8 +196,15 @@ fn del(inv: &Invocation, conf: &NetConf) -> Result<(), CniError> {
     Ok(())
 }
 
-fn teardown_unknown_table(host: &mut Handle, inv: &Invocation, veth: &str, ip: std::net::Ipv4Addr) -> Result<(), CniError> {
-    let rules = host.rules().map_err(|e| CniError::new(Code::Kernel, e.to_string()))?;
+fn teardown_unknown_table(
+    host: &mut Handle,
+    inv: &Invocation,
+    veth: &str,
+    ip: std::net::Ipv4Addr,
+) -> Result<(), CniError> {
+    let rules = host
+        .rules()
+        .map_err(|e| CniError::new(Code::Kernel, e.to_string()))?;
     let table = rules
         .iter()
         .find(|r| r.priority == vpc::RULE_FROM_POD_PRIORITY && r.src.map(|s| s.addr()) == Some(ip))
@@ -173,14 +215,28 @@ fn teardown_unknown_table(host: &mut Handle, inv: &Invocation, veth: &str, ip: s
 
 fn check(inv: &Invocation, conf: &NetConf) -> Result<(), CniError> {
     let alloc = lookup(conf, key(inv, conf))?.ok_or_else(|| {
-        CniError::new(Code::UnknownContainer, format!("podwire holds no attachment for container {} {}", inv.container_id, inv.ifname))
+        CniError::new(
+            Code::UnknownContainer,
+            format!(
+                "podwire holds no attachment for container {} {}",
+                inv.container_id, inv.ifname
+            ),
+        )
     })?;
     if let Some(prev) = &conf.prev_result {
         if !prev.ips.iter().any(|i| i.address.addr() == alloc.ip) {
-            return Err(CniError::new(Code::CheckFailed, format!("prevResult does not list the pod's address {}", alloc.ip)));
+            return Err(CniError::new(
+                Code::CheckFailed,
+                format!("prevResult does not list the pod's address {}", alloc.ip),
+            ));
         }
     }
-    let veth = veth_for(conf, inv.pod.namespace.as_deref(), inv.pod.name.as_deref(), &inv.container_id);
+    let veth = veth_for(
+        conf,
+        inv.pod.namespace.as_deref(),
+        inv.pod.name.as_deref(),
+        &inv.container_id,
+    );
     let netns = inv.netns.as_deref().unwrap_or(Path::new(""));
     let mut host = host_handle()?;
     vpc::check_pod(
@@ -198,14 +254,23 @@ fn check(inv: &Invocation, conf: &NetConf) -> Result<(), CniError> {
 }
 
 fn status(conf: &NetConf) -> Result<(), CniError> {
-    let resp = podwire_proto::call(&conf.agent_socket, &Request::Status, std::time::Duration::from_secs(5));
+    let resp = podwire_proto::call(
+        &conf.agent_socket,
+        &Request::Status,
+        std::time::Duration::from_secs(5),
+    );
     match resp {
         Ok(Response::Status { status }) if status.ready => Ok(()),
-        Ok(Response::Status { status }) => Err(CniError::new(Code::PluginNotAvailable, status.message)),
+        Ok(Response::Status { status }) => {
+            Err(CniError::new(Code::PluginNotAvailable, status.message))
+        }
         Ok(other) => Err(agent::unexpected(other)),
         Err(e) => Err(CniError::new(
             Code::PluginNotAvailable,
-            format!("podwire-agent is not available at {}: {e}", conf.agent_socket.display()),
+            format!(
+                "podwire-agent is not available at {}: {e}",
+                conf.agent_socket.display()
+            ),
         )),
     }
 }
@@ -216,16 +281,31 @@ fn gc(conf: &NetConf) -> Result<(), CniError> {
         .clone()
         .unwrap_or_default()
         .into_iter()
-        .map(|a| AttachmentKey { network: conf.name.clone(), container_id: a.container_id, ifname: a.ifname })
+        .map(|a| AttachmentKey {
+            network: conf.name.clone(),
+            container_id: a.container_id,
+            ifname: a.ifname,
+        })
         .collect();
-    let released = match agent::request(&conf.agent_socket, &Request::Gc { network: conf.name.clone(), valid })? {
+    let released = match agent::request(
+        &conf.agent_socket,
+        &Request::Gc {
+            network: conf.name.clone(),
+            valid,
+        },
+    )? {
         Response::Released { allocations } => allocations,
         other => return Err(agent::unexpected(other)),
     };
     let mut host = host_handle()?;
     let mut failures = Vec::new();
     for a in released {
-        let veth = veth_for(conf, a.pod_namespace.as_deref(), a.pod_name.as_deref(), &a.key.container_id);
+        let veth = veth_for(
+            conf,
+            a.pod_namespace.as_deref(),
+            a.pod_name.as_deref(),
+            &a.key.container_id,
+        );
         if let Err(e) = vpc::remove_host_side(&mut host, &veth, a.ip, a.route_table) {
             failures.push(format!("{}: {e}", a.key.container_id));
         }
@@ -233,6 +313,9 @@ fn gc(conf: &NetConf) -> Result<(), CniError> {
     if failures.is_empty() {
         Ok(())
     } else {
-        Err(CniError::new(Code::Kernel, format!("GC could not clean: {}", failures.join("; "))))
+        Err(CniError::new(
+            Code::Kernel,
+            format!("GC could not clean: {}", failures.join("; ")),
+        ))
     }
 }

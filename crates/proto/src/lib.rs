@@ -45,7 +45,10 @@ pub enum Request {
     /// Can the agent serve ADDs now?
     Status,
     /// Release every allocation of `network` not in `valid`.
-    Gc { network: String, valid: Vec<AttachmentKey> },
+    Gc {
+        network: String,
+        valid: Vec<AttachmentKey>,
+    },
 }
 
 /// Where a pod's address lives and how its traffic must leave the node.
@@ -95,12 +98,23 @@ pub struct StatusInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Response {
-    Allocated { allocation: Allocation },
+    Allocated {
+        allocation: Allocation,
+    },
     /// DEL/GC: what was released (empty when nothing was held).
-    Released { allocations: Vec<Allocation> },
-    Found { allocation: Option<Allocation> },
-    Status { status: StatusInfo },
-    Error { kind: ErrorKind, message: String },
+    Released {
+        allocations: Vec<Allocation>,
+    },
+    Found {
+        allocation: Option<Allocation>,
+    },
+    Status {
+        status: StatusInfo,
+    },
+    Error {
+        kind: ErrorKind,
+        message: String,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -113,7 +127,10 @@ struct Envelope<T> {
 #[derive(Debug, thiserror::Error)]
 pub enum ProtoError {
     #[error("agent socket {path}: {source}")]
-    Connect { path: String, source: std::io::Error },
+    Connect {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("agent connection: {0}")]
     Io(#[from] std::io::Error),
     #[error("agent message: {0}")]
@@ -125,7 +142,10 @@ pub enum ProtoError {
 }
 
 fn write_line<T: Serialize>(w: &mut impl Write, body: T) -> Result<(), ProtoError> {
-    let mut line = serde_json::to_vec(&Envelope { v: PROTOCOL_VERSION, body })?;
+    let mut line = serde_json::to_vec(&Envelope {
+        v: PROTOCOL_VERSION,
+        body,
+    })?;
     line.push(b'\n');
     w.write_all(&line)?;
     w.flush()?;
@@ -138,7 +158,10 @@ fn read_line<T: for<'de> Deserialize<'de>>(r: &mut impl BufRead) -> Result<T, Pr
         return Err(ProtoError::Closed);
     }
     let raw: serde_json::Value = serde_json::from_str(&line)?;
-    let v = raw.get("v").and_then(serde_json::Value::as_u64).unwrap_or(0) as u32;
+    let v = raw
+        .get("v")
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(0) as u32;
     if v != PROTOCOL_VERSION {
         return Err(ProtoError::Version(v));
     }
@@ -177,7 +200,11 @@ mod tests {
     #[test]
     fn round_trip_and_version_check() {
         let req = Request::Del {
-            key: AttachmentKey { network: "n".into(), container_id: "c".into(), ifname: "eth0".into() },
+            key: AttachmentKey {
+                network: "n".into(),
+                container_id: "c".into(),
+                ifname: "eth0".into(),
+            },
         };
         let mut buf = Vec::new();
         write_line(&mut buf, &req).expect("write");
@@ -185,6 +212,9 @@ mod tests {
         assert_eq!(back, req);
         let bad = br#"{"v":99,"op":"status"}
 "#;
-        assert!(matches!(read_request(&mut bad.as_slice()), Err(ProtoError::Version(99))));
+        assert!(matches!(
+            read_request(&mut bad.as_slice()),
+            Err(ProtoError::Version(99))
+        ));
     }
 }

@@ -1,0 +1,390 @@
+//! The EC2 Query API: form-encoded POST, SigV4 verified against the lab's
+//! credentials, dispatched to the model, answered in EC2's XML.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::time::{Duration, SystemTime};
+
+use podwire_cloud::{sigv4, Credentials, LimitsTable};
+
+use super::model::{api_err, ApiError, Cloud, IngressSource};
+use super::xml;
+
+/// A parsed request: the form parameters and the headers SigV4 needs.
+#[derive(Debug)]
+pub struct QueryRequest {
+    pub params: BTreeMap<String, String>,
+    pub body: String,
+    pub headers: Vec<(String, String)>,
+    pub url: String,
+}
+
+fn header<'a>(r: &'a QueryRequest, name: &str) -> Option<&'a str> {
+    r.headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+/// Checks the Authorization header: known key, fresh date, and a signature
+/// equal to the one the lab computes with the secret.
+pub fn verify(cloud: &Cloud, r: &QueryRequest) -> Result<(), ApiError> {
+    let unauth = |code: &str, msg: &str| ApiError {
+        code: code.into(),
+        message: msg.into(),
+        status: 401,
+    };
+    let auth = header(r, "authorization").ok_or_else(|| unauth("AuthFailure", "AWS was not able to validate the provided access credentials (no Authorization header)"))?;
+    let cred = auth
+        .split("Credential=")
+        .nth(1)
+        .and_then(|s| s.split('/').next())
+        .ok_or_else(|| unauth("AuthFailure", "malformed Authorization header"))?;
+    let secret = cloud.credentials.get(cred).ok_or_else(|| {
+        unauth(
+            "AuthFailure",
+            "AWS was not able to validate the provided access credentials",
+        )
+    })?;
+    let signed: Vec<String> = auth
+        .split("SignedHeaders=")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .map(|s| s.split(';').map(str::to_string).collect())
+        .unwrap_or_default();
+    let date = header(r, "x-amz-date").ok_or_else(|| unauth("AuthFailure", "no X-Amz-Date"))?;
+    let time =
+        sigv4::parse_amz_date(date).ok_or_else(|| unauth("AuthFailure", "bad X-Amz-Date"))?;
+    let skew = SystemTime::now()
+        .duration_since(time)
+        .unwrap_or_else(|e| e.duration());
+    if skew > Duration::from_secs(300) {
+        return Err(ApiError {
+            code: "RequestExpired".into(),
+            message: format!("Request has expired (X-Amz-Date {date})"),
+            status: 400,
+        });
+    }
+    let headers: Vec<(String, String)> = signed
+        .iter()
+        .filter(|h| *h != "x-amz-date" && *h != "x-amz-security-token")
+        .filter_map(|h| header(r, h).map(|v| (h.clone(), v.to_string())))
+        .collect();
+    let creds = Credentials {
+        access_key_id: cred.to_string(),
+        secret_access_key: secret.clone(),
+        session_token: header(r, "x-amz-security-token").map(str::to_string),
+    };
+    let region = cloud.region.clone();
+    let expected = sigv4::sign_headers(
+        &creds,
+        &region,
+        "ec2",
+        "POST",
+        &r.url,
+        &headers,
+        r.body.as_bytes(),
+        time,
+    )
+    .map_err(|e| unauth("AuthFailure", &e.to_string()))?;
+    let expected_auth = expected
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+        .map(|(_, v)| v.as_str());
+    if expected_auth != Some(auth) {
+        return Err(ApiError {
+            code: "SignatureDoesNotMatch".into(),
+            message:
+                "The request signature we calculated does not match the signature you provided."
+                    .into(),
+            status: 403,
+        });
+    }
+    Ok(())
+}
+
+fn param<'a>(p: &'a BTreeMap<String, String>, k: &str) -> Result<&'a str, ApiError> {
+    p.get(k).map(String::as_str).ok_or_else(|| {
+        api_err(
+            "MissingParameter",
+            format!("The request must contain the parameter {k}"),
+        )
+    })
+}
+
+fn list(p: &BTreeMap<String, String>, prefix: &str) -> Vec<String> {
+    let mut v: Vec<(u32, String)> = p
+        .iter()
+        .filter_map(|(k, val)| {
+            k.strip_prefix(prefix)?
+                .strip_prefix('.')?
+                .parse::<u32>()
+                .ok()
+                .map(|n| (n, val.clone()))
+        })
+        .collect();
+    v.sort();
+    v.into_iter().map(|(_, s)| s).collect()
+}
+
+fn num(p: &BTreeMap<String, String>, k: &str) -> Result<u32, ApiError> {
+    match p.get(k) {
+        None => Ok(0),
+        Some(v) => v.parse().map_err(|_| {
+            api_err(
+                "InvalidParameterValue",
+                format!("Value ({v}) for parameter {k} is invalid"),
+            )
+        }),
+    }
+}
+
+fn ips(p: &BTreeMap<String, String>, prefix: &str) -> Result<Vec<Ipv4Addr>, ApiError> {
+    list(p, prefix)
+        .iter()
+        .map(|s| {
+            s.parse().map_err(|_| {
+                api_err(
+                    "InvalidParameterValue",
+                    format!("{s} is not an IPv4 address"),
+                )
+            })
+        })
+        .collect()
+}
+
+/// Filters as `(name, values)`.
+fn filters(p: &BTreeMap<String, String>) -> Vec<(String, Vec<String>)> {
+    let mut out = Vec::new();
+    for i in 1.. {
+        let Some(name) = p.get(&format!("Filter.{i}.Name")) else {
+            break;
+        };
+        out.push((name.clone(), list(p, &format!("Filter.{i}.Value"))));
+    }
+    out
+}
+
+/// What a successful action changed (so the fabric is re-synced only then).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Effect {
+    ReadOnly,
+    Changed,
+}
+
+/// Runs one action; returns the XML body and whether state changed.
+pub fn dispatch(
+    cloud: &mut Cloud,
+    limits: &LimitsTable,
+    p: &BTreeMap<String, String>,
+) -> Result<(String, Effect), ApiError> {
+    let action = param(p, "Action")?.to_string();
+    let id = cloud.new_id("req");
+    let ok = |body: String, eff: Effect| Ok((xml::response(&action, &id, &body), eff));
+    match action.as_str() {
+        "DescribeNetworkInterfaces" => {
+            let ids = list(p, "NetworkInterfaceId");
+            for i in &ids {
+                cloud.eni(i)?;
+            }
+            let fs = filters(p);
+            let mut items = String::new();
+            for e in cloud.enis.values() {
+                if !ids.is_empty() && !ids.contains(&e.id) {
+                    continue;
+                }
+                let mut keep = true;
+                for (name, values) in &fs {
+                    let actual: Vec<String> = match name.as_str() {
+                        "attachment.instance-id" => {
+                            e.attachment.iter().map(|a| a.instance_id.clone()).collect()
+                        }
+                        "subnet-id" => vec![e.subnet_id.clone()],
+                        "description" => vec![e.description.clone()],
+                        "status" => vec![if e.attachment.is_some() {
+                            "in-use".into()
+                        } else {
+                            "available".into()
+                        }],
+                        "network-interface-id" => vec![e.id.clone()],
+                        "addresses.private-ip-address" => {
+                            e.all_ips().map(|i| i.to_string()).collect()
+                        }
+                        other => {
+                            return Err(api_err(
+                                "InvalidParameterValue",
+                                format!("The filter '{other}' is invalid"),
+                            ))
+                        }
+                    };
+                    if !values.iter().any(|v| actual.contains(v)) {
+                        keep = false;
+                    }
+                }
+                if keep {
+                    items.push_str(&xml::eni(cloud, e, "item"));
+                }
+            }
+            ok(
+                format!("<networkInterfaceSet>{items}</networkInterfaceSet>"),
+                Effect::ReadOnly,
+            )
+        }
+        "DescribeInstances" => {
+            let ids = list(p, "InstanceId");
+            let mut items = String::new();
+            for i in &ids {
+                if !cloud.instances.contains_key(i) {
+                    return Err(api_err(
+                        "InvalidInstanceID.NotFound",
+                        format!("The instance ID '{i}' does not exist"),
+                    ));
+                }
+            }
+            for inst in cloud
+                .instances
+                .values()
+                .filter(|i| ids.is_empty() || ids.contains(&i.id))
+            {
+                items.push_str(&xml::instance(cloud, inst));
+            }
+            ok(format!("<reservationSet><item><reservationId>r-0000000000000001</reservationId><ownerId>000000000000</ownerId><instancesSet>{items}</instancesSet></item></reservationSet>"), Effect::ReadOnly)
+        }
+        "DescribeInstanceTypes" => {
+            let mut items = String::new();
+            for t in list(p, "InstanceType") {
+                let l = limits.get(&t).ok_or_else(|| {
+                    api_err(
+                        "InvalidInstanceType",
+                        format!("The following supplied instance types do not exist: [{t}]"),
+                    )
+                })?;
+                items.push_str(&format!(
+                    "<item><instanceType>{}</instanceType><hypervisor>{}</hypervisor><bareMetal>{}</bareMetal><networkInfo><maximumNetworkInterfaces>{}</maximumNetworkInterfaces><ipv4AddressesPerInterface>{}</ipv4AddressesPerInterface><defaultNetworkCardIndex>0</defaultNetworkCardIndex></networkInfo></item>",
+                    l.instance_type, l.hypervisor, l.bare_metal, l.max_enis, l.ipv4_per_eni
+                ));
+            }
+            ok(
+                format!("<instanceTypeSet>{items}</instanceTypeSet>"),
+                Effect::ReadOnly,
+            )
+        }
+        "CreateNetworkInterface" => {
+            let subnet = param(p, "SubnetId")?.to_string();
+            let desc = p.get("Description").cloned().unwrap_or_default();
+            let groups = list(p, "SecurityGroupId");
+            let primary = p
+                .get("PrivateIpAddress")
+                .map(|s| s.parse())
+                .transpose()
+                .map_err(|_| api_err("InvalidParameterValue", "PrivateIpAddress"))?;
+            let eni_id = cloud.create_eni(
+                &subnet,
+                &desc,
+                groups,
+                num(p, "SecondaryPrivateIpAddressCount")?,
+                primary,
+            )?;
+            let body = xml::eni(cloud, cloud.eni(&eni_id)?, "networkInterface");
+            ok(body, Effect::Changed)
+        }
+        "AttachNetworkInterface" => {
+            let att = cloud.attach(
+                limits,
+                param(p, "NetworkInterfaceId")?,
+                param(p, "InstanceId")?,
+                num(p, "DeviceIndex")?,
+            )?;
+            ok(
+                format!("<attachmentId>{att}</attachmentId><networkCardIndex>0</networkCardIndex>"),
+                Effect::Changed,
+            )
+        }
+        "AssignPrivateIpAddresses" => {
+            let eni_id = param(p, "NetworkInterfaceId")?.to_string();
+            let new = cloud.assign(
+                limits,
+                &eni_id,
+                num(p, "SecondaryPrivateIpAddressCount")?,
+                &ips(p, "PrivateIpAddress")?,
+            )?;
+            let items: String = new
+                .iter()
+                .map(|ip| format!("<item><privateIpAddress>{ip}</privateIpAddress></item>"))
+                .collect();
+            ok(format!("<networkInterfaceId>{eni_id}</networkInterfaceId><assignedPrivateIpAddressesSet>{items}</assignedPrivateIpAddressesSet><return>true</return>"), Effect::Changed)
+        }
+        "UnassignPrivateIpAddresses" => {
+            cloud.unassign(
+                param(p, "NetworkInterfaceId")?,
+                &ips(p, "PrivateIpAddress")?,
+            )?;
+            ok("<return>true</return>".into(), Effect::Changed)
+        }
+        "DeleteNetworkInterface" => {
+            cloud.delete_eni(param(p, "NetworkInterfaceId")?)?;
+            ok("<return>true</return>".into(), Effect::Changed)
+        }
+        "AuthorizeSecurityGroupIngress" | "RevokeSecurityGroupIngress" => {
+            let gid = param(p, "GroupId")?.to_string();
+            let mut sources = Vec::new();
+            for i in 1.. {
+                let Some(g) = p.get(&format!("IpPermissions.1.Groups.{i}.GroupId")) else {
+                    break;
+                };
+                sources.push(IngressSource::Group(g.clone()));
+            }
+            for i in 1.. {
+                let Some(c) = p.get(&format!("IpPermissions.1.IpRanges.{i}.CidrIp")) else {
+                    break;
+                };
+                sources.push(IngressSource::Cidr(c.parse().map_err(|_| {
+                    api_err("InvalidParameterValue", format!("CIDR {c}"))
+                })?));
+            }
+            if sources.is_empty() {
+                return Err(api_err(
+                    "MissingParameter",
+                    "IpPermissions.1 needs a group or an IP range",
+                ));
+            }
+            let sg = cloud.groups.get_mut(&gid).ok_or_else(|| {
+                api_err(
+                    "InvalidGroup.NotFound",
+                    format!("The security group '{gid}' does not exist"),
+                )
+            })?;
+            for s in sources {
+                if action.starts_with("Authorize") {
+                    sg.ingress.insert(s);
+                } else {
+                    sg.ingress.remove(&s);
+                }
+            }
+            ok("<return>true</return>".into(), Effect::Changed)
+        }
+        other => Err(api_err(
+            "InvalidAction",
+            format!("The action {other} is not valid for this web service."),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_params_keep_their_order() {
+        let mut p = BTreeMap::new();
+        for (k, v) in [
+            ("PrivateIpAddress.10", "c"),
+            ("PrivateIpAddress.2", "b"),
+            ("PrivateIpAddress.1", "a"),
+            ("PrivateIpAddressX", "z"),
+        ] {
+            p.insert(k.to_string(), v.to_string());
+        }
+        assert_eq!(list(&p, "PrivateIpAddress"), vec!["a", "b", "c"]);
+    }
+}

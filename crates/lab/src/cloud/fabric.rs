@@ -1,0 +1,208 @@
+//! The VPC's data plane, inside the fabric namespace: one veth per attached
+//! ENI (the other end is `ethN` in the instance), a /32 route and a permanent
+//! neighbour entry per address (the VPC's mapping service), proxy ARP for the
+//! subnet, and nftables for source/dest check and security groups. Reconciled
+//! from the model after every change.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use ipnet::Ipv4Net;
+use podwire_netlink::{sysctl, Handle, MacAddr, Neighbour, Route, RouteScope, VethSpec};
+
+use super::model::{Cloud, IngressSource};
+use crate::LabError;
+
+/// Route protocol of the fabric's per-address routes.
+pub const FABRIC_PROTO: u8 = 81;
+pub const NFT_TABLE: &str = "podwire_lab";
+pub const ENI_MTU: u32 = 9001;
+
+/// The fabric-side name of an ENI's veth: `<host>.eth<N>`.
+pub fn fabric_ifname(host: &str, device: u32) -> String {
+    let mut s = format!("{host}.eth{device}");
+    s.truncate(15);
+    s
+}
+
+fn lab_err(e: impl std::fmt::Display) -> LabError {
+    LabError::Fabric(e.to_string())
+}
+
+/// Brings the fabric namespace in line with the model.
+pub fn sync(nl: &mut Handle, cloud: &Cloud) -> Result<(), LabError> {
+    // Desired: ifname -> (instance netns, device, mac, addresses).
+    let mut want: BTreeMap<String, (String, u32, MacAddr, Vec<Ipv4Addr>)> = BTreeMap::new();
+    for e in cloud.enis.values() {
+        let Some(a) = &e.attachment else { continue };
+        let Some(inst) = cloud.instances.get(&a.instance_id) else {
+            continue;
+        };
+        let mac: MacAddr = e.mac.parse().map_err(lab_err)?;
+        want.insert(
+            fabric_ifname(&inst.host, a.device_index),
+            (
+                inst.netns.clone(),
+                a.device_index,
+                mac,
+                e.all_ips().collect(),
+            ),
+        );
+    }
+    let links = nl.links()?;
+    // Detached or deleted ENIs: remove their veth (the instance side goes too).
+    for l in &links {
+        if l.kind.as_deref() == Some("veth")
+            && l.name.contains(".eth")
+            && !want.contains_key(&l.name)
+        {
+            nl.delete_link(l.index)?;
+        }
+    }
+    let mut desired_routes: BTreeMap<Ipv4Addr, u32> = BTreeMap::new();
+    let mut desired_neigh: BTreeSet<(u32, Ipv4Addr)> = BTreeSet::new();
+    for (ifname, (netns, device, mac, ips)) in &want {
+        let link = match nl.link_by_name(ifname)? {
+            Some(l) => l,
+            None => {
+                let ns = File::open(Path::new("/run/netns").join(netns))
+                    .map_err(|e| lab_err(format!("instance netns {netns}: {e}")))?;
+                nl.add_veth(&VethSpec {
+                    name: ifname,
+                    peer_name: &format!("eth{device}"),
+                    mtu: Some(ENI_MTU),
+                    mac: None,
+                    peer_mac: Some(*mac),
+                    peer_netns: Some(ns.as_fd()),
+                })?;
+                let l = nl.link(ifname)?;
+                for (k, v) in [
+                    ("net/ipv4/conf/{}/proxy_arp", "1"),
+                    ("net/ipv4/neigh/{}/proxy_delay", "0"),
+                    ("net/ipv4/conf/{}/rp_filter", "0"),
+                ] {
+                    sysctl::write(&k.replace("{}", ifname), v)?;
+                }
+                nl.set_up(l.index)?;
+                l
+            }
+        };
+        for ip in ips {
+            desired_routes.insert(*ip, link.index);
+            desired_neigh.insert((link.index, *ip));
+            nl.replace_route(
+                &Route::new(Ipv4Net::new(*ip, 32).map_err(lab_err)?)
+                    .dev(link.index)
+                    .scope(RouteScope::Link)
+                    .protocol(FABRIC_PROTO),
+            )?;
+            nl.replace_neighbour(&Neighbour {
+                ifindex: link.index,
+                ip: *ip,
+                mac: *mac,
+            })?;
+        }
+    }
+    for r in nl.routes()? {
+        if r.protocol == FABRIC_PROTO
+            && r.dst.prefix_len() == 32
+            && desired_routes.get(&r.dst.addr()) != r.oif.as_ref()
+        {
+            let _ = nl.delete_route(&r);
+        }
+    }
+    let fabric_links: BTreeSet<u32> = nl
+        .links()?
+        .iter()
+        .filter(|l| want.contains_key(&l.name))
+        .map(|l| l.index)
+        .collect();
+    for n in nl.permanent_neighbours()? {
+        if fabric_links.contains(&n.ifindex) && !desired_neigh.contains(&(n.ifindex, n.ip)) {
+            let _ = nl.delete_neighbour(&n);
+        }
+    }
+    apply_nft(&ruleset(cloud))
+}
+
+/// The nftables ruleset: stateful, default drop for forwarded traffic;
+/// source/dest check on the way in, security groups on the way out.
+pub fn ruleset(cloud: &Cloud) -> String {
+    let mut r = format!("table ip {NFT_TABLE} {{}}\ndelete table ip {NFT_TABLE}\ntable ip {NFT_TABLE} {{\n  chain forward {{\n    type filter hook forward priority 0; policy drop;\n    ct state established,related accept\n    ct state invalid drop\n");
+    let members = |g: &str| -> BTreeSet<Ipv4Addr> {
+        cloud
+            .enis
+            .values()
+            .filter(|e| e.groups.iter().any(|x| x == g))
+            .flat_map(|e| e.all_ips().collect::<Vec<_>>())
+            .collect()
+    };
+    let set = |ips: &BTreeSet<Ipv4Addr>| {
+        ips.iter()
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for e in cloud.enis.values() {
+        let Some(a) = &e.attachment else { continue };
+        let Some(inst) = cloud.instances.get(&a.instance_id) else {
+            continue;
+        };
+        let ifname = fabric_ifname(&inst.host, a.device_index);
+        if e.source_dest_check {
+            let own: BTreeSet<Ipv4Addr> = e.all_ips().collect();
+            r.push_str(&format!("    iifname \"{ifname}\" ip saddr != {{ {} }} counter drop comment \"source/dest check {}\"\n", set(&own), e.id));
+        }
+        let mut from_groups = BTreeSet::new();
+        let mut cidrs = BTreeSet::new();
+        for g in &e.groups {
+            if let Some(sg) = cloud.groups.get(g) {
+                for src in &sg.ingress {
+                    match src {
+                        IngressSource::Group(other) => from_groups.extend(members(other)),
+                        IngressSource::Cidr(c) => {
+                            cidrs.insert(*c);
+                        }
+                    }
+                }
+            }
+        }
+        if !from_groups.is_empty() {
+            r.push_str(&format!("    oifname \"{ifname}\" ip saddr {{ {} }} accept comment \"{} ingress from groups\"\n", set(&from_groups), e.id));
+        }
+        for c in cidrs {
+            r.push_str(&format!(
+                "    oifname \"{ifname}\" ip saddr {c} accept comment \"{} ingress from {c}\"\n",
+                e.id
+            ));
+        }
+    }
+    r.push_str("  }\n}\n");
+    r
+}
+
+fn apply_nft(rules: &str) -> Result<(), LabError> {
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| lab_err(format!("running nft: {e} (is nftables installed?)")))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(rules.as_bytes()).map_err(lab_err)?;
+    }
+    let out = child.wait_with_output().map_err(lab_err)?;
+    if !out.status.success() {
+        return Err(lab_err(format!(
+            "nft rejected the ruleset: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    Ok(())
+}

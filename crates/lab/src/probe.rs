@@ -1,0 +1,325 @@
+//! Looking at the lab from inside: exec, traceroute, HTTP GET, and the tiny
+//! HTTP responder pods run.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use podwire_netlink::netns;
+use serde::Serialize;
+
+use crate::cloud::xml::dns_name;
+use crate::state::LabState;
+use crate::{names, procs, LabError};
+
+/// A place in the lab: its namespace and main address.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub label: String,
+    pub netns: String,
+    pub ip: Option<Ipv4Addr>,
+}
+
+/// Resolves `node-N`, `external`, `fabric` or a pod name.
+pub fn resolve(st: &LabState, name: &str) -> Result<Target, LabError> {
+    if let Some(n) = st.nodes.iter().find(|n| n.name == name) {
+        return Ok(Target {
+            label: n.name.clone(),
+            netns: n.netns.clone(),
+            ip: Some(n.primary_ip),
+        });
+    }
+    if name == names::EXTERNAL {
+        if let Some(e) = &st.external {
+            return Ok(Target {
+                label: e.name.clone(),
+                netns: e.netns.clone(),
+                ip: Some(e.primary_ip),
+            });
+        }
+    }
+    if name == names::FABRIC {
+        return Ok(Target {
+            label: "fabric".into(),
+            netns: names::ns_fabric(&st.name),
+            ip: None,
+        });
+    }
+    if let Some(p) = st.pods.get(name) {
+        return Ok(Target {
+            label: format!("pod {}", p.name),
+            netns: p.netns.clone(),
+            ip: Some(p.ip),
+        });
+    }
+    Err(LabError::Usage(format!(
+        "lab {} has no node, pod or host named {name:?}",
+        st.name
+    )))
+}
+
+/// Resolves a destination: a lab name or a literal address.
+pub fn resolve_ip(st: &LabState, to: &str) -> Result<(Ipv4Addr, String), LabError> {
+    if let Ok(ip) = to.parse::<Ipv4Addr>() {
+        return Ok((ip, who(st, ip)));
+    }
+    let t = resolve(st, to)?;
+    let ip =
+        t.ip.ok_or_else(|| LabError::Usage(format!("{to} has no address")))?;
+    Ok((ip, t.label))
+}
+
+/// What the lab calls an address.
+pub fn who(st: &LabState, ip: Ipv4Addr) -> String {
+    if let Some(n) = st.nodes.iter().find(|n| n.primary_ip == ip) {
+        return n.name.clone();
+    }
+    if st.external.as_ref().is_some_and(|e| e.primary_ip == ip) {
+        return names::EXTERNAL.into();
+    }
+    if let Some(p) = st.pods.values().find(|p| p.ip == ip) {
+        return format!("pod {}", p.name);
+    }
+    if let Ok(c) = crate::cloud::load(&st.dir()) {
+        if let Some((eni, Some(inst))) = c.owner_of(ip) {
+            return format!("{} ({})", inst.host, eni.id);
+        }
+    }
+    String::new()
+}
+
+/// `lab exec`: runs a command inside a lab namespace; returns its status.
+pub fn exec(st: &LabState, target: &str, cmd: &[String]) -> Result<i32, LabError> {
+    let t = resolve(st, target)?;
+    let (prog, args) = cmd
+        .split_first()
+        .ok_or_else(|| LabError::Usage("lab exec TARGET -- CMD...".into()))?;
+    let status = Command::new("ip")
+        .args(["netns", "exec", &t.netns])
+        .arg(prog)
+        .args(args)
+        .status()
+        .map_err(|e| LabError::Command {
+            what: "ip netns exec".into(),
+            msg: e.to_string(),
+        })?;
+    Ok(status.code().unwrap_or(1))
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Hop {
+    pub hop: u32,
+    pub ip: Option<Ipv4Addr>,
+    pub name: Option<String>,
+    pub lab: Option<String>,
+    pub rtt_ms: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Trace {
+    pub from: String,
+    pub to: String,
+    pub to_ip: Ipv4Addr,
+    pub reached: bool,
+    pub hops: Vec<Hop>,
+}
+
+/// Parses `traceroute -n -q 1` output.
+pub fn parse_traceroute(out: &str) -> Vec<(u32, Option<Ipv4Addr>, Option<f64>)> {
+    let mut hops = Vec::new();
+    for line in out.lines().skip_while(|l| l.starts_with("traceroute")) {
+        let mut f = line.split_whitespace();
+        let Some(n) = f.next().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let rest: Vec<&str> = f.collect();
+        let ip = rest.iter().find_map(|w| w.parse::<Ipv4Addr>().ok());
+        let rtt = rest
+            .windows(2)
+            .find(|w| w[1] == "ms")
+            .and_then(|w| w[0].parse().ok());
+        hops.push((n, ip, rtt));
+    }
+    hops
+}
+
+/// `lab trace`: traceroute from inside FROM's namespace, hops named.
+pub fn trace(st: &LabState, from: &str, to: &str) -> Result<Trace, LabError> {
+    let f = resolve(st, from)?;
+    let (ip, label) = resolve_ip(st, to)?;
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &f.netns,
+            "traceroute",
+            "-n",
+            "-q",
+            "1",
+            "-w",
+            "2",
+            "-m",
+            "8",
+        ])
+        .arg(ip.to_string())
+        .output()
+        .map_err(|e| LabError::Command {
+            what: "traceroute".into(),
+            msg: format!("{e} (install the traceroute package)"),
+        })?;
+    if !out.status.success() && out.stdout.is_empty() {
+        return Err(LabError::Command {
+            what: "traceroute".into(),
+            msg: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
+    }
+    let mut hops: Vec<Hop> = parse_traceroute(&String::from_utf8_lossy(&out.stdout))
+        .into_iter()
+        .map(|(hop, hip, rtt)| Hop {
+            hop,
+            ip: hip,
+            name: hip.map(dns_name),
+            lab: hip.map(|i| who(st, i)).filter(|s| !s.is_empty()),
+            rtt_ms: rtt,
+        })
+        .collect();
+    let reached = hops.iter().any(|h| h.ip == Some(ip));
+    if reached {
+        // Drop the unanswered tail traceroute may print past the target.
+        if let Some(pos) = hops.iter().position(|h| h.ip == Some(ip)) {
+            hops.truncate(pos + 1);
+        }
+    }
+    Ok(Trace {
+        from: f.label,
+        to: label,
+        to_ip: ip,
+        reached,
+        hops,
+    })
+}
+
+pub fn print_trace(t: &Trace) {
+    println!("traceroute from {} to {} ({})", t.from, t.to, t.to_ip);
+    for h in &t.hops {
+        match (h.ip, &h.name) {
+            (Some(ip), Some(name)) => println!(
+                "{:>2}  {name} ({ip})  {}  {}",
+                h.hop,
+                h.rtt_ms.map(|r| format!("{r:.3} ms")).unwrap_or_default(),
+                h.lab
+                    .as_deref()
+                    .map(|l| format!("[{l}]"))
+                    .unwrap_or_default()
+            ),
+            _ => println!("{:>2}  *", h.hop),
+        }
+    }
+    if !t.reached {
+        println!("(no answer from {})", t.to_ip);
+    }
+}
+
+/// Is TCP `port` of `ip` accepting connections, seen from `ns`?
+pub fn port_open(ns: &Path, ip: Ipv4Addr, port: u16) -> bool {
+    netns::run_in(ns, || {
+        TcpStream::connect_timeout(&SocketAddr::from((ip, port)), Duration::from_millis(300))
+            .is_ok()
+    })
+    .unwrap_or(false)
+}
+
+/// `lab curl`: HTTP GET from inside FROM's namespace; the body.
+pub fn curl(st: &LabState, from: &str, to: &str) -> Result<String, LabError> {
+    let f = resolve(st, from)?;
+    let (host, port) = match to.rsplit_once(':') {
+        Some((h, p)) => (
+            h,
+            p.parse::<u16>()
+                .map_err(|_| LabError::Usage(format!("bad port in {to}")))?,
+        ),
+        None => (to, 80),
+    };
+    let (ip, label) = resolve_ip(st, host)?;
+    let ns = procs::netns_path(&f.netns);
+    let result = netns::run_in(&ns, move || -> std::io::Result<String> {
+        let addr = SocketAddr::from((ip, port));
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(3)))?;
+        // One write: a request split over segments would be half-read.
+        s.write_all(
+            format!("GET / HTTP/1.0\r\nHost: {ip}\r\nUser-Agent: podwirectl\r\n\r\n").as_bytes(),
+        )?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf)?;
+        Ok(buf)
+    })?;
+    match result {
+        Ok(resp) => {
+            let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+            if !head.starts_with("HTTP/1.")
+                || !head
+                    .split_whitespace()
+                    .nth(1)
+                    .is_some_and(|c| c.starts_with('2'))
+            {
+                return Err(LabError::Command {
+                    what: format!("GET http://{ip}:{port}/"),
+                    msg: head.lines().next().unwrap_or("").into(),
+                });
+            }
+            Ok(body.to_string())
+        }
+        Err(e) => Err(LabError::Command {
+            what: format!("GET http://{ip}:{port}/ ({label}) from {}", f.label),
+            msg: e.to_string(),
+        }),
+    }
+}
+
+/// The pods' web page: nginx's welcome, in spirit.
+pub fn serve_http(pod: &str, namespace: &str) -> Result<(), LabError> {
+    let l = TcpListener::bind(("0.0.0.0", 80)).map_err(|e| LabError::Command {
+        what: "listen on :80".into(),
+        msg: e.to_string(),
+    })?;
+    for conn in l.incoming() {
+        let Ok(mut s) = conn else { continue };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        // Read the whole request head: closing with unread bytes sends a RST
+        // that would destroy the answer.
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16384 {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        let peer = s
+            .peer_addr()
+            .map(|a| a.ip().to_string())
+            .unwrap_or_default();
+        let body = format!(
+            "<!DOCTYPE html>\n<html><head><title>Welcome to podwire!</title></head>\n<body><h1>Welcome to podwire!</h1>\n<p>Pod {namespace}/{pod} answered a request from {peer}.</p></body></html>\n"
+        );
+        let _ = s.write_all(format!("HTTP/1.0 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).as_bytes());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_traceroute_output() {
+        let out = "traceroute to 10.0.8.245 (10.0.8.245), 8 hops max, 60 byte packets\n 1  10.0.7.223  0.200 ms\n 2  10.0.12.177  0.953 ms\n 3  *\n";
+        let hops = parse_traceroute(out);
+        assert_eq!(hops.len(), 3);
+        assert_eq!(hops[0], (1, Some(Ipv4Addr::new(10, 0, 7, 223)), Some(0.2)));
+        assert_eq!(hops[2], (3, None, None));
+    }
+}
