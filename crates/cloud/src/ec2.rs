@@ -213,10 +213,12 @@ impl Ec2Client {
             &self.creds,
             &self.region,
             "ec2",
-            "POST",
-            &url,
-            &headers,
-            body.as_bytes(),
+            sigv4::Signable {
+                method: "POST",
+                url: &url,
+                headers: &headers,
+                body: body.as_bytes(),
+            },
             SystemTime::now(),
         )?;
         headers.extend(signed);
@@ -266,8 +268,12 @@ impl Ec2Client {
         let a = "DescribeInstances";
         let xml = self.call(a, &[("InstanceId.1".into(), instance_id.into())])?;
         self.parse(a, &xml, |root| {
-            for r in items(root, "reservationSet") {
-                for i in items(r, "instancesSet") {
+            let first = items(root, "reservationSet")
+                .into_iter()
+                .flat_map(|r| items(r, "instancesSet"))
+                .next();
+            if let Some(i) = first {
+                {
                     return Ok(Instance {
                         id: text(i, "instanceId"),
                         instance_type: text(i, "instanceType"),

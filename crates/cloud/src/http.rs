@@ -17,7 +17,7 @@ pub struct HttpError {
     pub method: &'static str,
     pub url: String,
     #[source]
-    pub source: ureq::Error,
+    pub source: Box<ureq::Error>,
 }
 
 pub fn agent(timeout: Duration) -> ureq::Agent {
@@ -36,10 +36,10 @@ fn finish(
     url: &str,
     r: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
 ) -> Result<Reply, HttpError> {
-    let wrap = |source| HttpError {
+    let wrap = |source: ureq::Error| HttpError {
         method,
         url: url.to_string(),
-        source,
+        source: Box::new(source),
     };
     let mut resp = r.map_err(wrap)?;
     let status = resp.status().as_u16();

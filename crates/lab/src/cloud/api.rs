@@ -80,10 +80,12 @@ pub fn verify(cloud: &Cloud, r: &QueryRequest) -> Result<(), ApiError> {
         &creds,
         &region,
         "ec2",
-        "POST",
-        &r.url,
-        &headers,
-        r.body.as_bytes(),
+        sigv4::Signable {
+            method: "POST",
+            url: &r.url,
+            headers: &headers,
+            body: r.body.as_bytes(),
+        },
         time,
     )
     .map_err(|e| unauth("AuthFailure", &e.to_string()))?;

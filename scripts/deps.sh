@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what podwire's lab, tests and benchmarks need on Debian/Ubuntu,
+# only when missing. Runs as root.
+set -euo pipefail
+need=()
+have() { command -v "$1" >/dev/null 2>&1; }
+have ip || need+=(iproute2)
+have nft || need+=(nftables)
+have iptables || need+=(iptables)
+have traceroute || need+=(traceroute)
+have ping || need+=(iputils-ping)
+have sha1sum || need+=(coreutils)
+have cc || need+=(gcc)
+if [ "${PODWIRE_BENCH_DEPS:-0}" = 1 ]; then
+  [ -x /usr/lib/cni/ptp ] || need+=(containernetworking-plugins)
+  have iperf3 || need+=(iperf3)
+  [ -x /usr/bin/time ] || need+=(time)
+fi
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing: ${need[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+if ! have cargo; then
+  echo "cargo is missing: install a Rust toolchain (rustup) first" >&2
+  exit 1
+fi
