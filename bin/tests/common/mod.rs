@@ -1,0 +1,264 @@
+//! Helpers for the end-to-end tests: they drive the built binaries exactly
+//! as an operator or a runtime would, in labs (network namespaces) that each
+//! test creates under its own name and removes when it ends, pass or fail.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+
+pub fn podwirectl() -> &'static str {
+    env!("CARGO_BIN_EXE_podwirectl")
+}
+
+pub fn plugin() -> &'static str {
+    env!("CARGO_BIN_EXE_podwire")
+}
+
+/// These tests need root (namespaces, netlink, nftables). Not being root is
+/// a failure, not a silent pass, unless the caller explicitly opts out.
+pub fn require_root() -> bool {
+    if nix::unistd::Uid::effective().is_root() {
+        return true;
+    }
+    if std::env::var_os("PODWIRE_SKIP_ROOT_TESTS").is_some() {
+        eprintln!("skipped: not root and PODWIRE_SKIP_ROOT_TESTS is set");
+        return false;
+    }
+    panic!("end-to-end tests need root (set PODWIRE_SKIP_ROOT_TESTS=1 to skip them)");
+}
+
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("spawn")
+}
+
+pub fn text(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn ctl(args: &[&str]) -> Output {
+    run(Command::new(podwirectl()).args(args))
+}
+
+/// Runs `podwirectl` and insists on success.
+pub fn ctl_ok(args: &[&str]) -> String {
+    let o = ctl(args);
+    assert!(
+        o.status.success(),
+        "podwirectl {args:?} failed:\nstdout: {}\nstderr: {}",
+        text(&o),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    text(&o)
+}
+
+pub fn ip(args: &[&str]) -> String {
+    let o = run(Command::new("ip").args(args));
+    assert!(
+        o.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    text(&o)
+}
+
+/// A lab that is brought down when dropped.
+pub struct Lab {
+    pub name: String,
+}
+
+impl Lab {
+    pub fn up(name: &str, extra: &[&str]) -> Lab {
+        // A lab left over by an aborted earlier run of this test.
+        if std::path::Path::new("/run/podwire/lab")
+            .join(name)
+            .join("lab.json")
+            .exists()
+        {
+            let _ = ctl(&["lab", "down", "--name", name]);
+        }
+        let mut args = vec!["lab", "up", "--name", name, "--mode", "vpc"];
+        args.extend_from_slice(extra);
+        ctl_ok(&args);
+        Lab {
+            name: name.to_string(),
+        }
+    }
+
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        // `--name` goes before a `--` that starts a command to run.
+        let mut a = args.to_vec();
+        let at = a.iter().position(|x| *x == "--").unwrap_or(a.len());
+        a.insert(at, &self.name);
+        a.insert(at, "--name");
+        ctl(&a)
+    }
+
+    pub fn ctl_ok(&self, args: &[&str]) -> String {
+        // `--name` goes before a `--` that starts a command to run.
+        let mut a = args.to_vec();
+        let at = a.iter().position(|x| *x == "--").unwrap_or(a.len());
+        a.insert(at, &self.name);
+        a.insert(at, "--name");
+        ctl_ok(&a)
+    }
+
+    pub fn pod_add(&self, pod: &str, node: &str, http: bool) -> String {
+        let mut a = vec!["lab", "pod", "add", pod, "--node", node];
+        if http {
+            a.push("--http");
+        }
+        self.ctl_ok(&a).trim().to_string()
+    }
+
+    pub fn status(&self) -> Value {
+        serde_json::from_str(&self.ctl_ok(&["lab", "status", "--json"])).expect("status json")
+    }
+
+    pub fn node_ns(&self, i: usize) -> String {
+        format!("pw-{}-node-{i}", self.name)
+    }
+
+    pub fn node_ip(&self, node: &str) -> String {
+        let st = self.status();
+        st["nodes"]
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .find(|n| n["name"] == node)
+            .expect("node")["primary_ip"]
+            .as_str()
+            .expect("ip")
+            .to_string()
+    }
+
+    pub fn trace(&self, from: &str, to: &str) -> Value {
+        let o = self.ctl(&["lab", "trace", from, to, "--json"]);
+        serde_json::from_str(&text(&o)).expect("trace json")
+    }
+
+    /// Namespaces whose names this lab owns.
+    pub fn namespaces(&self) -> BTreeSet<String> {
+        let prefix = format!("pw-{}-", self.name);
+        ip(&["netns", "list"])
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|n| n.starts_with(&prefix))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let o = ctl(&["lab", "down", "--name", &self.name]);
+        if !o.status.success() {
+            eprintln!(
+                "lab down {}: {}",
+                self.name,
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        let left = self.namespaces();
+        if !left.is_empty() && !std::thread::panicking() {
+            panic!("lab down left namespaces behind: {left:?}");
+        }
+    }
+}
+
+/// The outcome of one plugin call.
+#[derive(Debug)]
+pub struct PluginRun {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+    pub json: Value,
+}
+
+/// Runs the plugin inside `netns` as a runtime does.
+pub fn run_plugin(netns: &str, env: &[(&str, &str)], stdin: &str) -> PluginRun {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", netns, plugin()])
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn plugin");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    let o = child.wait_with_output().expect("plugin");
+    let stdout = text(&o);
+    PluginRun {
+        ok: o.status.success(),
+        json: serde_json::from_str(&stdout).unwrap_or(Value::Null),
+        stdout,
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+/// A network namespace the test creates and removes.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(name: &str) -> Netns {
+        if std::path::Path::new("/run/netns").join(name).exists() {
+            ip(&["netns", "del", name]);
+        }
+        ip(&["netns", "add", name]);
+        Netns {
+            name: name.to_string(),
+        }
+    }
+    pub fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// A snapshot of a namespace's kernel state, to show a call changed nothing.
+pub fn kernel_snapshot(netns: &str) -> String {
+    let mut s = String::new();
+    for args in [
+        &["-o", "link"][..],
+        &["-4", "-o", "addr"],
+        &["route", "show", "table", "all"],
+        &["rule"],
+        &["neigh", "show", "nud", "permanent"],
+    ] {
+        let mut a = vec!["-n", netns];
+        a.extend_from_slice(args);
+        // Link counters and state flags change on their own; keep names only.
+        let out = ip(&a);
+        let out: String = if args.contains(&"link") {
+            out.lines()
+                .map(|l| l.split(':').take(2).collect::<Vec<_>>().join(":") + "\n")
+                .collect()
+        } else {
+            out
+        };
+        s.push_str(&out);
+    }
+    s
+}
