@@ -102,7 +102,7 @@ fn article_shapes_addresses_routes_veths_and_traces() {
         "{routes}"
     );
     assert!(
-        !routes.contains(&c.to_string()),
+        !routes.lines().any(|l| l.starts_with(&format!("{c} "))),
         "remote pod must not have a host route: {routes}"
     );
 
@@ -272,7 +272,7 @@ fn enis_fill_in_order_secondary_eni_pods_route_right_and_the_28th_pod_fails() {
 
     // The 28th pod: exhaustion error naming node, type and limit; no trace.
     let before_ns = lab.namespaces();
-    let before_kernel = kernel_snapshot(&lab.node_ns(1));
+    let before_kernel = pod_wiring_snapshot(&lab.node_ns(1));
     let o = lab.ctl(&["lab", "pod", "add", "p27", "--node", "node-1"]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
@@ -286,7 +286,7 @@ fn enis_fill_in_order_secondary_eni_pods_route_right_and_the_28th_pod_fails() {
         assert!(err.contains(want), "missing {want:?} in: {err}");
     }
     assert_eq!(lab.namespaces(), before_ns);
-    assert_eq!(kernel_snapshot(&lab.node_ns(1)), before_kernel);
+    assert_eq!(pod_wiring_snapshot(&lab.node_ns(1)), before_kernel);
 
     // Deleting a pod frees its address for the next one.
     let freed = lab.status()["pods"]
@@ -315,14 +315,14 @@ fn agent_restart_keeps_pods_working_and_never_hands_an_address_out_twice() {
     // Running pods do not notice.
     assert!(lab.ctl_ok(&["lab", "curl", "c", "a"]).contains("Welcome"));
     // ADD without an agent fails clearly (try again later) and leaves nothing.
-    let before = kernel_snapshot(&lab.node_ns(1));
+    let before = pod_wiring_snapshot(&lab.node_ns(1));
     let o = lab.ctl(&["lab", "pod", "add", "d", "--node", "node-1"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         !o.status.success() && err.contains("CNI error 11") && err.contains("not reachable"),
         "{err}"
     );
-    assert_eq!(kernel_snapshot(&lab.node_ns(1)), before);
+    assert_eq!(pod_wiring_snapshot(&lab.node_ns(1)), before);
     lab.ctl_ok(&["lab", "agent", "start", "node-1"]);
     assert!(lab.ctl_ok(&["lab", "curl", "c", "b"]).contains("Welcome"));
     let d = lab.pod_add("d", "node-1", false);

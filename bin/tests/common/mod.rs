@@ -262,3 +262,29 @@ pub fn kernel_snapshot(netns: &str) -> String {
     }
     s
 }
+
+/// What the plugin may create on a node: `eni…` veths, routes through them,
+/// and the per-pod policy rules. (The agent changes the rest on its own, e.g.
+/// attaching an ENI for the warm pool, so a whole-node snapshot would race.)
+pub fn pod_wiring_snapshot(netns: &str) -> String {
+    let links: Vec<String> = ip(&["-n", netns, "-o", "link"])
+        .lines()
+        .filter_map(|l| {
+            l.split(':')
+                .nth(1)
+                .map(|n| n.trim().split('@').next().unwrap_or("").to_string())
+        })
+        .filter(|n| n.starts_with("eni"))
+        .collect();
+    let routes: Vec<String> = ip(&["-n", netns, "route", "show", "table", "all"])
+        .lines()
+        .filter(|l| l.contains(" dev eni"))
+        .map(str::to_string)
+        .collect();
+    let rules: Vec<String> = ip(&["-n", netns, "rule"])
+        .lines()
+        .filter(|l| l.starts_with("512:") || l.starts_with("1536:"))
+        .map(str::to_string)
+        .collect();
+    format!("links {links:?}\nroutes {routes:?}\nrules {rules:?}")
+}

@@ -1,0 +1,368 @@
+//! The plugin binary driven as a runtime drives it (env + stdin, inside the
+//! node's namespace) across the spec-version matrix, against a real agent in
+//! a lab. Pod namespaces are made and removed by each test.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+
+const VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+
+struct Call<'a> {
+    node_ns: &'a str,
+    socket: String,
+}
+
+impl Call<'_> {
+    fn conf(&self, version: &str) -> Value {
+        json!({"cniVersion": version, "name": "podwire", "type": "podwire", "mode": "vpc", "agentSocket": self.socket})
+    }
+
+    fn run(&self, cmd: &str, id: &str, netns: &str, conf: &Value, pod: &str) -> PluginRun {
+        let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=conf;K8S_POD_NAME={pod}");
+        let mut env = vec![
+            ("CNI_COMMAND", cmd),
+            ("CNI_CONTAINERID", id),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_PATH", "/opt/cni/bin"),
+            ("CNI_ARGS", args.as_str()),
+        ];
+        if !netns.is_empty() {
+            env.push(("CNI_NETNS", netns));
+        }
+        run_plugin(self.node_ns, &env, &conf.to_string())
+    }
+}
+
+fn agent_assigned(lab: &Lab) -> u64 {
+    // Ask the agent directly: the plugin's STATUS does not print counts.
+    let st = lab.status();
+    let sock = st["nodes"][0]["agent_socket"]
+        .as_str()
+        .expect("socket")
+        .to_string();
+    match podwire_proto::call(
+        std::path::Path::new(&sock),
+        &podwire_proto::Request::Status,
+        std::time::Duration::from_secs(5),
+    ) {
+        Ok(podwire_proto::Response::Status { status }) => status.assigned_ips as u64,
+        other => panic!("status: {other:?}"),
+    }
+}
+
+fn lab_call(lab: &Lab) -> (String, String) {
+    let st = lab.status();
+    (
+        lab.node_ns(1),
+        st["nodes"][0]["agent_socket"]
+            .as_str()
+            .expect("socket")
+            .to_string(),
+    )
+}
+
+#[test]
+fn every_version_add_check_del_and_result_shapes() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::up("t-conf", &["--nodes", "1"]);
+    let (node_ns, socket) = lab_call(&lab);
+    let call = Call {
+        node_ns: &node_ns,
+        socket,
+    };
+
+    let v = call.run("VERSION", "", "", &json!({"cniVersion": "1.1.0"}), "x");
+    assert!(v.ok, "{v:?}");
+    assert_eq!(v.json["cniVersion"], "1.1.0");
+    assert_eq!(v.json["supportedVersions"], json!(VERSIONS));
+
+    for (i, ver) in VERSIONS.iter().enumerate() {
+        let ns = Netns::new(&format!("pw-t-conf-c{i}"));
+        let id = format!("conf{i}");
+        let pod = format!("pod{i}");
+        let conf = call.conf(ver);
+        let before = pod_wiring_snapshot(&node_ns);
+        let add = call.run("ADD", &id, &ns.path(), &conf, &pod);
+        assert!(add.ok, "ADD {ver}: {} {}", add.stdout, add.stderr);
+        let r = &add.json;
+        assert_eq!(r["cniVersion"], *ver);
+        assert_eq!(r["interfaces"].as_array().expect("ifs").len(), 2);
+        assert_eq!(r["interfaces"][1]["sandbox"], ns.path());
+        assert_eq!(r["ips"][0]["interface"], 1);
+        assert_eq!(r["ips"][0]["gateway"], "169.254.1.1");
+        assert!(r["ips"][0]["address"]
+            .as_str()
+            .expect("addr")
+            .ends_with("/32"));
+        assert_eq!(
+            r["ips"][0].get("version").is_some(),
+            ver.starts_with("0."),
+            "{ver}: {r}"
+        );
+        assert_eq!(
+            r["interfaces"][0].get("mtu").is_some(),
+            *ver == "1.1.0",
+            "{ver}: {r}"
+        );
+        assert!(
+            add.stderr.lines().all(|l| !l.contains('{')),
+            "logs must not carry the result"
+        );
+
+        // ADD again for the same (id, ifname): refused, nothing changes.
+        let mid = pod_wiring_snapshot(&node_ns);
+        let again = call.run("ADD", &id, &ns.path(), &conf, &pod);
+        assert!(!again.ok);
+        assert_eq!(again.json["code"], 102, "{}", again.stdout);
+        assert_eq!(pod_wiring_snapshot(&node_ns), mid);
+
+        let mut with_prev = conf.clone();
+        with_prev["prevResult"] = r.clone();
+        if ver.starts_with("0.3") {
+            let c = call.run("CHECK", &id, &ns.path(), &with_prev, &pod);
+            assert_eq!(c.json["code"], 1, "CHECK needs 0.4.0: {}", c.stdout);
+        } else {
+            let c = call.run("CHECK", &id, &ns.path(), &with_prev, &pod);
+            assert!(c.ok, "CHECK {ver}: {}", c.stdout);
+            // Break the pod: CHECK must notice.
+            ip(&["-n", &ns.name, "route", "del", "default"]);
+            let c = call.run("CHECK", &id, &ns.path(), &with_prev, &pod);
+            assert!(
+                !c.ok && c.json["code"] == 104,
+                "CHECK on a broken pod: {}",
+                c.stdout
+            );
+        }
+        let del = call.run("DEL", &id, &ns.path(), &with_prev, &pod);
+        assert!(del.ok, "DEL {ver}: {}", del.stdout);
+        assert_eq!(del.stdout, "");
+        let del2 = call.run("DEL", &id, &ns.path(), &with_prev, &pod);
+        assert!(del2.ok, "second DEL {ver}: {}", del2.stdout);
+        assert_eq!(
+            pod_wiring_snapshot(&node_ns),
+            before,
+            "{ver}: DEL left something behind"
+        );
+    }
+    assert_eq!(agent_assigned(&lab), 0);
+}
+
+#[test]
+fn del_without_netns_gc_both_keys_chaining_and_half_way_failures() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::up("t-conf2", &["--nodes", "1"]);
+    let (node_ns, socket) = lab_call(&lab);
+    let call = Call {
+        node_ns: &node_ns,
+        socket,
+    };
+    let conf = call.conf("1.1.0");
+    let before = pod_wiring_snapshot(&node_ns);
+
+    // DEL after the netns is gone still releases the address.
+    let gone = Netns::new("pw-t-conf2-gone");
+    assert!(call.run("ADD", "gone1", &gone.path(), &conf, "gone").ok);
+    assert_eq!(agent_assigned(&lab), 1);
+    drop(gone);
+    let del = call.run("DEL", "gone1", "", &conf, "gone");
+    assert!(del.ok, "{}", del.stdout);
+    assert_eq!(agent_assigned(&lab), 0);
+    assert_eq!(pod_wiring_snapshot(&node_ns), before);
+
+    // GC keeps the valid attachment and releases the other, with either key.
+    for key in ["cni.dev/valid-attachments", "cni.dev/attachments"] {
+        let a = Netns::new("pw-t-conf2-a");
+        let b = Netns::new("pw-t-conf2-b");
+        assert!(call.run("ADD", "keep", &a.path(), &conf, "keep").ok);
+        let add_b = call.run("ADD", "stale", &b.path(), &conf, "stale");
+        assert!(add_b.ok);
+        drop(b);
+        let mut gc = conf.clone();
+        gc[key] = json!([{"containerID": "keep", "ifname": "eth0"}]);
+        let r = call.run("GC", "", "", &gc, "");
+        assert!(r.ok, "GC with {key}: {}", r.stdout);
+        assert_eq!(agent_assigned(&lab), 1, "GC with {key}");
+        let stale_ip = add_b.json["ips"][0]["address"]
+            .as_str()
+            .expect("ip")
+            .trim_end_matches("/32")
+            .to_string();
+        assert!(!ip(&["-n", &node_ns, "rule"]).contains(&format!("{stale_ip} ")));
+        assert!(call.run("DEL", "keep", &a.path(), &conf, "keep").ok);
+    }
+    assert_eq!(pod_wiring_snapshot(&node_ns), before);
+
+    // Chained after another plugin: its result is kept, ours appended.
+    let c = Netns::new("pw-t-conf2-c");
+    let mut chained = conf.clone();
+    chained["prevResult"] = json!({"cniVersion": "1.1.0", "interfaces": [{"name": "other0"}], "ips": [], "routes": [], "dns": {"nameservers": ["10.0.0.2"]}});
+    let r = call.run("ADD", "chain", &c.path(), &chained, "chain");
+    assert!(r.ok, "{}", r.stdout);
+    assert_eq!(r.json["interfaces"][0]["name"], "other0");
+    assert_eq!(r.json["ips"][0]["interface"], 2);
+    assert_eq!(r.json["dns"]["nameservers"][0], "10.0.0.2");
+    assert!(call.run("DEL", "chain", &c.path(), &conf, "chain").ok);
+
+    // An interface of that name already in the pod: ADD fails half-way,
+    // undoes itself and gives the address back.
+    let d = Netns::new("pw-t-conf2-d");
+    ip(&[
+        "-n", &d.name, "link", "add", "eth0", "type", "veth", "peer", "name", "other0",
+    ]);
+    let r = call.run("ADD", "clash", &d.path(), &conf, "clash");
+    assert!(!r.ok && r.json["code"] == 102, "{}", r.stdout);
+    assert_eq!(agent_assigned(&lab), 0);
+    assert_eq!(pod_wiring_snapshot(&node_ns), before);
+}
+
+#[test]
+fn bad_input_gets_the_spec_code_and_changes_nothing() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::up("t-bad", &["--nodes", "1"]);
+    let (node_ns, socket) = lab_call(&lab);
+    let call = Call {
+        node_ns: &node_ns,
+        socket: socket.clone(),
+    };
+    let pod = Netns::new("pw-t-bad-pod");
+    let node_before = pod_wiring_snapshot(&node_ns);
+    let pod_before = kernel_snapshot(&pod.name);
+    let good = call.conf("1.0.0").to_string();
+    let env =
+        |cmd: &'static str, ifname: &'static str, netns: String| -> Vec<(&'static str, String)> {
+            vec![
+                ("CNI_COMMAND", cmd.into()),
+                ("CNI_CONTAINERID", "bad1".into()),
+                ("CNI_IFNAME", ifname.into()),
+                ("CNI_NETNS", netns),
+            ]
+        };
+    // (what, env, stdin, expected code, text the message must contain)
+    type Case<'a> = (&'a str, Vec<(&'a str, String)>, String, u64, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            "malformed JSON",
+            env("ADD", "eth0", pod.path()),
+            "{\"cniVersion\": ".into(),
+            6,
+            "",
+        ),
+        (
+            "missing name",
+            env("ADD", "eth0", pod.path()),
+            json!({"cniVersion": "1.0.0", "type": "podwire"}).to_string(),
+            7,
+            "name",
+        ),
+        (
+            "unknown key",
+            env("ADD", "eth0", pod.path()),
+            json!({"cniVersion": "1.0.0", "name": "n", "type": "podwire", "vlan": 3}).to_string(),
+            2,
+            "vlan",
+        ),
+        (
+            "bad ifname",
+            env("ADD", "eth0:1", pod.path()),
+            good.clone(),
+            4,
+            "CNI_IFNAME",
+        ),
+        (
+            "no netns",
+            vec![
+                ("CNI_COMMAND", "ADD".into()),
+                ("CNI_CONTAINERID", "bad1".into()),
+                ("CNI_IFNAME", "eth0".into()),
+            ],
+            good.clone(),
+            4,
+            "CNI_NETNS",
+        ),
+        (
+            "bad container id",
+            vec![
+                ("CNI_COMMAND", "ADD".into()),
+                ("CNI_CONTAINERID", "../x".into()),
+                ("CNI_IFNAME", "eth0".into()),
+                ("CNI_NETNS", pod.path()),
+            ],
+            good.clone(),
+            4,
+            "CNI_CONTAINERID",
+        ),
+        (
+            "unsupported version",
+            env("ADD", "eth0", pod.path()),
+            json!({"cniVersion": "0.2.0", "name": "n", "type": "podwire"}).to_string(),
+            1,
+            "",
+        ),
+        (
+            "netns does not exist",
+            env("ADD", "eth0", "/run/netns/pw-t-bad-nope".into()),
+            good.clone(),
+            3,
+            "does not exist",
+        ),
+        (
+            "GC on 1.0.0",
+            vec![
+                ("CNI_COMMAND", "GC".into()),
+                ("CNI_PATH", "/opt/cni/bin".into()),
+            ],
+            good.clone(),
+            1,
+            "",
+        ),
+    ];
+    for (what, env, stdin, code, named) in cases {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let r = run_plugin(&node_ns, &env, &stdin);
+        assert!(!r.ok, "{what}: succeeded");
+        assert_eq!(r.json["code"], code, "{what}: {}", r.stdout);
+        assert!(
+            r.json["msg"].as_str().expect("msg").contains(named),
+            "{what}: {}",
+            r.stdout
+        );
+        assert_eq!(
+            pod_wiring_snapshot(&node_ns),
+            node_before,
+            "{what} changed the node"
+        );
+        assert_eq!(
+            kernel_snapshot(&pod.name),
+            pod_before,
+            "{what} changed the pod"
+        );
+    }
+
+    // Agent not running: STATUS 50, ADD 11 with a clear message, nothing made.
+    let dead = json!({"cniVersion": "1.1.0", "name": "podwire", "type": "podwire", "agentSocket": "/run/podwire/lab/t-bad/none.sock"});
+    let st = run_plugin(&node_ns, &[("CNI_COMMAND", "STATUS")], &dead.to_string());
+    assert_eq!(st.json["code"], 50, "{}", st.stdout);
+    let ok = run_plugin(
+        &node_ns,
+        &[("CNI_COMMAND", "STATUS")],
+        &call.conf("1.1.0").to_string(),
+    );
+    assert!(ok.ok, "STATUS with the agent up: {}", ok.stdout);
+    let add = call.run("ADD", "bad2", &pod.path(), &dead, "p");
+    assert_eq!(add.json["code"], 11, "{}", add.stdout);
+    assert!(add.json["msg"]
+        .as_str()
+        .expect("msg")
+        .contains("podwire-agent is not reachable"));
+    assert_eq!(pod_wiring_snapshot(&node_ns), node_before);
+    assert_eq!(kernel_snapshot(&pod.name), pod_before);
+    assert_eq!(agent_assigned(&lab), 0);
+}
