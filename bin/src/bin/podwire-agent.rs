@@ -22,8 +22,8 @@ struct Args {
     /// Unix socket the plugin talks to.
     #[arg(long, default_value = "/run/podwire/agent.sock")]
     socket: PathBuf,
-    /// Where allocations are checkpointed.
-    #[arg(long, default_value = "/var/lib/podwire")]
+    /// Where allocations are checkpointed (a tmpfs: pods do not outlive a boot).
+    #[arg(long, default_value = "/run/podwire")]
     state_dir: PathBuf,
     /// Instance metadata service.
     #[arg(long, default_value = podwire_cloud::imds::DEFAULT_ENDPOINT)]
@@ -34,6 +34,10 @@ struct Args {
     /// Free addresses to keep ready (default: one ENI's worth).
     #[arg(long)]
     warm_ip_target: Option<u32>,
+    /// Addresses to hold in all, free or assigned (with no --warm-ip-target:
+    /// no warm margin beyond it).
+    #[arg(long, default_value_t = 0)]
+    minimum_ip_target: u32,
     /// Seconds a released address rests before reuse.
     #[arg(long, default_value_t = 30)]
     ip_cooldown_secs: u64,
@@ -72,6 +76,7 @@ fn main() -> anyhow::Result<()> {
         imds_endpoint: args.imds_endpoint,
         ec2_endpoint: args.ec2_endpoint,
         warm_ip_target: args.warm_ip_target,
+        minimum_ip_target: args.minimum_ip_target,
         ip_cooldown: Duration::from_secs(args.ip_cooldown_secs),
         eni_mtu: args.eni_mtu,
         add_wait: Duration::from_secs(30),

@@ -4,13 +4,16 @@
 use std::io::{Read, Write};
 
 fn main() {
+    // A plain level (PODWIRE_LOG=debug, …), not an EnvFilter: the plugin
+    // runs once per pod and directive parsing would cost more than its work.
+    let level = std::env::var("PODWIRE_LOG")
+        .ok()
+        .and_then(|v| v.parse::<tracing::level_filters::LevelFilter>().ok())
+        .unwrap_or(tracing::level_filters::LevelFilter::WARN);
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PODWIRE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
+        .with_ansi(false)
+        .with_max_level(level)
         .init();
     let mut stdin = Vec::new();
     if let Err(e) = std::io::stdin().read_to_end(&mut stdin) {

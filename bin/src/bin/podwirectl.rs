@@ -40,6 +40,12 @@ enum LabCmd {
         /// Open the node security group to the external host (and so every pod).
         #[arg(long)]
         allow_external: bool,
+        /// Free addresses each agent keeps ready (default: one ENI's worth).
+        #[arg(long)]
+        warm_ip_target: Option<u32>,
+        /// Addresses each agent holds in all, free or assigned.
+        #[arg(long)]
+        minimum_ip_target: Option<u32>,
     },
     /// Nodes, ENIs, addresses, pods and namespace names.
     Status {
@@ -179,6 +185,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             instance_type,
             subnet,
             allow_external,
+            warm_ip_target,
+            minimum_ip_target,
         } => {
             let st = ops::up(&ops::UpOptions {
                 name,
@@ -187,6 +195,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 instance_type,
                 subnet,
                 allow_external,
+                warm_ip_target,
+                minimum_ip_target,
             })?;
             println!(
                 "lab {} is up (mode {}, {} x {})",

@@ -1,6 +1,13 @@
 //! The allocations on disk: `<state_dir>/ipam.json`, rewritten atomically
-//! (temporary file, fsync, rename) on every change, before the plugin hears
-//! the answer.
+//! (temporary file, rename) on every change, before the plugin hears the
+//! answer.
+//!
+//! What it protects against is the agent process dying: the page cache
+//! survives that, so there is no fsync (it cost more than the whole
+//! allocation). A checkpoint only describes pods of the current boot — pods
+//! do not survive a reboot — so a file older than the boot is discarded,
+//! whatever a power loss left in it. (The default directory, `/run/podwire`,
+//! is a tmpfs on most systems and is emptied at boot anyway.)
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -43,6 +50,12 @@ impl Checkpoint {
     }
 
     pub fn load(&self) -> Result<Vec<Allocation>, AgentError> {
+        if let (Ok(meta), Some(boot)) = (fs::metadata(&self.path), boot_time()) {
+            if meta.modified().is_ok_and(|m| m < boot) {
+                tracing::info!(path = %self.path.display(), "checkpoint is older than this boot; its pods are gone, starting empty");
+                return Ok(Vec::new());
+            }
+        }
         match fs::read(&self.path) {
             Ok(bytes) => {
                 let d: OnDisk = serde_json::from_slice(&bytes).map_err(|e| self.err(e))?;
@@ -58,14 +71,67 @@ impl Checkpoint {
 
     pub fn save(&self, allocations: &[Allocation]) -> Result<(), AgentError> {
         let tmp = self.path.with_extension("json.tmp");
-        let body = serde_json::to_vec_pretty(&OnDisk {
+        let body = serde_json::to_vec(&OnDisk {
             version: FORMAT.into(),
             allocations: allocations.to_vec(),
         })
         .map_err(|e| self.err(e))?;
         let mut f = File::create(&tmp).map_err(|e| self.err(e))?;
         f.write_all(&body).map_err(|e| self.err(e))?;
-        f.sync_all().map_err(|e| self.err(e))?;
         fs::rename(&tmp, &self.path).map_err(|e| self.err(e))
+    }
+}
+
+/// When the system booted (`btime` of /proc/stat).
+fn boot_time() -> Option<std::time::SystemTime> {
+    let stat = fs::read_to_string("/proc/stat").ok()?;
+    let secs: u64 = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use podwire_proto::AttachmentKey;
+
+    #[test]
+    fn round_trip_and_stale_files_are_discarded() {
+        let dir = std::env::temp_dir().join(format!("podwire-ckpt-{}", std::process::id()));
+        let c = Checkpoint::new(&dir).expect("dir");
+        assert!(c.load().expect("empty").is_empty());
+        let a = Allocation {
+            key: AttachmentKey {
+                network: "n".into(),
+                container_id: "c".into(),
+                ifname: "eth0".into(),
+            },
+            ip: "10.0.0.9".parse().expect("ip"),
+            eni_id: "eni-1".into(),
+            device_number: 1,
+            route_table: 2,
+            pod_namespace: None,
+            pod_name: None,
+        };
+        c.save(std::slice::from_ref(&a)).expect("save");
+        assert_eq!(c.load().expect("load"), vec![a]);
+        // A file from before this boot describes pods that no longer exist.
+        let f = File::options()
+            .write(true)
+            .open(dir.join("ipam.json"))
+            .expect("open");
+        f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1))
+            .expect("mtime");
+        assert!(c.load().expect("stale").is_empty());
+        fs::write(dir.join("ipam.json"), b"{garbage").expect("write");
+        assert!(
+            c.load().is_err(),
+            "a corrupt checkpoint of this boot must stop the agent"
+        );
+        let _ = fs::remove_dir_all(&dir);
     }
 }

@@ -13,6 +13,8 @@ pub struct AgentConfig {
     /// Free addresses to keep ready; `None` = one ENI's worth (the VPC CNI's
     /// WARM_ENI_TARGET=1).
     pub warm_ip_target: Option<u32>,
+    /// Addresses to hold in all (0 = no floor).
+    pub minimum_ip_target: u32,
     /// How long a released address rests before reuse.
     pub ip_cooldown: Duration,
     pub eni_mtu: u32,

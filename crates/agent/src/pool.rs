@@ -20,7 +20,7 @@ pub fn run(shared: &Shared) {
     loop {
         let plan = {
             let mut st = shared.lock();
-            let plan = st.pool.plan(shared.warm_target());
+            let plan = st.pool.plan(shared.targets());
             st.last_plan = plan.clone();
             plan
         };

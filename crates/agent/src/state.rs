@@ -9,7 +9,7 @@ use ipnet::Ipv4Net;
 use podwire_cloud::imds::InstanceIdentity;
 use podwire_cloud::{Credentials, Ec2Client, Imds};
 use podwire_dataplane::eni::{self, EniSpec};
-use podwire_ipam::{EniPool, PoolLimits, PoolPlan};
+use podwire_ipam::{EniPool, PoolLimits, PoolPlan, PoolTargets};
 use podwire_netlink::{sysctl, Handle, MacAddr};
 use podwire_proto::{
     AddRequest, Allocation, AttachmentKey, ErrorKind, Request, Response, StatusInfo,
@@ -174,10 +174,18 @@ impl Shared {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn warm_target(&self) -> u32 {
-        self.config
-            .warm_ip_target
-            .unwrap_or(self.node.limits.secondary_per_eni)
+    pub fn targets(&self) -> PoolTargets {
+        // Like the VPC CNI: an explicit minimum without a warm target means
+        // no warm margin; with neither, keep one ENI's worth free.
+        let warm = match (self.config.warm_ip_target, self.config.minimum_ip_target) {
+            (Some(w), _) => w,
+            (None, 0) => self.node.limits.secondary_per_eni,
+            (None, _) => 0,
+        };
+        PoolTargets {
+            warm,
+            minimum: self.config.minimum_ip_target,
+        }
     }
 
     fn save(&self, st: &State) -> Result<(), AgentError> {

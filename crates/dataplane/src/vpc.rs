@@ -14,7 +14,10 @@ use std::os::fd::AsFd;
 use std::path::Path;
 
 use ipnet::Ipv4Net;
-use podwire_netlink::{Handle, Link, Neighbour, Route, RouteScope, Rule, VethSpec, TABLE_MAIN};
+use podwire_netlink::{
+    Handle, Link, MacAddr, Neighbour, Route, RouteScope, Rule, VethSpec, TABLE_MAIN,
+};
+use sha1::{Digest, Sha1};
 
 use crate::{DataplaneError, Result};
 
@@ -74,29 +77,47 @@ fn open_netns(path: &Path) -> Result<File> {
     })
 }
 
+/// A stable, locally administered unicast MAC for one end of a pod's veth.
+/// Choosing it here (rather than letting the kernel pick) saves reading the
+/// links back after creating them; collisions would be harmless anyway, as
+/// every veth is its own point-to-point segment.
+pub fn veth_mac(end: &str, host_veth: &str, ifname: &str) -> MacAddr {
+    let d = Sha1::digest(format!("{end}/{host_veth}/{ifname}").as_bytes());
+    MacAddr([(d[0] & 0xfe) | 0x02, d[1], d[2], d[3], d[4], d[5]])
+}
+
 /// Wires a pod. On any failure everything this call created is removed
 /// before the error is returned.
 pub fn add_pod(host: &mut Handle, spec: &PodSpec<'_>) -> Result<PodLinks> {
     let netns_file = open_netns(spec.netns)?;
     let mut pod = Handle::in_netns(spec.netns)?;
-    if pod.link_by_name(spec.ifname)?.is_some() {
-        return Err(DataplaneError::IfnameExists {
-            ifname: spec.ifname.to_string(),
-            netns: spec.netns.display().to_string(),
-        });
-    }
-    // A leftover host veth of the same name belongs to an earlier sandbox of
-    // the same pod (names derive from namespace/name): replace it.
-    host.delete_link_by_name(spec.host_veth)?;
-    host.add_veth(&VethSpec {
+    let veth = VethSpec {
         name: spec.host_veth,
         peer_name: spec.ifname,
         mtu: Some(spec.mtu),
-        mac: None,
-        peer_mac: None,
+        mac: Some(veth_mac("host", spec.host_veth, spec.ifname)),
+        peer_mac: Some(veth_mac("pod", spec.host_veth, spec.ifname)),
         peer_netns: Some(netns_file.as_fd()),
-    })?;
-    match wire(host, &mut pod, spec) {
+    };
+    match host.add_veth(&veth) {
+        Ok(()) => {}
+        Err(e) if e.is_exists() => {
+            // Which name is taken? An interface of that name in the pod is
+            // the caller's error; a host veth of the same name is left from
+            // an earlier sandbox of the same pod (names derive from
+            // namespace/name) and is replaced.
+            if pod.link_by_name(spec.ifname)?.is_some() {
+                return Err(DataplaneError::IfnameExists {
+                    ifname: spec.ifname.to_string(),
+                    netns: spec.netns.display().to_string(),
+                });
+            }
+            host.delete_link_by_name(spec.host_veth)?;
+            host.add_veth(&veth)?;
+        }
+        Err(e) => return Err(e.into()),
+    }
+    match wire(host, &mut pod, spec, &veth) {
         Ok(links) => Ok(links),
         Err(e) => {
             let _ = remove_host_side(host, spec.host_veth, spec.ip, spec.route_table);
@@ -105,11 +126,14 @@ pub fn add_pod(host: &mut Handle, spec: &PodSpec<'_>) -> Result<PodLinks> {
     }
 }
 
-fn wire(host: &mut Handle, pod: &mut Handle, spec: &PodSpec<'_>) -> Result<PodLinks> {
+fn wire(
+    host: &mut Handle,
+    pod: &mut Handle,
+    spec: &PodSpec<'_>,
+    veth: &VethSpec<'_>,
+) -> Result<PodLinks> {
     let host_link = host.link(spec.host_veth)?;
-    let host_mac = host_link
-        .mac
-        .ok_or_else(|| DataplaneError::Mismatch(format!("{} has no MAC", spec.host_veth)))?;
+    let host_mac = veth.mac.unwrap_or_default();
     let cont = pod.link(spec.ifname)?;
     pod.add_address(cont.index, host32(spec.ip))?;
     pod.set_up(cont.index)?;
@@ -138,8 +162,8 @@ fn wire(host: &mut Handle, pod: &mut Handle, spec: &PodSpec<'_>) -> Result<PodLi
         }
     }
     Ok(PodLinks {
-        host: host.link(spec.host_veth)?,
-        container: pod.link(spec.ifname)?,
+        host: host_link,
+        container: cont,
     })
 }
 

@@ -38,6 +38,22 @@ struct Eni {
     ips: BTreeMap<Ipv4Addr, Slot>,
 }
 
+/// How many addresses the pool keeps (the VPC CNI's WARM_IP_TARGET and
+/// MINIMUM_IP_TARGET).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolTargets {
+    /// Free addresses to keep ready.
+    pub warm: u32,
+    /// Addresses to hold in all, free or assigned.
+    pub minimum: u32,
+}
+
+impl PoolTargets {
+    pub fn warm(warm: u32) -> Self {
+        PoolTargets { warm, minimum: 0 }
+    }
+}
+
 /// What the pool needs from the cloud to meet its warm target.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PoolPlan {
@@ -203,10 +219,16 @@ impl EniPool {
                 .all(|e| e.ips.len() as u32 >= self.limits.secondary_per_eni)
     }
 
-    /// What to ask the cloud for so that `warm_target` addresses are free.
-    pub fn plan(&self, warm_target: u32) -> PoolPlan {
+    /// Addresses on the node's ENIs, free or not.
+    pub fn total(&self) -> usize {
+        self.enis.values().map(|e| e.ips.len()).sum()
+    }
+
+    /// What to ask the cloud for so that `targets.warm` addresses are free
+    /// and at least `targets.minimum` are held in all.
+    pub fn plan(&self, targets: PoolTargets) -> PoolPlan {
         let free = self.free_total() as u32;
-        if free >= warm_target {
+        if free >= targets.warm && self.total() as u32 >= targets.minimum {
             return PoolPlan::Satisfied;
         }
         // Like the VPC CNI with WARM_ENI_TARGET: fill an ENI in one call
@@ -260,18 +282,18 @@ mod tests {
         let now = Instant::now();
         p.add_eni("eni-0", 0, 254);
         assert_eq!(
-            p.plan(9),
+            p.plan(PoolTargets::warm(9)),
             PoolPlan::AssignIps {
                 eni_id: "eni-0".into(),
                 count: 9
             }
         );
         p.add_ips("eni-0", &(10..19).map(ip).collect::<Vec<_>>());
-        assert_eq!(p.plan(9), PoolPlan::Satisfied);
+        assert_eq!(p.plan(PoolTargets::warm(9)), PoolPlan::Satisfied);
         let a = p.allocate("a", now).expect("first");
         assert_eq!((a.ip, a.device_number, a.route_table), (ip(10), 0, 254));
         assert_eq!(
-            p.plan(9),
+            p.plan(PoolTargets::warm(9)),
             PoolPlan::AttachEni {
                 device_index: 1,
                 count: 9
@@ -292,10 +314,43 @@ mod tests {
         assert_eq!(got[9].device_number, 1);
         assert!(p.allocate("p27", now).is_none(), "the 28th must fail");
         assert!(p.at_limit());
-        assert_eq!(p.plan(9), PoolPlan::AtLimit);
+        assert_eq!(p.plan(PoolTargets::warm(9)), PoolPlan::AtLimit);
         assert!(p.release(got[3].ip, now));
         assert!(!p.release(got[3].ip, now), "double release");
         assert_eq!(p.allocate("again", now).map(|a| a.ip), Some(got[3].ip));
+    }
+
+    #[test]
+    fn minimum_target_holds_addresses_without_a_warm_margin() {
+        let mut p = m5_large();
+        p.add_eni("eni-0", 0, 254);
+        let t = PoolTargets {
+            warm: 0,
+            minimum: 12,
+        };
+        assert_eq!(
+            p.plan(t),
+            PoolPlan::AssignIps {
+                eni_id: "eni-0".into(),
+                count: 9
+            }
+        );
+        p.add_ips("eni-0", &(10..19).map(ip).collect::<Vec<_>>());
+        assert_eq!(
+            p.plan(t),
+            PoolPlan::AttachEni {
+                device_index: 1,
+                count: 9
+            }
+        );
+        p.add_eni("eni-1", 1, 2);
+        p.add_ips("eni-1", &(20..29).map(ip).collect::<Vec<_>>());
+        assert_eq!(p.plan(t), PoolPlan::Satisfied);
+        // Allocations below the minimum ask for nothing more.
+        for i in 0..10 {
+            p.allocate(&format!("o{i}"), Instant::now()).expect("alloc");
+        }
+        assert_eq!(p.plan(t), PoolPlan::Satisfied);
     }
 
     #[test]

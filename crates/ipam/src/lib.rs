@@ -3,4 +3,4 @@
 
 pub mod eni_pool;
 
-pub use eni_pool::{EniPool, PoolLimits, PoolPlan};
+pub use eni_pool::{EniPool, PoolLimits, PoolPlan, PoolTargets};

@@ -39,21 +39,32 @@ pub fn run(name: &str, keep: bool) -> Result<(), LabError> {
 fn narrate(lab: &str) -> Result<(), LabError> {
     section("1. An emulated VPC on this machine");
     println!("Subnet 10.0.0.0/20, two m5.large nodes running podwire-agent (vpc mode), one EC2 instance outside the cluster.");
-    println!("The VPC fabric, its EC2 API and instance metadata service run in network namespace {}.", names::ns_fabric(lab));
+    println!(
+        "The VPC fabric, its EC2 API and instance metadata service run in network namespace {}.",
+        names::ns_fabric(lab)
+    );
     let st = ops::up(&UpOptions {
         name: lab.into(),
         mode: "vpc".into(),
         nodes: 2,
         instance_type: "m5.large".into(),
-        subnet: "10.0.0.0/20".parse().map_err(|e| LabError::Usage(format!("{e}")))?,
+        subnet: "10.0.0.0/20"
+            .parse()
+            .map_err(|e| LabError::Usage(format!("{e}")))?,
         allow_external: false,
+        warm_ip_target: None,
+        minimum_ip_target: None,
     })?;
     for n in st.nodes.iter().chain(st.external.iter()) {
         println!("  {:9} {:15} {}", n.name, n.primary_ip, n.instance_id);
     }
 
     section("2. Three pods, as in the article: two on node-1, one on node-2");
-    let pods = [("web-1", "node-1"), ("web-2", "node-1"), ("web-3", "node-2")];
+    let pods = [
+        ("web-1", "node-1"),
+        ("web-2", "node-1"),
+        ("web-3", "node-2"),
+    ];
     for (p, n) in pods {
         let rec = ops::pod_add(lab, p, n, "default", true)?;
         println!("  pod {p} on {n}: {}", rec.ip);
@@ -62,8 +73,21 @@ fn narrate(lab: &str) -> Result<(), LabError> {
     let status = ops::status_json(lab)?;
     for n in status["nodes"].as_array().into_iter().flatten() {
         for e in n["enis"].as_array().into_iter().flatten() {
-            let sec: Vec<&str> = e["secondary_ips"].as_array().into_iter().flatten().filter_map(|x| x.as_str()).collect();
-            println!("  {} eth{} {}  {}  primary {}  secondary: {}", n["name"].as_str().unwrap_or(""), e["device_index"], e["id"].as_str().unwrap_or(""), e["description"].as_str().unwrap_or(""), e["primary_ip"].as_str().unwrap_or(""), sec.join(" "));
+            let sec: Vec<&str> = e["secondary_ips"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|x| x.as_str())
+                .collect();
+            println!(
+                "  {} eth{} {}  {}  primary {}  secondary: {}",
+                n["name"].as_str().unwrap_or(""),
+                e["device_index"],
+                e["id"].as_str().unwrap_or(""),
+                e["description"].as_str().unwrap_or(""),
+                e["primary_ip"].as_str().unwrap_or(""),
+                sec.join(" ")
+            );
         }
     }
     println!("(From the lab cloud's DescribeNetworkInterfaces; `podwirectl lab ec2 --name {lab} DescribeNetworkInterfaces` shows the XML.)");
@@ -90,7 +114,13 @@ fn narrate(lab: &str) -> Result<(), LabError> {
     println!("An operator now lets the external host reach the nodes (AuthorizeSecurityGroupIngress on the node group)...");
     ops::set_allow_external(lab, true)?;
     match probe::curl(&st, "external", "web-1") {
-        Ok(page) => println!("  curl web-1 answers:\n{}", page.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")),
+        Ok(page) => println!(
+            "  curl web-1 answers:\n{}",
+            page.lines()
+                .map(|l| format!("    {l}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        ),
         Err(e) => println!("  curl web-1: {e}"),
     }
     probe::print_trace(&probe::trace(&st, "external", "web-1")?);
@@ -106,16 +136,24 @@ fn narrate(lab: &str) -> Result<(), LabError> {
         match ops::pod_add(lab, &pod, "node-2", "default", false) {
             Ok(_) => n += 1,
             Err(e) => {
-                println!("  {n} pods run on node-2; pod number {} fails:\n  {e}", n + 1);
+                println!(
+                    "  {n} pods run on node-2; pod number {} fails:\n  {e}",
+                    n + 1
+                );
                 break;
             }
         }
         if i > 40 {
-            return Err(LabError::State("node-2 took more pods than its instance type allows".into()));
+            return Err(LabError::State(
+                "node-2 took more pods than its instance type allows".into(),
+            ));
         }
     }
     ops::pod_del(lab, "fill-1")?;
     let rec = ops::pod_add(lab, "after-delete", "node-2", "default", false)?;
-    println!("  after deleting one pod its address is reused: after-delete got {}", rec.ip);
+    println!(
+        "  after deleting one pod its address is reused: after-delete got {}",
+        rec.ip
+    );
     Ok(())
 }

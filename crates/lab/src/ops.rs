@@ -27,6 +27,10 @@ pub struct UpOptions {
     pub instance_type: String,
     pub subnet: Ipv4Net,
     pub allow_external: bool,
+    /// Free addresses each agent keeps ready (default: one ENI's worth).
+    pub warm_ip_target: Option<u32>,
+    /// Addresses each agent holds in all.
+    pub minimum_ip_target: Option<u32>,
 }
 
 /// Where the podwire binaries are: beside the running one, or
@@ -96,6 +100,8 @@ pub fn up(opts: &UpOptions) -> Result<LabState, LabError> {
         subnet: Some(opts.subnet),
         instance_type: opts.instance_type.clone(),
         allow_external: opts.allow_external,
+        warm_ip_target: opts.warm_ip_target,
+        minimum_ip_target: opts.minimum_ip_target,
         ..Default::default()
     };
     st.save()?;
@@ -266,43 +272,8 @@ fn build(st: &mut LabState, opts: &UpOptions) -> Result<(), LabError> {
         h.add_route(&Route::new(Ipv4Net::default()).via(gw).dev(eth0.index))?;
     }
 
-    let agent = bin("podwire-agent")?;
     for i in 0..st.nodes.len() {
-        let r = st.nodes[i].clone();
-        let nd = dir.join(&r.name);
-        std::fs::create_dir_all(&nd).map_err(|e| LabError::State(e.to_string()))?;
-        let args: Vec<String> = [
-            "--node-name",
-            &r.name,
-            "--socket",
-            &r.socket.display().to_string(),
-            "--state-dir",
-            &nd.join("state").display().to_string(),
-            "--imds-endpoint",
-            &format!("http://{}", cloud::IMDS_ADDR),
-            "--ec2-endpoint",
-            &cloud::ec2_endpoint(),
-            "--ip-cooldown-secs",
-            "0",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let log = nd.join("agent.log");
-        let pid = procs::spawn_in(&r.netns, &agent, &args, &log)?;
-        st.nodes[i].agent_pid = Some(pid);
-        st.save()?;
-    }
-    for r in st.nodes.clone() {
-        let log = dir.join(&r.name).join("agent.log");
-        let pid = r.agent_pid.unwrap_or(0);
-        procs::wait_for(
-            &format!("podwire-agent on {}", r.name),
-            pid,
-            &log,
-            Duration::from_secs(30),
-            || agent_ready(&r.socket),
-        )?;
+        start_agent(st, i)?;
     }
     Ok(())
 }
@@ -322,6 +293,20 @@ pub fn agent_ready(socket: &Path) -> bool {
     )
 }
 
+/// The agent's own STATUS answer, or null when it does not answer.
+fn agent_status(socket: &Path) -> serde_json::Value {
+    match podwire_proto::call(
+        socket,
+        &podwire_proto::Request::Status,
+        Duration::from_secs(1),
+    ) {
+        Ok(podwire_proto::Response::Status { status }) => json!({
+            "ready": status.ready, "free_ips": status.free_ips, "assigned_ips": status.assigned_ips, "message": status.message,
+        }),
+        _ => serde_json::Value::Null,
+    }
+}
+
 /// Starts a node's agent again (after it was stopped), keeping its state.
 pub fn restart_agent(st: &mut LabState, node: &str) -> Result<(), LabError> {
     let dir = st.dir();
@@ -335,24 +320,37 @@ pub fn restart_agent(st: &mut LabState, node: &str) -> Result<(), LabError> {
     if let Some(pid) = r.agent_pid {
         procs::stop(pid, &marker);
     }
-    let nd = dir.join(&r.name);
-    let args: Vec<String> = [
-        "--node-name",
-        &r.name,
-        "--socket",
-        &r.socket.display().to_string(),
-        "--state-dir",
-        &nd.join("state").display().to_string(),
-        "--imds-endpoint",
-        &format!("http://{}", cloud::IMDS_ADDR),
-        "--ec2-endpoint",
-        &cloud::ec2_endpoint(),
-        "--ip-cooldown-secs",
-        "0",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    start_agent(st, idx)
+}
+
+/// Starts the agent of node `idx` and waits until it serves addresses.
+fn start_agent(st: &mut LabState, idx: usize) -> Result<(), LabError> {
+    let r = st.nodes[idx].clone();
+    let nd = st.dir().join(&r.name);
+    std::fs::create_dir_all(&nd).map_err(|e| LabError::State(e.to_string()))?;
+    let mut args: Vec<String> = vec![
+        "--node-name".into(),
+        r.name.clone(),
+        "--socket".into(),
+        r.socket.display().to_string(),
+        "--state-dir".into(),
+        nd.join("state").display().to_string(),
+        "--imds-endpoint".into(),
+        format!("http://{}", cloud::IMDS_ADDR),
+        "--ec2-endpoint".into(),
+        cloud::ec2_endpoint(),
+        // The lab reuses addresses at once so capacity tests are exact.
+        "--ip-cooldown-secs".into(),
+        "0".into(),
+    ];
+    if let Some(w) = st.warm_ip_target {
+        args.push("--warm-ip-target".into());
+        args.push(w.to_string());
+    }
+    if let Some(m) = st.minimum_ip_target {
+        args.push("--minimum-ip-target".into());
+        args.push(m.to_string());
+    }
     let log = nd.join("agent.log");
     let pid = procs::spawn_in(&r.netns, &bin("podwire-agent")?, &args, &log)?;
     st.nodes[idx].agent_pid = Some(pid);
@@ -651,7 +649,8 @@ pub fn status_json(lab: &str) -> Result<serde_json::Value, LabError> {
             json!({
                 "name": n.name, "netns": n.netns, "instance_id": n.instance_id, "instance_type": st.instance_type,
                 "primary_ip": n.primary_ip, "dns_name": cloud::xml::dns_name(n.primary_ip),
-                "agent_pid": n.agent_pid, "agent_socket": n.socket, "enis": enis_of(&n.instance_id),
+                "agent_pid": n.agent_pid,
+                "agent": agent_status(&n.socket), "agent_socket": n.socket, "enis": enis_of(&n.instance_id),
                 "pods": pods_by_node.get(n.name.as_str()).cloned().unwrap_or_default(),
             })
         })

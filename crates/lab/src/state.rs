@@ -42,6 +42,10 @@ pub struct LabState {
     pub subnet: Option<Ipv4Net>,
     pub instance_type: String,
     pub allow_external: bool,
+    #[serde(default)]
+    pub warm_ip_target: Option<u32>,
+    #[serde(default)]
+    pub minimum_ip_target: Option<u32>,
     /// Every namespace created, in creation order (recorded before creation).
     pub namespaces: Vec<String>,
     pub cloud_pid: Option<i32>,

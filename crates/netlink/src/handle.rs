@@ -31,7 +31,7 @@ impl Handle {
     /// `/run/netns/x`). The socket stays bound to that namespace, so the
     /// handle can be used from any thread afterwards.
     pub fn in_netns(path: &Path) -> Result<Self> {
-        netns::run_in(path, Handle::new)?
+        netns::switch_in(path, Handle::new)?
     }
 
     fn next_seq(&mut self) -> u32 {
@@ -81,6 +81,42 @@ impl Handle {
         }
     }
 
+    /// Sends a request that is answered by one message (a GET without dump).
+    pub(crate) fn request_one(
+        &mut self,
+        op: &str,
+        msg: RouteNetlinkMessage,
+    ) -> Result<RouteNetlinkMessage> {
+        let seq = self.send(msg, 0)?;
+        loop {
+            let (buf, _) = self.socket.recv_from_full()?;
+            let mut offset = 0;
+            while offset < buf.len() {
+                let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[offset..])
+                    .map_err(|e| Error::Decode(e.to_string()))?;
+                let len = msg.header.length as usize;
+                if msg.header.sequence_number == seq {
+                    match msg.payload {
+                        NetlinkPayload::InnerMessage(inner) => return Ok(inner),
+                        NetlinkPayload::Error(err) => {
+                            return Err(Error::Kernel {
+                                op: op.to_string(),
+                                source: nix::errno::Errno::from_raw(
+                                    err.code.map_or(libc_eproto(), |c| -c.get()),
+                                ),
+                            })
+                        }
+                        _ => {}
+                    }
+                }
+                if len == 0 {
+                    break;
+                }
+                offset += len;
+            }
+        }
+    }
+
     /// Sends a dump request and collects every answer.
     pub(crate) fn dump(
         &mut self,
@@ -119,4 +155,8 @@ impl Handle {
             }
         }
     }
+}
+
+fn libc_eproto() -> i32 {
+    nix::errno::Errno::EPROTO as i32
 }

@@ -50,3 +50,27 @@ pub fn enter(path: &Path) -> Result<()> {
         source,
     })
 }
+
+/// Runs `f` on the *calling* thread inside the network namespace at `path`,
+/// then returns the thread to its own namespace (also if `f` panics). Cheaper
+/// than [`run_in`] (no thread), for short work such as opening a socket; `f`
+/// must not start threads that expect the caller's namespace.
+pub fn switch_in<T>(path: &Path, f: impl FnOnce() -> T) -> Result<T> {
+    let home = File::open("/proc/thread-self/ns/net").map_err(|e| Error::Netns {
+        path: "/proc/thread-self/ns/net".into(),
+        source: nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc_enoent())),
+    })?;
+    enter(path)?;
+    struct Back(File);
+    impl Drop for Back {
+        fn drop(&mut self) {
+            // Failing to return would leave this thread in the wrong
+            // namespace: nothing safe can follow, so stop the process.
+            if setns(&self.0, CloneFlags::CLONE_NEWNET).is_err() {
+                std::process::abort();
+            }
+        }
+    }
+    let _back = Back(home);
+    Ok(f())
+}

@@ -35,7 +35,9 @@ fn lab_err(e: impl std::fmt::Display) -> LabError {
 }
 
 /// Brings the fabric namespace in line with the model.
-pub fn sync(nl: &mut Handle, cloud: &Cloud) -> Result<(), LabError> {
+/// Incremental: only what differs is changed, so the fabric holds the
+/// (global) rtnl lock as briefly as possible while nodes program pods.
+pub fn sync(nl: &mut Handle, cloud: &Cloud, last_nft: &mut Option<String>) -> Result<(), LabError> {
     // Desired: ifname -> (instance netns, device, mac, addresses).
     let mut want: BTreeMap<String, (String, u32, MacAddr, Vec<Ipv4Addr>)> = BTreeMap::new();
     for e in cloud.enis.values() {
@@ -64,6 +66,20 @@ pub fn sync(nl: &mut Handle, cloud: &Cloud) -> Result<(), LabError> {
             nl.delete_link(l.index)?;
         }
     }
+    let current_routes: Vec<Route> = nl
+        .routes()?
+        .into_iter()
+        .filter(|r| r.protocol == FABRIC_PROTO && r.dst.prefix_len() == 32)
+        .collect();
+    let have_routes: BTreeMap<Ipv4Addr, u32> = current_routes
+        .iter()
+        .filter_map(|r| r.oif.map(|o| (r.dst.addr(), o)))
+        .collect();
+    let current_neigh = nl.permanent_neighbours()?;
+    let have_neigh: BTreeMap<(u32, Ipv4Addr), MacAddr> = current_neigh
+        .iter()
+        .map(|n| ((n.ifindex, n.ip), n.mac))
+        .collect();
     let mut desired_routes: BTreeMap<Ipv4Addr, u32> = BTreeMap::new();
     let mut desired_neigh: BTreeSet<(u32, Ipv4Addr)> = BTreeSet::new();
     for (ifname, (netns, device, mac, ips)) in &want {
@@ -95,24 +111,25 @@ pub fn sync(nl: &mut Handle, cloud: &Cloud) -> Result<(), LabError> {
         for ip in ips {
             desired_routes.insert(*ip, link.index);
             desired_neigh.insert((link.index, *ip));
-            nl.replace_route(
-                &Route::new(Ipv4Net::new(*ip, 32).map_err(lab_err)?)
-                    .dev(link.index)
-                    .scope(RouteScope::Link)
-                    .protocol(FABRIC_PROTO),
-            )?;
-            nl.replace_neighbour(&Neighbour {
-                ifindex: link.index,
-                ip: *ip,
-                mac: *mac,
-            })?;
+            if have_routes.get(ip) != Some(&link.index) {
+                nl.replace_route(
+                    &Route::new(Ipv4Net::new(*ip, 32).map_err(lab_err)?)
+                        .dev(link.index)
+                        .scope(RouteScope::Link)
+                        .protocol(FABRIC_PROTO),
+                )?;
+            }
+            if have_neigh.get(&(link.index, *ip)) != Some(mac) {
+                nl.replace_neighbour(&Neighbour {
+                    ifindex: link.index,
+                    ip: *ip,
+                    mac: *mac,
+                })?;
+            }
         }
     }
-    for r in nl.routes()? {
-        if r.protocol == FABRIC_PROTO
-            && r.dst.prefix_len() == 32
-            && desired_routes.get(&r.dst.addr()) != r.oif.as_ref()
-        {
+    for r in current_routes {
+        if desired_routes.get(&r.dst.addr()) != r.oif.as_ref() {
             let _ = nl.delete_route(&r);
         }
     }
@@ -122,12 +139,17 @@ pub fn sync(nl: &mut Handle, cloud: &Cloud) -> Result<(), LabError> {
         .filter(|l| want.contains_key(&l.name))
         .map(|l| l.index)
         .collect();
-    for n in nl.permanent_neighbours()? {
+    for n in current_neigh {
         if fabric_links.contains(&n.ifindex) && !desired_neigh.contains(&(n.ifindex, n.ip)) {
             let _ = nl.delete_neighbour(&n);
         }
     }
-    apply_nft(&ruleset(cloud))
+    let rules = ruleset(cloud);
+    if last_nft.as_deref() != Some(rules.as_str()) {
+        apply_nft(&rules)?;
+        *last_nft = Some(rules);
+    }
+    Ok(())
 }
 
 /// The nftables ruleset: stateful, default drop for forwarded traffic;

@@ -50,6 +50,8 @@ struct Proc {
     limits: LimitsTable,
     nl: Handle,
     tokens: BTreeSet<String>,
+    /// The nftables ruleset last applied (re-applied only when it changes).
+    nft: Option<String>,
 }
 
 fn fabric_basics(nl: &mut Handle, cloud: &Cloud) -> Result<(), LabError> {
@@ -107,13 +109,15 @@ pub fn serve(dir: &Path) -> Result<(), LabError> {
     let limits = LimitsTable::builtin().map_err(|e| LabError::State(e.to_string()))?;
     let mut nl = Handle::new()?;
     fabric_basics(&mut nl, &cloud)?;
-    fabric::sync(&mut nl, &cloud)?;
+    let mut nft = None;
+    fabric::sync(&mut nl, &cloud, &mut nft)?;
     let state = Arc::new(Mutex::new(Proc {
         dir: dir.to_path_buf(),
         cloud,
         limits,
         nl,
         tokens: BTreeSet::new(),
+        nft,
     }));
     let imds = tiny_http::Server::http((IMDS_ADDR, 80))
         .map_err(|e| LabError::Fabric(format!("IMDS listener: {e}")))?;
@@ -241,13 +245,13 @@ fn handle_ec2(s: &Mutex<Proc>, mut req: tiny_http::Request) {
             let before = p.cloud.clone();
             let (xml_body, effect) = api::dispatch(&mut p.cloud, &p.limits, &q.params)?;
             if effect == api::Effect::Changed {
-                let synced =
-                    fabric::sync(&mut p.nl, &p.cloud).and_then(|()| save(&p.dir, &p.cloud));
+                let synced = fabric::sync(&mut p.nl, &p.cloud, &mut p.nft)
+                    .and_then(|()| save(&p.dir, &p.cloud));
                 if let Err(e) = synced {
                     // Keep model and fabric in step: undo the change.
                     tracing::error!("fabric sync failed: {e}");
                     p.cloud = before;
-                    let _ = fabric::sync(&mut p.nl, &p.cloud);
+                    let _ = fabric::sync(&mut p.nl, &p.cloud, &mut p.nft);
                     return Err(model::ApiError {
                         code: "InternalError".into(),
                         message: e.to_string(),

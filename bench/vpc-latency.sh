@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# podwire vpc-mode ADD/DEL latency (warm pool ready) side by side with
+# Debian's ptp + host-local, in one run, with ../shared/bench/cni-latency.sh;
+# then the agent's resident memory with 100 pods. Run as root.
+#
+#   bench/vpc-latency.sh [N=100] [OUTDIR=target/bench]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${1:-100}
+OUT=${2:-target/bench}
+HARNESS=${PODWIRE_BENCH_HARNESS:-../shared/bench}
+LAB=pwbench
+PODWIRE_BENCH_DEPS=1 scripts/deps.sh
+cargo build --release --workspace -q
+mkdir -p "$OUT"
+CTL=target/release/podwirectl
+cleanup() { "$CTL" lab down --name "$LAB" >/dev/null 2>&1 || true; }
+trap cleanup EXIT
+cleanup
+# A node with room for N pods and a warm pool that holds them all, so no ADD
+# waits for the (emulated) cloud.
+"$CTL" lab up --name "$LAB" --mode vpc --nodes 1 --instance-type c5.18xlarge --warm-ip-target 0 --minimum-ip-target $((N + 10)) >/dev/null
+for _ in $(seq 1 100); do
+  free=$("$CTL" lab status --name "$LAB" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["nodes"][0]["agent"]["free_ips"])')
+  [ "$free" -ge "$N" ] && break
+  sleep 0.2
+done
+SOCK=/run/podwire/lab/$LAB/node-1/agent.sock
+cat > "$OUT/podwire-vpc.json" <<JSON
+{"cniVersion": "1.0.0", "name": "bench-podwire", "type": "podwire", "mode": "vpc", "mtu": 9001, "agentSocket": "$SOCK"}
+JSON
+BIN=$(realpath target/release)
+"$HARNESS/cni-latency.sh" "$OUT/podwire-vpc.json" "$N" --node pw-bench-node --cni-path "$BIN:/usr/lib/cni" --json "$OUT/podwire.json" | tee "$OUT/podwire.md"
+"$HARNESS/cni-latency.sh" "$HARNESS/conf/ptp-host-local.json" "$N" --node pw-bench-node --json "$OUT/ptp.json" | tee "$OUT/ptp.md"
+
+# Agent memory with N pods attached.
+for i in $(seq 1 "$N"); do "$CTL" lab pod add --name "$LAB" "m$i" --node node-1 >/dev/null; done
+PID=$("$CTL" lab status --name "$LAB" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["nodes"][0]["agent_pid"])')
+RSS=$(awk '/VmRSS/ {print $2}' "/proc/$PID/status")
+echo "agent VmRSS with $N pods: $RSS KiB" | tee "$OUT/agent-rss.txt"
+
+python3 - "$OUT/podwire.json" "$OUT/ptp.json" <<'PY'
+import json, sys
+pw, ptp = (json.load(open(p)) for p in sys.argv[1:3])
+def p50(d, k): return d["summary"][k]["wall_ns"]["p50"] / 1e6
+print("\n| op | podwire vpc p50 ms | ptp+host-local p50 ms | ratio |")
+print("|---|---|---|---|")
+for k in ("add", "del"):
+    a, b = p50(pw, k), p50(ptp, k)
+    print(f"| {k.upper()} | {a:.2f} | {b:.2f} | {a/b:.2f} |")
+print(f"| floor (ip netns exec /bin/true) | {p50(pw,'floor'):.2f} | {p50(ptp,'floor'):.2f} | |")
+PY
