@@ -30,8 +30,12 @@ cat > "$OUT/podwire-vpc.json" <<JSON
 {"cniVersion": "1.0.0", "name": "bench-podwire", "type": "podwire", "mode": "vpc", "mtu": 9001, "agentSocket": "$SOCK"}
 JSON
 BIN=$(realpath target/release)
-"$HARNESS/cni-latency.sh" "$OUT/podwire-vpc.json" "$N" --node pw-bench-node --cni-path "$BIN:/usr/lib/cni" --json "$OUT/podwire.json" | tee "$OUT/podwire.md"
-"$HARNESS/cni-latency.sh" "$HARNESS/conf/ptp-host-local.json" "$N" --node pw-bench-node --json "$OUT/ptp.json" | tee "$OUT/ptp.md"
+# ipexec: the plugin started through `ip netns exec` (the harness default);
+# direct: spawned from inside the node namespace, as kubelet/containerd do.
+for MODE in ipexec direct; do
+  "$HARNESS/cni-latency.sh" "$OUT/podwire-vpc.json" "$N" --mode $MODE --node pw-bench-node --cni-path "$BIN:/usr/lib/cni" --json "$OUT/podwire-$MODE.json" | tee "$OUT/podwire-$MODE.md"
+  "$HARNESS/cni-latency.sh" "$HARNESS/conf/ptp-host-local.json" "$N" --mode $MODE --node pw-bench-node --json "$OUT/ptp-$MODE.json" | tee "$OUT/ptp-$MODE.md"
+done
 
 # Agent memory with N pods attached.
 for i in $(seq 1 "$N"); do "$CTL" lab pod add --name "$LAB" "m$i" --node node-1 >/dev/null; done
@@ -39,14 +43,17 @@ PID=$("$CTL" lab status --name "$LAB" --json | python3 -c 'import json,sys; prin
 RSS=$(awk '/VmRSS/ {print $2}' "/proc/$PID/status")
 echo "agent VmRSS with $N pods: $RSS KiB" | tee "$OUT/agent-rss.txt"
 
-python3 - "$OUT/podwire.json" "$OUT/ptp.json" <<'PY'
+python3 - "$OUT" <<'PY'
 import json, sys
-pw, ptp = (json.load(open(p)) for p in sys.argv[1:3])
+out = sys.argv[1]
 def p50(d, k): return d["summary"][k]["wall_ns"]["p50"] / 1e6
-print("\n| op | podwire vpc p50 ms | ptp+host-local p50 ms | ratio |")
-print("|---|---|---|---|")
-for k in ("add", "del"):
-    a, b = p50(pw, k), p50(ptp, k)
-    print(f"| {k.upper()} | {a:.2f} | {b:.2f} | {a/b:.2f} |")
-print(f"| floor (ip netns exec /bin/true) | {p50(pw,'floor'):.2f} | {p50(ptp,'floor'):.2f} | |")
+def cpu(d, k): return d["summary"][k]["cpu_ns"]["p50"] / 1e6
+print("\n| mode | op | podwire vpc p50 ms | ptp+host-local p50 ms | ratio | CPU p50 podwire / ptp ms |")
+print("|---|---|---|---|---|---|")
+for mode in ("ipexec", "direct"):
+    pw, ptp = (json.load(open(f"{out}/{n}-{mode}.json")) for n in ("podwire", "ptp"))
+    for k in ("add", "del"):
+        a, b = p50(pw, k), p50(ptp, k)
+        print(f"| {mode} | {k.upper()} | {a:.2f} | {b:.2f} | {a/b:.2f} | {cpu(pw,k):.2f} / {cpu(ptp,k):.2f} |")
+    print(f"| {mode} | floor (spawn /bin/true) | {p50(pw,'floor'):.2f} | {p50(ptp,'floor'):.2f} | | |")
 PY

@@ -15,7 +15,7 @@ use std::path::Path;
 
 use ipnet::Ipv4Net;
 use podwire_netlink::{
-    Handle, Link, MacAddr, Neighbour, Route, RouteScope, Rule, VethSpec, TABLE_MAIN,
+    Batch, Handle, Link, MacAddr, Neighbour, Route, RouteScope, Rule, VethSpec, TABLE_MAIN,
 };
 use sha1::{Digest, Sha1};
 
@@ -135,25 +135,29 @@ fn wire(
     let host_link = host.link(spec.host_veth)?;
     let host_mac = veth.mac.unwrap_or_default();
     let cont = pod.link(spec.ifname)?;
-    pod.add_address(cont.index, host32(spec.ip))?;
-    pod.set_up(cont.index)?;
-    pod.add_route(
-        &Route::new(host32(GATEWAY))
-            .dev(cont.index)
-            .scope(RouteScope::Link),
+    // One system call per namespace for the whole configuration.
+    pod.commit(
+        Batch::new()
+            .add_address(cont.index, host32(spec.ip))
+            .set_up(cont.index)
+            .add_route(
+                &Route::new(host32(GATEWAY))
+                    .dev(cont.index)
+                    .scope(RouteScope::Link),
+            )
+            .add_route(&Route::new(Ipv4Net::default()).via(GATEWAY).dev(cont.index))
+            .replace_neighbour(&Neighbour {
+                ifindex: cont.index,
+                ip: GATEWAY,
+                mac: host_mac,
+            }),
     )?;
-    pod.add_route(&Route::new(Ipv4Net::default()).via(GATEWAY).dev(cont.index))?;
-    pod.replace_neighbour(&Neighbour {
-        ifindex: cont.index,
-        ip: GATEWAY,
-        mac: host_mac,
-    })?;
-
-    host.set_up(host_link.index)?;
-    host.add_route(
-        &Route::new(host32(spec.ip))
-            .dev(host_link.index)
-            .scope(RouteScope::Link),
+    host.commit(
+        Batch::new().set_up(host_link.index).add_route(
+            &Route::new(host32(spec.ip))
+                .dev(host_link.index)
+                .scope(RouteScope::Link),
+        ),
     )?;
     for rule in pod_rules(spec.ip, spec.route_table) {
         match host.add_rule(&rule) {
@@ -176,8 +180,11 @@ pub fn remove_host_side(
     route_table: u32,
 ) -> Result<()> {
     host.delete_link_by_name(host_veth)?;
-    // The route normally vanishes with the link; remove a stray one that
-    // points elsewhere only if it is still ours (scope link to that veth).
+    remove_rules(host, ip, route_table)
+}
+
+/// Removes the pod's policy rules (none for pods on the primary ENI).
+fn remove_rules(host: &mut Handle, ip: Ipv4Addr, route_table: u32) -> Result<()> {
     for rule in pod_rules(ip, route_table) {
         match host.delete_rule(&rule) {
             Err(e) if !e.is_not_found() => return Err(e.into()),
@@ -187,8 +194,9 @@ pub fn remove_host_side(
     Ok(())
 }
 
-/// Removes a pod: the container interface (when the netns still exists) and
-/// the node side. Idempotent: whatever is already gone is skipped.
+/// Removes a pod: its veth (deleting the host end takes the container end
+/// and the /32 route with it) and the node side. Idempotent: whatever is
+/// already gone is skipped.
 pub fn del_pod(
     host: &mut Handle,
     netns: Option<&Path>,
@@ -197,12 +205,21 @@ pub fn del_pod(
     ip: Ipv4Addr,
     route_table: u32,
 ) -> Result<()> {
-    if let Some(ns) = netns.filter(|p| p.exists()) {
-        if let Ok(mut pod) = Handle::in_netns(ns) {
-            pod.delete_link_by_name(ifname)?;
+    if !host.delete_link_by_name(host_veth)? {
+        // No host end: an interface of ours could only be left in the pod if
+        // it was renamed or moved; look there too, when the pod still exists.
+        if let Some(ns) = netns.filter(|p| p.exists()) {
+            if let Ok(mut pod) = Handle::in_netns(ns) {
+                if pod
+                    .link_by_name(ifname)?
+                    .is_some_and(|l| l.kind.as_deref() == Some("veth"))
+                {
+                    pod.delete_link_by_name(ifname)?;
+                }
+            }
         }
     }
-    remove_host_side(host, host_veth, ip, route_table)
+    remove_rules(host, ip, route_table)
 }
 
 /// Verifies that a pod still looks as ADD left it.

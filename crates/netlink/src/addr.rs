@@ -5,27 +5,13 @@ use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
+use crate::handle::{Batch, Op};
 use crate::{Handle, Result};
 
 impl Handle {
     /// Adds an IPv4 address to a link.
     pub fn add_address(&mut self, index: u32, addr: Ipv4Net) -> Result<()> {
-        let mut msg = AddressMessage::default();
-        msg.header.family = AddressFamily::Inet;
-        msg.header.prefix_len = addr.prefix_len();
-        msg.header.index = index;
-        let ip = IpAddr::V4(addr.addr());
-        msg.attributes.push(AddressAttribute::Local(ip));
-        msg.attributes.push(AddressAttribute::Address(ip));
-        if addr.prefix_len() < 31 {
-            msg.attributes
-                .push(AddressAttribute::Broadcast(addr.broadcast()));
-        }
-        self.request(
-            &format!("add address {addr}"),
-            RouteNetlinkMessage::NewAddress(msg),
-            NLM_F_CREATE | NLM_F_EXCL,
-        )
+        self.apply(vec![add_address_op(index, addr)])
     }
 
     /// Removes an IPv4 address from a link.
@@ -72,5 +58,32 @@ impl Handle {
             }
         }
         Ok(out)
+    }
+}
+
+fn add_address_op(index: u32, addr: Ipv4Net) -> Op {
+    let mut msg = AddressMessage::default();
+    msg.header.family = AddressFamily::Inet;
+    msg.header.prefix_len = addr.prefix_len();
+    msg.header.index = index;
+    let ip = IpAddr::V4(addr.addr());
+    msg.attributes.push(AddressAttribute::Local(ip));
+    msg.attributes.push(AddressAttribute::Address(ip));
+    if addr.prefix_len() < 31 {
+        msg.attributes
+            .push(AddressAttribute::Broadcast(addr.broadcast()));
+    }
+    Op {
+        name: format!("add address {addr}"),
+        msg: RouteNetlinkMessage::NewAddress(msg),
+        flags: NLM_F_CREATE | NLM_F_EXCL,
+    }
+}
+
+impl Batch {
+    /// See [`Handle::add_address`].
+    pub fn add_address(mut self, index: u32, addr: Ipv4Net) -> Self {
+        self.ops.push(add_address_op(index, addr));
+        self
     }
 }

@@ -8,6 +8,34 @@ use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
 use crate::{netns, Error, Result};
 
+/// One request of a batch: the message, its extra flags, and a name for
+/// errors.
+#[derive(Debug)]
+pub struct Op {
+    pub(crate) name: String,
+    pub(crate) msg: RouteNetlinkMessage,
+    pub(crate) flags: u16,
+}
+
+/// Requests to send together with [`Handle::commit`]: one system call for
+/// what would otherwise be one round trip each.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub(crate) ops: Vec<Op>,
+}
+
+impl Batch {
+    pub fn new() -> Batch {
+        Batch::default()
+    }
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
 /// A route-netlink socket bound to one network namespace.
 #[derive(Debug)]
 pub struct Handle {
@@ -39,6 +67,12 @@ impl Handle {
         self.seq
     }
 
+    /// Sends a batch and waits for every answer; the first failure is
+    /// returned.
+    pub fn commit(&mut self, batch: Batch) -> Result<()> {
+        self.apply(batch.ops)
+    }
+
     fn send(&mut self, msg: RouteNetlinkMessage, flags: u16) -> Result<u32> {
         let mut header = NetlinkHeader::default();
         header.flags = NLM_F_REQUEST | flags;
@@ -54,23 +88,56 @@ impl Handle {
 
     /// Sends a request that expects an ACK; `op` names it in errors.
     pub(crate) fn request(&mut self, op: &str, msg: RouteNetlinkMessage, flags: u16) -> Result<()> {
-        let seq = self.send(msg, flags | NLM_F_ACK)?;
-        loop {
+        self.apply(vec![Op {
+            name: op.to_string(),
+            msg,
+            flags,
+        }])
+    }
+
+    /// Sends several requests in one datagram (the kernel handles them in
+    /// order, in one system call) and waits for every ACK. Returns the first
+    /// failure; later requests have still been tried by the kernel.
+    pub(crate) fn apply(&mut self, ops: Vec<Op>) -> Result<()> {
+        let mut buf = Vec::new();
+        let mut pending: Vec<(u32, String)> = Vec::with_capacity(ops.len());
+        for op in ops {
+            let mut header = NetlinkHeader::default();
+            header.flags = NLM_F_REQUEST | NLM_F_ACK | op.flags;
+            let seq = self.next_seq();
+            header.sequence_number = seq;
+            let mut packet = NetlinkMessage::new(header, NetlinkPayload::from(op.msg));
+            packet.finalize();
+            let start = buf.len();
+            buf.resize(start + packet.buffer_len(), 0);
+            packet.serialize(&mut buf[start..]);
+            pending.push((seq, op.name));
+        }
+        if pending.is_empty() {
+            return Ok(());
+        }
+        self.socket.send(&buf, 0)?;
+        let mut first_error = None;
+        let mut acked = 0;
+        while acked < pending.len() {
             let (buf, _) = self.socket.recv_from_full()?;
             let mut offset = 0;
             while offset < buf.len() {
                 let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[offset..])
                     .map_err(|e| Error::Decode(e.to_string()))?;
                 let len = msg.header.length as usize;
-                if msg.header.sequence_number == seq {
-                    if let NetlinkPayload::Error(err) = msg.payload {
-                        return match err.code {
-                            None => Ok(()),
-                            Some(code) => Err(Error::Kernel {
-                                op: op.to_string(),
+                if let NetlinkPayload::Error(err) = msg.payload {
+                    if let Some((_, name)) = pending
+                        .iter()
+                        .find(|(s, _)| *s == msg.header.sequence_number)
+                    {
+                        acked += 1;
+                        if let (Some(code), None) = (err.code, &first_error) {
+                            first_error = Some(Error::Kernel {
+                                op: name.clone(),
                                 source: nix::errno::Errno::from_raw(-code.get()),
-                            }),
-                        };
+                            });
+                        }
                     }
                 }
                 if len == 0 {
@@ -79,6 +146,7 @@ impl Handle {
                 offset += len;
             }
         }
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Sends a request that is answered by one message (a GET without dump).

@@ -18,7 +18,7 @@ mod rule;
 pub mod sysctl;
 
 pub use error::{Error, Result};
-pub use handle::Handle;
+pub use handle::{Batch, Handle};
 pub use link::{Link, MacAddr, VethSpec};
 pub use neigh::Neighbour;
 pub use route::{Route, RouteKind, RouteScope};

@@ -8,6 +8,7 @@ use netlink_packet_route::link::{
 };
 use netlink_packet_route::RouteNetlinkMessage;
 
+use crate::handle::{Batch, Op};
 use crate::{Error, Handle, Result};
 
 /// An Ethernet address.
@@ -176,11 +177,7 @@ impl Handle {
 
     /// Sets a link up.
     pub fn set_up(&mut self, index: u32) -> Result<()> {
-        let mut msg = LinkMessage::default();
-        msg.header.index = index;
-        msg.header.flags = LinkFlags::Up;
-        msg.header.change_mask = LinkFlags::Up;
-        self.request("set link up", RouteNetlinkMessage::SetLink(msg), 0)
+        self.apply(vec![set_up_op(index)])
     }
 
     /// Sets a link's MTU.
@@ -223,15 +220,39 @@ impl Handle {
         self.request("delete link", RouteNetlinkMessage::DelLink(msg), 0)
     }
 
-    /// Deletes the link called `name`; Ok(false) when there was none.
+    /// Deletes the link called `name` (one request, addressed by name);
+    /// Ok(false) when there was none.
     pub fn delete_link_by_name(&mut self, name: &str) -> Result<bool> {
-        match self.link_by_name(name)? {
-            Some(l) => match self.delete_link(l.index) {
-                Ok(()) => Ok(true),
-                Err(e) if e.is_not_found() => Ok(false),
-                Err(e) => Err(e),
-            },
-            None => Ok(false),
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        match self.request(
+            &format!("delete link {name}"),
+            RouteNetlinkMessage::DelLink(msg),
+            0,
+        ) {
+            Ok(()) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e),
         }
+    }
+}
+
+fn set_up_op(index: u32) -> Op {
+    let mut msg = LinkMessage::default();
+    msg.header.index = index;
+    msg.header.flags = LinkFlags::Up;
+    msg.header.change_mask = LinkFlags::Up;
+    Op {
+        name: "set link up".into(),
+        msg: RouteNetlinkMessage::SetLink(msg),
+        flags: 0,
+    }
+}
+
+impl Batch {
+    /// See [`Handle::set_up`].
+    pub fn set_up(mut self, index: u32) -> Self {
+        self.ops.push(set_up_op(index));
+        self
     }
 }

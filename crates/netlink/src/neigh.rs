@@ -7,6 +7,7 @@ use netlink_packet_route::neighbour::{
 use netlink_packet_route::route::RouteType;
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
+use crate::handle::{Batch, Op};
 use crate::{Handle, MacAddr, Result};
 
 /// A permanent IPv4 neighbour entry (`ip neigh ... nud permanent`).
@@ -37,11 +38,7 @@ impl Neighbour {
 impl Handle {
     /// Adds or replaces a permanent neighbour entry.
     pub fn replace_neighbour(&mut self, n: &Neighbour) -> Result<()> {
-        self.request(
-            &format!("add neighbour {} lladdr {}", n.ip, n.mac),
-            RouteNetlinkMessage::NewNeighbour(n.to_message()),
-            NLM_F_CREATE | NLM_F_REPLACE,
-        )
+        self.apply(vec![replace_neighbour_op(n)])
     }
 
     /// Deletes a neighbour entry.
@@ -84,5 +81,21 @@ impl Handle {
             }
         }
         Ok(out)
+    }
+}
+
+fn replace_neighbour_op(n: &Neighbour) -> Op {
+    Op {
+        name: format!("add neighbour {} lladdr {}", n.ip, n.mac),
+        msg: RouteNetlinkMessage::NewNeighbour(n.to_message()),
+        flags: NLM_F_CREATE | NLM_F_REPLACE,
+    }
+}
+
+impl Batch {
+    /// See [`Handle::replace_neighbour`].
+    pub fn replace_neighbour(mut self, n: &Neighbour) -> Self {
+        self.ops.push(replace_neighbour_op(n));
+        self
     }
 }

@@ -8,6 +8,7 @@ use netlink_packet_route::route::{
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
+use crate::handle::{Batch, Op};
 use crate::{Handle, Result, TABLE_MAIN};
 
 /// Route scope, as `ip route` prints it.
@@ -171,11 +172,7 @@ impl Route {
 impl Handle {
     /// Adds a route; fails with EEXIST if one with the same key exists.
     pub fn add_route(&mut self, route: &Route) -> Result<()> {
-        self.request(
-            &format!("add route {}", route.dst),
-            RouteNetlinkMessage::NewRoute(route.to_message(true)),
-            NLM_F_CREATE | NLM_F_EXCL,
-        )
+        self.apply(vec![add_route_op(route)])
     }
 
     /// Adds or replaces a route.
@@ -214,5 +211,21 @@ impl Handle {
                 _ => None,
             })
             .collect())
+    }
+}
+
+fn add_route_op(route: &Route) -> Op {
+    Op {
+        name: format!("add route {}", route.dst),
+        msg: RouteNetlinkMessage::NewRoute(route.to_message(true)),
+        flags: NLM_F_CREATE | NLM_F_EXCL,
+    }
+}
+
+impl Batch {
+    /// See [`Handle::add_route`].
+    pub fn add_route(mut self, route: &Route) -> Self {
+        self.ops.push(add_route_op(route));
+        self
     }
 }

@@ -5,6 +5,7 @@ use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
+use crate::handle::{Batch, Op};
 use crate::{Handle, Result};
 
 /// An IPv4 policy-routing rule: `priority: from <src> to <dst> lookup <table>`.
@@ -71,11 +72,7 @@ impl Rule {
 impl Handle {
     /// Adds a rule; EEXIST if an identical rule exists.
     pub fn add_rule(&mut self, rule: &Rule) -> Result<()> {
-        self.request(
-            &format!("add rule {rule:?}"),
-            RouteNetlinkMessage::NewRule(rule.to_message()),
-            NLM_F_CREATE | NLM_F_EXCL,
-        )
+        self.apply(vec![add_rule_op(rule)])
     }
 
     /// Deletes a rule.
@@ -99,5 +96,21 @@ impl Handle {
                 _ => None,
             })
             .collect())
+    }
+}
+
+fn add_rule_op(rule: &Rule) -> Op {
+    Op {
+        name: format!("add rule {rule:?}"),
+        msg: RouteNetlinkMessage::NewRule(rule.to_message()),
+        flags: NLM_F_CREATE | NLM_F_EXCL,
+    }
+}
+
+impl Batch {
+    /// See [`Handle::add_rule`].
+    pub fn add_rule(mut self, rule: &Rule) -> Self {
+        self.ops.push(add_rule_op(rule));
+        self
     }
 }

@@ -5,7 +5,9 @@
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
-use podwire_netlink::{Handle, MacAddr, Neighbour, Route, RouteKind, RouteScope, Rule, VethSpec};
+use podwire_netlink::{
+    Batch, Handle, MacAddr, Neighbour, Route, RouteKind, RouteScope, Rule, VethSpec,
+};
 
 fn private_netns() -> Option<Handle> {
     if !nix::unistd::Uid::effective().is_root() {
@@ -115,4 +117,59 @@ fn veth_address_route_rule_neighbour_round_trip() {
     assert!(h.delete_link_by_name("pwt-a").expect("del"));
     assert!(h.link_by_name("pwt-b").expect("peer").is_none());
     assert!(!h.delete_link_by_name("pwt-a").expect("del twice"));
+}
+
+#[test]
+fn a_batch_applies_in_order_and_reports_the_failing_request() {
+    let Some(mut h) = private_netns() else { return };
+    h.add_veth(&VethSpec {
+        name: "pwt-x",
+        peer_name: "pwt-y",
+        mtu: None,
+        mac: None,
+        peer_mac: None,
+        peer_netns: None,
+    })
+    .expect("veth");
+    let x = h.link("pwt-x").expect("x");
+    h.commit(
+        Batch::new()
+            .add_address(x.index, net("10.8.0.1/32"))
+            .set_up(x.index)
+            .add_route(
+                &Route::new(net("10.8.1.0/24"))
+                    .dev(x.index)
+                    .scope(RouteScope::Link),
+            ),
+    )
+    .expect("batch");
+    assert!(h.link("pwt-x").expect("x").up);
+    assert!(h
+        .routes()
+        .expect("routes")
+        .iter()
+        .any(|r| r.dst == net("10.8.1.0/24")));
+    // The same address again fails; the error names that request.
+    let err = h
+        .commit(
+            Batch::new()
+                .add_route(
+                    &Route::new(net("10.8.2.0/24"))
+                        .dev(x.index)
+                        .scope(RouteScope::Link),
+                )
+                .add_address(x.index, net("10.8.0.1/32")),
+        )
+        .expect_err("duplicate address");
+    assert!(
+        err.is_exists() && err.to_string().contains("add address 10.8.0.1/32"),
+        "{err}"
+    );
+    assert!(
+        h.routes()
+            .expect("routes")
+            .iter()
+            .any(|r| r.dst == net("10.8.2.0/24")),
+        "earlier requests of the batch still applied"
+    );
 }
