@@ -340,3 +340,60 @@ fn agent_restart_keeps_pods_working_and_never_hands_an_address_out_twice() {
     let links = ip(&["-n", &lab.node_ns(1), "-o", "link"]);
     assert!(!links.contains(": eni"), "{links}");
 }
+
+fn lab_processes(marker: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").expect("proc").flatten() {
+        if let Ok(c) = std::fs::read(e.path().join("cmdline")) {
+            let c = String::from_utf8_lossy(&c).replace('\0', " ");
+            if c.contains(marker) {
+                out.push(c);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_failed_lab_up_leaves_nothing_behind() {
+    if !require_root() {
+        return;
+    }
+    // The agent binary is missing: `up` fails after the fabric, its cloud and
+    // the nodes exist, and must take all of them down again.
+    let o = Command::new(podwirectl())
+        .env("PODWIRE_BIN_DIR", "/nonexistent/podwire-bin")
+        .args(["lab", "up", "--name", "t-fail", "--mode", "vpc"])
+        .output()
+        .expect("run");
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("podwire-agent"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let ns: Vec<String> = ip(&["netns", "list"])
+        .lines()
+        .filter(|l| l.starts_with("pw-t-fail-"))
+        .map(str::to_string)
+        .collect();
+    assert!(ns.is_empty(), "namespaces left: {ns:?}");
+    assert!(!std::path::Path::new("/run/podwire/lab/t-fail").exists());
+    assert!(lab_processes("/run/podwire/lab/t-fail").is_empty());
+
+    // Bad options change nothing at all.
+    let o = ctl(&[
+        "lab",
+        "up",
+        "--name",
+        "t-fail",
+        "--mode",
+        "vpc",
+        "--instance-type",
+        "m5.gigantic",
+    ]);
+    assert!(
+        !o.status.success() && String::from_utf8_lossy(&o.stderr).contains("unknown instance type")
+    );
+    assert!(!std::path::Path::new("/run/podwire/lab/t-fail").exists());
+}

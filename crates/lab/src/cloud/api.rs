@@ -376,6 +376,80 @@ pub fn dispatch(
 mod tests {
     use super::*;
 
+    fn signed(secret: &str, time: SystemTime) -> QueryRequest {
+        let body = "Action=DescribeInstances&Version=2016-11-15".to_string();
+        let url = "http://169.254.169.250/".to_string();
+        let mut headers = vec![
+            ("host".to_string(), "169.254.169.250".to_string()),
+            (
+                "content-type".to_string(),
+                "application/x-www-form-urlencoded; charset=utf-8".to_string(),
+            ),
+        ];
+        let creds = Credentials {
+            access_key_id: "AKIALAB".into(),
+            secret_access_key: secret.into(),
+            session_token: None,
+        };
+        let req = sigv4::Signable {
+            method: "POST",
+            url: &url,
+            headers: &headers,
+            body: body.as_bytes(),
+        };
+        let extra = sigv4::sign_headers(&creds, "us-east-1", "ec2", req, time).expect("sign");
+        headers.extend(extra.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)));
+        QueryRequest {
+            params: BTreeMap::new(),
+            body,
+            headers,
+            url,
+        }
+    }
+
+    #[test]
+    fn sigv4_is_verified_like_ec2_does() {
+        let mut cloud = Cloud {
+            region: "us-east-1".into(),
+            ..Default::default()
+        };
+        cloud.credentials.insert("AKIALAB".into(), "right".into());
+        let now = SystemTime::now();
+        assert_eq!(verify(&cloud, &signed("right", now)), Ok(()));
+        assert_eq!(
+            verify(&cloud, &signed("wrong", now))
+                .expect_err("bad secret")
+                .code,
+            "SignatureDoesNotMatch"
+        );
+        let old = now - Duration::from_secs(3600);
+        assert_eq!(
+            verify(&cloud, &signed("right", old))
+                .expect_err("stale")
+                .code,
+            "RequestExpired"
+        );
+        let mut tampered = signed("right", now);
+        tampered.body.push_str("&InstanceId.1=i-x");
+        assert_eq!(
+            verify(&cloud, &tampered).expect_err("tampered").code,
+            "SignatureDoesNotMatch"
+        );
+        let mut unsigned = signed("right", now);
+        unsigned.headers.retain(|(k, _)| k != "authorization");
+        assert_eq!(
+            verify(&cloud, &unsigned).expect_err("unsigned").code,
+            "AuthFailure"
+        );
+        cloud.credentials.clear();
+        assert_eq!(
+            verify(&cloud, &signed("right", now))
+                .expect_err("unknown key")
+                .code,
+            "AuthFailure"
+        );
+    }
+
     #[test]
     fn list_params_keep_their_order() {
         let mut p = BTreeMap::new();
