@@ -217,7 +217,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                print_status(&v);
+                print!("{}", ops::format_status(&v));
             }
         }
         LabCmd::Pod {
@@ -293,61 +293,4 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => probe::serve_http(&pod, &namespace)?,
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn print_status(v: &serde_json::Value) {
-    println!(
-        "lab {}  mode {}  subnet {}  {}",
-        v["name"].as_str().unwrap_or(""),
-        v["mode"].as_str().unwrap_or(""),
-        v["subnet"].as_str().unwrap_or(""),
-        v["vpc_id"].as_str().unwrap_or("")
-    );
-    println!("external host reachable to pods: {}", v["allow_external"]);
-    for n in v["nodes"].as_array().into_iter().flatten() {
-        println!(
-            "{}  {}  {}  {}  netns {}",
-            n["name"].as_str().unwrap_or(""),
-            n["instance_id"].as_str().unwrap_or(""),
-            n["instance_type"].as_str().unwrap_or(""),
-            n["primary_ip"].as_str().unwrap_or(""),
-            n["netns"].as_str().unwrap_or("")
-        );
-        for e in n["enis"].as_array().into_iter().flatten() {
-            let ips: Vec<&str> = e["secondary_ips"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|x| x.as_str())
-                .collect();
-            println!(
-                "    eth{}  {}  {}  primary {}  secondary [{}]",
-                e["device_index"],
-                e["id"].as_str().unwrap_or(""),
-                e["mac"].as_str().unwrap_or(""),
-                e["primary_ip"].as_str().unwrap_or(""),
-                ips.join(" ")
-            );
-        }
-    }
-    if let Some(e) = v["external"].as_object() {
-        println!(
-            "external  {}  {}  netns {}",
-            e["instance_id"].as_str().unwrap_or(""),
-            e["ip"].as_str().unwrap_or(""),
-            e["netns"].as_str().unwrap_or("")
-        );
-    }
-    for p in v["pods"].as_array().into_iter().flatten() {
-        println!(
-            "pod {}/{}  on {}  {}  eth{} ({})  netns {}",
-            p["namespace"].as_str().unwrap_or(""),
-            p["name"].as_str().unwrap_or(""),
-            p["node"].as_str().unwrap_or(""),
-            p["ip"].as_str().unwrap_or(""),
-            p["device_index"],
-            p["eni"].as_str().unwrap_or(""),
-            p["netns"].as_str().unwrap_or("")
-        );
-    }
 }

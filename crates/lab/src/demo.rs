@@ -70,26 +70,7 @@ fn narrate(lab: &str) -> Result<(), LabError> {
         println!("  pod {p} on {n}: {}", rec.ip);
     }
     println!("Pod addresses come from the node subnet: they are secondary IPs of the nodes' ENIs.");
-    let status = ops::status_json(lab)?;
-    for n in status["nodes"].as_array().into_iter().flatten() {
-        for e in n["enis"].as_array().into_iter().flatten() {
-            let sec: Vec<&str> = e["secondary_ips"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|x| x.as_str())
-                .collect();
-            println!(
-                "  {} eth{} {}  {}  primary {}  secondary: {}",
-                n["name"].as_str().unwrap_or(""),
-                e["device_index"],
-                e["id"].as_str().unwrap_or(""),
-                e["description"].as_str().unwrap_or(""),
-                e["primary_ip"].as_str().unwrap_or(""),
-                sec.join(" ")
-            );
-        }
-    }
+    print!("{}", ops::format_status(&ops::status_json(lab)?));
     println!("(From the lab cloud's DescribeNetworkInterfaces; `podwirectl lab ec2 --name {lab} DescribeNetworkInterfaces` shows the XML.)");
 
     section("3. What node-1 looks like (SEED-NOTES §2)");

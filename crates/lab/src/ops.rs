@@ -119,8 +119,11 @@ fn build(st: &mut LabState, opts: &UpOptions) -> Result<(), LabError> {
     let dir = st.dir();
     let lab = opts.name.clone();
     // The cloud model: a VPC, one subnet, two security groups, instances.
+    // Ids are counters from a random start: unique within the lab, and
+    // different from one lab to the next, as in EC2.
     let mut c = Cloud {
         region: "us-east-1".into(),
+        next_id: u64::from(rand::random::<u32>()),
         ..Default::default()
     };
     c.vpc_id = c.new_id("vpc");
@@ -701,4 +704,75 @@ pub fn set_allow_external(lab: &str, allow: bool) -> Result<(), LabError> {
     )?;
     st.allow_external = allow;
     st.save()
+}
+
+/// `lab status` for people: nodes, ENIs with their addresses, pods.
+pub fn format_status(v: &serde_json::Value) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "lab {}  mode {}  subnet {}  {}",
+        v["name"].as_str().unwrap_or(""),
+        v["mode"].as_str().unwrap_or(""),
+        v["subnet"].as_str().unwrap_or(""),
+        v["vpc_id"].as_str().unwrap_or("")
+    );
+    let _ = writeln!(
+        out,
+        "external host reachable to pods: {}",
+        v["allow_external"]
+    );
+    for n in v["nodes"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "{}  {}  {}  {}  netns {}",
+            n["name"].as_str().unwrap_or(""),
+            n["instance_id"].as_str().unwrap_or(""),
+            n["instance_type"].as_str().unwrap_or(""),
+            n["primary_ip"].as_str().unwrap_or(""),
+            n["netns"].as_str().unwrap_or("")
+        );
+        for e in n["enis"].as_array().into_iter().flatten() {
+            let ips: Vec<&str> = e["secondary_ips"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|x| x.as_str())
+                .collect();
+            let _ = writeln!(
+                out,
+                "    eth{}  {}  {}  \"{}\"  primary {}  secondary [{}]",
+                e["device_index"],
+                e["id"].as_str().unwrap_or(""),
+                e["mac"].as_str().unwrap_or(""),
+                e["description"].as_str().unwrap_or(""),
+                e["primary_ip"].as_str().unwrap_or(""),
+                ips.join(" ")
+            );
+        }
+    }
+    if let Some(e) = v["external"].as_object() {
+        let _ = writeln!(
+            out,
+            "external  {}  {}  netns {}",
+            e["instance_id"].as_str().unwrap_or(""),
+            e["ip"].as_str().unwrap_or(""),
+            e["netns"].as_str().unwrap_or("")
+        );
+    }
+    for p in v["pods"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "pod {}/{}  on {}  {}  eth{} ({})  netns {}",
+            p["namespace"].as_str().unwrap_or(""),
+            p["name"].as_str().unwrap_or(""),
+            p["node"].as_str().unwrap_or(""),
+            p["ip"].as_str().unwrap_or(""),
+            p["device_index"],
+            p["eni"].as_str().unwrap_or(""),
+            p["netns"].as_str().unwrap_or("")
+        );
+    }
+    out
 }

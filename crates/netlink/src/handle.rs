@@ -119,33 +119,23 @@ impl Handle {
         self.socket.send(&buf, 0)?;
         let mut first_error = None;
         let mut acked = 0;
-        while acked < pending.len() {
-            let (buf, _) = self.socket.recv_from_full()?;
-            let mut offset = 0;
-            while offset < buf.len() {
-                let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[offset..])
-                    .map_err(|e| Error::Decode(e.to_string()))?;
-                let len = msg.header.length as usize;
-                if let NetlinkPayload::Error(err) = msg.payload {
-                    if let Some((_, name)) = pending
-                        .iter()
-                        .find(|(s, _)| *s == msg.header.sequence_number)
-                    {
-                        acked += 1;
-                        if let (Some(code), None) = (err.code, &first_error) {
-                            first_error = Some(Error::Kernel {
-                                op: name.clone(),
-                                source: nix::errno::Errno::from_raw(-code.get()),
-                            });
-                        }
+        self.receive(|msg| {
+            if let NetlinkPayload::Error(err) = &msg.payload {
+                if let Some((_, name)) = pending
+                    .iter()
+                    .find(|(s, _)| *s == msg.header.sequence_number)
+                {
+                    acked += 1;
+                    if let (Some(code), None) = (err.code, &first_error) {
+                        first_error = Some(Error::Kernel {
+                            op: name.clone(),
+                            source: nix::errno::Errno::from_raw(-code.get()),
+                        });
                     }
                 }
-                if len == 0 {
-                    break;
-                }
-                offset += len;
             }
-        }
+            acked == pending.len()
+        })?;
         first_error.map_or(Ok(()), Err)
     }
 
@@ -156,33 +146,24 @@ impl Handle {
         msg: RouteNetlinkMessage,
     ) -> Result<RouteNetlinkMessage> {
         let seq = self.send(msg, 0)?;
-        loop {
-            let (buf, _) = self.socket.recv_from_full()?;
-            let mut offset = 0;
-            while offset < buf.len() {
-                let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[offset..])
-                    .map_err(|e| Error::Decode(e.to_string()))?;
-                let len = msg.header.length as usize;
-                if msg.header.sequence_number == seq {
-                    match msg.payload {
-                        NetlinkPayload::InnerMessage(inner) => return Ok(inner),
-                        NetlinkPayload::Error(err) => {
-                            return Err(Error::Kernel {
-                                op: op.to_string(),
-                                source: nix::errno::Errno::from_raw(
-                                    err.code.map_or(libc_eproto(), |c| -c.get()),
-                                ),
-                            })
-                        }
-                        _ => {}
-                    }
-                }
-                if len == 0 {
-                    break;
-                }
-                offset += len;
+        let mut answer = None;
+        self.receive(|msg| {
+            if msg.header.sequence_number != seq {
+                return false;
             }
-        }
+            answer = match msg.payload {
+                NetlinkPayload::InnerMessage(inner) => Some(Ok(inner)),
+                NetlinkPayload::Error(err) => Some(Err(Error::Kernel {
+                    op: op.to_string(),
+                    source: nix::errno::Errno::from_raw(
+                        err.code.map_or(libc_eproto(), |c| -c.get()),
+                    ),
+                })),
+                _ => None,
+            };
+            answer.is_some()
+        })?;
+        answer.unwrap_or_else(|| Err(Error::Decode(format!("no answer to {op}"))))
     }
 
     /// Sends a dump request and collects every answer.
@@ -193,6 +174,35 @@ impl Handle {
     ) -> Result<Vec<RouteNetlinkMessage>> {
         let seq = self.send(msg, NLM_F_DUMP)?;
         let mut out = Vec::new();
+        let mut failure = None;
+        self.receive(|msg| {
+            if msg.header.sequence_number != seq {
+                return false;
+            }
+            match msg.payload {
+                NetlinkPayload::Done(_) => true,
+                NetlinkPayload::Error(err) => {
+                    failure = err.code.map(|code| Error::Kernel {
+                        op: op.to_string(),
+                        source: nix::errno::Errno::from_raw(-code.get()),
+                    });
+                    true
+                }
+                NetlinkPayload::InnerMessage(inner) => {
+                    out.push(inner);
+                    false
+                }
+                _ => false,
+            }
+        })?;
+        failure.map_or(Ok(out), Err)
+    }
+
+    /// Reads answers and hands each message to `f` until it returns true.
+    fn receive(
+        &mut self,
+        mut f: impl FnMut(NetlinkMessage<RouteNetlinkMessage>) -> bool,
+    ) -> Result<()> {
         loop {
             let (buf, _) = self.socket.recv_from_full()?;
             let mut offset = 0;
@@ -200,21 +210,8 @@ impl Handle {
                 let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[offset..])
                     .map_err(|e| Error::Decode(e.to_string()))?;
                 let len = msg.header.length as usize;
-                if msg.header.sequence_number == seq {
-                    match msg.payload {
-                        NetlinkPayload::Done(_) => return Ok(out),
-                        NetlinkPayload::Error(err) => {
-                            if let Some(code) = err.code {
-                                return Err(Error::Kernel {
-                                    op: op.to_string(),
-                                    source: nix::errno::Errno::from_raw(-code.get()),
-                                });
-                            }
-                            return Ok(out);
-                        }
-                        NetlinkPayload::InnerMessage(inner) => out.push(inner),
-                        _ => {}
-                    }
+                if f(msg) {
+                    return Ok(());
                 }
                 if len == 0 {
                     break;

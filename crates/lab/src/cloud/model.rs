@@ -283,15 +283,7 @@ impl Cloud {
                 format!("Interface: [{eni_id}] in use."),
             ));
         }
-        let attached: Vec<&Eni> = self
-            .enis
-            .values()
-            .filter(|e| {
-                e.attachment
-                    .as_ref()
-                    .is_some_and(|a| a.instance_id == instance_id)
-            })
-            .collect();
+        let attached = self.instance_enis(instance_id);
         if attached.iter().any(|e| {
             e.attachment
                 .as_ref()
