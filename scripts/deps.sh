@@ -11,6 +11,9 @@ have traceroute || need+=(traceroute)
 have ping || need+=(iputils-ping)
 have sha1sum || need+=(coreutils)
 have cc || need+=(gcc)
+# The etcd backend's gRPC code is generated at build time; its tests run a real etcd.
+have protoc || need+=(protobuf-compiler)
+have etcd || need+=(etcd-server)
 if [ "${PODWIRE_BENCH_DEPS:-0}" = 1 ]; then
   [ -x /usr/lib/cni/ptp ] || need+=(containernetworking-plugins)
   have iperf3 || need+=(iperf3)

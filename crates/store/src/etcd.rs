@@ -1,0 +1,215 @@
+//! etcd v3 backend. `etcd-client` is async; the agent's callers are plain
+//! threads, so the store owns a small runtime and blocks on it. Every call
+//! has a deadline: an unreachable etcd is an `Unavailable` error, not a hang.
+
+use std::sync::mpsc::{self, Receiver};
+use std::time::Duration;
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Txn, TxnOp, WatchOptions,
+};
+use tokio::runtime::Runtime;
+
+use crate::{Datastore, Entry, Event, Expect, Result, Revision, Snapshot, StoreError};
+
+const DEADLINE: Duration = Duration::from_secs(3);
+
+pub struct EtcdStore {
+    rt: Runtime,
+    client: Client,
+    endpoints: Vec<String>,
+}
+
+impl std::fmt::Debug for EtcdStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdStore")
+            .field("endpoints", &self.endpoints)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn key_of(kv: &etcd_client::KeyValue) -> Result<String> {
+    kv.key_str()
+        .map(str::to_string)
+        .map_err(|e| StoreError::Backend(format!("key is not UTF-8: {e}")))
+}
+
+impl EtcdStore {
+    /// `endpoints` like `http://127.0.0.1:2379`.
+    pub fn connect(endpoints: &[String]) -> Result<EtcdStore> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("etcd")
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Backend(format!("runtime: {e}")))?;
+        let opts = ConnectOptions::new()
+            .with_connect_timeout(DEADLINE)
+            .with_timeout(DEADLINE);
+        let client = rt
+            .block_on(async {
+                tokio::time::timeout(DEADLINE, Client::connect(endpoints, Some(opts))).await
+            })
+            .map_err(|_| {
+                unavailable(format!(
+                    "etcd at {} did not answer within {DEADLINE:?}",
+                    endpoints.join(",")
+                ))
+            })?
+            .map_err(unavailable)?;
+        let store = EtcdStore {
+            rt,
+            client,
+            endpoints: endpoints.to_vec(),
+        };
+        // The client connects lazily: ask once so a dead endpoint fails here.
+        store.get("/podwire/probe")?;
+        Ok(store)
+    }
+
+    fn run<T>(
+        &self,
+        f: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+    ) -> Result<T> {
+        self.rt
+            .block_on(async { tokio::time::timeout(DEADLINE, f).await })
+            .map_err(|_| {
+                unavailable(format!(
+                    "etcd at {} did not answer within {DEADLINE:?}",
+                    self.endpoints.join(",")
+                ))
+            })?
+            .map_err(unavailable)
+    }
+
+    fn txn(&self, key: &str, compare: Compare, op: TxnOp) -> Result<Revision> {
+        let mut kv = self.client.kv_client();
+        let txn = Txn::new().when([compare]).and_then([op]);
+        let resp = self.run(async move { kv.txn(txn).await })?;
+        if !resp.succeeded() {
+            return Err(StoreError::Conflict {
+                key: key.to_string(),
+            });
+        }
+        resp.header()
+            .map(|h| h.revision())
+            .ok_or_else(|| StoreError::Backend("txn answer without header".into()))
+    }
+}
+
+impl Datastore for EtcdStore {
+    fn get(&self, key: &str) -> Result<Option<Entry>> {
+        let mut kv = self.client.kv_client();
+        let k = key.to_string();
+        let resp = self.run(async move { kv.get(k, None).await })?;
+        resp.kvs()
+            .first()
+            .map(|kv| {
+                Ok(Entry {
+                    key: key_of(kv)?,
+                    value: kv.value().to_vec(),
+                    mod_revision: kv.mod_revision(),
+                })
+            })
+            .transpose()
+    }
+
+    fn list(&self, prefix: &str) -> Result<Snapshot> {
+        let mut kv = self.client.kv_client();
+        let p = prefix.to_string();
+        let resp =
+            self.run(async move { kv.get(p, Some(GetOptions::new().with_prefix())).await })?;
+        let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+        let entries = resp
+            .kvs()
+            .iter()
+            .map(|kv| {
+                Ok(Entry {
+                    key: key_of(kv)?,
+                    value: kv.value().to_vec(),
+                    mod_revision: kv.mod_revision(),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Snapshot { entries, revision })
+    }
+
+    fn put(&self, key: &str, value: &[u8], expect: Expect) -> Result<Revision> {
+        let compare = match expect {
+            Expect::Absent => Compare::create_revision(key, CompareOp::Equal, 0),
+            Expect::Revision(r) => Compare::mod_revision(key, CompareOp::Equal, r),
+        };
+        self.txn(key, compare, TxnOp::put(key, value.to_vec(), None))
+    }
+
+    fn delete(&self, key: &str, expect: Revision) -> Result<()> {
+        self.txn(
+            key,
+            Compare::mod_revision(key, CompareOp::Equal, expect),
+            TxnOp::delete(key, None),
+        )
+        .map(|_| ())
+    }
+
+    fn watch(&self, prefix: &str, after: Revision) -> Result<Receiver<Result<Event>>> {
+        let mut client = self.client.clone();
+        let p = prefix.to_string();
+        let opts = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(after + 1);
+        let mut stream = self.run(async move { client.watch(p, Some(opts)).await })?;
+        let (tx, rx) = mpsc::channel();
+        self.rt.spawn(async move {
+            loop {
+                match stream.message().await {
+                    Ok(Some(resp)) => {
+                        if resp.canceled() {
+                            let _ = tx.send(Err(unavailable(format!(
+                                "etcd cancelled the watch (compacted at {})",
+                                resp.compact_revision()
+                            ))));
+                            return;
+                        }
+                        for ev in resp.events() {
+                            let Some(kv) = ev.kv() else { continue };
+                            let key = match key_of(kv) {
+                                Ok(k) => k,
+                                Err(e) => {
+                                    let _ = tx.send(Err(e));
+                                    continue;
+                                }
+                            };
+                            let event = match ev.event_type() {
+                                EventType::Put => Event::Put(Entry {
+                                    key,
+                                    value: kv.value().to_vec(),
+                                    mod_revision: kv.mod_revision(),
+                                }),
+                                EventType::Delete => Event::Delete {
+                                    key,
+                                    revision: kv.mod_revision(),
+                                },
+                            };
+                            if tx.send(Ok(event)).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Ok(None) => {
+                        let _ = tx.send(Err(unavailable("etcd closed the watch stream")));
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(unavailable(e)));
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(rx)
+    }
+}
