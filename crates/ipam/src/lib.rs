@@ -1,6 +1,8 @@
-//! Pure allocation logic, no I/O: what the agent decides, tested without a
-//! kernel or a cloud.
+//! Allocation logic: what the agent decides. `eni_pool` (vpc mode) is pure;
+//! `block_store` (overlay mode) runs on a [`podwire_store::Datastore`].
 
+pub mod block;
+pub mod block_store;
 pub mod eni_pool;
 
 pub use eni_pool::{EniPool, PoolLimits, PoolPlan, PoolTargets};

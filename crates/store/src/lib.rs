@@ -11,6 +11,8 @@
 
 mod etcd;
 mod sqlite;
+#[cfg(feature = "test-util")]
+pub mod testing;
 
 use std::sync::mpsc::Receiver;
 

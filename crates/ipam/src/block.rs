@@ -1,0 +1,117 @@
+//! overlay mode: one address block (a /26 by default) of the pod CIDR, its
+//! node affinity and who holds each of its addresses. A block is one
+//! datastore value, so every change to it is one compare-and-swap.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+/// A block as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Block {
+    pub cidr: Ipv4Net,
+    /// The node this block belongs to (None once released).
+    pub affinity: Option<String>,
+    /// Ordinal (offset in the block) → handle that holds it.
+    pub allocations: BTreeMap<u32, String>,
+    /// Unix seconds since the block has had no allocation, for release after
+    /// a grace period.
+    #[serde(default)]
+    pub empty_since: Option<u64>,
+}
+
+impl Block {
+    pub fn new(cidr: Ipv4Net, node: &str) -> Block {
+        Block {
+            cidr,
+            affinity: Some(node.to_string()),
+            allocations: BTreeMap::new(),
+            empty_since: None,
+        }
+    }
+
+    pub fn size(&self) -> u32 {
+        1u32 << (32 - u32::from(self.cidr.prefix_len()))
+    }
+
+    pub fn addr(&self, ordinal: u32) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.cidr.network()) + ordinal)
+    }
+
+    pub fn ordinal(&self, ip: Ipv4Addr) -> Option<u32> {
+        self.cidr
+            .contains(&ip)
+            .then(|| u32::from(ip) - u32::from(self.cidr.network()))
+    }
+
+    pub fn free(&self) -> u32 {
+        self.size() - self.allocations.len() as u32
+    }
+
+    /// Takes the lowest free address for `handle`.
+    pub fn assign(&mut self, handle: &str) -> Option<Ipv4Addr> {
+        let ord = (0..self.size()).find(|o| !self.allocations.contains_key(o))?;
+        self.allocations.insert(ord, handle.to_string());
+        self.empty_since = None;
+        Some(self.addr(ord))
+    }
+
+    /// Frees every address `handle` holds; returns them.
+    pub fn release(&mut self, handle: &str, now: u64) -> Vec<Ipv4Addr> {
+        let ords: Vec<u32> = self
+            .allocations
+            .iter()
+            .filter(|(_, h)| *h == handle)
+            .map(|(o, _)| *o)
+            .collect();
+        for o in &ords {
+            self.allocations.remove(o);
+        }
+        if !ords.is_empty() && self.allocations.is_empty() {
+            self.empty_since = Some(now);
+        }
+        ords.into_iter().map(|o| self.addr(o)).collect()
+    }
+
+    pub fn holds(&self, handle: &str) -> bool {
+        self.allocations.values().any(|h| h == handle)
+    }
+}
+
+/// The blocks a pool is cut into, in order.
+pub fn blocks_of(pool: Ipv4Net, block_prefix: u8) -> impl Iterator<Item = Ipv4Net> {
+    pool.subnets(block_prefix).into_iter().flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn assigns_lowest_first_and_tracks_emptiness() {
+        let mut b = Block::new("172.16.30.0/26".parse().expect("cidr"), "node-1");
+        assert_eq!(b.size(), 64);
+        assert_eq!(
+            b.assign("tunnel.node-1"),
+            Some("172.16.30.0".parse().expect("ip"))
+        );
+        assert_eq!(b.assign("pw.c1"), Some("172.16.30.1".parse().expect("ip")));
+        assert_eq!(b.assign("pw.c2"), Some("172.16.30.2".parse().expect("ip")));
+        assert_eq!(
+            b.release("pw.c1", 5),
+            vec!["172.16.30.1".parse::<Ipv4Addr>().expect("ip")]
+        );
+        assert_eq!(b.assign("pw.c3"), Some("172.16.30.1".parse().expect("ip")));
+        assert_eq!(b.free(), 61);
+        for h in ["tunnel.node-1", "pw.c2", "pw.c3"] {
+            b.release(h, 9);
+        }
+        assert_eq!(b.empty_since, Some(9));
+        assert_eq!(
+            blocks_of("172.16.0.0/16".parse().expect("pool"), 26).count(),
+            1024
+        );
+    }
+}
