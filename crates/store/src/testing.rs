@@ -7,6 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// An etcd server of the test's own, on free loopback ports.
+#[derive(Debug)]
 pub struct Etcd {
     child: Child,
     dir: tempfile::TempDir,
