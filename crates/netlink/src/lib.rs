@@ -19,8 +19,8 @@ pub mod sysctl;
 
 pub use error::{Error, Result};
 pub use handle::{Batch, Handle};
-pub use link::{Link, MacAddr, VethSpec};
-pub use neigh::Neighbour;
+pub use link::{Link, MacAddr, VethSpec, VxlanSpec};
+pub use neigh::{FdbEntry, Neighbour};
 pub use route::{Route, RouteKind, RouteScope};
 pub use rule::Rule;
 

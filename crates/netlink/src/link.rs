@@ -4,7 +4,7 @@ use std::str::FromStr;
 
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    InfoData, InfoKind, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::RouteNetlinkMessage;
 
@@ -101,7 +101,48 @@ pub struct VethSpec<'a> {
     pub peer_netns: Option<BorrowedFd<'a>>,
 }
 
+/// A VXLAN device without multicast or learning: peers are programmed as
+/// static FDB and neighbour entries.
+#[derive(Debug, Clone)]
+pub struct VxlanSpec<'a> {
+    pub name: &'a str,
+    pub vni: u32,
+    pub port: u16,
+    /// Underlay source address.
+    pub local: std::net::Ipv4Addr,
+    /// Underlay device.
+    pub underlay_index: u32,
+    pub mtu: u32,
+    pub mac: Option<MacAddr>,
+}
+
 impl Handle {
+    /// Creates a VXLAN device.
+    pub fn add_vxlan(&mut self, spec: &VxlanSpec<'_>) -> Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.attributes
+            .push(LinkAttribute::IfName(spec.name.to_string()));
+        msg.attributes.push(LinkAttribute::Mtu(spec.mtu));
+        if let Some(mac) = spec.mac {
+            msg.attributes.push(LinkAttribute::Address(mac.0.to_vec()));
+        }
+        msg.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Vxlan),
+            LinkInfo::Data(InfoData::Vxlan(vec![
+                InfoVxlan::Id(spec.vni),
+                InfoVxlan::Port(spec.port),
+                InfoVxlan::Local(spec.local),
+                InfoVxlan::Link(spec.underlay_index),
+                InfoVxlan::Learning(false),
+            ])),
+        ]));
+        self.request(
+            &format!("create vxlan {}", spec.name),
+            RouteNetlinkMessage::NewLink(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+    }
+
     /// Every link in the namespace.
     pub fn links(&mut self) -> Result<Vec<Link>> {
         let msgs = self.dump(

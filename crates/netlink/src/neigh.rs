@@ -2,7 +2,7 @@ use std::net::Ipv4Addr;
 
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_REPLACE};
 use netlink_packet_route::neighbour::{
-    NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use netlink_packet_route::route::RouteType;
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
@@ -16,6 +16,32 @@ pub struct Neighbour {
     pub ifindex: u32,
     pub ip: Ipv4Addr,
     pub mac: MacAddr,
+}
+
+/// A static forwarding entry of a VXLAN device: frames for `mac` go to the
+/// VTEP at `dst` (`bridge fdb ... dst <ip> self permanent`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FdbEntry {
+    pub ifindex: u32,
+    pub mac: MacAddr,
+    pub dst: Ipv4Addr,
+}
+
+impl FdbEntry {
+    fn to_message(&self) -> NeighbourMessage {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Bridge;
+        msg.header.ifindex = self.ifindex;
+        msg.header.state = NeighbourState::Permanent;
+        msg.header.flags = NeighbourFlags::Own;
+        msg.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(self.mac.0.to_vec()));
+        msg.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
+                self.dst,
+            )));
+        msg
+    }
 }
 
 impl Neighbour {
@@ -48,6 +74,62 @@ impl Handle {
             RouteNetlinkMessage::DelNeighbour(n.to_message()),
             0,
         )
+    }
+
+    /// Adds or replaces a static FDB entry.
+    pub fn replace_fdb(&mut self, e: &FdbEntry) -> Result<()> {
+        self.request(
+            &format!("add fdb {} dst {}", e.mac, e.dst),
+            RouteNetlinkMessage::NewNeighbour(e.to_message()),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+    }
+
+    /// Deletes a static FDB entry.
+    pub fn delete_fdb(&mut self, e: &FdbEntry) -> Result<()> {
+        self.request(
+            &format!("delete fdb {}", e.mac),
+            RouteNetlinkMessage::DelNeighbour(e.to_message()),
+            0,
+        )
+    }
+
+    /// Static FDB entries of device `ifindex` that point at a remote VTEP.
+    pub fn fdb(&mut self, ifindex: u32) -> Result<Vec<FdbEntry>> {
+        let mut req = NeighbourMessage::default();
+        req.header.family = AddressFamily::Bridge;
+        let msgs = self.dump("list fdb", RouteNetlinkMessage::GetNeighbour(req))?;
+        let mut out = Vec::new();
+        for m in msgs {
+            if let RouteNetlinkMessage::NewNeighbour(n) = m {
+                if n.header.ifindex != ifindex {
+                    continue;
+                }
+                // In a bridge-family message the library does not decode the
+                // destination as IPv4; take the four bytes ourselves.
+                let dst = n.attributes.iter().find_map(|a| match a {
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
+                    NeighbourAttribute::Destination(NeighbourAddress::Other(v)) => {
+                        <[u8; 4]>::try_from(v.as_slice()).ok().map(Ipv4Addr::from)
+                    }
+                    _ => None,
+                });
+                let mac = n.attributes.iter().find_map(|a| match a {
+                    NeighbourAttribute::LinkLayerAddress(v) => {
+                        <[u8; 6]>::try_from(v.as_slice()).ok()
+                    }
+                    _ => None,
+                });
+                if let (Some(dst), Some(mac)) = (dst, mac) {
+                    out.push(FdbEntry {
+                        ifindex,
+                        mac: MacAddr(mac),
+                        dst,
+                    });
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Permanent IPv4 neighbour entries.

@@ -173,3 +173,63 @@ fn a_batch_applies_in_order_and_reports_the_failing_request() {
         "earlier requests of the batch still applied"
     );
 }
+
+#[test]
+fn vxlan_with_static_fdb_and_neighbours() {
+    use podwire_netlink::{FdbEntry, VxlanSpec};
+    let Some(mut h) = private_netns() else { return };
+    h.add_veth(&VethSpec {
+        name: "pwt-u0",
+        peer_name: "pwt-u1",
+        mtu: Some(9001),
+        mac: None,
+        peer_mac: None,
+        peer_netns: None,
+    })
+    .expect("underlay");
+    let u = h.link("pwt-u0").expect("u0");
+    h.add_address(u.index, net("10.0.13.10/20")).expect("addr");
+    h.set_up(u.index).expect("up");
+    let mac: MacAddr = "66:0a:00:00:00:01".parse().expect("mac");
+    h.add_vxlan(&VxlanSpec {
+        name: "vxlan.pwt",
+        vni: 4096,
+        port: 4789,
+        local: Ipv4Addr::new(10, 0, 13, 10),
+        underlay_index: u.index,
+        mtu: 8951,
+        mac: Some(mac),
+    })
+    .expect("vxlan");
+    let v = h.link("vxlan.pwt").expect("vxlan link");
+    assert_eq!(
+        (v.kind.as_deref(), v.mtu, v.mac),
+        (Some("vxlan"), 8951, Some(mac))
+    );
+    h.set_up(v.index).expect("up");
+    let remote_mac: MacAddr = "66:0a:00:00:00:02".parse().expect("mac");
+    let fdb = FdbEntry {
+        ifindex: v.index,
+        mac: remote_mac,
+        dst: Ipv4Addr::new(10, 0, 12, 177),
+    };
+    h.replace_fdb(&fdb).expect("fdb");
+    h.replace_fdb(&fdb).expect("fdb again (replace)");
+    assert_eq!(h.fdb(v.index).expect("list"), vec![fdb.clone()]);
+    h.replace_neighbour(&Neighbour {
+        ifindex: v.index,
+        ip: Ipv4Addr::new(172, 16, 72, 64),
+        mac: remote_mac,
+    })
+    .expect("neigh");
+    h.add_route(
+        &Route::new(net("172.16.72.64/26"))
+            .via(Ipv4Addr::new(172, 16, 72, 64))
+            .dev(v.index)
+            .onlink()
+            .protocol(80),
+    )
+    .expect("onlink route");
+    h.delete_fdb(&fdb).expect("del fdb");
+    assert!(h.fdb(v.index).expect("list").is_empty());
+}
