@@ -13,8 +13,8 @@ use clap::Parser;
     about = "podwire node agent: warm pool of pod addresses, ENI plumbing, plugin socket"
 )]
 struct Args {
-    /// Dataplane mode (only `vpc` in this release).
-    #[arg(long, default_value = "vpc")]
+    /// Dataplane mode: `vpc` or `overlay`.
+    #[arg(long, default_value = "vpc", value_parser = ["vpc", "overlay"])]
     mode: String,
     /// Name this node reports in messages (default: the host name).
     #[arg(long)]
@@ -44,6 +44,30 @@ struct Args {
     /// MTU of secondary ENIs.
     #[arg(long, default_value_t = 9001)]
     eni_mtu: u32,
+    /// overlay: the datastore (`sqlite:/path/file.db` or `etcd://host:port`).
+    #[arg(long, default_value = "sqlite:/var/lib/podwire/datastore.db")]
+    datastore: String,
+    /// overlay: the pod CIDR.
+    #[arg(long, default_value = "172.16.0.0/16")]
+    pod_cidr: ipnet::Ipv4Net,
+    /// overlay: block prefix length.
+    #[arg(long, default_value_t = 26)]
+    block_size: u8,
+    /// overlay: never borrow addresses from other nodes' blocks.
+    #[arg(long)]
+    strict_affinity: bool,
+    /// overlay: VXLAN network identifier.
+    #[arg(long, default_value_t = 4096)]
+    vni: u32,
+    /// overlay: VXLAN UDP port.
+    #[arg(long, default_value_t = 4789)]
+    vxlan_port: u16,
+    /// overlay: the underlay device (its address is the VTEP).
+    #[arg(long, default_value = "eth0")]
+    underlay_dev: String,
+    /// overlay: seconds an empty block is kept before it goes back to the pool.
+    #[arg(long, default_value_t = 300)]
+    block_grace_secs: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -56,12 +80,23 @@ fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
-    if args.mode != "vpc" {
+    if !(16..=30).contains(&args.block_size) || args.block_size < args.pod_cidr.prefix_len() {
         anyhow::bail!(
-            "mode {:?} is not available in this release (only \"vpc\")",
-            args.mode
+            "--block-size {} must be 16-30 and not larger than --pod-cidr {}",
+            args.block_size,
+            args.pod_cidr
         );
     }
+    let overlay = (args.mode == "overlay").then(|| podwire_agent_core::OverlayConfig {
+        datastore: args.datastore.clone(),
+        pool: args.pod_cidr,
+        block_prefix: args.block_size,
+        strict_affinity: args.strict_affinity,
+        vni: args.vni,
+        port: args.vxlan_port,
+        underlay_dev: args.underlay_dev.clone(),
+        block_grace: Duration::from_secs(args.block_grace_secs),
+    });
     let node_name = match args.node_name {
         Some(n) => n,
         None => nix::unistd::gethostname()
@@ -80,6 +115,7 @@ fn main() -> anyhow::Result<()> {
         ip_cooldown: Duration::from_secs(args.ip_cooldown_secs),
         eni_mtu: args.eni_mtu,
         add_wait: Duration::from_secs(30),
+        overlay,
     })?;
     Ok(())
 }

@@ -46,6 +46,15 @@ enum LabCmd {
         /// Addresses each agent holds in all, free or assigned.
         #[arg(long)]
         minimum_ip_target: Option<u32>,
+        /// overlay: the pod network.
+        #[arg(long, default_value = "172.16.0.0/16")]
+        pod_cidr: ipnet::Ipv4Net,
+        /// overlay: block prefix length.
+        #[arg(long, default_value_t = 26)]
+        block_size: u8,
+        /// overlay: datastore (the lab supports `sqlite`: one file all nodes share).
+        #[arg(long, default_value = "sqlite")]
+        datastore: String,
     },
     /// Nodes, ENIs, addresses, pods and namespace names.
     Status {
@@ -187,7 +196,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             allow_external,
             warm_ip_target,
             minimum_ip_target,
+            pod_cidr,
+            block_size,
+            datastore,
         } => {
+            if datastore != "sqlite" {
+                anyhow::bail!("--datastore {datastore:?}: the lab runs overlay nodes on one SQLite file for now (etcd is supported by podwire-agent itself: --datastore etcd://HOST:PORT)");
+            }
             let st = ops::up(&ops::UpOptions {
                 name,
                 mode,
@@ -197,6 +212,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 allow_external,
                 warm_ip_target,
                 minimum_ip_target,
+                pod_cidr,
+                block_size,
             })?;
             println!(
                 "lab {} is up (mode {}, {} x {})",

@@ -116,6 +116,7 @@ mod tests {
             route_table: 2,
             pod_namespace: None,
             pod_name: None,
+            mtu: None,
         };
         c.save(std::slice::from_ref(&a)).expect("save");
         assert_eq!(c.load().expect("load"), vec![a]);

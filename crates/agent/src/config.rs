@@ -20,4 +20,22 @@ pub struct AgentConfig {
     pub eni_mtu: u32,
     /// How long ADD may wait for the cloud when the pool is empty.
     pub add_wait: Duration,
+    /// Set in overlay mode (the vpc fields above are then unused).
+    pub overlay: Option<OverlayConfig>,
+}
+
+/// overlay mode: a pod CIDR in blocks, VXLAN between nodes.
+#[derive(Debug, Clone)]
+pub struct OverlayConfig {
+    /// `sqlite:/path` or `etcd://host:port`.
+    pub datastore: String,
+    pub pool: ipnet::Ipv4Net,
+    pub block_prefix: u8,
+    pub strict_affinity: bool,
+    pub vni: u32,
+    pub port: u16,
+    /// The device whose address is this node's VTEP (`eth0`).
+    pub underlay_dev: String,
+    /// Empty blocks older than this are given back to the pool.
+    pub block_grace: Duration,
 }

@@ -10,11 +10,12 @@
 
 mod checkpoint;
 mod config;
+mod overlay;
 mod pool;
 mod server;
 mod state;
 
-pub use config::AgentConfig;
+pub use config::{AgentConfig, OverlayConfig};
 
 use std::sync::Arc;
 
@@ -38,10 +39,37 @@ pub enum AgentError {
     },
     #[error("{0}")]
     Config(String),
+    #[error(transparent)]
+    Store(#[from] podwire_store::StoreError),
+    #[error(transparent)]
+    Ipam(#[from] podwire_ipam::block_store::IpamError),
+}
+
+/// What answers the plugin: one implementation per mode.
+pub(crate) trait Backend: Send + Sync {
+    fn handle(&self, req: podwire_proto::Request) -> podwire_proto::Response;
+}
+
+impl Backend for state::Shared {
+    fn handle(&self, req: podwire_proto::Request) -> podwire_proto::Response {
+        state::Shared::handle(self, req)
+    }
 }
 
 /// Starts the agent and serves until the process is stopped.
 pub fn run(config: AgentConfig) -> Result<(), AgentError> {
+    if let Some(overlay) = &config.overlay {
+        let agent = Arc::new(overlay::OverlayAgent::start(&config, overlay)?);
+        let listener = server::bind(&config.socket)?;
+        tracing::info!(socket = %config.socket.display(), node = %config.node_name, "overlay agent ready");
+        let converger = Arc::clone(&agent);
+        std::thread::Builder::new()
+            .name("converge".into())
+            .spawn(move || converger.converge_forever())
+            .map_err(|e| AgentError::Config(format!("cannot start converge thread: {e}")))?;
+        server::serve(listener, agent);
+        return Ok(());
+    }
     let shared = Arc::new(state::Shared::start(&config)?);
     let listener = server::bind(&config.socket)?;
     tracing::info!(socket = %config.socket.display(), node = %shared.node_name(), "agent ready");

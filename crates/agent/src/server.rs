@@ -11,8 +11,7 @@ use std::time::Duration;
 
 use podwire_proto::{read_request, write_response, ErrorKind, Response};
 
-use crate::state::Shared;
-use crate::AgentError;
+use crate::{AgentError, Backend};
 
 pub fn bind(path: &Path) -> Result<UnixListener, AgentError> {
     let err = |source| AgentError::Socket {
@@ -38,14 +37,14 @@ pub fn bind(path: &Path) -> Result<UnixListener, AgentError> {
     Ok(listener)
 }
 
-pub fn serve(listener: UnixListener, shared: Arc<Shared>) {
+pub fn serve(listener: UnixListener, shared: Arc<dyn Backend>) {
     for conn in listener.incoming() {
         match conn {
             Ok(stream) => {
                 let shared = Arc::clone(&shared);
                 let spawned = std::thread::Builder::new()
                     .name("conn".into())
-                    .spawn(move || handle(stream, &shared));
+                    .spawn(move || handle(stream, shared.as_ref()));
                 if let Err(e) = spawned {
                     tracing::warn!("cannot start a connection thread: {e}");
                 }
@@ -55,7 +54,7 @@ pub fn serve(listener: UnixListener, shared: Arc<Shared>) {
     }
 }
 
-fn handle(stream: UnixStream, shared: &Shared) {
+fn handle(stream: UnixStream, shared: &dyn Backend) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
     let mut reader = BufReader::new(&stream);
     let response = match read_request(&mut reader) {

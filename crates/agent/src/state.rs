@@ -242,6 +242,7 @@ impl Shared {
                     route_table: got.route_table,
                     pod_namespace: req.pod_namespace.clone(),
                     pod_name: req.pod_name.clone(),
+                    mtu: None,
                 };
                 st.allocations.insert(req.key.clone(), alloc.clone());
                 if let Err(e) = self.save(&st) {

@@ -3,6 +3,7 @@
 
 pub mod eni;
 pub mod names;
+pub mod overlay;
 pub mod vpc;
 
 /// Errors from programming the kernel for a pod or node.

@@ -37,6 +37,9 @@ pub struct PodSpec<'a> {
     pub ip: Ipv4Addr,
     pub mtu: u32,
     pub route_table: u32,
+    /// The host end's MAC; None = a stable one derived from the names.
+    /// (Overlay mode uses `ee:ee:ee:ee:ee:ee`, as Calico does.)
+    pub host_mac: Option<MacAddr>,
 }
 
 /// What was built: both ends of the veth.
@@ -95,7 +98,10 @@ pub fn add_pod(host: &mut Handle, spec: &PodSpec<'_>) -> Result<PodLinks> {
         name: spec.host_veth,
         peer_name: spec.ifname,
         mtu: Some(spec.mtu),
-        mac: Some(veth_mac("host", spec.host_veth, spec.ifname)),
+        mac: Some(
+            spec.host_mac
+                .unwrap_or_else(|| veth_mac("host", spec.host_veth, spec.ifname)),
+        ),
         peer_mac: Some(veth_mac("pod", spec.host_veth, spec.ifname)),
         peer_netns: Some(netns_file.as_fd()),
     };

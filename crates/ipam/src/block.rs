@@ -8,14 +8,35 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
+/// Who holds an address: the handle (`<network>.<container id>`, or
+/// `tunnel.<node>`), the node it is used on, and free-form attributes
+/// (pod namespace and name, interface).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holder {
+    pub handle: String,
+    pub node: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub attrs: BTreeMap<String, String>,
+}
+
+impl Holder {
+    pub fn new(handle: &str, node: &str) -> Holder {
+        Holder {
+            handle: handle.to_string(),
+            node: node.to_string(),
+            attrs: BTreeMap::new(),
+        }
+    }
+}
+
 /// A block as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Block {
     pub cidr: Ipv4Net,
     /// The node this block belongs to (None once released).
     pub affinity: Option<String>,
-    /// Ordinal (offset in the block) → handle that holds it.
-    pub allocations: BTreeMap<u32, String>,
+    /// Ordinal (offset in the block) → who holds it.
+    pub allocations: BTreeMap<u32, Holder>,
     /// Unix seconds since the block has had no allocation, for release after
     /// a grace period.
     #[serde(default)]
@@ -50,10 +71,10 @@ impl Block {
         self.size() - self.allocations.len() as u32
     }
 
-    /// Takes the lowest free address for `handle`.
-    pub fn assign(&mut self, handle: &str) -> Option<Ipv4Addr> {
+    /// Takes the lowest free address for `holder`.
+    pub fn assign(&mut self, holder: &Holder) -> Option<Ipv4Addr> {
         let ord = (0..self.size()).find(|o| !self.allocations.contains_key(o))?;
-        self.allocations.insert(ord, handle.to_string());
+        self.allocations.insert(ord, holder.clone());
         self.empty_since = None;
         Some(self.addr(ord))
     }
@@ -63,7 +84,7 @@ impl Block {
         let ords: Vec<u32> = self
             .allocations
             .iter()
-            .filter(|(_, h)| *h == handle)
+            .filter(|(_, h)| h.handle == handle)
             .map(|(o, _)| *o)
             .collect();
         for o in &ords {
@@ -76,7 +97,15 @@ impl Block {
     }
 
     pub fn holds(&self, handle: &str) -> bool {
-        self.allocations.values().any(|h| h == handle)
+        self.allocations.values().any(|h| h.handle == handle)
+    }
+
+    /// The address and holder record of `handle`, if this block has it.
+    pub fn find(&self, handle: &str) -> Option<(Ipv4Addr, &Holder)> {
+        self.allocations
+            .iter()
+            .find(|(_, h)| h.handle == handle)
+            .map(|(o, h)| (self.addr(*o), h))
     }
 }
 
@@ -94,16 +123,25 @@ mod tests {
         let mut b = Block::new("172.16.30.0/26".parse().expect("cidr"), "node-1");
         assert_eq!(b.size(), 64);
         assert_eq!(
-            b.assign("tunnel.node-1"),
+            b.assign(&Holder::new("tunnel.node-1", "node-1")),
             Some("172.16.30.0".parse().expect("ip"))
         );
-        assert_eq!(b.assign("pw.c1"), Some("172.16.30.1".parse().expect("ip")));
-        assert_eq!(b.assign("pw.c2"), Some("172.16.30.2".parse().expect("ip")));
+        assert_eq!(
+            b.assign(&Holder::new("pw.c1", "node-1")),
+            Some("172.16.30.1".parse().expect("ip"))
+        );
+        assert_eq!(
+            b.assign(&Holder::new("pw.c2", "node-1")),
+            Some("172.16.30.2".parse().expect("ip"))
+        );
         assert_eq!(
             b.release("pw.c1", 5),
             vec!["172.16.30.1".parse::<Ipv4Addr>().expect("ip")]
         );
-        assert_eq!(b.assign("pw.c3"), Some("172.16.30.1".parse().expect("ip")));
+        assert_eq!(
+            b.assign(&Holder::new("pw.c3", "node-1")),
+            Some("172.16.30.1".parse().expect("ip"))
+        );
         assert_eq!(b.free(), 61);
         for h in ["tunnel.node-1", "pw.c2", "pw.c3"] {
             b.release(h, 9);

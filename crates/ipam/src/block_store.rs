@@ -15,7 +15,7 @@ use ipnet::Ipv4Net;
 use podwire_store::{Datastore, Entry, Expect, StoreError};
 use serde::{Deserialize, Serialize};
 
-use crate::block::{blocks_of, Block};
+use crate::block::{blocks_of, Block, Holder};
 
 pub const PREFIX: &str = "/podwire/ipam/";
 const BLOCKS: &str = "/podwire/ipam/blocks/";
@@ -152,6 +152,21 @@ impl BlockIpam {
 
     /// Hands `handle` an address on `node`.
     pub fn allocate(&self, node: &str, handle: &str) -> Result<Assigned> {
+        self.allocate_for(&Holder::new(handle, node))
+    }
+
+    /// The address `handle` holds, with its block and record.
+    pub fn find(&self, handle: &str) -> Result<Option<(Ipv4Addr, Block)>> {
+        Ok(self
+            .blocks()?
+            .into_iter()
+            .find_map(|(b, _)| b.find(handle).map(|(ip, _)| (ip, b.clone()))))
+    }
+
+    /// Hands `holder` an address on `holder.node`.
+    pub fn allocate_for(&self, holder: &Holder) -> Result<Assigned> {
+        let node = holder.node.as_str();
+        let handle = holder;
         for _ in 0..MAX_ROUNDS {
             let blocks = self.blocks()?;
             // 1. A free address in one of our own blocks.
@@ -256,8 +271,8 @@ impl BlockIpam {
         let mut out = Vec::new();
         for (b, _) in self.blocks()? {
             for (o, h) in &b.allocations {
-                if h.starts_with(handle_prefix) {
-                    out.push((h.clone(), b.addr(*o)));
+                if h.handle.starts_with(handle_prefix) {
+                    out.push((h.handle.clone(), b.addr(*o)));
                 }
             }
         }

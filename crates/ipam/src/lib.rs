@@ -4,5 +4,6 @@
 pub mod block;
 pub mod block_store;
 pub mod eni_pool;
+pub mod nodes;
 
 pub use eni_pool::{EniPool, PoolLimits, PoolPlan, PoolTargets};

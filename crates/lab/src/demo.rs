@@ -54,6 +54,10 @@ fn narrate(lab: &str) -> Result<(), LabError> {
         allow_external: false,
         warm_ip_target: None,
         minimum_ip_target: None,
+        pod_cidr: "172.16.0.0/16"
+            .parse()
+            .map_err(|e| LabError::Usage(format!("{e}")))?,
+        block_size: 26,
     })?;
     for n in st.nodes.iter().chain(st.external.iter()) {
         println!("  {:9} {:15} {}", n.name, n.primary_ip, n.instance_id);

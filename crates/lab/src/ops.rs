@@ -31,6 +31,9 @@ pub struct UpOptions {
     pub warm_ip_target: Option<u32>,
     /// Addresses each agent holds in all.
     pub minimum_ip_target: Option<u32>,
+    /// overlay: the pod CIDR and its block size.
+    pub pod_cidr: Ipv4Net,
+    pub block_size: u8,
 }
 
 /// Where the podwire binaries are: beside the running one, or
@@ -64,10 +67,18 @@ fn gateway(subnet: &Ipv4Net) -> Ipv4Addr {
 /// Brings a lab up; on failure removes whatever it had made.
 pub fn up(opts: &UpOptions) -> Result<LabState, LabError> {
     names::check_lab_name(&opts.name)?;
-    if opts.mode != "vpc" {
+    if opts.mode != "vpc" && opts.mode != "overlay" {
         return Err(LabError::Usage(format!(
-            "mode {:?} is not available yet; use --mode vpc",
+            "--mode {:?} must be vpc or overlay",
             opts.mode
+        )));
+    }
+    if opts.mode == "overlay"
+        && (opts.block_size < opts.pod_cidr.prefix_len() || opts.block_size > 30)
+    {
+        return Err(LabError::Usage(format!(
+            "--block-size {} does not fit --pod-cidr {}",
+            opts.block_size, opts.pod_cidr
         )));
     }
     if opts.nodes == 0 || opts.nodes > 16 {
@@ -102,6 +113,8 @@ pub fn up(opts: &UpOptions) -> Result<LabState, LabError> {
         allow_external: opts.allow_external,
         warm_ip_target: opts.warm_ip_target,
         minimum_ip_target: opts.minimum_ip_target,
+        pod_cidr: (opts.mode == "overlay").then_some(opts.pod_cidr),
+        block_size: opts.block_size,
         ..Default::default()
     };
     st.save()?;
@@ -292,7 +305,7 @@ fn rand_u128() -> u128 {
 pub fn agent_ready(socket: &Path) -> bool {
     matches!(
         podwire_proto::call(socket, &podwire_proto::Request::Status, Duration::from_secs(2)),
-        Ok(podwire_proto::Response::Status { status }) if status.ready && status.free_ips > 0
+        Ok(podwire_proto::Response::Status { status }) if status.ready
     )
 }
 
@@ -346,6 +359,18 @@ fn start_agent(st: &mut LabState, idx: usize) -> Result<(), LabError> {
         "--ip-cooldown-secs".into(),
         "0".into(),
     ];
+    if let Some(cidr) = st.pod_cidr {
+        args.extend([
+            "--mode".into(),
+            "overlay".into(),
+            "--datastore".into(),
+            format!("sqlite:{}", st.dir().join("datastore.db").display()),
+            "--pod-cidr".into(),
+            cidr.to_string(),
+            "--block-size".into(),
+            st.block_size.to_string(),
+        ]);
+    }
     if let Some(w) = st.warm_ip_target {
         args.push("--warm-ip-target".into());
         args.push(w.to_string());
@@ -422,12 +447,12 @@ pub fn down(lab: &str) -> Result<(), LabError> {
     teardown(&st)
 }
 
-fn plugin_conf(node: &NodeRec, prev: Option<&serde_json::Value>) -> String {
+fn plugin_conf(mode: &str, node: &NodeRec, prev: Option<&serde_json::Value>) -> String {
     let mut c = json!({
         "cniVersion": "1.1.0",
         "name": "podwire",
         "type": "podwire",
-        "mode": "vpc",
+        "mode": mode,
         "agentSocket": node.socket.display().to_string(),
     });
     if let Some(p) = prev {
@@ -439,6 +464,7 @@ fn plugin_conf(node: &NodeRec, prev: Option<&serde_json::Value>) -> String {
 /// Runs the plugin on a node as a runtime does: env + config on stdin,
 /// inside the node's namespace.
 pub fn run_plugin(
+    mode: &str,
     node: &NodeRec,
     command: &str,
     pod: &PodRec,
@@ -471,7 +497,7 @@ pub fn run_plugin(
             msg: e.to_string(),
         })?;
     if let Some(mut stdin) = child.stdin.take() {
-        let _ = stdin.write_all(plugin_conf(node, prev).as_bytes());
+        let _ = stdin.write_all(plugin_conf(mode, node, prev).as_bytes());
     }
     let out = child.wait_with_output().map_err(|e| LabError::Command {
         what: "podwire plugin".into(),
@@ -528,7 +554,7 @@ pub fn pod_add(
         let mut h = Handle::in_netns(&procs::netns_path(&rec.netns))?;
         let lo = h.link("lo")?;
         h.set_up(lo.index)?;
-        let out = run_plugin(&n, "ADD", &rec, None)?;
+        let out = run_plugin(&st.mode, &n, "ADD", &rec, None)?;
         let v: serde_json::Value = serde_json::from_str(&out)
             .map_err(|e| LabError::State(format!("plugin result: {e}")))?;
         let ip = v["ips"][0]["address"]
@@ -588,7 +614,7 @@ pub fn pod_del(lab: &str, pod: &str) -> Result<(), LabError> {
     if let Some(pid) = rec.http_pid {
         procs::stop(pid, &st.dir().display().to_string());
     }
-    run_plugin(&node, "DEL", &rec, Some(&rec.result))?;
+    run_plugin(&st.mode, &node, "DEL", &rec, Some(&rec.result))?;
     procs::netns_del(&rec.netns)?;
     st.pods.remove(pod);
     st.save()
@@ -672,6 +698,7 @@ pub fn status_json(lab: &str) -> Result<serde_json::Value, LabError> {
         .collect();
     Ok(json!({
         "name": st.name, "mode": st.mode, "subnet": st.subnet, "allow_external": st.allow_external,
+        "pod_cidr": st.pod_cidr, "block_size": st.pod_cidr.map(|_| st.block_size),
         "vpc_id": c.as_ref().map(|c| c.vpc_id.clone()), "node_security_group": st.node_sg, "external_security_group": st.external_sg,
         "fabric_netns": names::ns_fabric(&st.name),
         "nodes": nodes,

@@ -82,12 +82,36 @@ pub fn who(st: &LabState, ip: Ipv4Addr) -> String {
     if let Some(p) = st.pods.values().find(|p| p.ip == ip) {
         return format!("pod {}", p.name);
     }
+    if st.pod_cidr.is_some_and(|c| c.contains(&ip)) {
+        if let Some(n) = overlay_nodes(st).into_iter().find(|n| n.tunnel_ip == ip) {
+            return format!("{} tunnel", n.name);
+        }
+    }
     if let Ok(c) = crate::cloud::load(&st.dir()) {
         if let Some((eni, Some(inst))) = c.owner_of(ip) {
             return format!("{} ({})", inst.host, eni.id);
         }
     }
     String::new()
+}
+
+/// The overlay's node records, from the lab's datastore.
+pub fn overlay_nodes(st: &LabState) -> Vec<podwire_ipam::nodes::NodeRecord> {
+    let path = st.dir().join("datastore.db");
+    if !path.exists() {
+        return Vec::new();
+    }
+    podwire_store::SqliteStore::open(&path)
+        .ok()
+        .and_then(|s| podwire_ipam::nodes::list(&s).ok())
+        .unwrap_or_default()
+}
+
+/// AWS-style DNS names exist only for addresses of the VPC.
+fn vpc_dns_name(st: &LabState, ip: Ipv4Addr) -> Option<String> {
+    st.subnet
+        .is_some_and(|s| s.contains(&ip))
+        .then(|| dns_name(ip))
 }
 
 /// `lab exec`: runs a command inside a lab namespace; returns its status.
@@ -180,7 +204,7 @@ pub fn trace(st: &LabState, from: &str, to: &str) -> Result<Trace, LabError> {
         .map(|(hop, hip, rtt)| Hop {
             hop,
             ip: hip,
-            name: hip.map(dns_name),
+            name: hip.and_then(|i| vpc_dns_name(st, i)),
             lab: hip.map(|i| who(st, i)).filter(|s| !s.is_empty()),
             rtt_ms: rtt,
         })
@@ -205,6 +229,15 @@ pub fn print_trace(t: &Trace) {
     println!("traceroute from {} to {} ({})", t.from, t.to, t.to_ip);
     for h in &t.hops {
         match (h.ip, &h.name) {
+            (Some(ip), None) => println!(
+                "{:>2}  {ip}  {}  {}",
+                h.hop,
+                h.rtt_ms.map(|r| format!("{r:.3} ms")).unwrap_or_default(),
+                h.lab
+                    .as_deref()
+                    .map(|l| format!("[{l}]"))
+                    .unwrap_or_default()
+            ),
             (Some(ip), Some(name)) => println!(
                 "{:>2}  {name} ({ip})  {}  {}",
                 h.hop,

@@ -46,6 +46,11 @@ pub struct LabState {
     pub warm_ip_target: Option<u32>,
     #[serde(default)]
     pub minimum_ip_target: Option<u32>,
+    /// overlay mode: the pod CIDR (None in vpc mode) and block size.
+    #[serde(default)]
+    pub pod_cidr: Option<Ipv4Net>,
+    #[serde(default)]
+    pub block_size: u8,
     /// Every namespace created, in creation order (recorded before creation).
     pub namespaces: Vec<String>,
     pub cloud_pid: Option<i32>,

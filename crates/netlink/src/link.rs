@@ -12,7 +12,7 @@ use crate::handle::{Batch, Op};
 use crate::{Error, Handle, Result};
 
 /// An Ethernet address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct MacAddr(pub [u8; 6]);
 
 impl fmt::Display for MacAddr {

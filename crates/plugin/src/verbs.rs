@@ -1,4 +1,6 @@
-//! ADD, DEL, CHECK, STATUS and GC for vpc mode.
+//! ADD, DEL, CHECK, STATUS and GC. Both modes wire pods the same way (a
+//! routed veth with a /32 and 169.254.1.1 as gateway); they differ in where
+//! the address comes from, which the agent hides.
 
 use std::path::Path;
 
@@ -8,21 +10,31 @@ use podwire_cni::result::{Interface, IpConfig, RouteEntry};
 use podwire_cni::{CniError, Code, Command, Invocation, NetConf};
 use podwire_dataplane::names::host_veth_name;
 use podwire_dataplane::{vpc, DataplaneError};
-use podwire_netlink::Handle;
+use podwire_netlink::{Handle, MacAddr};
 use podwire_proto::{AddRequest, Allocation, AttachmentKey, Request, Response};
 
 use crate::agent;
 
 const DEFAULT_MTU: u32 = 9001;
-const DEFAULT_VETH_PREFIX: &str = "eni";
+
+/// Host veth prefix per mode: `eni` as the VPC CNI, `pw` in overlay mode.
+fn default_veth_prefix(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Vpc => "eni",
+        Mode::Overlay => "pw",
+    }
+}
+
+/// Overlay mode gives every host veth Calico's `ee:ee:ee:ee:ee:ee`: pods
+/// only ever talk to their gateway through it.
+fn host_mac(mode: Mode) -> Option<MacAddr> {
+    match mode {
+        Mode::Vpc => None,
+        Mode::Overlay => Some(MacAddr([0xee; 6])),
+    }
+}
 
 pub fn dispatch(inv: &Invocation, conf: &NetConf) -> Result<String, CniError> {
-    if conf.mode == Mode::Overlay {
-        return Err(CniError::new(
-            Code::InvalidConfig,
-            "mode \"overlay\" is not available in this podwire build yet; use \"vpc\"",
-        ));
-    }
     match inv.command {
         Command::Add => add(inv, conf),
         Command::Del => del(inv, conf).map(|()| String::new()),
@@ -42,7 +54,10 @@ fn key(inv: &Invocation, conf: &NetConf) -> AttachmentKey {
 }
 
 fn veth_for(conf: &NetConf, ns: Option<&str>, name: Option<&str>, container_id: &str) -> String {
-    let prefix = conf.veth_prefix.as_deref().unwrap_or(DEFAULT_VETH_PREFIX);
+    let prefix = conf
+        .veth_prefix
+        .as_deref()
+        .unwrap_or(default_veth_prefix(conf.mode));
     host_veth_name(prefix, ns, name, container_id)
 }
 
@@ -85,7 +100,8 @@ fn add(inv: &Invocation, conf: &NetConf) -> Result<String, CniError> {
         inv.pod.name.as_deref(),
         &inv.container_id,
     );
-    let mtu = conf.mtu.unwrap_or(DEFAULT_MTU);
+    // The agent knows the overlay's MTU; an explicit config value wins.
+    let mtu = conf.mtu.or(alloc.mtu).unwrap_or(DEFAULT_MTU);
     let spec = vpc::PodSpec {
         netns,
         ifname: &inv.ifname,
@@ -93,6 +109,7 @@ fn add(inv: &Invocation, conf: &NetConf) -> Result<String, CniError> {
         ip: alloc.ip,
         mtu,
         route_table: alloc.route_table,
+        host_mac: host_mac(conf.mode),
     };
     let links = match vpc::add_pod(&mut host, &spec) {
         Ok(l) => l,
@@ -246,8 +263,9 @@ fn check(inv: &Invocation, conf: &NetConf) -> Result<(), CniError> {
             ifname: &inv.ifname,
             host_veth: &veth,
             ip: alloc.ip,
-            mtu: conf.mtu.unwrap_or(DEFAULT_MTU),
+            mtu: conf.mtu.or(alloc.mtu).unwrap_or(DEFAULT_MTU),
             route_table: alloc.route_table,
+            host_mac: host_mac(conf.mode),
         },
     )
     .map_err(kernel_error)

@@ -68,6 +68,10 @@ pub struct Allocation {
     pub pod_namespace: Option<String>,
     #[serde(default)]
     pub pod_name: Option<String>,
+    /// The MTU pod interfaces must use, when the agent knows better than the
+    /// plugin's configuration (overlay: underlay MTU minus VXLAN overhead).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

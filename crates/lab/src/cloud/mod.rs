@@ -77,6 +77,9 @@ fn fabric_basics(nl: &mut Handle, cloud: &Cloud) -> Result<(), LabError> {
             }
         }
     }
+    // Like a VPC route table without a matching route: drop silently (no
+    // ICMP "unreachable" that a real VPC would never send).
+    nl.replace_route(&podwire_netlink::Route::new(Ipv4Net::default()).blackhole())?;
     // The VPC is not a hop: give back the TTL that forwarding takes.
     let rule = ["-t", "mangle", "PREROUTING", "-j", "TTL", "--ttl-inc", "1"];
     let exists = Command::new("iptables")

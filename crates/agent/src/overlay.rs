@@ -1,0 +1,452 @@
+//! The agent in overlay mode: addresses from /26 blocks of the pod CIDR
+//! (claimed through the datastore), a VXLAN device, and routes, neighbours
+//! and FDB entries to every other node, converged from the datastore at
+//! start-up and on every change it announces.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ipnet::Ipv4Net;
+use podwire_dataplane::overlay::{self, Desired, DeviceSpec, Peer, VXLAN_DEV, VXLAN_OVERHEAD};
+use podwire_ipam::block::Holder;
+use podwire_ipam::block_store::{BlockIpam, IpamError, PoolConfig};
+use podwire_ipam::nodes::{self, NodeRecord};
+use podwire_netlink::{sysctl, Handle, MacAddr};
+use podwire_proto::{
+    AddRequest, Allocation, AttachmentKey, ErrorKind, Request, Response, StatusInfo,
+};
+use podwire_store::Datastore;
+
+use crate::{AgentConfig, AgentError, Backend, OverlayConfig};
+
+const ROOT: &str = "/podwire/";
+
+pub struct OverlayAgent {
+    node: String,
+    store: Arc<dyn Datastore>,
+    ipam: BlockIpam,
+    cfg: OverlayConfig,
+    mtu: u32,
+    /// Held so the handle's netlink socket is not re-opened per change.
+    nl: std::sync::Mutex<Handle>,
+    vxlan_index: u32,
+}
+
+impl std::fmt::Debug for OverlayAgent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OverlayAgent")
+            .field("node", &self.node)
+            .field("mtu", &self.mtu)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The handle an attachment's address is recorded under.
+fn handle_of(key: &AttachmentKey) -> String {
+    if key.ifname == "eth0" {
+        format!("{}.{}", key.network, key.container_id)
+    } else {
+        format!("{}.{}.{}", key.network, key.container_id, key.ifname)
+    }
+}
+
+fn ipam_error(e: IpamError) -> Response {
+    let kind = match &e {
+        IpamError::Exhausted { .. } => ErrorKind::Exhausted,
+        IpamError::Store(_) | IpamError::Contention => ErrorKind::TryAgain,
+        _ => ErrorKind::Internal,
+    };
+    Response::Error {
+        kind,
+        message: e.to_string(),
+    }
+}
+
+fn snat_rules(pool: Ipv4Net) -> String {
+    format!(
+        "table ip podwire {{}}\ndelete table ip podwire\ntable ip podwire {{\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    ip saddr {pool} ip daddr != {pool} oifname != \"{VXLAN_DEV}\" masquerade comment \"pods leave the pod network as the node\"\n  }}\n}}\n"
+    )
+}
+
+fn apply_nft(rules: &str) -> Result<(), AgentError> {
+    use std::io::Write;
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| AgentError::Config(format!("running nft: {e}")))?;
+    if let Some(mut i) = child.stdin.take() {
+        i.write_all(rules.as_bytes())
+            .map_err(|e| AgentError::Config(e.to_string()))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| AgentError::Config(e.to_string()))?;
+    if !out.status.success() {
+        return Err(AgentError::Config(format!(
+            "nft: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    Ok(())
+}
+
+impl OverlayAgent {
+    pub fn start(config: &AgentConfig, cfg: &OverlayConfig) -> Result<OverlayAgent, AgentError> {
+        let node = config.node_name.clone();
+        let store: Arc<dyn Datastore> = Arc::from(podwire_store::open(&cfg.datastore)?);
+        let ipam = BlockIpam::open(
+            Arc::clone(&store),
+            PoolConfig {
+                pool: cfg.pool,
+                block_prefix: cfg.block_prefix,
+                strict_affinity: cfg.strict_affinity,
+            },
+        )?;
+        let mut nl = Handle::new()?;
+        let underlay = nl.link(&cfg.underlay_dev)?;
+        let underlay_ip = nl
+            .addresses(Some(underlay.index))?
+            .first()
+            .map(|(_, a)| a.addr())
+            .ok_or_else(|| {
+                AgentError::Config(format!("{} has no IPv4 address", cfg.underlay_dev))
+            })?;
+        let mtu = underlay.mtu.saturating_sub(VXLAN_OVERHEAD);
+        // The tunnel address: the first address of the node's first block.
+        let tunnel_handle = format!("tunnel.{node}");
+        let tunnel_ip = match ipam.find(&tunnel_handle)? {
+            Some((ip, _)) => ip,
+            None => ipam.allocate(&node, &tunnel_handle)?.ip,
+        };
+        sysctl::write("net/ipv4/ip_forward", "1")?;
+        let vxlan = overlay::ensure_device(
+            &mut nl,
+            &DeviceSpec {
+                vni: cfg.vni,
+                port: cfg.port,
+                underlay_ip,
+                underlay_index: underlay.index,
+                mtu,
+                tunnel_ip,
+            },
+        )?;
+        let vtep_mac = vxlan
+            .mac
+            .ok_or_else(|| AgentError::Config("VXLAN device has no MAC".into()))?;
+        nodes::register(
+            store.as_ref(),
+            &NodeRecord {
+                name: node.clone(),
+                underlay_ip,
+                vtep_mac: vtep_mac.to_string(),
+                tunnel_ip,
+            },
+        )?;
+        apply_nft(&snat_rules(cfg.pool))?;
+        tracing::info!(%node, %underlay_ip, %tunnel_ip, mtu, "overlay node registered");
+        let agent = OverlayAgent {
+            node,
+            store,
+            ipam,
+            cfg: cfg.clone(),
+            mtu,
+            nl: std::sync::Mutex::new(nl),
+            vxlan_index: vxlan.index,
+        };
+        agent.converge_once()?;
+        Ok(agent)
+    }
+
+    /// What this node's routing must be, from the blocks and nodes.
+    fn desired(&self) -> Result<(Desired, i64), AgentError> {
+        let snap = self.store.list(ROOT)?;
+        let mut nodes_by_name: BTreeMap<String, NodeRecord> = BTreeMap::new();
+        let mut blocks = Vec::new();
+        for e in &snap.entries {
+            if e.key.starts_with(nodes::NODES) {
+                if let Ok(n) = serde_json::from_slice::<NodeRecord>(&e.value) {
+                    nodes_by_name.insert(n.name.clone(), n);
+                }
+            } else if e.key.starts_with("/podwire/ipam/blocks/") {
+                if let Ok(b) = serde_json::from_slice::<podwire_ipam::block::Block>(&e.value) {
+                    blocks.push(b);
+                }
+            }
+        }
+        let mut d = Desired::default();
+        for n in nodes_by_name.values().filter(|n| n.name != self.node) {
+            if let Ok(mac) = n.vtep_mac.parse::<MacAddr>() {
+                d.peers.insert(Peer {
+                    tunnel_ip: n.tunnel_ip,
+                    vtep_mac: mac,
+                    underlay_ip: n.underlay_ip,
+                });
+            }
+        }
+        let tunnel_of = |name: &str| nodes_by_name.get(name).map(|n| n.tunnel_ip);
+        for b in &blocks {
+            match b.affinity.as_deref() {
+                Some(n) if n == self.node => {
+                    d.blackholes.insert(b.cidr);
+                }
+                Some(n) => {
+                    if let Some(t) = tunnel_of(n) {
+                        d.routes.insert(b.cidr, t);
+                    }
+                }
+                None => {}
+            }
+            // Borrowed addresses live on another node than the block's.
+            for (ord, h) in &b.allocations {
+                if Some(h.node.as_str()) != b.affinity.as_deref() && h.node != self.node {
+                    if let Some(t) = tunnel_of(&h.node) {
+                        d.routes
+                            .insert(Ipv4Net::new(b.addr(*ord), 32).unwrap_or_default(), t);
+                    }
+                }
+            }
+        }
+        Ok((d, snap.revision))
+    }
+
+    fn converge_once(&self) -> Result<i64, AgentError> {
+        let started = Instant::now();
+        let (d, rev) = self.desired()?;
+        let mut nl = self.nl.lock().unwrap_or_else(|p| p.into_inner());
+        let vxlan = nl.link(VXLAN_DEV)?;
+        let c = overlay::converge(&mut nl, &vxlan, &d)?;
+        if c.added + c.removed > 0 {
+            tracing::info!(
+                added = c.added,
+                removed = c.removed,
+                routes = d.routes.len(),
+                peers = d.peers.len(),
+                took_ms = started.elapsed().as_millis() as u64,
+                "converged"
+            );
+        }
+        debug_assert_eq!(vxlan.index, self.vxlan_index);
+        Ok(rev)
+    }
+
+    /// Converges, then again on every change the datastore announces; gives
+    /// empty blocks back now and then. Never returns.
+    pub fn converge_forever(&self) {
+        let mut last_gc = Instant::now();
+        loop {
+            let rev = match self.converge_once() {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!("converge: {e}");
+                    std::thread::sleep(Duration::from_secs(1));
+                    continue;
+                }
+            };
+            let rx = match self.store.watch(ROOT, rev) {
+                Ok(rx) => rx,
+                Err(e) => {
+                    tracing::warn!("watch: {e}");
+                    std::thread::sleep(Duration::from_secs(1));
+                    continue;
+                }
+            };
+            loop {
+                match rx.recv_timeout(Duration::from_secs(30)) {
+                    Ok(Ok(_)) => {
+                        // Take whatever else arrived with it, then converge once.
+                        while let Ok(Ok(_)) = rx.try_recv() {}
+                        if let Err(e) = self.converge_once() {
+                            tracing::warn!("converge: {e}");
+                            break;
+                        }
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!("watch: {e}");
+                        break;
+                    }
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+                if last_gc.elapsed() > Duration::from_secs(60) {
+                    last_gc = Instant::now();
+                    match self
+                        .ipam
+                        .release_empty_blocks(&self.node, self.cfg.block_grace.as_secs())
+                    {
+                        Ok(v) if !v.is_empty() => {
+                            tracing::info!(blocks = ?v, "released empty blocks")
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!("releasing empty blocks: {e}"),
+                    }
+                }
+            }
+        }
+    }
+
+    fn allocation(&self, key: &AttachmentKey, ip: Ipv4Addr, h: &Holder) -> Allocation {
+        Allocation {
+            key: key.clone(),
+            ip,
+            eni_id: String::new(),
+            device_number: 0,
+            route_table: podwire_netlink::TABLE_MAIN,
+            pod_namespace: h.attrs.get("pod_namespace").cloned(),
+            pod_name: h.attrs.get("pod_name").cloned(),
+            mtu: Some(self.mtu),
+        }
+    }
+
+    fn add(&self, req: AddRequest) -> Response {
+        let handle = handle_of(&req.key);
+        match self.ipam.find(&handle) {
+            Ok(Some((ip, _))) => {
+                return Response::Error {
+                    kind: ErrorKind::AlreadyExists,
+                    message: format!(
+                        "container {} already has {ip} on {} (DEL it first)",
+                        req.key.container_id, req.key.ifname
+                    ),
+                }
+            }
+            Ok(None) => {}
+            Err(e) => return ipam_error(e),
+        }
+        let mut holder = Holder::new(&handle, &self.node);
+        holder.attrs.insert("ifname".into(), req.key.ifname.clone());
+        if let Some(ns) = &req.pod_namespace {
+            holder.attrs.insert("pod_namespace".into(), ns.clone());
+        }
+        if let Some(n) = &req.pod_name {
+            holder.attrs.insert("pod_name".into(), n.clone());
+        }
+        match self.ipam.allocate_for(&holder) {
+            Ok(a) => {
+                tracing::info!(ip = %a.ip, block = %a.block, borrowed = a.borrowed, %handle, "address assigned");
+                Response::Allocated {
+                    allocation: self.allocation(&req.key, a.ip, &holder),
+                }
+            }
+            Err(e) => ipam_error(e),
+        }
+    }
+
+    fn get(&self, key: &AttachmentKey) -> Response {
+        match self.ipam.find(&handle_of(key)) {
+            Ok(Some((ip, b))) => {
+                let holder = b
+                    .find(&handle_of(key))
+                    .map(|(_, h)| h.clone())
+                    .unwrap_or_else(|| Holder::new("", &self.node));
+                Response::Found {
+                    allocation: Some(self.allocation(key, ip, &holder)),
+                }
+            }
+            Ok(None) => Response::Found { allocation: None },
+            Err(e) => ipam_error(e),
+        }
+    }
+
+    fn del(&self, key: &AttachmentKey) -> Response {
+        let found = match self.get(key) {
+            Response::Found { allocation } => allocation,
+            other => return other,
+        };
+        match self.ipam.release(&handle_of(key)) {
+            Ok(_) => Response::Released {
+                allocations: found.into_iter().collect(),
+            },
+            Err(e) => ipam_error(e),
+        }
+    }
+
+    fn gc(&self, network: &str, valid: &[AttachmentKey]) -> Response {
+        let keep: Vec<String> = valid.iter().map(handle_of).collect();
+        let blocks = match self.ipam.blocks() {
+            Ok(b) => b,
+            Err(e) => return ipam_error(e),
+        };
+        let mut released = Vec::new();
+        for (b, _) in blocks {
+            for (ord, h) in &b.allocations {
+                let ours = h.node == self.node && h.handle.starts_with(&format!("{network}."));
+                if ours && !keep.contains(&h.handle) {
+                    let container_id = h
+                        .handle
+                        .trim_start_matches(&format!("{network}."))
+                        .to_string();
+                    let ifname = h
+                        .attrs
+                        .get("ifname")
+                        .cloned()
+                        .unwrap_or_else(|| "eth0".into());
+                    let key = AttachmentKey {
+                        network: network.to_string(),
+                        container_id,
+                        ifname,
+                    };
+                    if let Err(e) = self.ipam.release(&h.handle) {
+                        return ipam_error(e);
+                    }
+                    released.push(self.allocation(&key, b.addr(*ord), h));
+                }
+            }
+        }
+        Response::Released {
+            allocations: released,
+        }
+    }
+
+    fn status(&self) -> Response {
+        let (ready, message) = match self.store.get(&nodes::node_key(&self.node)) {
+            Ok(_) => (true, format!("datastore reachable; pod MTU {}", self.mtu)),
+            Err(e) => (false, e.to_string()),
+        };
+        // Addresses in this node's own blocks (more blocks can be claimed).
+        let (free, assigned) = self
+            .ipam
+            .blocks()
+            .map(|bs| {
+                bs.iter()
+                    .filter(|(b, _)| b.affinity.as_deref() == Some(self.node.as_str()))
+                    .fold((0usize, 0usize), |(f, a), (b, _)| {
+                        (
+                            f + b.free() as usize,
+                            a + b
+                                .allocations
+                                .values()
+                                .filter(|h| !h.handle.starts_with("tunnel."))
+                                .count(),
+                        )
+                    })
+            })
+            .unwrap_or((0, 0));
+        Response::Status {
+            status: StatusInfo {
+                node: self.node.clone(),
+                ready,
+                free_ips: free,
+                assigned_ips: assigned,
+                message,
+            },
+        }
+    }
+}
+
+impl Backend for OverlayAgent {
+    fn handle(&self, req: Request) -> Response {
+        match req {
+            Request::Add(a) => self.add(a),
+            Request::Del { key } => self.del(&key),
+            Request::Get { key } => self.get(&key),
+            Request::Status => self.status(),
+            Request::Gc { network, valid } => self.gc(&network, &valid),
+        }
+    }
+}
