@@ -68,6 +68,11 @@ enum LabCmd {
         #[command(subcommand)]
         cmd: PodCmd,
     },
+    /// Nodes: add the next one to a running lab, or remove one (its pods first).
+    Node {
+        #[command(subcommand)]
+        cmd: NodeCmd,
+    },
     /// Run a command inside a node, a pod, `external` or `fabric`.
     Exec {
         #[arg(long, default_value = names::DEFAULT_LAB)]
@@ -140,6 +145,21 @@ enum LabCmd {
         pod: String,
         #[arg(long)]
         namespace: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum NodeCmd {
+    /// Launch, boot and join the next node (`node-3`, ...); prints its name.
+    Add {
+        #[arg(long, default_value = names::DEFAULT_LAB)]
+        name: String,
+    },
+    /// Remove a node: its pods, its agent, its instance (and its overlay routes everywhere).
+    Del {
+        #[arg(long, default_value = names::DEFAULT_LAB)]
+        name: String,
+        node: String,
     },
 }
 
@@ -253,6 +273,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         LabCmd::Pod {
             cmd: PodCmd::Del { name, pod },
         } => ops::pod_del(&name, &pod)?,
+        LabCmd::Node {
+            cmd: NodeCmd::Add { name },
+        } => {
+            let n = ops::node_add(&name)?;
+            println!("{}  {}", n.name, n.primary_ip);
+        }
+        LabCmd::Node {
+            cmd: NodeCmd::Del { name, node },
+        } => ops::node_del(&name, &node)?,
         LabCmd::Exec { name, target, cmd } => {
             let code = probe::exec(&LabState::load(&name)?, &target, &cmd)?;
             return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));

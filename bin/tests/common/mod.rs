@@ -80,7 +80,10 @@ impl Lab {
         {
             let _ = ctl(&["lab", "down", "--name", name]);
         }
-        let mut args = vec!["lab", "up", "--name", name, "--mode", "vpc"];
+        let mut args = vec!["lab", "up", "--name", name];
+        if !extra.contains(&"--mode") {
+            args.extend(["--mode", "vpc"]);
+        }
         args.extend_from_slice(extra);
         ctl_ok(&args);
         Lab {

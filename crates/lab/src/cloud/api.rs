@@ -327,6 +327,61 @@ pub fn dispatch(
             cloud.delete_eni(param(p, "NetworkInterfaceId")?)?;
             ok("<return>true</return>".into(), Effect::Changed)
         }
+        "RunInstances" => {
+            if num(p, "MinCount")? > 1 || num(p, "MaxCount")? > 1 {
+                return Err(api_err(
+                    "InvalidParameterValue",
+                    "the lab launches one instance per call",
+                ));
+            }
+            // Tags name the instance and the namespace that is its machine.
+            let mut tags = BTreeMap::new();
+            for i in 1.. {
+                let Some(k) = p.get(&format!("TagSpecification.1.Tag.{i}.Key")) else {
+                    break;
+                };
+                tags.insert(
+                    k.clone(),
+                    p.get(&format!("TagSpecification.1.Tag.{i}.Value"))
+                        .cloned()
+                        .unwrap_or_default(),
+                );
+            }
+            let host = tags
+                .get("Name")
+                .cloned()
+                .ok_or_else(|| api_err("MissingParameter", "tag Name"))?;
+            let netns = tags
+                .get("podwire:netns")
+                .cloned()
+                .ok_or_else(|| api_err("MissingParameter", "tag podwire:netns"))?;
+            let id = cloud.run_instance(
+                limits,
+                &host,
+                &netns,
+                param(p, "InstanceType")?,
+                param(p, "SubnetId")?,
+                list(p, "SecurityGroupId"),
+            )?;
+            let inst = cloud
+                .instances
+                .get(&id)
+                .cloned()
+                .ok_or_else(|| api_err("InternalError", "instance vanished"))?;
+            let body = format!("<reservationId>r-{}</reservationId><ownerId>000000000000</ownerId><instancesSet>{}</instancesSet>", &id[2..], xml::instance(cloud, &inst));
+            ok(body, Effect::Changed)
+        }
+        "TerminateInstances" => {
+            let mut items = String::new();
+            for id in list(p, "InstanceId") {
+                cloud.terminate_instance(&id)?;
+                items.push_str(&format!("<item><instanceId>{id}</instanceId><currentState><code>48</code><name>terminated</name></currentState></item>"));
+            }
+            ok(
+                format!("<instancesSet>{items}</instancesSet>"),
+                Effect::Changed,
+            )
+        }
         "AuthorizeSecurityGroupIngress" | "RevokeSecurityGroupIngress" => {
             let gid = param(p, "GroupId")?.to_string();
             let mut sources = Vec::new();

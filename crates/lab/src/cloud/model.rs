@@ -379,6 +379,82 @@ impl Cloud {
         Ok(())
     }
 
+    /// Launches an instance with its primary ENI at device 0 (RunInstances).
+    pub fn run_instance(
+        &mut self,
+        limits: &LimitsTable,
+        host: &str,
+        netns: &str,
+        instance_type: &str,
+        subnet_id: &str,
+        groups: Vec<String>,
+    ) -> Result<String, ApiError> {
+        if limits.get(instance_type).is_none() {
+            return Err(api_err(
+                "InvalidParameterValue",
+                format!("Invalid value '{instance_type}' for InstanceType."),
+            ));
+        }
+        if !self.subnets.contains_key(subnet_id) {
+            return Err(api_err(
+                "InvalidSubnetID.NotFound",
+                format!("The subnet ID '{subnet_id}' does not exist"),
+            ));
+        }
+        if self
+            .instances
+            .values()
+            .any(|i| i.host == host || i.netns == netns)
+        {
+            return Err(api_err(
+                "InvalidParameterValue",
+                format!("an instance named {host} exists"),
+            ));
+        }
+        let id = self.new_id("i");
+        self.instances.insert(
+            id.clone(),
+            Instance {
+                id: id.clone(),
+                host: host.into(),
+                netns: netns.into(),
+                instance_type: instance_type.into(),
+                subnet_id: subnet_id.into(),
+            },
+        );
+        let eni = match self.create_eni(
+            subnet_id,
+            &format!("Primary network interface of {host}"),
+            groups,
+            0,
+            None,
+        ) {
+            Ok(e) => e,
+            Err(e) => {
+                self.instances.remove(&id);
+                return Err(e);
+            }
+        };
+        self.attach(limits, &eni, &id, 0)?;
+        Ok(id)
+    }
+
+    /// Terminates an instance: its ENIs are detached and deleted.
+    pub fn terminate_instance(&mut self, instance_id: &str) -> Result<(), ApiError> {
+        if self.instances.remove(instance_id).is_none() {
+            return Err(api_err(
+                "InvalidInstanceID.NotFound",
+                format!("The instance ID '{instance_id}' does not exist"),
+            ));
+        }
+        self.enis.retain(|_, e| {
+            !e.attachment
+                .as_ref()
+                .is_some_and(|a| a.instance_id == instance_id)
+        });
+        Ok(())
+    }
+
     /// Who owns an address: (ENI, instance).
     pub fn owner_of(&self, ip: Ipv4Addr) -> Option<(&Eni, Option<&Instance>)> {
         let eni = self.enis.values().find(|e| e.all_ips().any(|a| a == ip))?;

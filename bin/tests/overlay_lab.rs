@@ -1,0 +1,313 @@
+//! overlay mode end to end in the lab: SEED-NOTES §3 (VXLAN device, MTU,
+//! blackhole, onlink routes, traces) and the overlay side of §4, node churn,
+//! and 64 concurrent plugin calls.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use ipnet::Ipv4Net;
+use serde_json::Value;
+
+fn hop_ips(trace: &Value) -> Vec<String> {
+    trace["hops"]
+        .as_array()
+        .expect("hops")
+        .iter()
+        .map(|h| h["ip"].as_str().unwrap_or("*").to_string())
+        .collect()
+}
+
+/// (block, tunnel address) of a node, read from its kernel.
+fn block_and_tunnel(lab: &Lab, i: usize) -> (Ipv4Net, Ipv4Addr) {
+    let ns = lab.node_ns(i);
+    let routes = ip(&["-n", &ns, "route"]);
+    let bh: Vec<&str> = routes
+        .lines()
+        .filter(|l| l.starts_with("blackhole "))
+        .collect();
+    assert_eq!(bh.len(), 1, "one block per node: {routes}");
+    let block: Ipv4Net = bh[0]
+        .split_whitespace()
+        .nth(1)
+        .expect("cidr")
+        .parse()
+        .expect("cidr");
+    let addr = ip(&[
+        "-n",
+        &ns,
+        "-4",
+        "-o",
+        "addr",
+        "show",
+        "dev",
+        "vxlan.podwire",
+    ]);
+    let tunnel: Ipv4Addr = addr
+        .split_whitespace()
+        .nth(3)
+        .expect("inet")
+        .trim_end_matches("/32")
+        .parse()
+        .expect("tunnel");
+    (block, tunnel)
+}
+
+/// Waits up to `limit` for `cond`; returns how long it took.
+fn within(limit: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
+    let t = Instant::now();
+    loop {
+        if cond() {
+            return Some(t.elapsed());
+        }
+        if t.elapsed() > limit {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn article_shapes_traces_and_external_reachability() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::up("t-ov", &["--mode", "overlay"]);
+    let a: Ipv4Addr = lab.pod_add("a", "node-1", true).parse().expect("a");
+    let b: Ipv4Addr = lab.pod_add("b", "node-1", true).parse().expect("b");
+    let c: Ipv4Addr = lab.pod_add("c", "node-2", true).parse().expect("c");
+    let pool: Ipv4Net = "172.16.0.0/16".parse().expect("pool");
+    let (block1, tun1) = block_and_tunnel(&lab, 1);
+    let (block2, tun2) = block_and_tunnel(&lab, 2);
+    for ip in [a, b, c] {
+        assert!(pool.contains(&ip));
+    }
+    assert!(block1.contains(&a) && block1.contains(&b) && block2.contains(&c));
+    assert_eq!(
+        (block1.prefix_len(), tun1, tun2),
+        (26, block1.network(), block2.network()),
+        "tunnel = first address of the block"
+    );
+
+    let ns1 = lab.node_ns(1);
+    let dev = ip(&["-n", &ns1, "-d", "link", "show", "vxlan.podwire"]);
+    assert!(
+        dev.contains("mtu 8951")
+            && dev.contains("vxlan id 4096")
+            && dev.contains("dstport 4789")
+            && dev.contains("nolearning"),
+        "{dev}"
+    );
+    let routes = ip(&["-n", &ns1, "route"]);
+    assert!(
+        routes.contains(&format!("blackhole {block1} proto 80")),
+        "{routes}"
+    );
+    assert!(
+        routes.contains(&format!(
+            "{block2} via {tun2} dev vxlan.podwire proto 80 onlink"
+        )),
+        "{routes}"
+    );
+    let veth = routes
+        .lines()
+        .find(|l| l.starts_with(&format!("{a} dev pw")))
+        .expect("pod route")
+        .split_whitespace()
+        .nth(2)
+        .expect("dev")
+        .to_string();
+    assert!(routes.contains(&format!("{a} dev {veth} scope link")));
+    let link = ip(&["-n", &ns1, "link", "show", &veth]);
+    assert!(
+        link.contains("mtu 8951") && link.contains("ee:ee:ee:ee:ee:ee"),
+        "{link}"
+    );
+    assert!(ip(&["-n", "pw-t-ov-pod-a", "link", "show", "eth0"]).contains("mtu 8951"));
+    let neigh = ip(&["-n", &ns1, "neigh", "show", "dev", "vxlan.podwire"]);
+    assert!(
+        neigh.contains(&tun2.to_string()) && neigh.contains("PERMANENT"),
+        "{neigh}"
+    );
+    let n2_ip = lab.node_ip("node-2");
+    let fdb = text(&run(std::process::Command::new("bridge").args([
+        "-n",
+        &ns1,
+        "fdb",
+        "show",
+        "dev",
+        "vxlan.podwire",
+    ])));
+    assert!(
+        fdb.contains(&format!("dst {n2_ip} self permanent")),
+        "{fdb}"
+    );
+
+    let n1_ip = lab.node_ip("node-1");
+    assert_eq!(
+        hop_ips(&lab.trace("a", "b")),
+        vec![n1_ip.clone(), b.to_string()]
+    );
+    assert_eq!(
+        hop_ips(&lab.trace("a", "c")),
+        vec![n1_ip, tun2.to_string(), c.to_string()]
+    );
+    assert!(lab.ctl_ok(&["lab", "curl", "c", "a"]).contains("Welcome"));
+
+    // Even with the node security group open, the external host reaches the
+    // node but not the pod: the VPC has no route to the pod network.
+    lab.ctl_ok(&["lab", "allow-external", "on"]);
+    assert_eq!(lab.trace("external", "node-1")["reached"], true);
+    assert!(!lab.ctl(&["lab", "curl", "external", "a"]).status.success());
+    assert_eq!(lab.trace("external", "a")["reached"], false);
+    // Pods reach the outside as their node (SNAT).
+    let ext = lab.status()["external"]["ip"]
+        .as_str()
+        .expect("ext")
+        .to_string();
+    assert!(lab
+        .ctl(&["lab", "exec", "a", "--", "ping", "-c", "1", "-W", "2", &ext])
+        .status
+        .success());
+}
+
+#[test]
+fn nodes_join_and_leave_with_routes_converging_everywhere() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::up("t-ovnodes", &["--mode", "overlay"]);
+    lab.pod_add("a", "node-1", true);
+    lab.pod_add("b", "node-2", true);
+    lab.ctl_ok(&["lab", "node", "add"]);
+    let (block3, tun3) = block_and_tunnel(&lab, 3);
+    let n3_ip = lab.node_ip("node-3");
+    let route = format!("{block3} via {tun3} dev vxlan.podwire proto 80 onlink");
+    for i in [1, 2] {
+        let ns = lab.node_ns(i);
+        let took = within(Duration::from_secs(1), || {
+            ip(&["-n", &ns, "route"]).contains(&route)
+                && ip(&["-n", &ns, "neigh", "show", "dev", "vxlan.podwire"])
+                    .contains(&tun3.to_string())
+                && text(&run(std::process::Command::new("bridge").args([
+                    "-n",
+                    &ns,
+                    "fdb",
+                    "show",
+                    "dev",
+                    "vxlan.podwire",
+                ])))
+                .contains(&format!("dst {n3_ip}"))
+        });
+        assert!(took.is_some(), "node-{i} did not learn node-3 within 1 s");
+    }
+    lab.pod_add("c", "node-3", true);
+    for (from, to) in [("a", "c"), ("c", "b"), ("b", "a")] {
+        assert!(
+            lab.ctl_ok(&["lab", "curl", from, to]).contains("Welcome"),
+            "{from} -> {to}"
+        );
+    }
+    lab.ctl_ok(&["lab", "node", "del", "node-3"]);
+    for i in [1, 2] {
+        let ns = lab.node_ns(i);
+        let gone = within(Duration::from_secs(1), || {
+            !ip(&["-n", &ns, "route"]).contains(&block3.to_string())
+                && !ip(&["-n", &ns, "neigh", "show", "dev", "vxlan.podwire"])
+                    .contains(&tun3.to_string())
+        });
+        assert!(gone.is_some(), "node-{i} kept node-3's routes");
+    }
+    assert!(!lab.namespaces().contains("pw-t-ovnodes-node-3"));
+}
+
+#[test]
+fn sixty_four_concurrent_plugin_adds_then_dels_leave_the_pool_as_before() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::up("t-ovpar", &["--mode", "overlay"]);
+    let st = lab.status();
+    let sockets: Vec<String> = st["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|n| n["agent_socket"].as_str().expect("sock").to_string())
+        .collect();
+    let store = podwire_store::SqliteStore::open(std::path::Path::new(
+        "/run/podwire/lab/t-ovpar/datastore.db",
+    ))
+    .expect("datastore");
+    let blocks = |s: &podwire_store::SqliteStore| -> Vec<(String, String)> {
+        podwire_store::Datastore::list(s, "/podwire/ipam/blocks/")
+            .expect("list")
+            .entries
+            .into_iter()
+            .map(|e| {
+                let b: podwire_ipam::block::Block =
+                    serde_json::from_slice(&e.value).expect("block");
+                (b.cidr.to_string(), format!("{:?}", b.allocations))
+            })
+            .collect()
+    };
+    let before = blocks(&store);
+    let nss: Arc<Vec<Netns>> = Arc::new(
+        (0..64)
+            .map(|i| Netns::new(&format!("pw-t-ovpar-p{i}")))
+            .collect(),
+    );
+    let call = |cmd: &'static str| -> Vec<PluginRun> {
+        let threads: Vec<_> = (0..64)
+            .map(|i| {
+                let nss = Arc::clone(&nss);
+                let sock = sockets[i % 2].clone();
+                std::thread::spawn(move || {
+                    let node_ns = format!("pw-t-ovpar-node-{}", i % 2 + 1);
+                    let conf = serde_json::json!({"cniVersion": "1.1.0", "name": "podwire", "type": "podwire", "mode": "overlay", "agentSocket": sock});
+                    let id = format!("par{i}");
+                    let path = nss[i].path();
+                    let args = format!("K8S_POD_NAMESPACE=par;K8S_POD_NAME=p{i}");
+                    run_plugin(&node_ns, &[("CNI_COMMAND", cmd), ("CNI_CONTAINERID", &id), ("CNI_NETNS", &path), ("CNI_IFNAME", "eth0"), ("CNI_ARGS", &args)], &conf.to_string())
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| t.join().expect("thread"))
+            .collect()
+    };
+    let adds = call("ADD");
+    let mut ips = BTreeSet::new();
+    for (i, r) in adds.iter().enumerate() {
+        assert!(r.ok, "ADD {i}: {} {}", r.stdout, r.stderr);
+        assert!(
+            ips.insert(
+                r.json["ips"][0]["address"]
+                    .as_str()
+                    .expect("ip")
+                    .to_string()
+            ),
+            "duplicate address"
+        );
+    }
+    let ipam_handles: usize = blocks(&store)
+        .iter()
+        .map(|(_, a)| a.matches("podwire.par").count())
+        .sum();
+    assert_eq!(
+        ipam_handles, 64,
+        "every allocation recorded under its handle"
+    );
+    for (i, r) in call("DEL").iter().enumerate() {
+        assert!(r.ok, "DEL {i}: {}", r.stdout);
+    }
+    let after: Vec<(String, String)> = blocks(&store)
+        .into_iter()
+        .filter(|(c, a)| before.iter().any(|(b, _)| b == c) || a != "{}")
+        .collect();
+    assert_eq!(after, before, "the pool is exactly as before");
+}
