@@ -448,9 +448,9 @@ impl Cloud {
             ));
         }
         self.enis.retain(|_, e| {
-            !e.attachment
+            e.attachment
                 .as_ref()
-                .is_some_and(|a| a.instance_id == instance_id)
+                .is_none_or(|a| a.instance_id != instance_id)
         });
         Ok(())
     }
