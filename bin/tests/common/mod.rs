@@ -266,7 +266,7 @@ pub fn kernel_snapshot(netns: &str) -> String {
     s
 }
 
-/// What the plugin may create on a node: `eni…` veths, routes through them,
+/// What the plugin may create on a node: `eni…`/`pw…` veths, routes through them,
 /// and the per-pod policy rules. (The agent changes the rest on its own, e.g.
 /// attaching an ENI for the warm pool, so a whole-node snapshot would race.)
 pub fn pod_wiring_snapshot(netns: &str) -> String {
@@ -277,11 +277,11 @@ pub fn pod_wiring_snapshot(netns: &str) -> String {
                 .nth(1)
                 .map(|n| n.trim().split('@').next().unwrap_or("").to_string())
         })
-        .filter(|n| n.starts_with("eni"))
+        .filter(|n| n.starts_with("eni") || n.starts_with("pw"))
         .collect();
     let routes: Vec<String> = ip(&["-n", netns, "route", "show", "table", "all"])
         .lines()
-        .filter(|l| l.contains(" dev eni"))
+        .filter(|l| l.contains(" dev eni") || l.contains(" dev pw"))
         .map(str::to_string)
         .collect();
     let rules: Vec<String> = ip(&["-n", netns, "rule"])
