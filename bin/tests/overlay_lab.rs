@@ -311,3 +311,41 @@ fn sixty_four_concurrent_plugin_adds_then_dels_leave_the_pool_as_before() {
         .collect();
     assert_eq!(after, before, "the pool is exactly as before");
 }
+
+#[test]
+fn overlay_on_the_labs_etcd_converges_and_fails_cleanly_without_it() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::up("t-ovetcd", &["--mode", "overlay", "--datastore", "etcd"]);
+    let st = lab.status();
+    assert_eq!(st["datastore"], "etcd://169.254.169.251:2379");
+    lab.pod_add("a", "node-1", true);
+    lab.pod_add("b", "node-2", true);
+    assert!(lab.ctl_ok(&["lab", "curl", "a", "b"]).contains("Welcome"));
+    lab.ctl_ok(&["lab", "node", "add"]);
+    let (block3, tun3) = block_and_tunnel(&lab, 3);
+    let route = format!("{block3} via {tun3} dev vxlan.podwire proto 80 onlink");
+    let ns1 = lab.node_ns(1);
+    assert!(
+        within(Duration::from_secs(1), || ip(&["-n", &ns1, "route"])
+            .contains(&route))
+        .is_some(),
+        "node-1 did not learn node-3 within 1 s"
+    );
+
+    // etcd dies: ADD is "try again later" (11) and changes nothing.
+    let pid = st["etcd_pid"].as_i64().expect("etcd pid") as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill etcd");
+    let before = pod_wiring_snapshot(&ns1);
+    let o = lab.ctl(&["lab", "pod", "add", "c", "--node", "node-1"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("CNI error 11"), "{err}");
+    assert_eq!(pod_wiring_snapshot(&ns1), before);
+    // Running pods do not depend on the datastore.
+    assert!(lab.ctl_ok(&["lab", "curl", "b", "a"]).contains("Welcome"));
+}

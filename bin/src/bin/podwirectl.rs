@@ -52,7 +52,8 @@ enum LabCmd {
         /// overlay: block prefix length.
         #[arg(long, default_value_t = 26)]
         block_size: u8,
-        /// overlay: datastore (the lab supports `sqlite`: one file all nodes share).
+        /// overlay: `sqlite` (one file all nodes share) or `etcd` (the lab runs
+        /// an etcd server on the fabric; nodes reach it as a VPC service).
         #[arg(long, default_value = "sqlite")]
         datastore: String,
     },
@@ -220,9 +221,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             block_size,
             datastore,
         } => {
-            if datastore != "sqlite" {
-                anyhow::bail!("--datastore {datastore:?}: the lab runs overlay nodes on one SQLite file for now (etcd is supported by podwire-agent itself: --datastore etcd://HOST:PORT)");
-            }
             let st = ops::up(&ops::UpOptions {
                 name,
                 mode,
@@ -234,6 +232,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 minimum_ip_target,
                 pod_cidr,
                 block_size,
+                datastore,
             })?;
             println!(
                 "lab {} is up (mode {}, {} x {})",

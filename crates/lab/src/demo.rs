@@ -58,6 +58,7 @@ fn narrate(lab: &str) -> Result<(), LabError> {
             .parse()
             .map_err(|e| LabError::Usage(format!("{e}")))?,
         block_size: 26,
+        datastore: "sqlite".into(),
     })?;
     for n in st.nodes.iter().chain(st.external.iter()) {
         println!("  {:9} {:15} {}", n.name, n.primary_ip, n.instance_id);

@@ -34,6 +34,9 @@ pub struct UpOptions {
     /// overlay: the pod CIDR and its block size.
     pub pod_cidr: Ipv4Net,
     pub block_size: u8,
+    /// overlay: `sqlite` (one file all nodes share) or `etcd` (a server the
+    /// lab runs on the fabric).
+    pub datastore: String,
 }
 
 /// Where the podwire binaries are: beside the running one, or
@@ -115,6 +118,7 @@ pub fn up(opts: &UpOptions) -> Result<LabState, LabError> {
         minimum_ip_target: opts.minimum_ip_target,
         pod_cidr: (opts.mode == "overlay").then_some(opts.pod_cidr),
         block_size: opts.block_size,
+        datastore: opts.datastore.clone(),
         ..Default::default()
     };
     st.save()?;
@@ -275,11 +279,89 @@ fn build(st: &mut LabState, opts: &UpOptions) -> Result<(), LabError> {
     for r in st.nodes.iter().chain(st.external.iter()) {
         boot(r, opts.subnet)?;
     }
+    if st.pod_cidr.is_some() && st.datastore == "etcd" {
+        start_etcd(st)?;
+    }
 
     for i in 0..st.nodes.len() {
         start_agent(st, i)?;
     }
     Ok(())
+}
+
+/// Where the lab's etcd listens: an address of the fabric, reached by the
+/// nodes through their eth0 like any VPC service.
+pub const ETCD_ADDR: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 251);
+
+/// The datastore as the agents are told to open it.
+fn datastore_spec(st: &LabState) -> String {
+    if st.datastore == "etcd" {
+        format!("etcd://{ETCD_ADDR}:2379")
+    } else {
+        format!("sqlite:{}", st.dir().join("datastore.db").display())
+    }
+}
+
+/// Starts the lab's etcd in the fabric namespace.
+fn start_etcd(st: &mut LabState) -> Result<(), LabError> {
+    let fabric = names::ns_fabric(&st.name);
+    let mut h = Handle::in_netns(&procs::netns_path(&fabric))?;
+    let lo = h.link("lo")?;
+    if let Err(e) = h.add_address(
+        lo.index,
+        Ipv4Net::new(ETCD_ADDR, 32).map_err(|e| LabError::State(e.to_string()))?,
+    ) {
+        if !e.is_exists() {
+            return Err(e.into());
+        }
+    }
+    let dir = st.dir();
+    let client = format!("http://{ETCD_ADDR}:2379");
+    let args: Vec<String> = [
+        "--name",
+        "podwire-lab",
+        "--data-dir",
+        &dir.join("etcd").display().to_string(),
+        "--listen-client-urls",
+        &client,
+        "--advertise-client-urls",
+        &client,
+        "--listen-peer-urls",
+        "http://127.0.0.1:2380",
+        "--initial-advertise-peer-urls",
+        "http://127.0.0.1:2380",
+        "--initial-cluster",
+        "podwire-lab=http://127.0.0.1:2380",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let log = dir.join("etcd.log");
+    let pid = procs::spawn_in(&fabric, Path::new("etcd"), &args, &log)?;
+    st.etcd_pid = Some(pid);
+    st.save()?;
+    let ns = procs::netns_path(&fabric);
+    procs::wait_for("etcd", pid, &log, Duration::from_secs(20), || {
+        crate::probe::port_open(&ns, ETCD_ADDR, 2379)
+    })
+}
+
+/// The lab's datastore, opened from the host (etcd through the fabric).
+pub fn lab_store(st: &LabState) -> Result<std::sync::Arc<dyn podwire_store::Datastore>, LabError> {
+    if st.datastore == "etcd" {
+        let endpoint = vec![format!("http://{ETCD_ADDR}:2379")];
+        // The store's runtime threads are born in the fabric namespace and
+        // keep it, so its connections are made from there.
+        let store = netns::run_in(&procs::netns_path(&names::ns_fabric(&st.name)), move || {
+            podwire_store::EtcdStore::connect(&endpoint)
+        })?
+        .map_err(|e| LabError::State(e.to_string()))?;
+        Ok(std::sync::Arc::new(store))
+    } else {
+        let s = podwire_store::SqliteStore::open(&st.dir().join("datastore.db"))
+            .map_err(|e| LabError::State(e.to_string()))?;
+        Ok(std::sync::Arc::new(s))
+    }
 }
 
 /// What an instance's OS does at boot (DHCP, in AWS): lo and eth0 up,
@@ -528,7 +610,7 @@ fn start_agent(st: &mut LabState, idx: usize) -> Result<(), LabError> {
             "--mode".into(),
             "overlay".into(),
             "--datastore".into(),
-            format!("sqlite:{}", st.dir().join("datastore.db").display()),
+            datastore_spec(st),
             "--pod-cidr".into(),
             cidr.to_string(),
             "--block-size".into(),
@@ -582,6 +664,9 @@ pub fn teardown(st: &LabState) -> Result<(), LabError> {
         if let Some(pid) = n.agent_pid {
             procs::stop(pid, &marker);
         }
+    }
+    if let Some(pid) = st.etcd_pid {
+        procs::stop(pid, &marker);
     }
     if let Some(pid) = st.cloud_pid {
         procs::stop(pid, &marker);
@@ -863,6 +948,7 @@ pub fn status_json(lab: &str) -> Result<serde_json::Value, LabError> {
     Ok(json!({
         "name": st.name, "mode": st.mode, "subnet": st.subnet, "allow_external": st.allow_external,
         "pod_cidr": st.pod_cidr, "block_size": st.pod_cidr.map(|_| st.block_size),
+        "datastore": st.pod_cidr.map(|_| datastore_spec(&st)), "etcd_pid": st.etcd_pid,
         "vpc_id": c.as_ref().map(|c| c.vpc_id.clone()), "node_security_group": st.node_sg, "external_security_group": st.external_sg,
         "fabric_netns": names::ns_fabric(&st.name),
         "nodes": nodes,

@@ -97,13 +97,12 @@ pub fn who(st: &LabState, ip: Ipv4Addr) -> String {
 
 /// The overlay's node records, from the lab's datastore.
 pub fn overlay_nodes(st: &LabState) -> Vec<podwire_ipam::nodes::NodeRecord> {
-    let path = st.dir().join("datastore.db");
-    if !path.exists() {
+    if st.pod_cidr.is_none() {
         return Vec::new();
     }
-    podwire_store::SqliteStore::open(&path)
+    crate::ops::lab_store(st)
         .ok()
-        .and_then(|s| podwire_ipam::nodes::list(&s).ok())
+        .and_then(|s| podwire_ipam::nodes::list(s.as_ref()).ok())
         .unwrap_or_default()
 }
 

@@ -51,6 +51,11 @@ pub struct LabState {
     pub pod_cidr: Option<Ipv4Net>,
     #[serde(default)]
     pub block_size: u8,
+    /// overlay: `sqlite` or `etcd`.
+    #[serde(default)]
+    pub datastore: String,
+    #[serde(default)]
+    pub etcd_pid: Option<i32>,
     /// Every namespace created, in creation order (recorded before creation).
     pub namespaces: Vec<String>,
     pub cloud_pid: Option<i32>,
