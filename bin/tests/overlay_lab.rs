@@ -349,3 +349,26 @@ fn overlay_on_the_labs_etcd_converges_and_fails_cleanly_without_it() {
     // Running pods do not depend on the datastore.
     assert!(lab.ctl_ok(&["lab", "curl", "b", "a"]).contains("Welcome"));
 }
+
+#[test]
+fn overlay_across_two_subnets() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::up(
+        "t-ov2sub",
+        &["--mode", "overlay", "--subnets", "10.0.0.0/20,10.0.16.0/20"],
+    );
+    assert!("10.0.16.0/20"
+        .parse::<Ipv4Net>()
+        .expect("s2")
+        .contains(&lab.node_ip("node-2").parse::<Ipv4Addr>().expect("n2")));
+    lab.pod_add("a", "node-1", true);
+    let b: Ipv4Addr = lab.pod_add("b", "node-2", true).parse().expect("b");
+    let (_, tun2) = block_and_tunnel(&lab, 2);
+    assert_eq!(
+        hop_ips(&lab.trace("a", "b")),
+        vec![lab.node_ip("node-1"), tun2.to_string(), b.to_string()]
+    );
+    assert!(lab.ctl_ok(&["lab", "curl", "b", "a"]).contains("Welcome"));
+}

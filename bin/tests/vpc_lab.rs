@@ -397,3 +397,27 @@ fn a_failed_lab_up_leaves_nothing_behind() {
     );
     assert!(!std::path::Path::new("/run/podwire/lab/t-fail").exists());
 }
+
+#[test]
+fn nodes_in_two_subnets_give_pods_addresses_of_their_own_subnet() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::up("t-2sub", &["--subnets", "10.0.0.0/20,10.0.16.0/20"]);
+    let a: Ipv4Addr = lab.pod_add("a", "node-1", true).parse().expect("a");
+    let b: Ipv4Addr = lab.pod_add("b", "node-2", true).parse().expect("b");
+    let s1: Ipv4Net = "10.0.0.0/20".parse().expect("s1");
+    let s2: Ipv4Net = "10.0.16.0/20".parse().expect("s2");
+    let n1: Ipv4Addr = lab.node_ip("node-1").parse().expect("n1");
+    let n2: Ipv4Addr = lab.node_ip("node-2").parse().expect("n2");
+    assert!(s1.contains(&n1) && s1.contains(&a), "{n1} {a}");
+    assert!(s2.contains(&n2) && s2.contains(&b), "{n2} {b}");
+    assert_eq!(
+        hop_ips(&lab.trace("a", "b")),
+        vec![n1.to_string(), n2.to_string(), b.to_string()]
+    );
+    assert!(lab.ctl_ok(&["lab", "curl", "b", "a"]).contains("Welcome"));
+    // A third node goes to the first subnet again.
+    lab.ctl_ok(&["lab", "node", "add"]);
+    assert!(s1.contains(&lab.node_ip("node-3").parse::<Ipv4Addr>().expect("n3")));
+}

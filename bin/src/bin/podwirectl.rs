@@ -35,8 +35,11 @@ enum LabCmd {
         nodes: usize,
         #[arg(long, default_value = "m5.large")]
         instance_type: String,
-        #[arg(long, default_value = "10.0.0.0/20")]
+        #[arg(long, default_value = "10.0.0.0/20", conflicts_with = "subnets")]
         subnet: ipnet::Ipv4Net,
+        /// Several node subnets, comma-separated (nodes take them in turn).
+        #[arg(long, value_delimiter = ',')]
+        subnets: Vec<ipnet::Ipv4Net>,
         /// Open the node security group to the external host (and so every pod).
         #[arg(long)]
         allow_external: bool,
@@ -214,6 +217,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             nodes,
             instance_type,
             subnet,
+            subnets,
             allow_external,
             warm_ip_target,
             minimum_ip_target,
@@ -226,7 +230,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 mode,
                 nodes,
                 instance_type,
-                subnet,
+                subnets: if subnets.is_empty() {
+                    vec![subnet]
+                } else {
+                    subnets
+                },
                 allow_external,
                 warm_ip_target,
                 minimum_ip_target,

@@ -48,9 +48,9 @@ fn narrate(lab: &str) -> Result<(), LabError> {
         mode: "vpc".into(),
         nodes: 2,
         instance_type: "m5.large".into(),
-        subnet: "10.0.0.0/20"
+        subnets: vec!["10.0.0.0/20"
             .parse()
-            .map_err(|e| LabError::Usage(format!("{e}")))?,
+            .map_err(|e| LabError::Usage(format!("{e}")))?],
         allow_external: false,
         warm_ip_target: None,
         minimum_ip_target: None,

@@ -13,7 +13,7 @@ use podwire_cloud::{Credentials, Ec2Client};
 use podwire_netlink::{netns, Handle, Route};
 use serde_json::json;
 
-use crate::cloud::model::{Cloud, IngressSource, Instance, SecurityGroup, Subnet};
+use crate::cloud::model::{Cloud, IngressSource, SecurityGroup, Subnet};
 use crate::cloud::{self, READY_FILE};
 use crate::state::{self, LabState, NodeRec, PodRec};
 use crate::{names, procs, LabError};
@@ -25,7 +25,9 @@ pub struct UpOptions {
     pub mode: String,
     pub nodes: usize,
     pub instance_type: String,
-    pub subnet: Ipv4Net,
+    /// Node subnets (nodes are spread over them in turn); the first also
+    /// holds the external host.
+    pub subnets: Vec<Ipv4Net>,
     pub allow_external: bool,
     /// Free addresses each agent keeps ready (default: one ENI's worth).
     pub warm_ip_target: Option<u32>,
@@ -87,7 +89,31 @@ pub fn up(opts: &UpOptions) -> Result<LabState, LabError> {
     if opts.nodes == 0 || opts.nodes > 16 {
         return Err(LabError::Usage("--nodes must be 1 to 16".into()));
     }
-    if opts.subnet.prefix_len() > 28 || opts.subnet.prefix_len() < 16 {
+    let first = *opts
+        .subnets
+        .first()
+        .ok_or_else(|| LabError::Usage("at least one subnet".into()))?;
+    let vpc = Ipv4Net::new(first.network(), 16)
+        .map(|n| n.trunc())
+        .map_err(|e| LabError::Usage(e.to_string()))?;
+    if opts.subnets.iter().any(|s| !vpc.contains(s)) {
+        return Err(LabError::Usage(format!(
+            "every subnet must lie in the VPC {vpc}"
+        )));
+    }
+    for (i, a) in opts.subnets.iter().enumerate() {
+        if opts.subnets[i + 1..]
+            .iter()
+            .any(|b| a.contains(b) || b.contains(a))
+        {
+            return Err(LabError::Usage(format!("subnet {a} overlaps another")));
+        }
+    }
+    if opts
+        .subnets
+        .iter()
+        .any(|s| s.prefix_len() > 28 || s.prefix_len() < 16)
+    {
         return Err(LabError::Usage(
             "--subnet must be a /16 to /28 (as a VPC subnet)".into(),
         ));
@@ -111,7 +137,8 @@ pub fn up(opts: &UpOptions) -> Result<LabState, LabError> {
     let mut st = LabState {
         name: opts.name.clone(),
         mode: opts.mode.clone(),
-        subnet: Some(opts.subnet),
+        subnet: Some(first),
+        subnets: opts.subnets.clone(),
         instance_type: opts.instance_type.clone(),
         allow_external: opts.allow_external,
         warm_ip_target: opts.warm_ip_target,
@@ -144,19 +171,24 @@ fn build(st: &mut LabState, opts: &UpOptions) -> Result<(), LabError> {
         ..Default::default()
     };
     c.vpc_id = c.new_id("vpc");
-    let vpc_cidr = Ipv4Net::new(opts.subnet.network(), 16)
+    let vpc_cidr = Ipv4Net::new(opts.subnets[0].network(), 16)
         .ok()
         .map(|n| n.trunc());
     c.vpc_cidr = vpc_cidr;
-    let subnet_id = c.new_id("subnet");
-    c.subnets.insert(
-        subnet_id.clone(),
-        Subnet {
-            id: subnet_id.clone(),
-            cidr: opts.subnet,
-            availability_zone: "us-east-1a".into(),
-        },
-    );
+    let mut subnet_ids = Vec::new();
+    for (k, cidr) in opts.subnets.iter().enumerate() {
+        let id = c.new_id("subnet");
+        let az = format!("us-east-1{}", (b'a' + (k % 6) as u8) as char);
+        c.subnets.insert(
+            id.clone(),
+            Subnet {
+                id: id.clone(),
+                cidr: *cidr,
+                availability_zone: az,
+            },
+        );
+        subnet_ids.push((id, *cidr));
+    }
     let node_sg = c.new_id("sg");
     let ext_sg = c.new_id("sg");
     // As an EKS managed node group: the nodes' group admits its own members.
@@ -188,13 +220,15 @@ fn build(st: &mut LabState, opts: &UpOptions) -> Result<(), LabError> {
     st.node_sg = node_sg.clone();
     st.external_sg = ext_sg.clone();
 
-    let mut hosts: Vec<(String, String, String, String)> = (1..=opts.nodes)
+    // Nodes take the subnets in turn; the external host sits in the first.
+    let mut hosts: Vec<(String, String, String, String, usize)> = (1..=opts.nodes)
         .map(|i| {
             (
                 names::node_name(i),
                 names::ns_node(&lab, i),
                 opts.instance_type.clone(),
                 node_sg.clone(),
+                (i - 1) % subnet_ids.len(),
             )
         })
         .collect();
@@ -203,42 +237,30 @@ fn build(st: &mut LabState, opts: &UpOptions) -> Result<(), LabError> {
         names::ns_external(&lab),
         "t3.micro".into(),
         ext_sg.clone(),
+        0,
     ));
     let limits =
         podwire_cloud::LimitsTable::builtin().map_err(|e| LabError::State(e.to_string()))?;
     let api =
         |e: crate::cloud::model::ApiError| LabError::State(format!("{}: {}", e.code, e.message));
     let mut recs = Vec::new();
-    for (host, ns, ty, sg) in &hosts {
-        let id = c.new_id("i");
-        c.instances.insert(
-            id.clone(),
-            Instance {
-                id: id.clone(),
-                host: host.clone(),
-                netns: ns.clone(),
-                instance_type: ty.clone(),
-                subnet_id: subnet_id.clone(),
-            },
-        );
-        let eni = c
-            .create_eni(
-                &subnet_id,
-                &format!("Primary network interface of {host}"),
-                vec![sg.clone()],
-                0,
-                None,
-            )
+    for (host, ns, ty, sg, k) in &hosts {
+        let (subnet_id, cidr) = &subnet_ids[*k];
+        let id = c
+            .run_instance(&limits, host, ns, ty, subnet_id, vec![sg.clone()])
             .map_err(api)?;
-        c.attach(&limits, &eni, &id, 0).map_err(api)?;
-        let ip = c.enis[&eni].primary_ip;
-        let nd = dir.join(host);
+        let ip = c
+            .instance_enis(&id)
+            .first()
+            .map(|e| e.primary_ip)
+            .ok_or_else(|| LabError::State("instance without ENI".into()))?;
         recs.push(NodeRec {
             name: host.clone(),
             netns: ns.clone(),
             instance_id: id,
             primary_ip: ip,
-            socket: nd.join("agent.sock"),
+            subnet: Some(*cidr),
+            socket: dir.join(host).join("agent.sock"),
             agent_pid: None,
         });
     }
@@ -277,7 +299,7 @@ fn build(st: &mut LabState, opts: &UpOptions) -> Result<(), LabError> {
     })?;
 
     for r in st.nodes.iter().chain(st.external.iter()) {
-        boot(r, opts.subnet)?;
+        boot(r)?;
     }
     if st.pod_cidr.is_some() && st.datastore == "etcd" {
         start_etcd(st)?;
@@ -366,7 +388,10 @@ pub fn lab_store(st: &LabState) -> Result<std::sync::Arc<dyn podwire_store::Data
 
 /// What an instance's OS does at boot (DHCP, in AWS): lo and eth0 up,
 /// eth0's address, the default route via the subnet's router.
-fn boot(r: &NodeRec, subnet: Ipv4Net) -> Result<(), LabError> {
+fn boot(r: &NodeRec) -> Result<(), LabError> {
+    let subnet = r
+        .subnet
+        .ok_or_else(|| LabError::State(format!("{} has no subnet", r.name)))?;
     let mut h = Handle::in_netns(&procs::netns_path(&r.netns))?;
     let lo = h.link("lo")?;
     h.set_up(lo.index)?;
@@ -398,9 +423,6 @@ pub fn node_add(lab: &str) -> Result<NodeRec, LabError> {
     let mut st = LabState::load(lab)?;
     let _lock = state::lock(&st.dir())?;
     st = LabState::load(lab)?;
-    let subnet = st
-        .subnet
-        .ok_or_else(|| LabError::State("lab has no subnet".into()))?;
     let i = st
         .nodes
         .iter()
@@ -408,6 +430,15 @@ pub fn node_add(lab: &str) -> Result<NodeRec, LabError> {
         .max()
         .unwrap_or(0)
         + 1;
+    // As at `up`: nodes take the subnets in turn.
+    let subnets: Vec<Ipv4Net> = if st.subnets.is_empty() {
+        st.subnet.into_iter().collect()
+    } else {
+        st.subnets.clone()
+    };
+    let subnet = *subnets
+        .get((i - 1) % subnets.len().max(1))
+        .ok_or_else(|| LabError::State("lab has no subnet".into()))?;
     let name = names::node_name(i);
     let ns = names::ns_node(lab, i);
     st.namespaces.push(ns.clone());
@@ -446,10 +477,10 @@ fn launch(
     let c = cloud::load(&st.dir())?;
     let subnet_id = c
         .subnets
-        .keys()
-        .next()
-        .cloned()
-        .ok_or_else(|| LabError::State("no subnet in the cloud".into()))?;
+        .values()
+        .find(|s| s.cidr == subnet)
+        .map(|s| s.id.clone())
+        .ok_or_else(|| LabError::State(format!("no subnet {subnet} in the cloud")))?;
     let xml = ec2_call(
         lab,
         "RunInstances",
@@ -480,12 +511,13 @@ fn launch(
         netns: ns.to_string(),
         instance_id,
         primary_ip,
+        subnet: Some(subnet),
         socket: st.dir().join(name).join("agent.sock"),
         agent_pid: None,
     };
     st.nodes.push(rec.clone());
     st.save()?;
-    boot(&rec, subnet)?;
+    boot(&rec)?;
     let idx = st.nodes.len() - 1;
     start_agent(st, idx)?;
     Ok(st.nodes[idx].clone())
@@ -926,7 +958,7 @@ pub fn status_json(lab: &str) -> Result<serde_json::Value, LabError> {
         .map(|n| {
             json!({
                 "name": n.name, "netns": n.netns, "instance_id": n.instance_id, "instance_type": st.instance_type,
-                "primary_ip": n.primary_ip, "dns_name": cloud::xml::dns_name(n.primary_ip),
+                "primary_ip": n.primary_ip, "subnet": n.subnet, "dns_name": cloud::xml::dns_name(n.primary_ip),
                 "agent_pid": n.agent_pid,
                 "agent": agent_status(&n.socket), "agent_socket": n.socket, "enis": enis_of(&n.instance_id),
                 "pods": pods_by_node.get(n.name.as_str()).cloned().unwrap_or_default(),
@@ -946,7 +978,7 @@ pub fn status_json(lab: &str) -> Result<serde_json::Value, LabError> {
         })
         .collect();
     Ok(json!({
-        "name": st.name, "mode": st.mode, "subnet": st.subnet, "allow_external": st.allow_external,
+        "name": st.name, "mode": st.mode, "subnet": st.subnet, "subnets": st.subnets, "allow_external": st.allow_external,
         "pod_cidr": st.pod_cidr, "block_size": st.pod_cidr.map(|_| st.block_size),
         "datastore": st.pod_cidr.map(|_| datastore_spec(&st)), "etcd_pid": st.etcd_pid,
         "vpc_id": c.as_ref().map(|c| c.vpc_id.clone()), "node_security_group": st.node_sg, "external_security_group": st.external_sg,

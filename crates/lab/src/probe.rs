@@ -108,9 +108,9 @@ pub fn overlay_nodes(st: &LabState) -> Vec<podwire_ipam::nodes::NodeRecord> {
 
 /// AWS-style DNS names exist only for addresses of the VPC.
 fn vpc_dns_name(st: &LabState, ip: Ipv4Addr) -> Option<String> {
-    st.subnet
-        .is_some_and(|s| s.contains(&ip))
-        .then(|| dns_name(ip))
+    let in_vpc =
+        st.subnet.is_some_and(|s| s.contains(&ip)) || st.subnets.iter().any(|s| s.contains(&ip));
+    in_vpc.then(|| dns_name(ip))
 }
 
 /// `lab exec`: runs a command inside a lab namespace; returns its status.

@@ -19,6 +19,9 @@ pub struct NodeRec {
     pub netns: String,
     pub instance_id: String,
     pub primary_ip: Ipv4Addr,
+    /// The subnet of its primary ENI.
+    #[serde(default)]
+    pub subnet: Option<Ipv4Net>,
     pub socket: PathBuf,
     pub agent_pid: Option<i32>,
 }
@@ -40,6 +43,9 @@ pub struct LabState {
     pub name: String,
     pub mode: String,
     pub subnet: Option<Ipv4Net>,
+    /// Every node subnet (the first is `subnet`).
+    #[serde(default)]
+    pub subnets: Vec<Ipv4Net>,
     pub instance_type: String,
     pub allow_external: bool,
     #[serde(default)]
