@@ -421,3 +421,28 @@ fn nodes_in_two_subnets_give_pods_addresses_of_their_own_subnet() {
     lab.ctl_ok(&["lab", "node", "add"]);
     assert!(s1.contains(&lab.node_ip("node-3").parse::<Ipv4Addr>().expect("n3")));
 }
+
+#[test]
+fn the_demo_runs_both_experiments_and_cleans_up() {
+    if !require_root() {
+        return;
+    }
+    let out = ctl_ok(&["lab", "demo", "--name", "t-dm"]);
+    for want in [
+        "Welcome to podwire!",
+        "CNI error 100",
+        "vxlan.podwire",
+        "blackhole",
+        "Side by side",
+        "answers: the pod is exposed",
+        "8951",
+    ] {
+        assert!(out.contains(want), "demo output lacks {want:?}:\n{out}");
+    }
+    let left: Vec<String> = ip(&["netns", "list"])
+        .lines()
+        .filter(|l| l.starts_with("pw-t-dm-"))
+        .map(str::to_string)
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}

@@ -1,6 +1,7 @@
-//! `podwirectl lab demo`: the article's vpc-mode experiment, narrated —
-//! SEED-NOTES §2 (addresses, routes, veths, traces) and both warnings of §4,
-//! reproduced in a lab of its own and removed afterwards.
+//! `podwirectl lab demo`: the article's two experiments, narrated, side by
+//! side — vpc mode (SEED-NOTES §2 and both warnings of §4), then overlay
+//! mode (§3) — each in a lab of its own, removed afterwards, and a
+//! comparison of what was observed.
 
 use std::process::Command;
 
@@ -21,22 +22,175 @@ fn shell(args: &[&str]) {
     }
 }
 
-pub fn run(name: &str, keep: bool) -> Result<(), LabError> {
-    if names::lab_dir(name).join("lab.json").exists() {
-        ops::down(name)?;
-    }
-    let result = narrate(name);
-    if !keep {
-        section("Clean-up");
-        ops::down(name)?;
-        println!("lab {name} removed: no namespace, process or file of it is left.");
-    } else {
-        println!("\nThe lab is still up: try `podwirectl lab status --name {name}`, `ip netns list`, and `podwirectl lab down --name {name}` when done.");
-    }
-    result
+/// What each experiment observed, for the comparison at the end.
+#[derive(Debug, Default)]
+struct Observed {
+    pod_ip: String,
+    pod_mtu: String,
+    remote_trace: String,
+    external_to_pod: String,
 }
 
-fn narrate(lab: &str) -> Result<(), LabError> {
+pub fn run(name: &str, keep: bool) -> Result<(), LabError> {
+    let vpc_lab = format!("{name}-vpc");
+    let ovl_lab = format!("{name}-ovl");
+    for l in [&vpc_lab, &ovl_lab] {
+        names::check_lab_name(l)?;
+        if names::lab_dir(l).join("lab.json").exists() {
+            ops::down(l)?;
+        }
+    }
+    let vpc = narrate(&vpc_lab);
+    let ovl = match &vpc {
+        Ok(_) => narrate_overlay(&ovl_lab),
+        Err(_) => Err(LabError::Usage(
+            "skipped after the vpc experiment failed".into(),
+        )),
+    };
+    if let (Ok(v), Ok(o)) = (&vpc, &ovl) {
+        compare(v, o);
+    }
+    for l in [&vpc_lab, &ovl_lab] {
+        if !keep && names::lab_dir(l).join("lab.json").exists() {
+            ops::down(l)?;
+        }
+    }
+    if keep {
+        println!("\nThe labs are still up: `podwirectl lab status --name {vpc_lab}` / `--name {ovl_lab}`; `podwirectl lab down --name …` when done.");
+    } else {
+        section("Clean-up");
+        println!(
+            "labs {vpc_lab} and {ovl_lab} removed: no namespace, process or file of them is left."
+        );
+    }
+    vpc.and(ovl).map(|_| ())
+}
+
+fn compare(v: &Observed, o: &Observed) {
+    section("Side by side");
+    let rows = [
+        ("pod address", &v.pod_ip, &o.pod_ip),
+        ("pod MTU", &v.pod_mtu, &o.pod_mtu),
+        (
+            "trace to a pod on the other node",
+            &v.remote_trace,
+            &o.remote_trace,
+        ),
+        (
+            "external host -> pod (node SG open)",
+            &v.external_to_pod,
+            &o.external_to_pod,
+        ),
+    ];
+    println!("{:<38} {:<44} {}", "", "vpc mode", "overlay mode");
+    for (what, a, b) in rows {
+        println!("{what:<38} {a:<44} {b}");
+    }
+    println!(
+        "{:<38} {:<44} {}",
+        "where addresses come from",
+        "ENI secondary IPs (instance-type limit)",
+        "/26 blocks of the pod CIDR (pool limit)"
+    );
+    println!(
+        "\nvpc mode makes pods first-class VPC citizens (fast, simple, but IP-hungry and exposed"
+    );
+    println!(
+        "wherever nodes are); overlay mode keeps the pod network private and cheap in VPC IPs,"
+    );
+    println!(
+        "at the cost of encapsulation (50 bytes of every packet) and SNAT for the outside world."
+    );
+}
+
+fn mtu_of(netns: &str) -> String {
+    Command::new("ip")
+        .args(["-n", netns, "-o", "link", "show", "eth0"])
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .skip_while(|w| *w != "mtu")
+                .nth(1)
+                .map(str::to_string)
+        })
+        .unwrap_or_default()
+}
+
+fn hops(t: &probe::Trace) -> String {
+    t.hops
+        .iter()
+        .map(|h| h.ip.map(|ip| ip.to_string()).unwrap_or_else(|| "*".into()))
+        .collect::<Vec<_>>()
+        .join(" > ")
+}
+
+fn narrate_overlay(lab: &str) -> Result<Observed, LabError> {
+    section("7. The same cluster in overlay mode (the Calico VXLAN model)");
+    println!("Pods get addresses from 172.16.0.0/16, cut in /26 blocks that nodes claim; nodes talk VXLAN.");
+    ops::up(&UpOptions {
+        name: lab.into(),
+        mode: "overlay".into(),
+        nodes: 2,
+        instance_type: "m5.large".into(),
+        subnets: vec!["10.0.0.0/20"
+            .parse()
+            .map_err(|e| LabError::Usage(format!("{e}")))?],
+        allow_external: true,
+        warm_ip_target: None,
+        minimum_ip_target: None,
+        pod_cidr: "172.16.0.0/16"
+            .parse()
+            .map_err(|e| LabError::Usage(format!("{e}")))?,
+        block_size: 26,
+        datastore: "sqlite".into(),
+    })?;
+    let mut first = String::new();
+    for (p, n) in [
+        ("web-1", "node-1"),
+        ("web-2", "node-1"),
+        ("web-3", "node-2"),
+    ] {
+        let rec = ops::pod_add(lab, p, n, "default", true)?;
+        println!("  pod {p} on {n}: {}", rec.ip);
+        if first.is_empty() {
+            first = rec.ip.to_string();
+        }
+    }
+    section("8. What node-1 looks like (SEED-NOTES §3)");
+    let ns1 = names::ns_node(lab, 1);
+    shell(&["ip", "-n", &ns1, "-br", "addr"]);
+    shell(&["ip", "-n", &ns1, "route"]);
+    println!("vxlan.podwire has MTU 8951 (9001 - 50) and the node's tunnel address; the node's own /26 is a");
+    println!("blackhole, the other node's block goes via its tunnel address, onlink.");
+    section("9. Traceroute from web-1");
+    let st = LabState::load(lab)?;
+    probe::print_trace(&probe::trace(&st, "web-1", "web-2")?);
+    let remote = probe::trace(&st, "web-1", "web-3")?;
+    probe::print_trace(&remote);
+    println!("The middle hop is the other node's tunnel address, not its VPC address.");
+    section("10. The external host, with the node security group open");
+    let node = probe::trace(&st, "external", "node-1")?;
+    println!(
+        "  external -> node-1: {}",
+        if node.reached { "answers" } else { "no answer" }
+    );
+    let pod = match probe::curl(&st, "external", "web-1") {
+        Ok(_) => "answered (unexpected!)".to_string(),
+        Err(e) => format!("no answer ({e})"),
+    };
+    println!("  external -> web-1: {pod}");
+    println!("The VPC has no route to 172.16.0.0/16: pods are reachable only through the nodes.");
+    Ok(Observed {
+        pod_ip: format!("{first} (pod CIDR)"),
+        pod_mtu: mtu_of(&names::ns_pod(lab, "web-1")),
+        remote_trace: hops(&remote),
+        external_to_pod: "no answer".into(),
+    })
+}
+
+fn narrate(lab: &str) -> Result<Observed, LabError> {
     section("1. An emulated VPC on this machine");
     println!("Subnet 10.0.0.0/20, two m5.large nodes running podwire-agent (vpc mode), one EC2 instance outside the cluster.");
     println!(
@@ -70,9 +224,13 @@ fn narrate(lab: &str) -> Result<(), LabError> {
         ("web-2", "node-1"),
         ("web-3", "node-2"),
     ];
+    let mut first = String::new();
     for (p, n) in pods {
         let rec = ops::pod_add(lab, p, n, "default", true)?;
         println!("  pod {p} on {n}: {}", rec.ip);
+        if first.is_empty() {
+            first = rec.ip.to_string();
+        }
     }
     println!("Pod addresses come from the node subnet: they are secondary IPs of the nodes' ENIs.");
     print!("{}", ops::format_status(&ops::status_json(lab)?));
@@ -87,7 +245,8 @@ fn narrate(lab: &str) -> Result<(), LabError> {
     section("4. Traceroute from web-1");
     let st = LabState::load(lab)?;
     probe::print_trace(&probe::trace(&st, "web-1", "web-2")?);
-    probe::print_trace(&probe::trace(&st, "web-1", "web-3")?);
+    let remote = probe::trace(&st, "web-1", "web-3")?;
+    probe::print_trace(&remote);
     println!("Same node: the node, then the pod. Other node: own node, the other node's primary IP, the pod.");
     println!("The VPC itself is never a hop: pod traffic is ordinary VPC traffic.");
 
@@ -99,7 +258,8 @@ fn narrate(lab: &str) -> Result<(), LabError> {
     }
     println!("An operator now lets the external host reach the nodes (AuthorizeSecurityGroupIngress on the node group)...");
     ops::set_allow_external(lab, true)?;
-    match probe::curl(&st, "external", "web-1") {
+    let exposed = probe::curl(&st, "external", "web-1");
+    match &exposed {
         Ok(page) => println!(
             "  curl web-1 answers:\n{}",
             page.lines()
@@ -141,5 +301,14 @@ fn narrate(lab: &str) -> Result<(), LabError> {
         "  after deleting one pod its address is reused: after-delete got {}",
         rec.ip
     );
-    Ok(())
+    Ok(Observed {
+        pod_ip: format!("{first} (node subnet)"),
+        pod_mtu: mtu_of(&names::ns_pod(lab, "web-1")),
+        remote_trace: hops(&remote),
+        external_to_pod: if exposed.is_ok() {
+            "answers: the pod is exposed".into()
+        } else {
+            "no answer".into()
+        },
+    })
 }
