@@ -82,15 +82,13 @@ fn compare(v: &Observed, o: &Observed) {
             &o.external_to_pod,
         ),
     ];
-    println!("{:<38} {:<44} {}", "", "vpc mode", "overlay mode");
+    println!("{:<38} {:<44} overlay mode", "", "vpc mode");
     for (what, a, b) in rows {
         println!("{what:<38} {a:<44} {b}");
     }
     println!(
-        "{:<38} {:<44} {}",
-        "where addresses come from",
-        "ENI secondary IPs (instance-type limit)",
-        "/26 blocks of the pod CIDR (pool limit)"
+        "{:<38} {:<44} /26 blocks of the pod CIDR (pool limit)",
+        "where addresses come from", "ENI secondary IPs (instance-type limit)"
     );
     println!(
         "\nvpc mode makes pods first-class VPC citizens (fast, simple, but IP-hungry and exposed"
