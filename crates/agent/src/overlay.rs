@@ -32,7 +32,77 @@ pub struct OverlayAgent {
     mtu: u32,
     /// Held so the handle's netlink socket is not re-opened per change.
     nl: std::sync::Mutex<Handle>,
-    vxlan_index: u32,
+    /// The datastore's nodes and blocks as last seen, and what was applied.
+    model: std::sync::Mutex<Model>,
+}
+
+/// A full resync (read everything, diff against the kernel) this often.
+const RESYNC: Duration = Duration::from_secs(30);
+
+/// The datastore's view this agent follows.
+#[derive(Debug, Default)]
+struct Model {
+    nodes: BTreeMap<String, NodeRecord>,
+    blocks: BTreeMap<String, podwire_ipam::block::Block>,
+    applied: Desired,
+}
+
+impl Model {
+    fn update(&mut self, key: &str, value: Option<&[u8]>) {
+        if key.starts_with(nodes::NODES) {
+            match value.and_then(|v| serde_json::from_slice::<NodeRecord>(v).ok()) {
+                Some(n) => {
+                    self.nodes.insert(key.to_string(), n);
+                }
+                None => {
+                    self.nodes.remove(key);
+                }
+            }
+        } else if key.starts_with("/podwire/ipam/blocks/") {
+            match value.and_then(|v| serde_json::from_slice(v).ok()) {
+                Some(b) => {
+                    self.blocks.insert(key.to_string(), b);
+                }
+                None => {
+                    self.blocks.remove(key);
+                }
+            }
+        }
+    }
+
+    /// What `me`'s routing must be.
+    fn desired(&self, me: &str) -> Desired {
+        let by_name: BTreeMap<&str, &NodeRecord> = self.nodes.values().map(|n| (n.name.as_str(), n)).collect();
+        let mut d = Desired::default();
+        for n in by_name.values().filter(|n| n.name != me) {
+            if let Ok(mac) = n.vtep_mac.parse::<MacAddr>() {
+                d.peers.insert(Peer { tunnel_ip: n.tunnel_ip, vtep_mac: mac, underlay_ip: n.underlay_ip });
+            }
+        }
+        let tunnel_of = |name: &str| by_name.get(name).map(|n| n.tunnel_ip);
+        for b in self.blocks.values() {
+            match b.affinity.as_deref() {
+                Some(n) if n == me => {
+                    d.blackholes.insert(b.cidr);
+                }
+                Some(n) => {
+                    if let Some(t) = tunnel_of(n) {
+                        d.routes.insert(b.cidr, t);
+                    }
+                }
+                None => {}
+            }
+            // Borrowed addresses live on another node than the block's.
+            for (ord, h) in &b.allocations {
+                if Some(h.node.as_str()) != b.affinity.as_deref() && h.node != me {
+                    if let Some(t) = tunnel_of(&h.node) {
+                        d.routes.insert(Ipv4Net::new(b.addr(*ord), 32).unwrap_or_default(), t);
+                    }
+                }
+            }
+        }
+        d
+    }
 }
 
 impl std::fmt::Debug for OverlayAgent {
@@ -157,86 +227,57 @@ impl OverlayAgent {
             cfg: cfg.clone(),
             mtu,
             nl: std::sync::Mutex::new(nl),
-            vxlan_index: vxlan.index,
+            model: std::sync::Mutex::new(Model::default()),
         };
         agent.converge_once()?;
         Ok(agent)
     }
 
-    /// What this node's routing must be, from the blocks and nodes.
-    fn desired(&self) -> Result<(Desired, i64), AgentError> {
-        let snap = self.store.list(ROOT)?;
-        let mut nodes_by_name: BTreeMap<String, NodeRecord> = BTreeMap::new();
-        let mut blocks = Vec::new();
-        for e in &snap.entries {
-            if e.key.starts_with(nodes::NODES) {
-                if let Ok(n) = serde_json::from_slice::<NodeRecord>(&e.value) {
-                    nodes_by_name.insert(n.name.clone(), n);
-                }
-            } else if e.key.starts_with("/podwire/ipam/blocks/") {
-                if let Ok(b) = serde_json::from_slice::<podwire_ipam::block::Block>(&e.value) {
-                    blocks.push(b);
-                }
-            }
-        }
-        let mut d = Desired::default();
-        for n in nodes_by_name.values().filter(|n| n.name != self.node) {
-            if let Ok(mac) = n.vtep_mac.parse::<MacAddr>() {
-                d.peers.insert(Peer {
-                    tunnel_ip: n.tunnel_ip,
-                    vtep_mac: mac,
-                    underlay_ip: n.underlay_ip,
-                });
-            }
-        }
-        let tunnel_of = |name: &str| nodes_by_name.get(name).map(|n| n.tunnel_ip);
-        for b in &blocks {
-            match b.affinity.as_deref() {
-                Some(n) if n == self.node => {
-                    d.blackholes.insert(b.cidr);
-                }
-                Some(n) => {
-                    if let Some(t) = tunnel_of(n) {
-                        d.routes.insert(b.cidr, t);
-                    }
-                }
-                None => {}
-            }
-            // Borrowed addresses live on another node than the block's.
-            for (ord, h) in &b.allocations {
-                if Some(h.node.as_str()) != b.affinity.as_deref() && h.node != self.node {
-                    if let Some(t) = tunnel_of(&h.node) {
-                        d.routes
-                            .insert(Ipv4Net::new(b.addr(*ord), 32).unwrap_or_default(), t);
-                    }
-                }
-            }
-        }
-        Ok((d, snap.revision))
-    }
-
+    /// Reads everything and makes the kernel match (start-up, resync).
     fn converge_once(&self) -> Result<i64, AgentError> {
         let started = Instant::now();
-        let (d, rev) = self.desired()?;
+        let snap = self.store.list(ROOT)?;
+        let mut model = self.model.lock().unwrap_or_else(|p| p.into_inner());
+        model.nodes.clear();
+        model.blocks.clear();
+        for e in &snap.entries {
+            model.update(&e.key, Some(&e.value));
+        }
+        let d = model.desired(&self.node);
         let mut nl = self.nl.lock().unwrap_or_else(|p| p.into_inner());
         let vxlan = nl.link(VXLAN_DEV)?;
         let c = overlay::converge(&mut nl, &vxlan, &d)?;
         if c.added + c.removed > 0 {
-            tracing::info!(
-                added = c.added,
-                removed = c.removed,
-                routes = d.routes.len(),
-                peers = d.peers.len(),
-                took_ms = started.elapsed().as_millis() as u64,
-                "converged"
-            );
+            tracing::info!(added = c.added, removed = c.removed, routes = d.routes.len(), peers = d.peers.len(), took_ms = started.elapsed().as_millis() as u64, "converged");
         }
-        debug_assert_eq!(vxlan.index, self.vxlan_index);
-        Ok(rev)
+        model.applied = d;
+        Ok(snap.revision)
     }
 
-    /// Converges, then again on every change the datastore announces; gives
-    /// empty blocks back now and then. Never returns.
+    /// Applies one batch of datastore changes to the model and the kernel.
+    fn apply_events(&self, events: &[podwire_store::Event]) -> Result<(), AgentError> {
+        let started = Instant::now();
+        let mut model = self.model.lock().unwrap_or_else(|p| p.into_inner());
+        for ev in events {
+            match ev {
+                podwire_store::Event::Put(e) => model.update(&e.key, Some(&e.value)),
+                podwire_store::Event::Delete { key, .. } => model.update(key, None),
+            }
+        }
+        let d = model.desired(&self.node);
+        if d == model.applied {
+            return Ok(());
+        }
+        let mut nl = self.nl.lock().unwrap_or_else(|p| p.into_inner());
+        let vxlan = nl.link(VXLAN_DEV)?;
+        let c = overlay::apply_delta(&mut nl, &vxlan, &model.applied, &d)?;
+        model.applied = d;
+        tracing::info!(added = c.added, removed = c.removed, took_us = started.elapsed().as_micros() as u64, "applied change");
+        Ok(())
+    }
+
+    /// Converges, then follows the datastore's changes, resyncing fully now
+    /// and then and giving empty blocks back. Never returns.
     pub fn converge_forever(&self) {
         let mut last_gc = Instant::now();
         loop {
@@ -256,13 +297,17 @@ impl OverlayAgent {
                     continue;
                 }
             };
+            let resync_at = Instant::now() + RESYNC;
             loop {
-                match rx.recv_timeout(Duration::from_secs(30)) {
-                    Ok(Ok(_)) => {
-                        // Take whatever else arrived with it, then converge once.
-                        while let Ok(Ok(_)) = rx.try_recv() {}
-                        if let Err(e) = self.converge_once() {
-                            tracing::warn!("converge: {e}");
+                match rx.recv_timeout(Duration::from_secs(5)) {
+                    Ok(Ok(ev)) => {
+                        // Take whatever else arrived with it, apply once.
+                        let mut batch = vec![ev];
+                        while let Ok(Ok(more)) = rx.try_recv() {
+                            batch.push(more);
+                        }
+                        if let Err(e) = self.apply_events(&batch) {
+                            tracing::warn!("applying changes: {e}");
                             break;
                         }
                     }
@@ -275,16 +320,14 @@ impl OverlayAgent {
                 }
                 if last_gc.elapsed() > Duration::from_secs(60) {
                     last_gc = Instant::now();
-                    match self
-                        .ipam
-                        .release_empty_blocks(&self.node, self.cfg.block_grace.as_secs())
-                    {
-                        Ok(v) if !v.is_empty() => {
-                            tracing::info!(blocks = ?v, "released empty blocks")
-                        }
+                    match self.ipam.release_empty_blocks(&self.node, self.cfg.block_grace.as_secs()) {
+                        Ok(v) if !v.is_empty() => tracing::info!(blocks = ?v, "released empty blocks"),
                         Ok(_) => {}
                         Err(e) => tracing::warn!("releasing empty blocks: {e}"),
                     }
+                }
+                if Instant::now() >= resync_at {
+                    break;
                 }
             }
         }

@@ -12,7 +12,7 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use podwire_netlink::{
-    FdbEntry, Handle, Link, MacAddr, Neighbour, Route, RouteKind, VxlanSpec, TABLE_MAIN,
+    Batch, FdbEntry, Handle, Link, MacAddr, Neighbour, Route, RouteKind, VxlanSpec, TABLE_MAIN,
 };
 
 use crate::eni::AGENT_ROUTE_PROTO;
@@ -97,109 +97,111 @@ fn owned_route(r: &Route) -> bool {
     r.protocol == AGENT_ROUTE_PROTO && r.table == TABLE_MAIN
 }
 
-/// Makes routes, neighbours and FDB entries match `d`.
+fn route_for(vxlan: &Link, dst: Ipv4Net, via: Option<Ipv4Addr>) -> Route {
+    match via {
+        None => Route::new(dst).blackhole().protocol(AGENT_ROUTE_PROTO),
+        Some(v) => Route::new(dst).via(v).dev(vxlan.index).onlink().protocol(AGENT_ROUTE_PROTO),
+    }
+}
+
+fn wanted_routes(d: &Desired) -> BTreeMap<Ipv4Net, Option<Ipv4Addr>> {
+    d.blackholes.iter().map(|b| (*b, None)).chain(d.routes.iter().map(|(n, via)| (*n, Some(*via)))).collect()
+}
+
+fn peer_ops(b: Batch, vxlan: &Link, p: &Peer) -> Batch {
+    b.replace_fdb(&FdbEntry { ifindex: vxlan.index, mac: p.vtep_mac, dst: p.underlay_ip })
+        .replace_neighbour(&Neighbour { ifindex: vxlan.index, ip: p.tunnel_ip, mac: p.vtep_mac })
+}
+
+/// Makes routes, neighbours and FDB entries match `d`, reading the kernel
+/// first (start-up and periodic resync). Changes go out in batches.
 pub fn converge(h: &mut Handle, vxlan: &Link, d: &Desired) -> Result<Changes> {
     let mut c = Changes::default();
-    let want: BTreeMap<Ipv4Net, Option<Ipv4Addr>> = d
-        .blackholes
-        .iter()
-        .map(|b| (*b, None))
-        .chain(d.routes.iter().map(|(n, via)| (*n, Some(*via))))
-        .collect();
-    let mut have: BTreeMap<Ipv4Net, Route> = BTreeMap::new();
-    for r in h.routes()?.into_iter().filter(owned_route) {
-        have.insert(r.dst, r);
-    }
-    for (dst, r) in &have {
-        let keep = match want.get(dst) {
-            Some(None) => r.kind == RouteKind::Blackhole,
-            Some(Some(via)) => {
-                r.kind == RouteKind::Unicast
-                    && r.gateway == Some(*via)
-                    && r.oif == Some(vxlan.index)
-            }
-            None => false,
-        };
-        if !keep {
-            h.delete_route(r)?;
-            c.removed += 1;
-        }
-    }
-    // Neighbours and FDB first, so a new route never points at an
-    // unresolvable next hop.
-    let have_neigh: BTreeMap<Ipv4Addr, MacAddr> = h
-        .permanent_neighbours()?
-        .into_iter()
-        .filter(|n| n.ifindex == vxlan.index)
-        .map(|n| (n.ip, n.mac))
-        .collect();
-    let have_fdb: BTreeMap<MacAddr, Ipv4Addr> = h
-        .fdb(vxlan.index)?
-        .into_iter()
-        .map(|f| (f.mac, f.dst))
-        .collect();
+    let want = wanted_routes(d);
+    let have: BTreeMap<Ipv4Net, Route> = h.routes()?.into_iter().filter(owned_route).map(|r| (r.dst, r)).collect();
+    let matches = |r: &Route, via: &Option<Ipv4Addr>| match via {
+        None => r.kind == RouteKind::Blackhole,
+        Some(v) => r.kind == RouteKind::Unicast && r.gateway == Some(*v) && r.oif == Some(vxlan.index),
+    };
+    let have_neigh: BTreeMap<Ipv4Addr, MacAddr> =
+        h.permanent_neighbours()?.into_iter().filter(|n| n.ifindex == vxlan.index).map(|n| (n.ip, n.mac)).collect();
+    let have_fdb: BTreeMap<MacAddr, Ipv4Addr> = h.fdb(vxlan.index)?.into_iter().map(|f| (f.mac, f.dst)).collect();
+
+    // Peers first, so a new route never points at an unresolvable next hop.
+    let mut b = Batch::new();
     for p in &d.peers {
-        if have_fdb.get(&p.vtep_mac) != Some(&p.underlay_ip) {
-            h.replace_fdb(&FdbEntry {
-                ifindex: vxlan.index,
-                mac: p.vtep_mac,
-                dst: p.underlay_ip,
-            })?;
-            c.added += 1;
-        }
-        if have_neigh.get(&p.tunnel_ip) != Some(&p.vtep_mac) {
-            h.replace_neighbour(&Neighbour {
-                ifindex: vxlan.index,
-                ip: p.tunnel_ip,
-                mac: p.vtep_mac,
-            })?;
-            c.added += 1;
+        if have_fdb.get(&p.vtep_mac) != Some(&p.underlay_ip) || have_neigh.get(&p.tunnel_ip) != Some(&p.vtep_mac) {
+            b = peer_ops(b, vxlan, p);
         }
     }
     for (dst, via) in &want {
-        let current = have.get(dst);
-        let ok = match (via, current) {
-            (None, Some(r)) => r.kind == RouteKind::Blackhole,
-            (Some(v), Some(r)) => {
-                r.kind == RouteKind::Unicast && r.gateway == Some(*v) && r.oif == Some(vxlan.index)
-            }
-            _ => false,
-        };
-        if ok {
-            continue;
+        if !have.get(dst).is_some_and(|r| matches(r, via)) {
+            b = b.replace_route(&route_for(vxlan, *dst, *via));
         }
-        let route = match via {
-            None => Route::new(*dst).blackhole().protocol(AGENT_ROUTE_PROTO),
-            Some(v) => Route::new(*dst)
-                .via(*v)
-                .dev(vxlan.index)
-                .onlink()
-                .protocol(AGENT_ROUTE_PROTO),
-        };
-        h.replace_route(&route)?;
-        c.added += 1;
+    }
+    c.added = b.len();
+    h.commit(b)?;
+
+    let mut b = Batch::new();
+    for (dst, r) in &have {
+        if !want.contains_key(dst) {
+            b = b.delete_route(r);
+        }
     }
     let want_neigh: BTreeSet<Ipv4Addr> = d.peers.iter().map(|p| p.tunnel_ip).collect();
     let want_fdb: BTreeSet<MacAddr> = d.peers.iter().map(|p| p.vtep_mac).collect();
     for (ip, mac) in have_neigh {
         if !want_neigh.contains(&ip) {
-            h.delete_neighbour(&Neighbour {
-                ifindex: vxlan.index,
-                ip,
-                mac,
-            })?;
-            c.removed += 1;
+            b = b.delete_neighbour(&Neighbour { ifindex: vxlan.index, ip, mac });
         }
     }
     for (mac, dst) in have_fdb {
         if !want_fdb.contains(&mac) {
-            h.delete_fdb(&FdbEntry {
-                ifindex: vxlan.index,
-                mac,
-                dst,
-            })?;
-            c.removed += 1;
+            b = b.delete_fdb(&FdbEntry { ifindex: vxlan.index, mac, dst });
         }
+    }
+    c.removed = b.len();
+    h.commit(b)?;
+    Ok(c)
+}
+
+/// Applies the difference between two desired states without reading the
+/// kernel (one change in the datastore costs only its own requests).
+pub fn apply_delta(h: &mut Handle, vxlan: &Link, old: &Desired, new: &Desired) -> Result<Changes> {
+    let mut c = Changes::default();
+    let (was, now) = (wanted_routes(old), wanted_routes(new));
+    let mut b = Batch::new();
+    for p in new.peers.difference(&old.peers) {
+        b = peer_ops(b, vxlan, p);
+    }
+    for (dst, via) in &now {
+        if was.get(dst) != Some(via) {
+            b = b.replace_route(&route_for(vxlan, *dst, *via));
+        }
+    }
+    c.added = b.len();
+    h.commit(b)?;
+    let mut b = Batch::new();
+    for (dst, via) in &was {
+        if !now.contains_key(dst) {
+            b = b.delete_route(&route_for(vxlan, *dst, *via));
+        }
+    }
+    for p in old.peers.difference(&new.peers) {
+        // A peer that changed only its address keeps its MAC: its FDB entry
+        // was replaced above; remove only what no peer uses any more.
+        if !new.peers.iter().any(|n| n.tunnel_ip == p.tunnel_ip) {
+            b = b.delete_neighbour(&Neighbour { ifindex: vxlan.index, ip: p.tunnel_ip, mac: p.vtep_mac });
+        }
+        if !new.peers.iter().any(|n| n.vtep_mac == p.vtep_mac) {
+            b = b.delete_fdb(&FdbEntry { ifindex: vxlan.index, mac: p.vtep_mac, dst: p.underlay_ip });
+        }
+    }
+    c.removed = b.len();
+    // Deleting what is already gone is not an error here.
+    match h.commit(b) {
+        Err(e) if !e.is_not_found() => return Err(e.into()),
+        _ => {}
     }
     Ok(c)
 }

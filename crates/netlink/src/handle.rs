@@ -99,43 +99,40 @@ impl Handle {
     /// order, in one system call) and waits for every ACK. Returns the first
     /// failure; later requests have still been tried by the kernel.
     pub(crate) fn apply(&mut self, ops: Vec<Op>) -> Result<()> {
-        let mut buf = Vec::new();
-        let mut pending: Vec<(u32, String)> = Vec::with_capacity(ops.len());
-        for op in ops {
-            let mut header = NetlinkHeader::default();
-            header.flags = NLM_F_REQUEST | NLM_F_ACK | op.flags;
-            let seq = self.next_seq();
-            header.sequence_number = seq;
-            let mut packet = NetlinkMessage::new(header, NetlinkPayload::from(op.msg));
-            packet.finalize();
-            let start = buf.len();
-            buf.resize(start + packet.buffer_len(), 0);
-            packet.serialize(&mut buf[start..]);
-            pending.push((seq, op.name));
-        }
-        if pending.is_empty() {
-            return Ok(());
-        }
-        self.socket.send(&buf, 0)?;
+        // Bounded datagrams: the kernel's answers to one must fit the
+        // socket's receive buffer.
+        const CHUNK: usize = 256;
         let mut first_error = None;
-        let mut acked = 0;
-        self.receive(|msg| {
-            if let NetlinkPayload::Error(err) = &msg.payload {
-                if let Some((_, name)) = pending
-                    .iter()
-                    .find(|(s, _)| *s == msg.header.sequence_number)
-                {
-                    acked += 1;
-                    if let (Some(code), None) = (err.code, &first_error) {
-                        first_error = Some(Error::Kernel {
-                            op: name.clone(),
-                            source: nix::errno::Errno::from_raw(-code.get()),
-                        });
+        let mut ops = ops.into_iter().peekable();
+        while ops.peek().is_some() {
+            let mut buf = Vec::new();
+            let mut pending: Vec<(u32, String)> = Vec::with_capacity(CHUNK);
+            for op in ops.by_ref().take(CHUNK) {
+                let mut header = NetlinkHeader::default();
+                header.flags = NLM_F_REQUEST | NLM_F_ACK | op.flags;
+                let seq = self.next_seq();
+                header.sequence_number = seq;
+                let mut packet = NetlinkMessage::new(header, NetlinkPayload::from(op.msg));
+                packet.finalize();
+                let start = buf.len();
+                buf.resize(start + packet.buffer_len(), 0);
+                packet.serialize(&mut buf[start..]);
+                pending.push((seq, op.name));
+            }
+            self.socket.send(&buf, 0)?;
+            let mut acked = 0;
+            self.receive(|msg| {
+                if let NetlinkPayload::Error(err) = &msg.payload {
+                    if let Some((_, name)) = pending.iter().find(|(s, _)| *s == msg.header.sequence_number) {
+                        acked += 1;
+                        if let (Some(code), None) = (err.code, &first_error) {
+                            first_error = Some(Error::Kernel { op: name.clone(), source: nix::errno::Errno::from_raw(-code.get()) });
+                        }
                     }
                 }
-            }
-            acked == pending.len()
-        })?;
+                acked == pending.len()
+            })?;
+        }
         first_error.map_or(Ok(()), Err)
     }
 

@@ -222,7 +222,34 @@ fn add_route_op(route: &Route) -> Op {
     }
 }
 
+fn replace_route_op(route: &Route) -> Op {
+    Op {
+        name: format!("replace route {}", route.dst),
+        msg: RouteNetlinkMessage::NewRoute(route.to_message(true)),
+        flags: NLM_F_CREATE | NLM_F_REPLACE,
+    }
+}
+
+fn delete_route_op(route: &Route) -> Op {
+    let mut msg = route.to_message(false);
+    msg.header.protocol = RouteProtocol::Unspec;
+    msg.header.scope = NlScope::NoWhere;
+    Op { name: format!("delete route {}", route.dst), msg: RouteNetlinkMessage::DelRoute(msg), flags: 0 }
+}
+
 impl Batch {
+    /// See [`Handle::replace_route`].
+    pub fn replace_route(mut self, route: &Route) -> Self {
+        self.ops.push(replace_route_op(route));
+        self
+    }
+
+    /// See [`Handle::delete_route`].
+    pub fn delete_route(mut self, route: &Route) -> Self {
+        self.ops.push(delete_route_op(route));
+        self
+    }
+
     /// See [`Handle::add_route`].
     pub fn add_route(mut self, route: &Route) -> Self {
         self.ops.push(add_route_op(route));

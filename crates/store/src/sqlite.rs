@@ -16,7 +16,7 @@ use crate::{Datastore, Entry, Event, Expect, Result, Revision, Snapshot, StoreEr
 type EventRow = (i64, String, Option<Vec<u8>>);
 
 /// How often watchers look for new events.
-const POLL: Duration = Duration::from_millis(20);
+const POLL: Duration = Duration::from_millis(5);
 /// Events older than this many revisions are pruned.
 const KEEP_EVENTS: i64 = 100_000;
 
