@@ -72,11 +72,16 @@ impl Model {
 
     /// What `me`'s routing must be.
     fn desired(&self, me: &str) -> Desired {
-        let by_name: BTreeMap<&str, &NodeRecord> = self.nodes.values().map(|n| (n.name.as_str(), n)).collect();
+        let by_name: BTreeMap<&str, &NodeRecord> =
+            self.nodes.values().map(|n| (n.name.as_str(), n)).collect();
         let mut d = Desired::default();
         for n in by_name.values().filter(|n| n.name != me) {
             if let Ok(mac) = n.vtep_mac.parse::<MacAddr>() {
-                d.peers.insert(Peer { tunnel_ip: n.tunnel_ip, vtep_mac: mac, underlay_ip: n.underlay_ip });
+                d.peers.insert(Peer {
+                    tunnel_ip: n.tunnel_ip,
+                    vtep_mac: mac,
+                    underlay_ip: n.underlay_ip,
+                });
             }
         }
         let tunnel_of = |name: &str| by_name.get(name).map(|n| n.tunnel_ip);
@@ -96,7 +101,8 @@ impl Model {
             for (ord, h) in &b.allocations {
                 if Some(h.node.as_str()) != b.affinity.as_deref() && h.node != me {
                     if let Some(t) = tunnel_of(&h.node) {
-                        d.routes.insert(Ipv4Net::new(b.addr(*ord), 32).unwrap_or_default(), t);
+                        d.routes
+                            .insert(Ipv4Net::new(b.addr(*ord), 32).unwrap_or_default(), t);
                     }
                 }
             }
@@ -248,7 +254,14 @@ impl OverlayAgent {
         let vxlan = nl.link(VXLAN_DEV)?;
         let c = overlay::converge(&mut nl, &vxlan, &d)?;
         if c.added + c.removed > 0 {
-            tracing::info!(added = c.added, removed = c.removed, routes = d.routes.len(), peers = d.peers.len(), took_ms = started.elapsed().as_millis() as u64, "converged");
+            tracing::info!(
+                added = c.added,
+                removed = c.removed,
+                routes = d.routes.len(),
+                peers = d.peers.len(),
+                took_ms = started.elapsed().as_millis() as u64,
+                "converged"
+            );
         }
         model.applied = d;
         Ok(snap.revision)
@@ -272,7 +285,12 @@ impl OverlayAgent {
         let vxlan = nl.link(VXLAN_DEV)?;
         let c = overlay::apply_delta(&mut nl, &vxlan, &model.applied, &d)?;
         model.applied = d;
-        tracing::info!(added = c.added, removed = c.removed, took_us = started.elapsed().as_micros() as u64, "applied change");
+        tracing::info!(
+            added = c.added,
+            removed = c.removed,
+            took_us = started.elapsed().as_micros() as u64,
+            "applied change"
+        );
         Ok(())
     }
 
@@ -320,8 +338,13 @@ impl OverlayAgent {
                 }
                 if last_gc.elapsed() > Duration::from_secs(60) {
                     last_gc = Instant::now();
-                    match self.ipam.release_empty_blocks(&self.node, self.cfg.block_grace.as_secs()) {
-                        Ok(v) if !v.is_empty() => tracing::info!(blocks = ?v, "released empty blocks"),
+                    match self
+                        .ipam
+                        .release_empty_blocks(&self.node, self.cfg.block_grace.as_secs())
+                    {
+                        Ok(v) if !v.is_empty() => {
+                            tracing::info!(blocks = ?v, "released empty blocks")
+                        }
                         Ok(_) => {}
                         Err(e) => tracing::warn!("releasing empty blocks: {e}"),
                     }

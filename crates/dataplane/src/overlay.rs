@@ -100,17 +100,33 @@ fn owned_route(r: &Route) -> bool {
 fn route_for(vxlan: &Link, dst: Ipv4Net, via: Option<Ipv4Addr>) -> Route {
     match via {
         None => Route::new(dst).blackhole().protocol(AGENT_ROUTE_PROTO),
-        Some(v) => Route::new(dst).via(v).dev(vxlan.index).onlink().protocol(AGENT_ROUTE_PROTO),
+        Some(v) => Route::new(dst)
+            .via(v)
+            .dev(vxlan.index)
+            .onlink()
+            .protocol(AGENT_ROUTE_PROTO),
     }
 }
 
 fn wanted_routes(d: &Desired) -> BTreeMap<Ipv4Net, Option<Ipv4Addr>> {
-    d.blackholes.iter().map(|b| (*b, None)).chain(d.routes.iter().map(|(n, via)| (*n, Some(*via)))).collect()
+    d.blackholes
+        .iter()
+        .map(|b| (*b, None))
+        .chain(d.routes.iter().map(|(n, via)| (*n, Some(*via))))
+        .collect()
 }
 
 fn peer_ops(b: Batch, vxlan: &Link, p: &Peer) -> Batch {
-    b.replace_fdb(&FdbEntry { ifindex: vxlan.index, mac: p.vtep_mac, dst: p.underlay_ip })
-        .replace_neighbour(&Neighbour { ifindex: vxlan.index, ip: p.tunnel_ip, mac: p.vtep_mac })
+    b.replace_fdb(&FdbEntry {
+        ifindex: vxlan.index,
+        mac: p.vtep_mac,
+        dst: p.underlay_ip,
+    })
+    .replace_neighbour(&Neighbour {
+        ifindex: vxlan.index,
+        ip: p.tunnel_ip,
+        mac: p.vtep_mac,
+    })
 }
 
 /// Makes routes, neighbours and FDB entries match `d`, reading the kernel
@@ -118,19 +134,36 @@ fn peer_ops(b: Batch, vxlan: &Link, p: &Peer) -> Batch {
 pub fn converge(h: &mut Handle, vxlan: &Link, d: &Desired) -> Result<Changes> {
     let mut c = Changes::default();
     let want = wanted_routes(d);
-    let have: BTreeMap<Ipv4Net, Route> = h.routes()?.into_iter().filter(owned_route).map(|r| (r.dst, r)).collect();
+    let have: BTreeMap<Ipv4Net, Route> = h
+        .routes()?
+        .into_iter()
+        .filter(owned_route)
+        .map(|r| (r.dst, r))
+        .collect();
     let matches = |r: &Route, via: &Option<Ipv4Addr>| match via {
         None => r.kind == RouteKind::Blackhole,
-        Some(v) => r.kind == RouteKind::Unicast && r.gateway == Some(*v) && r.oif == Some(vxlan.index),
+        Some(v) => {
+            r.kind == RouteKind::Unicast && r.gateway == Some(*v) && r.oif == Some(vxlan.index)
+        }
     };
-    let have_neigh: BTreeMap<Ipv4Addr, MacAddr> =
-        h.permanent_neighbours()?.into_iter().filter(|n| n.ifindex == vxlan.index).map(|n| (n.ip, n.mac)).collect();
-    let have_fdb: BTreeMap<MacAddr, Ipv4Addr> = h.fdb(vxlan.index)?.into_iter().map(|f| (f.mac, f.dst)).collect();
+    let have_neigh: BTreeMap<Ipv4Addr, MacAddr> = h
+        .permanent_neighbours()?
+        .into_iter()
+        .filter(|n| n.ifindex == vxlan.index)
+        .map(|n| (n.ip, n.mac))
+        .collect();
+    let have_fdb: BTreeMap<MacAddr, Ipv4Addr> = h
+        .fdb(vxlan.index)?
+        .into_iter()
+        .map(|f| (f.mac, f.dst))
+        .collect();
 
     // Peers first, so a new route never points at an unresolvable next hop.
     let mut b = Batch::new();
     for p in &d.peers {
-        if have_fdb.get(&p.vtep_mac) != Some(&p.underlay_ip) || have_neigh.get(&p.tunnel_ip) != Some(&p.vtep_mac) {
+        if have_fdb.get(&p.vtep_mac) != Some(&p.underlay_ip)
+            || have_neigh.get(&p.tunnel_ip) != Some(&p.vtep_mac)
+        {
             b = peer_ops(b, vxlan, p);
         }
     }
@@ -152,12 +185,20 @@ pub fn converge(h: &mut Handle, vxlan: &Link, d: &Desired) -> Result<Changes> {
     let want_fdb: BTreeSet<MacAddr> = d.peers.iter().map(|p| p.vtep_mac).collect();
     for (ip, mac) in have_neigh {
         if !want_neigh.contains(&ip) {
-            b = b.delete_neighbour(&Neighbour { ifindex: vxlan.index, ip, mac });
+            b = b.delete_neighbour(&Neighbour {
+                ifindex: vxlan.index,
+                ip,
+                mac,
+            });
         }
     }
     for (mac, dst) in have_fdb {
         if !want_fdb.contains(&mac) {
-            b = b.delete_fdb(&FdbEntry { ifindex: vxlan.index, mac, dst });
+            b = b.delete_fdb(&FdbEntry {
+                ifindex: vxlan.index,
+                mac,
+                dst,
+            });
         }
     }
     c.removed = b.len();
@@ -191,10 +232,18 @@ pub fn apply_delta(h: &mut Handle, vxlan: &Link, old: &Desired, new: &Desired) -
         // A peer that changed only its address keeps its MAC: its FDB entry
         // was replaced above; remove only what no peer uses any more.
         if !new.peers.iter().any(|n| n.tunnel_ip == p.tunnel_ip) {
-            b = b.delete_neighbour(&Neighbour { ifindex: vxlan.index, ip: p.tunnel_ip, mac: p.vtep_mac });
+            b = b.delete_neighbour(&Neighbour {
+                ifindex: vxlan.index,
+                ip: p.tunnel_ip,
+                mac: p.vtep_mac,
+            });
         }
         if !new.peers.iter().any(|n| n.vtep_mac == p.vtep_mac) {
-            b = b.delete_fdb(&FdbEntry { ifindex: vxlan.index, mac: p.vtep_mac, dst: p.underlay_ip });
+            b = b.delete_fdb(&FdbEntry {
+                ifindex: vxlan.index,
+                mac: p.vtep_mac,
+                dst: p.underlay_ip,
+            });
         }
     }
     c.removed = b.len();

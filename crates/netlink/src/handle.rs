@@ -123,10 +123,16 @@ impl Handle {
             let mut acked = 0;
             self.receive(|msg| {
                 if let NetlinkPayload::Error(err) = &msg.payload {
-                    if let Some((_, name)) = pending.iter().find(|(s, _)| *s == msg.header.sequence_number) {
+                    if let Some((_, name)) = pending
+                        .iter()
+                        .find(|(s, _)| *s == msg.header.sequence_number)
+                    {
                         acked += 1;
                         if let (Some(code), None) = (err.code, &first_error) {
-                            first_error = Some(Error::Kernel { op: name.clone(), source: nix::errno::Errno::from_raw(-code.get()) });
+                            first_error = Some(Error::Kernel {
+                                op: name.clone(),
+                                source: nix::errno::Errno::from_raw(-code.get()),
+                            });
                         }
                     }
                 }

@@ -177,19 +177,31 @@ fn replace_neighbour_op(n: &Neighbour) -> Op {
 impl Batch {
     /// See [`Handle::replace_fdb`].
     pub fn replace_fdb(mut self, e: &FdbEntry) -> Self {
-        self.ops.push(Op { name: format!("add fdb {} dst {}", e.mac, e.dst), msg: RouteNetlinkMessage::NewNeighbour(e.to_message()), flags: NLM_F_CREATE | NLM_F_REPLACE });
+        self.ops.push(Op {
+            name: format!("add fdb {} dst {}", e.mac, e.dst),
+            msg: RouteNetlinkMessage::NewNeighbour(e.to_message()),
+            flags: NLM_F_CREATE | NLM_F_REPLACE,
+        });
         self
     }
 
     /// See [`Handle::delete_fdb`].
     pub fn delete_fdb(mut self, e: &FdbEntry) -> Self {
-        self.ops.push(Op { name: format!("delete fdb {}", e.mac), msg: RouteNetlinkMessage::DelNeighbour(e.to_message()), flags: 0 });
+        self.ops.push(Op {
+            name: format!("delete fdb {}", e.mac),
+            msg: RouteNetlinkMessage::DelNeighbour(e.to_message()),
+            flags: 0,
+        });
         self
     }
 
     /// See [`Handle::delete_neighbour`].
     pub fn delete_neighbour(mut self, n: &Neighbour) -> Self {
-        self.ops.push(Op { name: format!("delete neighbour {}", n.ip), msg: RouteNetlinkMessage::DelNeighbour(n.to_message()), flags: 0 });
+        self.ops.push(Op {
+            name: format!("delete neighbour {}", n.ip),
+            msg: RouteNetlinkMessage::DelNeighbour(n.to_message()),
+            flags: 0,
+        });
         self
     }
 

@@ -234,7 +234,11 @@ fn delete_route_op(route: &Route) -> Op {
     let mut msg = route.to_message(false);
     msg.header.protocol = RouteProtocol::Unspec;
     msg.header.scope = NlScope::NoWhere;
-    Op { name: format!("delete route {}", route.dst), msg: RouteNetlinkMessage::DelRoute(msg), flags: 0 }
+    Op {
+        name: format!("delete route {}", route.dst),
+        msg: RouteNetlinkMessage::DelRoute(msg),
+        flags: 0,
+    }
 }
 
 impl Batch {

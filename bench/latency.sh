@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# podwire vpc-mode ADD/DEL latency (warm pool ready) side by side with
-# Debian's ptp + host-local, in one run, with ../shared/bench/cni-latency.sh;
-# then the agent's resident memory with 100 pods. Run as root.
+# podwire ADD/DEL latency side by side with Debian's ptp + host-local, in
+# one run, with ../shared/bench/cni-latency.sh; then the agent's resident
+# memory with N pods. Run as root.
 #
-#   bench/vpc-latency.sh [N=100] [OUTDIR=target/bench]
+#   bench/latency.sh vpc|overlay [N=100] [OUTDIR=target/bench-MODE]
+#
+# vpc: the warm pool is ready (no ADD waits for the cloud);
+# overlay: the node's agent on the lab's SQLite datastore.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-N=${1:-100}
-OUT=${2:-target/bench}
+MODE=${1:?usage: bench/latency.sh vpc|overlay [N] [OUTDIR]}
+N=${2:-100}
+OUT=${3:-target/bench-$MODE}
 HARNESS=${PODWIRE_BENCH_HARNESS:-../shared/bench}
 LAB=pwbench
 PODWIRE_BENCH_DEPS=1 scripts/deps.sh
@@ -19,22 +23,27 @@ trap cleanup EXIT
 cleanup
 # A node with room for N pods and a warm pool that holds them all, so no ADD
 # waits for the (emulated) cloud.
-"$CTL" lab up --name "$LAB" --mode vpc --nodes 1 --instance-type c5.18xlarge --warm-ip-target 0 --minimum-ip-target $((N + 10)) >/dev/null
+if [ "$MODE" = vpc ]; then
+  "$CTL" lab up --name "$LAB" --mode vpc --nodes 1 --instance-type c5.18xlarge --warm-ip-target 0 --minimum-ip-target $((N + 10)) >/dev/null
+else
+  "$CTL" lab up --name "$LAB" --mode overlay --nodes 1 >/dev/null
+fi
 for _ in $(seq 1 100); do
+  [ "$MODE" = vpc ] || break
   free=$("$CTL" lab status --name "$LAB" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["nodes"][0]["agent"]["free_ips"])')
   [ "$free" -ge "$N" ] && break
   sleep 0.2
 done
 SOCK=/run/podwire/lab/$LAB/node-1/agent.sock
-cat > "$OUT/podwire-vpc.json" <<JSON
-{"cniVersion": "1.0.0", "name": "bench-podwire", "type": "podwire", "mode": "vpc", "mtu": 9001, "agentSocket": "$SOCK"}
+cat > "$OUT/podwire-$MODE.json" <<JSON
+{"cniVersion": "1.0.0", "name": "bench-podwire", "type": "podwire", "mode": "$MODE", "agentSocket": "$SOCK"}
 JSON
 BIN=$(realpath target/release)
 # ipexec: the plugin started through `ip netns exec` (the harness default);
 # direct: spawned from inside the node namespace, as kubelet/containerd do.
-for MODE in ipexec direct; do
-  "$HARNESS/cni-latency.sh" "$OUT/podwire-vpc.json" "$N" --mode $MODE --node pw-bench-node --cni-path "$BIN:/usr/lib/cni" --json "$OUT/podwire-$MODE.json" | tee "$OUT/podwire-$MODE.md"
-  "$HARNESS/cni-latency.sh" "$HARNESS/conf/ptp-host-local.json" "$N" --mode $MODE --node pw-bench-node --json "$OUT/ptp-$MODE.json" | tee "$OUT/ptp-$MODE.md"
+for SPAWN in ipexec direct; do
+  "$HARNESS/cni-latency.sh" "$OUT/podwire-$MODE.json" "$N" --mode $SPAWN --node pw-bench-node --cni-path "$BIN:/usr/lib/cni" --json "$OUT/podwire-$SPAWN.json" | tee "$OUT/podwire-$SPAWN.md"
+  "$HARNESS/cni-latency.sh" "$HARNESS/conf/ptp-host-local.json" "$N" --mode $SPAWN --node pw-bench-node --json "$OUT/ptp-$SPAWN.json" | tee "$OUT/ptp-$SPAWN.md"
 done
 
 # Agent memory with N pods attached.
@@ -48,7 +57,7 @@ import json, sys
 out = sys.argv[1]
 def p50(d, k): return d["summary"][k]["wall_ns"]["p50"] / 1e6
 def cpu(d, k): return d["summary"][k]["cpu_ns"]["p50"] / 1e6
-print("\n| mode | op | podwire vpc p50 ms | ptp+host-local p50 ms | ratio | CPU p50 podwire / ptp ms |")
+print("\n| spawn | op | podwire p50 ms | ptp+host-local p50 ms | ratio | CPU p50 podwire / ptp ms |")
 print("|---|---|---|---|---|---|")
 for mode in ("ipexec", "direct"):
     pw, ptp = (json.load(open(f"{out}/{n}-{mode}.json")) for n in ("podwire", "ptp"))

@@ -1,0 +1,262 @@
+//! Route convergence at scale (issue 3 §6): N remote nodes' blocks in the
+//! datastore (fake peers: only their records), one real `podwire-agent` in
+//! overlay mode in a namespace of this program's own. Measures how long the
+//! agent takes from its start to having every route, neighbour and FDB entry
+//! in the kernel, then how long one added or removed node takes to show.
+//!
+//! Run as root: `overlay-converge --peers 5000 --agent target/release/podwire-agent`.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use ipnet::Ipv4Net;
+use podwire_ipam::block::{blocks_of, Block, Holder};
+use podwire_ipam::block_store::{block_key, BlockIpam, PoolConfig};
+use podwire_ipam::nodes::{self, NodeRecord};
+use podwire_netlink::{Handle, VethSpec};
+use podwire_store::{Datastore, Expect, SqliteStore};
+
+#[derive(Debug, Parser)]
+struct Args {
+    #[arg(long, default_value_t = 5000)]
+    peers: usize,
+    #[arg(long, default_value = "target/release/podwire-agent")]
+    agent: PathBuf,
+    /// Single changes to time.
+    #[arg(long, default_value_t = 20)]
+    changes: usize,
+}
+
+const NS: &str = "pw-bench-conv";
+const POOL: &str = "172.16.0.0/12";
+
+struct Guard {
+    agent: Option<Child>,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.agent {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = Command::new("ip").args(["netns", "del", NS]).status();
+    }
+}
+
+fn fake_node(store: &dyn Datastore, k: usize, cidr: Ipv4Net) -> anyhow::Result<()> {
+    let name = format!("fake-{k}");
+    let mut b = Block::new(cidr, &name);
+    b.assign(&Holder::new(&format!("tunnel.{name}"), &name))
+        .context("tunnel address")?;
+    store.put(&block_key(cidr), &serde_json::to_vec(&b)?, Expect::Absent)?;
+    let k = k as u32;
+    let rec = NodeRecord {
+        name,
+        underlay_ip: Ipv4Addr::from(0x0ac8_0000 + k + 2), // 10.200.x.y
+        vtep_mac: format!(
+            "02:00:00:{:02x}:{:02x}:{:02x}",
+            (k >> 16) & 0xff,
+            (k >> 8) & 0xff,
+            k & 0xff
+        ),
+        tunnel_ip: cidr.network(),
+    };
+    nodes::register(store, &rec)?;
+    Ok(())
+}
+
+fn remove_fake(store: &dyn Datastore, k: usize, cidr: Ipv4Net) -> anyhow::Result<()> {
+    let key = nodes::node_key(&format!("fake-{k}"));
+    if let Some(e) = store.get(&key)? {
+        store.delete(&key, e.mod_revision)?;
+    }
+    if let Some(e) = store.get(&block_key(cidr))? {
+        store.delete(&block_key(cidr), e.mod_revision)?;
+    }
+    Ok(())
+}
+
+/// Routes via the VXLAN device, neighbours and FDB entries on it.
+fn counts(h: &mut Handle) -> anyhow::Result<(usize, usize, usize)> {
+    let Some(v) = h.link_by_name("vxlan.podwire")? else {
+        return Ok((0, 0, 0));
+    };
+    let routes = h
+        .routes()?
+        .iter()
+        .filter(|r| r.protocol == 80 && r.oif == Some(v.index))
+        .count();
+    let neigh = h
+        .permanent_neighbours()?
+        .iter()
+        .filter(|n| n.ifindex == v.index)
+        .count();
+    let fdb = h.fdb(v.index)?.len();
+    Ok((routes, neigh, fdb))
+}
+
+fn has_route(h: &mut Handle, dst: Ipv4Net) -> anyhow::Result<bool> {
+    Ok(h.routes()?.iter().any(|r| r.dst == dst && r.protocol == 80))
+}
+
+fn wait(
+    limit: Duration,
+    mut f: impl FnMut() -> anyhow::Result<bool>,
+    step: Duration,
+) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    loop {
+        if f()? {
+            return Ok(t.elapsed());
+        }
+        if t.elapsed() > limit {
+            bail!("not converged within {limit:?}");
+        }
+        std::thread::sleep(step);
+    }
+}
+
+fn pct(v: &mut [Duration], p: usize) -> Duration {
+    v.sort();
+    v[(v.len() * p / 100).min(v.len() - 1)]
+}
+
+fn main() -> anyhow::Result<()> {
+    let a = Args::parse();
+    if Path::new("/run/netns").join(NS).exists() {
+        bail!("netns {NS} exists; remove it first");
+    }
+    let agent_bin =
+        std::fs::canonicalize(&a.agent).with_context(|| format!("{}", a.agent.display()))?;
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("store.db");
+    let store: Arc<dyn Datastore> = Arc::new(SqliteStore::open(&db)?);
+    let pool: Ipv4Net = POOL.parse()?;
+    BlockIpam::open(
+        Arc::clone(&store),
+        PoolConfig {
+            pool,
+            block_prefix: 26,
+            strict_affinity: false,
+        },
+    )?;
+    let blocks: Vec<Ipv4Net> = blocks_of(pool, 26).collect();
+    let t = Instant::now();
+    for k in 0..a.peers {
+        fake_node(store.as_ref(), k, blocks[blocks.len() - 1 - k])?;
+    }
+    eprintln!("seeded {} fake nodes in {:?}", a.peers, t.elapsed());
+
+    let mut guard = Guard { agent: None };
+    Command::new("ip").args(["netns", "add", NS]).status()?;
+    let mut h = Handle::in_netns(&Path::new("/run/netns").join(NS))?;
+    h.add_veth(&VethSpec {
+        name: "eth0",
+        peer_name: "peer0",
+        mtu: Some(9001),
+        mac: None,
+        peer_mac: None,
+        peer_netns: None,
+    })?;
+    let eth0 = h.link("eth0")?;
+    h.add_address(eth0.index, "10.200.0.1/16".parse()?)?;
+    h.set_up(eth0.index)?;
+    for name in ["peer0", "lo"] {
+        let l = h.link(name)?;
+        h.set_up(l.index)?;
+    }
+
+    let log = std::fs::File::create(dir.path().join("agent.log"))?;
+    let started = Instant::now();
+    guard.agent = Some(
+        Command::new("ip")
+            .args(["netns", "exec", NS])
+            .arg(&agent_bin)
+            .args([
+                "--mode",
+                "overlay",
+                "--node-name",
+                "bench-node",
+                "--pod-cidr",
+                POOL,
+                "--underlay-dev",
+                "eth0",
+            ])
+            .arg("--datastore")
+            .arg(format!("sqlite:{}", db.display()))
+            .arg("--socket")
+            .arg(dir.path().join("agent.sock"))
+            .env("PODWIRE_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?,
+    );
+    let n = a.peers;
+    let startup = wait(
+        Duration::from_secs(30),
+        || Ok(counts(&mut h)? == (n, n, n)),
+        Duration::from_millis(10),
+    )?;
+    let _ = started;
+    println!("start-up: agent started → {n} routes + {n} neighbours + {n} FDB entries in the kernel: {:.0} ms", startup.as_secs_f64() * 1e3);
+
+    let mut adds = Vec::new();
+    let mut dels = Vec::new();
+    for c in 0..a.changes {
+        let k = n + c;
+        let cidr = blocks[blocks.len() - 1 - k];
+        let t = Instant::now();
+        fake_node(store.as_ref(), k, cidr)?;
+        let _ = wait(
+            Duration::from_secs(5),
+            || has_route(&mut h, cidr),
+            Duration::from_micros(500),
+        )?;
+        adds.push(t.elapsed());
+        let t = Instant::now();
+        remove_fake(store.as_ref(), k, cidr)?;
+        let _ = wait(
+            Duration::from_secs(5),
+            || Ok(!has_route(&mut h, cidr)?),
+            Duration::from_micros(500),
+        )?;
+        dels.push(t.elapsed());
+    }
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "one node added (datastore write → its route in the kernel), {} runs: p50 {:.1} ms, max {:.1} ms",
+        adds.len(),
+        ms(pct(&mut adds, 50)),
+        ms(*adds.iter().max().context("runs")?)
+    );
+    println!(
+        "one node removed (datastore delete → route gone), {} runs: p50 {:.1} ms, max {:.1} ms",
+        dels.len(),
+        ms(pct(&mut dels, 50)),
+        ms(*dels.iter().max().context("runs")?)
+    );
+    let rss: BTreeMap<String, String> = std::fs::read_to_string(format!(
+        "/proc/{}/status",
+        guard.agent.as_ref().map(|c| c.id()).unwrap_or(0)
+    ))
+    .unwrap_or_default()
+    .lines()
+    .filter_map(|l| {
+        l.split_once(':')
+            .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+    })
+    .collect();
+    println!(
+        "agent process VmRSS with {n} peers: {}",
+        rss.get("VmRSS").cloned().unwrap_or_default()
+    );
+    drop(guard);
+    Ok(())
+}
