@@ -417,9 +417,28 @@ fn nodes_in_two_subnets_give_pods_addresses_of_their_own_subnet() {
         vec![n1.to_string(), n2.to_string(), b.to_string()]
     );
     assert!(lab.ctl_ok(&["lab", "curl", "b", "a"]).contains("Welcome"));
-    // A third node goes to the first subnet again.
+    // A third node goes to the first subnet again, takes pods, and leaves
+    // with its pods, its ENIs and its namespace.
     lab.ctl_ok(&["lab", "node", "add"]);
     assert!(s1.contains(&lab.node_ip("node-3").parse::<Ipv4Addr>().expect("n3")));
+    lab.pod_add("c", "node-3", true);
+    assert!(lab.ctl_ok(&["lab", "curl", "c", "b"]).contains("Welcome"));
+    let id3 = lab.status()["nodes"][2]["instance_id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    lab.ctl_ok(&["lab", "node", "del", "node-3"]);
+    let enis = lab.ctl_ok(&["lab", "ec2", "DescribeNetworkInterfaces"]);
+    assert!(!enis.contains(&id3), "node-3's ENIs outlived it");
+    assert!(!lab
+        .namespaces()
+        .iter()
+        .any(|n| n.ends_with("node-3") || n.ends_with("pod-c")));
+    assert!(lab.status()["pods"]
+        .as_array()
+        .expect("pods")
+        .iter()
+        .all(|p| p["name"] != "c"));
 }
 
 #[test]

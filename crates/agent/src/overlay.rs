@@ -516,3 +516,69 @@ impl Backend for OverlayAgent {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use podwire_ipam::block::Block;
+
+    fn put<T: serde::Serialize>(m: &mut Model, key: &str, v: &T) {
+        m.update(key, Some(&serde_json::to_vec(v).expect("json")));
+    }
+
+    #[test]
+    fn desired_routes_blocks_borrowed_addresses_and_peers() {
+        let mut m = Model::default();
+        for (name, ip, tun) in [
+            ("n1", "10.0.0.1", "172.16.0.0"),
+            ("n2", "10.0.0.2", "172.16.0.64"),
+            ("n3", "10.0.0.3", "172.16.0.128"),
+        ] {
+            let rec = NodeRecord {
+                name: name.into(),
+                underlay_ip: ip.parse().expect("ip"),
+                vtep_mac: format!("02:00:00:00:00:0{}", &name[1..]),
+                tunnel_ip: tun.parse().expect("ip"),
+            };
+            put(&mut m, &nodes::node_key(name), &rec);
+        }
+        let mut b1 = Block::new("172.16.0.0/26".parse().expect("cidr"), "n1");
+        b1.assign(&Holder::new("tunnel.n1", "n1"));
+        // n3 borrowed an address from n1's block.
+        let borrowed = b1.assign(&Holder::new("pw.x", "n3")).expect("borrow");
+        let b2 = Block::new("172.16.0.64/26".parse().expect("cidr"), "n2");
+        put(&mut m, "/podwire/ipam/blocks/a", &b1);
+        put(&mut m, "/podwire/ipam/blocks/b", &b2);
+
+        let d = m.desired("n2");
+        assert_eq!(
+            d.blackholes
+                .iter()
+                .map(|b| b.to_string())
+                .collect::<Vec<_>>(),
+            vec!["172.16.0.64/26"]
+        );
+        assert_eq!(
+            d.routes.get(&"172.16.0.0/26".parse().expect("cidr")),
+            Some(&"172.16.0.0".parse().expect("ip"))
+        );
+        // The borrowed address goes to its holder, not to the block's node.
+        assert_eq!(
+            d.routes.get(&Ipv4Net::new(borrowed, 32).expect("net")),
+            Some(&"172.16.0.128".parse().expect("ip"))
+        );
+        assert_eq!(d.peers.len(), 2, "every other node, not itself");
+        // On the holder itself the borrowed /32 is local (the plugin's route).
+        assert!(!m
+            .desired("n3")
+            .routes
+            .contains_key(&Ipv4Net::new(borrowed, 32).expect("net")));
+        // A node that leaves takes its routes and peer entry with it.
+        m.update(&nodes::node_key("n1"), None);
+        let d = m.desired("n2");
+        assert!(!d
+            .routes
+            .contains_key(&"172.16.0.0/26".parse().expect("cidr")));
+        assert_eq!(d.peers.len(), 1);
+    }
+}
