@@ -11,16 +11,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use ipnet::Ipv4Net;
-use serde_json::Value;
-
-fn hop_ips(trace: &Value) -> Vec<String> {
-    trace["hops"]
-        .as_array()
-        .expect("hops")
-        .iter()
-        .map(|h| h["ip"].as_str().unwrap_or("*").to_string())
-        .collect()
-}
 
 /// (block, tunnel address) of a node, read from its kernel.
 fn block_and_tunnel(lab: &Lab, i: usize) -> (Ipv4Net, Ipv4Addr) {

@@ -9,7 +9,6 @@ use std::process::Command;
 
 use common::*;
 use ipnet::Ipv4Net;
-use serde_json::Value;
 
 fn sha1_prefix(s: &str) -> String {
     // An oracle independent of podwire's code: coreutils' sha1sum.
@@ -19,15 +18,6 @@ fn sha1_prefix(s: &str) -> String {
         .output()
         .expect("sha1sum");
     String::from_utf8_lossy(&o.stdout)[..11].to_string()
-}
-
-fn hop_ips(trace: &Value) -> Vec<String> {
-    trace["hops"]
-        .as_array()
-        .expect("hops")
-        .iter()
-        .map(|h| h["ip"].as_str().unwrap_or("*").to_string())
-        .collect()
 }
 
 fn describe_secondaries(lab: &Lab, instance_id: &str) -> BTreeSet<Ipv4Addr> {

@@ -291,3 +291,13 @@ pub fn pod_wiring_snapshot(netns: &str) -> String {
         .collect();
     format!("links {links:?}\nroutes {routes:?}\nrules {rules:?}")
 }
+
+/// The addresses of a `lab trace --json`, `*` for a silent hop.
+pub fn hop_ips(trace: &Value) -> Vec<String> {
+    trace["hops"]
+        .as_array()
+        .expect("hops")
+        .iter()
+        .map(|h| h["ip"].as_str().unwrap_or("*").to_string())
+        .collect()
+}

@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -147,31 +146,6 @@ fn snat_rules(pool: Ipv4Net) -> String {
     )
 }
 
-fn apply_nft(rules: &str) -> Result<(), AgentError> {
-    use std::io::Write;
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| AgentError::Config(format!("running nft: {e}")))?;
-    if let Some(mut i) = child.stdin.take() {
-        i.write_all(rules.as_bytes())
-            .map_err(|e| AgentError::Config(e.to_string()))?;
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| AgentError::Config(e.to_string()))?;
-    if !out.status.success() {
-        return Err(AgentError::Config(format!(
-            "nft: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )));
-    }
-    Ok(())
-}
-
 impl OverlayAgent {
     pub fn start(config: &AgentConfig, cfg: &OverlayConfig) -> Result<OverlayAgent, AgentError> {
         let node = config.node_name.clone();
@@ -224,7 +198,7 @@ impl OverlayAgent {
                 tunnel_ip,
             },
         )?;
-        apply_nft(&snat_rules(cfg.pool))?;
+        podwire_dataplane::nft::apply(&snat_rules(cfg.pool))?;
         tracing::info!(%node, %underlay_ip, %tunnel_ip, mtu, "overlay node registered");
         let agent = OverlayAgent {
             node,

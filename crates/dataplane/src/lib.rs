@@ -3,6 +3,7 @@
 
 pub mod eni;
 pub mod names;
+pub mod nft;
 pub mod overlay;
 pub mod vpc;
 

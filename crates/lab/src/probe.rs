@@ -227,27 +227,21 @@ pub fn trace(st: &LabState, from: &str, to: &str) -> Result<Trace, LabError> {
 pub fn print_trace(t: &Trace) {
     println!("traceroute from {} to {} ({})", t.from, t.to, t.to_ip);
     for h in &t.hops {
-        match (h.ip, &h.name) {
-            (Some(ip), None) => println!(
-                "{:>2}  {ip}  {}  {}",
-                h.hop,
-                h.rtt_ms.map(|r| format!("{r:.3} ms")).unwrap_or_default(),
-                h.lab
-                    .as_deref()
-                    .map(|l| format!("[{l}]"))
-                    .unwrap_or_default()
-            ),
-            (Some(ip), Some(name)) => println!(
-                "{:>2}  {name} ({ip})  {}  {}",
-                h.hop,
-                h.rtt_ms.map(|r| format!("{r:.3} ms")).unwrap_or_default(),
-                h.lab
-                    .as_deref()
-                    .map(|l| format!("[{l}]"))
-                    .unwrap_or_default()
-            ),
-            _ => println!("{:>2}  *", h.hop),
-        }
+        let Some(ip) = h.ip else {
+            println!("{:>2}  *", h.hop);
+            continue;
+        };
+        let who = match &h.name {
+            Some(name) => format!("{name} ({ip})"),
+            None => ip.to_string(),
+        };
+        let rtt = h.rtt_ms.map(|r| format!("{r:.3} ms")).unwrap_or_default();
+        let lab = h
+            .lab
+            .as_deref()
+            .map(|l| format!("[{l}]"))
+            .unwrap_or_default();
+        println!("{:>2}  {who}  {rtt}  {lab}", h.hop);
     }
     if !t.reached {
         println!("(no answer from {})", t.to_ip);

@@ -6,11 +6,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
-use std::io::Write;
 use std::net::Ipv4Addr;
 use std::os::fd::AsFd;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use ipnet::Ipv4Net;
 use podwire_netlink::{sysctl, Handle, MacAddr, Neighbour, Route, RouteScope, VethSpec};
@@ -146,7 +144,7 @@ pub fn sync(nl: &mut Handle, cloud: &Cloud, last_nft: &mut Option<String>) -> Re
     }
     let rules = ruleset(cloud);
     if last_nft.as_deref() != Some(rules.as_str()) {
-        apply_nft(&rules)?;
+        podwire_dataplane::nft::apply(&rules).map_err(lab_err)?;
         *last_nft = Some(rules);
     }
     Ok(())
@@ -206,25 +204,4 @@ pub fn ruleset(cloud: &Cloud) -> String {
     }
     r.push_str("  }\n}\n");
     r
-}
-
-fn apply_nft(rules: &str) -> Result<(), LabError> {
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| lab_err(format!("running nft: {e} (is nftables installed?)")))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(rules.as_bytes()).map_err(lab_err)?;
-    }
-    let out = child.wait_with_output().map_err(lab_err)?;
-    if !out.status.success() {
-        return Err(lab_err(format!(
-            "nft rejected the ruleset: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )));
-    }
-    Ok(())
 }
