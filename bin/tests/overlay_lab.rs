@@ -362,3 +362,26 @@ fn overlay_across_two_subnets() {
     );
     assert!(lab.ctl_ok(&["lab", "curl", "b", "a"]).contains("Welcome"));
 }
+
+#[test]
+fn overlay_agent_restart_keeps_pods_and_addresses() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::up("t-ovrst", &["--mode", "overlay", "--nodes", "2"]);
+    let a = lab.pod_add("a", "node-1", true);
+    lab.pod_add("b", "node-2", true);
+    let routes_before = ip(&["-n", &lab.node_ns(1), "route"]);
+    lab.ctl_ok(&["lab", "agent", "stop", "node-1"]);
+    assert!(
+        lab.ctl_ok(&["lab", "curl", "b", "a"]).contains("Welcome"),
+        "pods keep working without their agent"
+    );
+    lab.ctl_ok(&["lab", "agent", "start", "node-1"]);
+    // The restarted agent finds its tunnel address, blocks and device again.
+    assert_eq!(ip(&["-n", &lab.node_ns(1), "route"]), routes_before);
+    let c = lab.pod_add("c", "node-1", false);
+    assert_ne!(a, c, "an address was handed out twice");
+    assert!(lab.ctl_ok(&["lab", "curl", "b", "a"]).contains("Welcome"));
+    lab.ctl_ok(&["lab", "pod", "del", "a"]);
+}
