@@ -385,3 +385,61 @@ fn overlay_agent_restart_keeps_pods_and_addresses() {
     assert!(lab.ctl_ok(&["lab", "curl", "b", "a"]).contains("Welcome"));
     lab.ctl_ok(&["lab", "pod", "del", "a"]);
 }
+
+#[test]
+fn a_node_without_a_block_borrows_addresses_that_everyone_routes() {
+    if !require_root() {
+        return;
+    }
+    // Two /26 blocks in the pool: node-1 and node-2 claim them; node-3 has
+    // none left and borrows single addresses from theirs.
+    let lab = Lab::up(
+        "t-ovborrow",
+        &[
+            "--mode",
+            "overlay",
+            "--nodes",
+            "3",
+            "--pod-cidr",
+            "172.16.0.0/25",
+        ],
+    );
+    lab.pod_add("a", "node-1", true);
+    lab.pod_add("b", "node-2", true);
+    let c: Ipv4Addr = lab.pod_add("c", "node-3", true).parse().expect("c");
+    let pool: Ipv4Net = "172.16.0.0/25".parse().expect("pool");
+    assert!(pool.contains(&c));
+    let tun3 = {
+        let addr = ip(&[
+            "-n",
+            &lab.node_ns(3),
+            "-4",
+            "-o",
+            "addr",
+            "show",
+            "dev",
+            "vxlan.podwire",
+        ]);
+        addr.split_whitespace()
+            .nth(3)
+            .expect("inet")
+            .trim_end_matches("/32")
+            .to_string()
+    };
+    for i in [1, 2] {
+        let ns = lab.node_ns(i);
+        let want = format!("{c} via {tun3} dev vxlan.podwire proto 80 onlink");
+        assert!(
+            within(Duration::from_secs(1), || ip(&["-n", &ns, "route"])
+                .contains(&want))
+            .is_some(),
+            "node-{i} has no /32 for the borrowed {c}"
+        );
+    }
+    for (from, to) in [("a", "c"), ("c", "b"), ("b", "c")] {
+        assert!(
+            lab.ctl_ok(&["lab", "curl", from, to]).contains("Welcome"),
+            "{from} -> {to}"
+        );
+    }
+}

@@ -249,6 +249,7 @@ impl OverlayAgent {
             match ev {
                 podwire_store::Event::Put(e) => model.update(&e.key, Some(&e.value)),
                 podwire_store::Event::Delete { key, .. } => model.update(key, None),
+                podwire_store::Event::Progress(_) => {}
             }
         }
         let d = model.desired(&self.node);

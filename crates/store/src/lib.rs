@@ -43,7 +43,13 @@ pub enum Expect {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     Put(Entry),
-    Delete { key: String, revision: Revision },
+    Delete {
+        key: String,
+        revision: Revision,
+    },
+    /// Nothing changed up to this revision (sent now and then while idle;
+    /// lets a backend notice that nobody listens any more).
+    Progress(Revision),
 }
 
 impl Event {
@@ -51,12 +57,13 @@ impl Event {
         match self {
             Event::Put(e) => &e.key,
             Event::Delete { key, .. } => key,
+            Event::Progress(_) => "",
         }
     }
     pub fn revision(&self) -> Revision {
         match self {
             Event::Put(e) => e.mod_revision,
-            Event::Delete { revision, .. } => *revision,
+            Event::Delete { revision, .. } | Event::Progress(revision) => *revision,
         }
     }
 }

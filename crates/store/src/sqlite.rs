@@ -17,6 +17,8 @@ type EventRow = (i64, String, Option<Vec<u8>>);
 
 /// How often watchers look for new events.
 const POLL: Duration = Duration::from_millis(5);
+/// An idle watcher reports progress this often.
+const PROGRESS: Duration = Duration::from_secs(1);
 /// Events older than this many revisions are pruned.
 const KEEP_EVENTS: i64 = 100_000;
 
@@ -197,12 +199,22 @@ impl Datastore for SqliteStore {
             .name("sqlite-watch".into())
             .spawn(move || {
                 let mut last = after;
+                let mut idle_since = std::time::Instant::now();
                 loop {
                     let batch: rusqlite::Result<Vec<EventRow>> = conn
                         .prepare_cached("SELECT rev, key, value FROM events WHERE rev > ?1 AND key LIKE ?2 ESCAPE '\\' ORDER BY rev")
                         .and_then(|mut s| s.query_map(params![last, pattern], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect());
                     match batch {
                         Ok(rows) => {
+                            if !rows.is_empty() {
+                                idle_since = std::time::Instant::now();
+                            } else if idle_since.elapsed() >= PROGRESS {
+                                // The only way to learn the receiver is gone.
+                                idle_since = std::time::Instant::now();
+                                if tx.send(Ok(Event::Progress(last))).is_err() {
+                                    return;
+                                }
+                            }
                             for (rev, key, value) in rows {
                                 last = rev;
                                 let ev = match value {
