@@ -27,9 +27,14 @@ fn block_and_tunnel(lab: &Lab, i: usize) -> (Ipv4Net, Ipv4Addr) {
         .expect("cidr")
         .parse()
         .expect("cidr");
+    (block, tunnel_of(lab, i))
+}
+
+/// A node's tunnel address: the /32 on its VXLAN device.
+fn tunnel_of(lab: &Lab, i: usize) -> Ipv4Addr {
     let addr = ip(&[
         "-n",
-        &ns,
+        &lab.node_ns(i),
         "-4",
         "-o",
         "addr",
@@ -37,14 +42,12 @@ fn block_and_tunnel(lab: &Lab, i: usize) -> (Ipv4Net, Ipv4Addr) {
         "dev",
         "vxlan.podwire",
     ]);
-    let tunnel: Ipv4Addr = addr
-        .split_whitespace()
+    addr.split_whitespace()
         .nth(3)
         .expect("inet")
         .trim_end_matches("/32")
         .parse()
-        .expect("tunnel");
-    (block, tunnel)
+        .expect("tunnel")
 }
 
 /// Waits up to `limit` for `cond`; returns how long it took.
@@ -409,23 +412,7 @@ fn a_node_without_a_block_borrows_addresses_that_everyone_routes() {
     let c: Ipv4Addr = lab.pod_add("c", "node-3", true).parse().expect("c");
     let pool: Ipv4Net = "172.16.0.0/25".parse().expect("pool");
     assert!(pool.contains(&c));
-    let tun3 = {
-        let addr = ip(&[
-            "-n",
-            &lab.node_ns(3),
-            "-4",
-            "-o",
-            "addr",
-            "show",
-            "dev",
-            "vxlan.podwire",
-        ]);
-        addr.split_whitespace()
-            .nth(3)
-            .expect("inet")
-            .trim_end_matches("/32")
-            .to_string()
-    };
+    let tun3 = tunnel_of(&lab, 3);
     for i in [1, 2] {
         let ns = lab.node_ns(i);
         let want = format!("{c} via {tun3} dev vxlan.podwire proto 80 onlink");
