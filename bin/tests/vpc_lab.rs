@@ -455,3 +455,46 @@ fn the_demo_runs_both_experiments_and_cleans_up() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+#[test]
+fn with_a_warm_ip_target_the_agent_returns_surplus_addresses() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::up("t-warm", &["--nodes", "1", "--warm-ip-target", "2"]);
+    let held = |lab: &Lab| -> usize {
+        lab.status()["nodes"][0]["enis"]
+            .as_array()
+            .expect("enis")
+            .iter()
+            .map(|e| e["secondary_ips"].as_array().map_or(0, Vec::len))
+            .sum()
+    };
+    let settle = |lab: &Lab, want: usize| {
+        let t = std::time::Instant::now();
+        while held(lab) != want && t.elapsed() < std::time::Duration::from_secs(20) {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        assert_eq!(
+            held(lab),
+            want,
+            "the node should hold its pods' addresses plus 2"
+        );
+    };
+    settle(&lab, 2);
+    for i in 0..5 {
+        lab.pod_add(&format!("p{i}"), "node-1", false);
+    }
+    settle(&lab, 7);
+    for i in 0..4 {
+        lab.ctl_ok(&["lab", "pod", "del", &format!("p{i}")]);
+    }
+    settle(&lab, 3);
+    // What was returned is gone from the VPC too, and the remaining pod works.
+    let xml = lab.ctl_ok(&["lab", "ec2", "DescribeNetworkInterfaces"]);
+    assert_eq!(xml.matches("<primary>false</primary>").count(), 3);
+    lab.pod_add("q", "node-1", true);
+    assert!(lab
+        .ctl_ok(&["lab", "curl", "node-1", "q"])
+        .contains("Welcome"));
+}

@@ -41,6 +41,9 @@ struct Args {
     /// Seconds a released address rests before reuse.
     #[arg(long, default_value_t = 30)]
     ip_cooldown_secs: u64,
+    /// Seconds between returns of addresses above --warm-ip-target to the cloud.
+    #[arg(long, default_value_t = 30)]
+    pool_decrease_interval_secs: u64,
     /// MTU of secondary ENIs.
     #[arg(long, default_value_t = 9001)]
     eni_mtu: u32,
@@ -113,6 +116,7 @@ fn main() -> anyhow::Result<()> {
         warm_ip_target: args.warm_ip_target,
         minimum_ip_target: args.minimum_ip_target,
         ip_cooldown: Duration::from_secs(args.ip_cooldown_secs),
+        pool_decrease_interval: Duration::from_secs(args.pool_decrease_interval_secs),
         eni_mtu: args.eni_mtu,
         add_wait: Duration::from_secs(30),
         overlay,

@@ -17,6 +17,8 @@ pub struct AgentConfig {
     pub minimum_ip_target: u32,
     /// How long a released address rests before reuse.
     pub ip_cooldown: Duration,
+    /// At most one return of surplus addresses to the cloud this often.
+    pub pool_decrease_interval: Duration,
     pub eni_mtu: u32,
     /// How long ADD may wait for the cloud when the pool is empty.
     pub add_wait: Duration,

@@ -3,7 +3,7 @@
 //! full. Runs on its own thread; never holds the state lock across a cloud
 //! call.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use podwire_cloud::Ec2Error;
 use podwire_dataplane::eni::{self, EniSpec};
@@ -17,6 +17,7 @@ const IDLE: Duration = Duration::from_secs(5);
 const BACKOFF: Duration = Duration::from_secs(2);
 
 pub fn run(shared: &Shared) {
+    let mut last_release = Instant::now();
     loop {
         let plan = {
             let mut st = shared.lock();
@@ -26,9 +27,13 @@ pub fn run(shared: &Shared) {
         };
         let outcome = match &plan {
             PoolPlan::Satisfied | PoolPlan::AtLimit => {
-                let st = shared.lock();
-                let _unused = shared.changed.wait_timeout(st, IDLE);
-                continue;
+                if let Some(outcome) = release_surplus(shared, &mut last_release) {
+                    outcome
+                } else {
+                    let st = shared.lock();
+                    let _unused = shared.changed.wait_timeout(st, IDLE);
+                    continue;
+                }
             }
             PoolPlan::AssignIps { eni_id, count } => assign(shared, eni_id, *count),
             PoolPlan::AttachEni {
@@ -70,6 +75,31 @@ impl PoolError {
         match self {
             PoolError::Ec2(e) => e.code(),
             PoolError::Kernel(_) => None,
+        }
+    }
+}
+
+/// Gives addresses above the warm target back to the cloud, at most once
+/// per `pool_decrease_interval` (only with an explicit `--warm-ip-target`:
+/// the default keeps whole ENIs, as the VPC CNI's WARM_ENI_TARGET does).
+fn release_surplus(shared: &Shared, last: &mut Instant) -> Option<Result<(), PoolError>> {
+    shared.config.warm_ip_target?;
+    if last.elapsed() < shared.config.pool_decrease_interval {
+        return None;
+    }
+    let (eni_id, ips) = shared
+        .lock()
+        .pool
+        .take_surplus(shared.targets(), Instant::now())?;
+    *last = Instant::now();
+    match shared.ec2.unassign_private_ip_addresses(&eni_id, &ips) {
+        Ok(()) => {
+            tracing::info!(eni = %eni_id, count = ips.len(), "surplus addresses returned");
+            Some(Ok(()))
+        }
+        Err(e) => {
+            shared.lock().pool.add_ips(&eni_id, &ips);
+            Some(Err(e.into()))
         }
     }
 }

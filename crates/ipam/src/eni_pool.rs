@@ -224,6 +224,42 @@ impl EniPool {
         self.enis.values().map(|e| e.ips.len()).sum()
     }
 
+    /// Takes out of the pool the free, rested addresses above the warm
+    /// target (never below the minimum), from the highest ENI first, so the
+    /// caller can give them back to the cloud. They are gone from the pool
+    /// before the cloud call, so no ADD can be handed one meanwhile; put them
+    /// back with [`EniPool::add_ips`] if the call fails.
+    pub fn take_surplus(
+        &mut self,
+        targets: PoolTargets,
+        now: Instant,
+    ) -> Option<(String, Vec<Ipv4Addr>)> {
+        let free = self.free(now) as u32;
+        let total = self.total() as u32;
+        let over = free
+            .saturating_sub(targets.warm)
+            .min(total.saturating_sub(targets.minimum));
+        if over == 0 {
+            return None;
+        }
+        let cooldown = self.cooldown;
+        let eni = self.enis.values_mut().rev().find(|e| {
+            e.ips.values().any(|s| matches!(s, Slot::Free { since } if since.is_none_or(|t| now.duration_since(t) >= cooldown)))
+        })?;
+        let ips: Vec<Ipv4Addr> = eni
+            .ips
+            .iter()
+            .rev()
+            .filter(|(_, s)| matches!(s, Slot::Free { since } if since.is_none_or(|t| now.duration_since(t) >= cooldown)))
+            .map(|(ip, _)| *ip)
+            .take(over as usize)
+            .collect();
+        for ip in &ips {
+            eni.ips.remove(ip);
+        }
+        Some((eni.id.clone(), ips))
+    }
+
     /// What to ask the cloud for so that `targets.warm` addresses are free
     /// and at least `targets.minimum` are held in all.
     pub fn plan(&self, targets: PoolTargets) -> PoolPlan {
@@ -351,6 +387,41 @@ mod tests {
             p.allocate(&format!("o{i}"), Instant::now()).expect("alloc");
         }
         assert_eq!(p.plan(t), PoolPlan::Satisfied);
+    }
+
+    #[test]
+    fn surplus_above_the_warm_target_is_taken_from_the_highest_eni() {
+        let mut p = m5_large();
+        let now = Instant::now();
+        p.add_eni("eni-0", 0, 254);
+        p.add_ips("eni-0", &(10..19).map(ip).collect::<Vec<_>>());
+        p.add_eni("eni-1", 1, 2);
+        p.add_ips("eni-1", &(20..29).map(ip).collect::<Vec<_>>());
+        let held: Vec<_> = (0..3)
+            .map(|i| p.allocate(&format!("o{i}"), now).expect("alloc"))
+            .collect();
+        // 15 free, warm 4: 11 over, all from eni-1 first (9), then eni-0.
+        let (eni, ips) = p.take_surplus(PoolTargets::warm(4), now).expect("surplus");
+        assert_eq!((eni.as_str(), ips.len()), ("eni-1", 9));
+        let (eni, ips) = p.take_surplus(PoolTargets::warm(4), now).expect("more");
+        assert_eq!((eni.as_str(), ips.len()), ("eni-0", 2));
+        assert!(
+            ips.iter().all(|i| !held.iter().any(|h| h.ip == *i)),
+            "assigned addresses are never taken"
+        );
+        assert_eq!(p.free(now), 4);
+        assert_eq!(p.take_surplus(PoolTargets::warm(4), now), None);
+        // The minimum wins over the warm target.
+        assert_eq!(
+            p.take_surplus(
+                PoolTargets {
+                    warm: 0,
+                    minimum: 7
+                },
+                now
+            ),
+            None
+        );
     }
 
     #[test]

@@ -636,6 +636,8 @@ fn start_agent(st: &mut LabState, idx: usize) -> Result<(), LabError> {
         // The lab reuses addresses at once so capacity tests are exact.
         "--ip-cooldown-secs".into(),
         "0".into(),
+        "--pool-decrease-interval-secs".into(),
+        "1".into(),
     ];
     if let Some(cidr) = st.pod_cidr {
         args.extend([
