@@ -185,6 +185,7 @@ impl Shared {
         PoolTargets {
             warm,
             minimum: self.config.minimum_ip_target,
+            whole_enis: self.config.warm_ip_target.is_none(),
         }
     }
 

@@ -46,11 +46,17 @@ pub struct PoolTargets {
     pub warm: u32,
     /// Addresses to hold in all, free or assigned.
     pub minimum: u32,
+    /// Grow by whole ENIs (fill an ENI per call) rather than by what is short.
+    pub whole_enis: bool,
 }
 
 impl PoolTargets {
     pub fn warm(warm: u32) -> Self {
-        PoolTargets { warm, minimum: 0 }
+        PoolTargets {
+            warm,
+            minimum: 0,
+            whole_enis: true,
+        }
     }
 }
 
@@ -267,17 +273,28 @@ impl EniPool {
         if free >= targets.warm && self.total() as u32 >= targets.minimum {
             return PoolPlan::Satisfied;
         }
-        // Like the VPC CNI with WARM_ENI_TARGET: fill an ENI in one call
-        // rather than trickle addresses (fewer, cheaper API calls).
+        // With whole ENIs (the VPC CNI's WARM_ENI_TARGET) an ENI is filled in
+        // one call; with an address target only what is short is asked for,
+        // so the surplus release never has to give it back.
+        let short = targets
+            .warm
+            .saturating_sub(free)
+            .max((targets.minimum).saturating_sub(self.total() as u32))
+            .max(1);
         for eni in self.enis.values() {
             let room = self
                 .limits
                 .secondary_per_eni
                 .saturating_sub(eni.ips.len() as u32);
             if room > 0 {
+                let count = if targets.whole_enis {
+                    room
+                } else {
+                    room.min(short)
+                };
                 return PoolPlan::AssignIps {
                     eni_id: eni.id.clone(),
-                    count: room,
+                    count,
                 };
             }
         }
@@ -285,9 +302,15 @@ impl EniPool {
             let device_index = (0..)
                 .find(|d| !self.enis.contains_key(d))
                 .unwrap_or(self.eni_count());
+            let per_eni = self.limits.secondary_per_eni;
+            let count = if targets.whole_enis {
+                per_eni
+            } else {
+                per_eni.min(short)
+            };
             return PoolPlan::AttachEni {
                 device_index,
-                count: self.limits.secondary_per_eni,
+                count,
             };
         }
         PoolPlan::AtLimit
@@ -363,6 +386,7 @@ mod tests {
         let t = PoolTargets {
             warm: 0,
             minimum: 12,
+            whole_enis: true,
         };
         assert_eq!(
             p.plan(t),
@@ -416,11 +440,41 @@ mod tests {
             p.take_surplus(
                 PoolTargets {
                     warm: 0,
-                    minimum: 7
+                    minimum: 7,
+                    whole_enis: true,
                 },
                 now
             ),
             None
+        );
+    }
+
+    #[test]
+    fn an_address_target_asks_only_for_what_is_short() {
+        let mut p = m5_large();
+        p.add_eni("eni-0", 0, 254);
+        let t = PoolTargets {
+            warm: 3,
+            minimum: 0,
+            whole_enis: false,
+        };
+        assert_eq!(
+            p.plan(t),
+            PoolPlan::AssignIps {
+                eni_id: "eni-0".into(),
+                count: 3
+            }
+        );
+        p.add_ips("eni-0", &(10..19).map(ip).collect::<Vec<_>>());
+        for i in 0..9 {
+            p.allocate(&format!("o{i}"), Instant::now()).expect("alloc");
+        }
+        assert_eq!(
+            p.plan(t),
+            PoolPlan::AttachEni {
+                device_index: 1,
+                count: 3
+            }
         );
     }
 
