@@ -1,7 +1,6 @@
 //! The agent's state and the request handlers that read and change it.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -370,11 +369,5 @@ impl Shared {
                 message,
             },
         }
-    }
-
-    /// The addresses currently assigned, for introspection.
-    #[allow(dead_code)]
-    pub fn assigned_ips(&self) -> Vec<Ipv4Addr> {
-        self.lock().allocations.values().map(|a| a.ip).collect()
     }
 }
