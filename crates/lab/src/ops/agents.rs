@@ -1,0 +1,110 @@
+//! Starting, stopping and asking the nodes' agents.
+
+use super::*;
+
+/// The agent answers STATUS with free addresses ready.
+pub fn agent_ready(socket: &Path) -> bool {
+    matches!(
+        podwire_proto::call(socket, &podwire_proto::Request::Status, Duration::from_secs(2)),
+        Ok(podwire_proto::Response::Status { status }) if status.ready
+    )
+}
+
+/// The agent's own STATUS answer, or null when it does not answer.
+pub(super) fn agent_status(socket: &Path) -> serde_json::Value {
+    match podwire_proto::call(
+        socket,
+        &podwire_proto::Request::Status,
+        Duration::from_secs(1),
+    ) {
+        Ok(podwire_proto::Response::Status { status }) => json!({
+            "ready": status.ready, "free_ips": status.free_ips, "assigned_ips": status.assigned_ips, "message": status.message,
+        }),
+        _ => serde_json::Value::Null,
+    }
+}
+
+/// Starts a node's agent again (after it was stopped), keeping its state.
+pub fn restart_agent(st: &mut LabState, node: &str) -> Result<(), LabError> {
+    let dir = st.dir();
+    let idx = st
+        .nodes
+        .iter()
+        .position(|n| n.name == node)
+        .ok_or_else(|| LabError::Usage(format!("no node {node}")))?;
+    let r = st.nodes[idx].clone();
+    let marker = dir.display().to_string();
+    if let Some(pid) = r.agent_pid {
+        procs::stop(pid, &marker);
+    }
+    start_agent(st, idx)
+}
+
+/// Starts the agent of node `idx` and waits until it serves addresses.
+pub(super) fn start_agent(st: &mut LabState, idx: usize) -> Result<(), LabError> {
+    let r = st.nodes[idx].clone();
+    let nd = st.dir().join(&r.name);
+    std::fs::create_dir_all(&nd).map_err(|e| LabError::State(e.to_string()))?;
+    let mut args: Vec<String> = vec![
+        "--node-name".into(),
+        r.name.clone(),
+        "--socket".into(),
+        r.socket.display().to_string(),
+        "--state-dir".into(),
+        nd.join("state").display().to_string(),
+        "--imds-endpoint".into(),
+        format!("http://{}", cloud::IMDS_ADDR),
+        "--ec2-endpoint".into(),
+        cloud::ec2_endpoint(),
+        // The lab reuses addresses at once so capacity tests are exact.
+        "--ip-cooldown-secs".into(),
+        "0".into(),
+        "--pool-decrease-interval-secs".into(),
+        "1".into(),
+    ];
+    if let Some(cidr) = st.pod_cidr {
+        args.extend([
+            "--mode".into(),
+            "overlay".into(),
+            "--datastore".into(),
+            datastore_spec(st),
+            "--pod-cidr".into(),
+            cidr.to_string(),
+            "--block-size".into(),
+            st.block_size.to_string(),
+        ]);
+    }
+    if let Some(w) = st.warm_ip_target {
+        args.push("--warm-ip-target".into());
+        args.push(w.to_string());
+    }
+    if let Some(m) = st.minimum_ip_target {
+        args.push("--minimum-ip-target".into());
+        args.push(m.to_string());
+    }
+    let log = nd.join("agent.log");
+    let pid = procs::spawn_in(&r.netns, &bin("podwire-agent")?, &args, &log)?;
+    st.nodes[idx].agent_pid = Some(pid);
+    st.save()?;
+    procs::wait_for(
+        &format!("podwire-agent on {}", r.name),
+        pid,
+        &log,
+        Duration::from_secs(30),
+        || agent_ready(&r.socket),
+    )
+}
+
+/// Stops a node's agent (for failure tests); pods keep running.
+pub fn stop_agent(st: &mut LabState, node: &str) -> Result<(), LabError> {
+    let marker = st.dir().display().to_string();
+    let idx = st
+        .nodes
+        .iter()
+        .position(|n| n.name == node)
+        .ok_or_else(|| LabError::Usage(format!("no node {node}")))?;
+    if let Some(pid) = st.nodes[idx].agent_pid.take() {
+        procs::stop(pid, &marker);
+    }
+    st.save()
+}

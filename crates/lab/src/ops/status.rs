@@ -1,0 +1,188 @@
+//! `lab status`, and calls into the lab cloud's EC2 API.
+
+use super::*;
+
+/// An EC2 client for the lab's cloud, usable from the host: its requests
+/// are made from a thread inside the fabric namespace.
+pub fn ec2_call(lab: &str, action: &str, params: &[(String, String)]) -> Result<String, LabError> {
+    let dir = names::lab_dir(lab);
+    let c = cloud::load(&dir)?;
+    let (ak, sk) = c
+        .credentials
+        .iter()
+        .next()
+        .ok_or_else(|| LabError::State("lab cloud has no credentials".into()))?;
+    let client = Ec2Client::new(
+        &cloud::ec2_endpoint(),
+        &c.region,
+        Credentials {
+            access_key_id: ak.clone(),
+            secret_access_key: sk.clone(),
+            session_token: None,
+        },
+    );
+    let action = action.to_string();
+    let params = params.to_vec();
+    netns::run_in(&procs::netns_path(&names::ns_fabric(lab)), move || {
+        client.call(&action, &params)
+    })?
+    .map_err(LabError::from)
+}
+
+/// `lab status --json`.
+pub fn status_json(lab: &str) -> Result<serde_json::Value, LabError> {
+    let st = LabState::load(lab)?;
+    let c = cloud::load(&st.dir()).ok();
+    let enis_of = |instance_id: &str| -> Vec<serde_json::Value> {
+        c.as_ref()
+            .map(|c| {
+                c.instance_enis(instance_id)
+                    .iter()
+                    .map(|e| {
+                        json!({
+                            "id": e.id, "device_index": e.attachment.as_ref().map(|a| a.device_index),
+                            "mac": e.mac, "primary_ip": e.primary_ip, "secondary_ips": e.secondary_ips,
+                            "description": e.description, "security_groups": e.groups,
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut pods_by_node: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for p in st.pods.values() {
+        pods_by_node.entry(&p.node).or_default().push(&p.name);
+    }
+    let nodes: Vec<serde_json::Value> = st
+        .nodes
+        .iter()
+        .map(|n| {
+            json!({
+                "name": n.name, "netns": n.netns, "instance_id": n.instance_id, "instance_type": st.instance_type,
+                "primary_ip": n.primary_ip, "subnet": n.subnet, "dns_name": cloud::xml::dns_name(n.primary_ip),
+                "agent_pid": n.agent_pid,
+                "agent": agent_status(&n.socket), "agent_socket": n.socket, "enis": enis_of(&n.instance_id),
+                "pods": pods_by_node.get(n.name.as_str()).cloned().unwrap_or_default(),
+            })
+        })
+        .collect();
+    let pods: Vec<serde_json::Value> = st
+        .pods
+        .values()
+        .map(|p| {
+            let eni = c.as_ref().and_then(|c| c.owner_of(p.ip).map(|(e, _)| (e.id.clone(), e.attachment.as_ref().map(|a| a.device_index))));
+            json!({
+                "name": p.name, "namespace": p.namespace, "node": p.node, "netns": p.netns, "ip": p.ip,
+                "container_id": p.container_id, "eni": eni.as_ref().map(|e| e.0.clone()), "device_index": eni.and_then(|e| e.1),
+                "http": p.http_pid.is_some(),
+            })
+        })
+        .collect();
+    Ok(json!({
+        "name": st.name, "mode": st.mode, "subnet": st.subnet, "subnets": st.subnets, "allow_external": st.allow_external,
+        "pod_cidr": st.pod_cidr, "block_size": st.pod_cidr.map(|_| st.block_size),
+        "datastore": st.pod_cidr.map(|_| datastore_spec(&st)), "etcd_pid": st.etcd_pid,
+        "vpc_id": c.as_ref().map(|c| c.vpc_id.clone()), "node_security_group": st.node_sg, "external_security_group": st.external_sg,
+        "fabric_netns": names::ns_fabric(&st.name),
+        "nodes": nodes,
+        "external": st.external.as_ref().map(|e| json!({"name": e.name, "netns": e.netns, "instance_id": e.instance_id, "ip": e.primary_ip})),
+        "pods": pods,
+    }))
+}
+
+/// Opens or closes the node security group to the external host, through
+/// the EC2 API (Authorize/RevokeSecurityGroupIngress).
+pub fn set_allow_external(lab: &str, allow: bool) -> Result<(), LabError> {
+    let mut st = LabState::load(lab)?;
+    let _lock = state::lock(&st.dir())?;
+    let action = if allow {
+        "AuthorizeSecurityGroupIngress"
+    } else {
+        "RevokeSecurityGroupIngress"
+    };
+    ec2_call(
+        lab,
+        action,
+        &[
+            ("GroupId".into(), st.node_sg.clone()),
+            ("IpPermissions.1.IpProtocol".into(), "-1".into()),
+            (
+                "IpPermissions.1.Groups.1.GroupId".into(),
+                st.external_sg.clone(),
+            ),
+        ],
+    )?;
+    st.allow_external = allow;
+    st.save()
+}
+
+/// `lab status` for people: nodes, ENIs with their addresses, pods.
+pub fn format_status(v: &serde_json::Value) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "lab {}  mode {}  subnet {}  {}",
+        v["name"].as_str().unwrap_or(""),
+        v["mode"].as_str().unwrap_or(""),
+        v["subnet"].as_str().unwrap_or(""),
+        v["vpc_id"].as_str().unwrap_or("")
+    );
+    let _ = writeln!(
+        out,
+        "external host reachable to pods: {}",
+        v["allow_external"]
+    );
+    for n in v["nodes"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "{}  {}  {}  {}  netns {}",
+            n["name"].as_str().unwrap_or(""),
+            n["instance_id"].as_str().unwrap_or(""),
+            n["instance_type"].as_str().unwrap_or(""),
+            n["primary_ip"].as_str().unwrap_or(""),
+            n["netns"].as_str().unwrap_or("")
+        );
+        for e in n["enis"].as_array().into_iter().flatten() {
+            let ips: Vec<&str> = e["secondary_ips"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|x| x.as_str())
+                .collect();
+            let _ = writeln!(
+                out,
+                "    eth{}  {}  {}  \"{}\"  primary {}  secondary [{}]",
+                e["device_index"],
+                e["id"].as_str().unwrap_or(""),
+                e["mac"].as_str().unwrap_or(""),
+                e["description"].as_str().unwrap_or(""),
+                e["primary_ip"].as_str().unwrap_or(""),
+                ips.join(" ")
+            );
+        }
+    }
+    if let Some(e) = v["external"].as_object() {
+        let _ = writeln!(
+            out,
+            "external  {}  {}  netns {}",
+            e["instance_id"].as_str().unwrap_or(""),
+            e["ip"].as_str().unwrap_or(""),
+            e["netns"].as_str().unwrap_or("")
+        );
+    }
+    for p in v["pods"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "pod {}/{}  on {}  {}  eth{} ({})  netns {}",
+            p["namespace"].as_str().unwrap_or(""),
+            p["name"].as_str().unwrap_or(""),
+            p["node"].as_str().unwrap_or(""),
+            p["ip"].as_str().unwrap_or(""),
+            p["device_index"],
+            p["eni"].as_str().unwrap_or(""),
+            p["netns"].as_str().unwrap_or("")
+        );
+    }
+    out
+}
