@@ -30,6 +30,13 @@ enum Slot {
     Assigned { owner: String },
 }
 
+impl Slot {
+    /// Free and rested long enough to be handed out (or given back).
+    fn usable(&self, now: Instant, cooldown: Duration) -> bool {
+        matches!(self, Slot::Free { since } if since.is_none_or(|t| now.duration_since(t) >= cooldown))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Eni {
     id: String,
@@ -140,12 +147,11 @@ impl EniPool {
     pub fn allocate(&mut self, owner: &str, now: Instant) -> Option<Assigned> {
         let cooldown = self.cooldown;
         for eni in self.enis.values_mut() {
-            let pick = eni.ips.iter().find_map(|(ip, slot)| match slot {
-                Slot::Free { since } if since.is_none_or(|t| now.duration_since(t) >= cooldown) => {
-                    Some(*ip)
-                }
-                _ => None,
-            });
+            let pick = eni
+                .ips
+                .iter()
+                .find(|(_, slot)| slot.usable(now, cooldown))
+                .map(|(ip, _)| *ip);
             if let Some(ip) = pick {
                 eni.ips.insert(
                     ip,
@@ -188,27 +194,23 @@ impl EniPool {
 
     /// Free addresses usable now.
     pub fn free(&self, now: Instant) -> usize {
-        self.enis
-            .values()
-            .flat_map(|e| e.ips.values())
-            .filter(|s| matches!(s, Slot::Free { since } if since.is_none_or(|t| now.duration_since(t) >= self.cooldown)))
-            .count()
+        self.count(|s| s.usable(now, self.cooldown))
     }
 
     /// Free addresses, resting ones included.
     pub fn free_total(&self) -> usize {
-        self.enis
-            .values()
-            .flat_map(|e| e.ips.values())
-            .filter(|s| matches!(s, Slot::Free { .. }))
-            .count()
+        self.count(|s| matches!(s, Slot::Free { .. }))
     }
 
     pub fn assigned(&self) -> usize {
+        self.count(|s| matches!(s, Slot::Assigned { .. }))
+    }
+
+    fn count(&self, pred: impl Fn(&Slot) -> bool) -> usize {
         self.enis
             .values()
             .flat_map(|e| e.ips.values())
-            .filter(|s| matches!(s, Slot::Assigned { .. }))
+            .filter(|s| pred(s))
             .count()
     }
 
@@ -249,14 +251,16 @@ impl EniPool {
             return None;
         }
         let cooldown = self.cooldown;
-        let eni = self.enis.values_mut().rev().find(|e| {
-            e.ips.values().any(|s| matches!(s, Slot::Free { since } if since.is_none_or(|t| now.duration_since(t) >= cooldown)))
-        })?;
+        let eni = self
+            .enis
+            .values_mut()
+            .rev()
+            .find(|e| e.ips.values().any(|s| s.usable(now, cooldown)))?;
         let ips: Vec<Ipv4Addr> = eni
             .ips
             .iter()
             .rev()
-            .filter(|(_, s)| matches!(s, Slot::Free { since } if since.is_none_or(|t| now.duration_since(t) >= cooldown)))
+            .filter(|(_, s)| s.usable(now, cooldown))
             .map(|(ip, _)| *ip)
             .take(over as usize)
             .collect();
