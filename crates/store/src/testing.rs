@@ -2,9 +2,17 @@
 //! loopback ports, with its own data directory, stopped when dropped.
 //! (Feature `test-util`; never used by the binaries.)
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::collections::BTreeSet;
+use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use crate::EtcdStore;
+
+/// Ports this process has handed out: tests run in parallel, and a port
+/// released by `free_port` could otherwise be handed out twice.
+static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
 
 /// An etcd server of the test's own, on free loopback ports.
 #[derive(Debug)]
@@ -16,19 +24,38 @@ pub struct Etcd {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        if GIVEN.lock().unwrap_or_else(|p| p.into_inner()).insert(port) {
+            return port;
+        }
+    }
 }
 
 impl Etcd {
+    /// Starts an etcd on fresh ports; if another process takes a port
+    /// between our choice and etcd's bind, tries again with others.
     pub fn start() -> Etcd {
-        let dir = tempfile::tempdir().expect("tempdir");
-        Etcd::start_in(dir, free_port(), free_port())
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().expect("tempdir");
+            if let Some(e) = Etcd::try_start_in(dir, free_port(), free_port()) {
+                return e;
+            }
+        }
+        panic!("etcd did not start on five sets of ports");
     }
 
+    /// Starts an etcd on given ports and data (a restart, in tests).
     pub fn start_in(dir: tempfile::TempDir, client_port: u16, peer_port: u16) -> Etcd {
+        Etcd::try_start_in(dir, client_port, peer_port).expect("etcd exited at start")
+    }
+
+    /// Ready means it answers a request, not merely that its port is open;
+    /// None when it exited first.
+    fn try_start_in(dir: tempfile::TempDir, client_port: u16, peer_port: u16) -> Option<Etcd> {
         let client = format!("http://127.0.0.1:{client_port}");
         let peer = format!("http://127.0.0.1:{peer_port}");
         let child = Command::new("etcd")
@@ -51,19 +78,23 @@ impl Etcd {
             .stderr(Stdio::null())
             .spawn()
             .expect("etcd (Debian package etcd-server) must be installed: scripts/deps.sh does it");
-        let e = Etcd {
+        let mut e = Etcd {
             child,
             dir,
             client_port,
             peer_port,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
-        let addr = SocketAddr::from(([127, 0, 0, 1], client_port));
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
-            assert!(Instant::now() < deadline, "etcd did not start");
-            std::thread::sleep(Duration::from_millis(20));
+        loop {
+            if let Ok(Some(_)) = e.child.try_wait() {
+                return None;
+            }
+            if EtcdStore::connect(&e.endpoint()).is_ok() {
+                return Some(e);
+            }
+            assert!(Instant::now() < deadline, "etcd did not answer within 20 s");
+            std::thread::sleep(Duration::from_millis(50));
         }
-        e
     }
 
     pub fn endpoint(&self) -> Vec<String> {
