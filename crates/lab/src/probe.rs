@@ -170,6 +170,21 @@ pub fn parse_traceroute(out: &str) -> Vec<(u32, Option<Ipv4Addr>, Option<f64>)> 
 
 /// `lab trace`: traceroute from inside FROM's namespace, hops named.
 pub fn trace(st: &LabState, from: &str, to: &str) -> Result<Trace, LabError> {
+    // One probe per hop can be lost; a silent hop *before* one that answered
+    // is such a loss (a filtered path is silent from some hop on): ask again.
+    let mut t = trace_once(st, from, to)?;
+    for _ in 0..2 {
+        let last_answer = t.hops.iter().rposition(|h| h.ip.is_some());
+        let gap = last_answer.is_some_and(|i| t.hops[..i].iter().any(|h| h.ip.is_none()));
+        if !gap {
+            break;
+        }
+        t = trace_once(st, from, to)?;
+    }
+    Ok(t)
+}
+
+fn trace_once(st: &LabState, from: &str, to: &str) -> Result<Trace, LabError> {
     let f = resolve(st, from)?;
     let (ip, label) = resolve_ip(st, to)?;
     let out = Command::new("ip")
