@@ -122,11 +122,26 @@ pub fn format_status(v: &serde_json::Value) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "lab {}  mode {}  subnet {}  {}",
+        "lab {}  mode {}  subnets {}  {}{}",
         v["name"].as_str().unwrap_or(""),
         v["mode"].as_str().unwrap_or(""),
-        v["subnet"].as_str().unwrap_or(""),
-        v["vpc_id"].as_str().unwrap_or("")
+        v["subnets"]
+            .as_array()
+            .map(|a| a
+                .iter()
+                .filter_map(|x| x.as_str())
+                .collect::<Vec<_>>()
+                .join(","))
+            .unwrap_or_default(),
+        v["vpc_id"].as_str().unwrap_or(""),
+        v["pod_cidr"]
+            .as_str()
+            .map(|c| format!(
+                "  pod CIDR {c} in /{} blocks ({})",
+                v["block_size"],
+                v["datastore"].as_str().unwrap_or("")
+            ))
+            .unwrap_or_default()
     );
     let _ = writeln!(
         out,
@@ -172,15 +187,18 @@ pub fn format_status(v: &serde_json::Value) -> String {
         );
     }
     for p in v["pods"].as_array().into_iter().flatten() {
+        // Where the address lives: an ENI (vpc mode) or the pod CIDR (overlay).
+        let home = match (p["device_index"].as_u64(), p["eni"].as_str()) {
+            (Some(d), Some(eni)) => format!("eth{d} ({eni})"),
+            _ => "pod CIDR".to_string(),
+        };
         let _ = writeln!(
             out,
-            "pod {}/{}  on {}  {}  eth{} ({})  netns {}",
+            "pod {}/{}  on {}  {}  {home}  netns {}",
             p["namespace"].as_str().unwrap_or(""),
             p["name"].as_str().unwrap_or(""),
             p["node"].as_str().unwrap_or(""),
             p["ip"].as_str().unwrap_or(""),
-            p["device_index"],
-            p["eni"].as_str().unwrap_or(""),
             p["netns"].as_str().unwrap_or("")
         );
     }
