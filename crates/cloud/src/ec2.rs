@@ -31,16 +31,6 @@ pub enum Ec2Error {
 }
 
 impl Ec2Error {
-    /// Errors worth retrying later (throttling, server faults, no answer).
-    pub fn is_transient(&self) -> bool {
-        match self {
-            Ec2Error::Api { code, status, .. } => {
-                *status >= 500 || code.contains("Throttl") || code == "RequestLimitExceeded"
-            }
-            Ec2Error::Http { .. } => true,
-            _ => false,
-        }
-    }
     pub fn code(&self) -> Option<&str> {
         match self {
             Ec2Error::Api { code, .. } => Some(code),

@@ -73,26 +73,45 @@ pub fn resolve_ip(st: &LabState, to: &str) -> Result<(Ipv4Addr, String), LabErro
 
 /// What the lab calls an address.
 pub fn who(st: &LabState, ip: Ipv4Addr) -> String {
-    if let Some(n) = st.nodes.iter().find(|n| n.primary_ip == ip) {
-        return n.name.clone();
+    Namer::new(st).name(ip)
+}
+
+/// Names addresses; built once per question, so naming every hop of a
+/// trace reads the cloud's state and the datastore once, not per hop.
+struct Namer<'a> {
+    st: &'a LabState,
+    tunnels: Vec<podwire_ipam::nodes::NodeRecord>,
+    cloud: Option<crate::cloud::model::Cloud>,
+}
+
+impl<'a> Namer<'a> {
+    fn new(st: &'a LabState) -> Namer<'a> {
+        Namer {
+            st,
+            tunnels: overlay_nodes(st),
+            cloud: crate::cloud::load(&st.dir()).ok(),
+        }
     }
-    if st.external.as_ref().is_some_and(|e| e.primary_ip == ip) {
-        return names::EXTERNAL.into();
-    }
-    if let Some(p) = st.pods.values().find(|p| p.ip == ip) {
-        return format!("pod {}", p.name);
-    }
-    if st.pod_cidr.is_some_and(|c| c.contains(&ip)) {
-        if let Some(n) = overlay_nodes(st).into_iter().find(|n| n.tunnel_ip == ip) {
+
+    fn name(&self, ip: Ipv4Addr) -> String {
+        let st = self.st;
+        if let Some(n) = st.nodes.iter().find(|n| n.primary_ip == ip) {
+            return n.name.clone();
+        }
+        if st.external.as_ref().is_some_and(|e| e.primary_ip == ip) {
+            return names::EXTERNAL.into();
+        }
+        if let Some(p) = st.pods.values().find(|p| p.ip == ip) {
+            return format!("pod {}", p.name);
+        }
+        if let Some(n) = self.tunnels.iter().find(|n| n.tunnel_ip == ip) {
             return format!("{} tunnel", n.name);
         }
-    }
-    if let Ok(c) = crate::cloud::load(&st.dir()) {
-        if let Some((eni, Some(inst))) = c.owner_of(ip) {
+        if let Some((eni, Some(inst))) = self.cloud.as_ref().and_then(|c| c.owner_of(ip)) {
             return format!("{} ({})", inst.host, eni.id);
         }
+        String::new()
     }
-    String::new()
 }
 
 /// The overlay's node records, from the lab's datastore.
@@ -213,13 +232,14 @@ fn trace_once(st: &LabState, from: &str, to: &str) -> Result<Trace, LabError> {
             msg: String::from_utf8_lossy(&out.stderr).into_owned(),
         });
     }
+    let namer = Namer::new(st);
     let mut hops: Vec<Hop> = parse_traceroute(&String::from_utf8_lossy(&out.stdout))
         .into_iter()
         .map(|(hop, hip, rtt)| Hop {
             hop,
             ip: hip,
             name: hip.and_then(|i| vpc_dns_name(st, i)),
-            lab: hip.map(|i| who(st, i)).filter(|s| !s.is_empty()),
+            lab: hip.map(|i| namer.name(i)).filter(|s| !s.is_empty()),
             rtt_ms: rtt,
         })
         .collect();

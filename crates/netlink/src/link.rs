@@ -229,31 +229,6 @@ impl Handle {
         self.request("set link mtu", RouteNetlinkMessage::SetLink(msg), 0)
     }
 
-    /// Renames a link (it must be down).
-    pub fn set_name(&mut self, index: u32, name: &str) -> Result<()> {
-        let mut msg = LinkMessage::default();
-        msg.header.index = index;
-        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
-        self.request("rename link", RouteNetlinkMessage::SetLink(msg), 0)
-    }
-
-    /// Sets a link's MAC address.
-    pub fn set_mac(&mut self, index: u32, mac: MacAddr) -> Result<()> {
-        let mut msg = LinkMessage::default();
-        msg.header.index = index;
-        msg.attributes.push(LinkAttribute::Address(mac.0.to_vec()));
-        self.request("set link address", RouteNetlinkMessage::SetLink(msg), 0)
-    }
-
-    /// Moves a link into the network namespace behind `netns`.
-    pub fn set_netns(&mut self, index: u32, netns: BorrowedFd<'_>) -> Result<()> {
-        let mut msg = LinkMessage::default();
-        msg.header.index = index;
-        msg.attributes
-            .push(LinkAttribute::NetNsFd(netns.as_raw_fd()));
-        self.request("move link to netns", RouteNetlinkMessage::SetLink(msg), 0)
-    }
-
     /// Deletes a link by index.
     pub fn delete_link(&mut self, index: u32) -> Result<()> {
         let mut msg = LinkMessage::default();

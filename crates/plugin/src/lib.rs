@@ -36,11 +36,11 @@ impl Outcome {
 
 /// Runs one plugin call.
 pub fn run(env: &HashMap<String, String>, stdin: &[u8]) -> Outcome {
-    // The error object echoes the version the runtime asked for, when known.
-    let asked = requested_version(stdin).ok();
-    let tag = |e: CniError| match &asked {
-        Some(v) => e.for_version(v),
-        None => e,
+    // The error object echoes the version the runtime asked for, when known
+    // (read only on the error path: the success path parses stdin once).
+    let tag = |e: CniError| match requested_version(stdin) {
+        Ok(v) => e.for_version(&v),
+        Err(_) => e,
     };
     let inv = match Invocation::from_map(env) {
         Ok(inv) => inv,

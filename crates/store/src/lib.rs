@@ -53,13 +53,6 @@ pub enum Event {
 }
 
 impl Event {
-    pub fn key(&self) -> &str {
-        match self {
-            Event::Put(e) => &e.key,
-            Event::Delete { key, .. } => key,
-            Event::Progress(_) => "",
-        }
-    }
     pub fn revision(&self) -> Revision {
         match self {
             Event::Put(e) => e.mod_revision,
