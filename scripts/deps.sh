@@ -13,6 +13,8 @@ have sha1sum || need+=(coreutils)
 have cc || need+=(gcc)
 # The etcd backend's gRPC code is generated at build time; its tests run a real etcd.
 have protoc || need+=(protobuf-compiler)
+# protoc's well-known types (google/protobuf/*.proto) come with the -dev package.
+[ -f /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
 have etcd || need+=(etcd-server)
 if [ "${PODWIRE_BENCH_DEPS:-0}" = 1 ]; then
   [ -x /usr/lib/cni/ptp ] || need+=(containernetworking-plugins)

@@ -6,13 +6,49 @@ use serde_json::{Map, Value};
 
 use crate::{CniError, CniResult, Code, Version};
 
-/// Where pods get their addresses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where pods get their addresses. The one mode type of the whole project:
+/// the conflist, the agent's flags, the operator CLI and the lab's state all
+/// parse it with [`FromStr`](std::str::FromStr) and print it with `Display`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Secondary IPs of the node's ENIs (the Amazon VPC CNI model).
     Vpc,
     /// Blocks of a separate pod CIDR over VXLAN (the Calico model).
     Overlay,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 2] = [Mode::Vpc, Mode::Overlay];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Vpc => "vpc",
+            Mode::Overlay => "overlay",
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A mode name that is neither `vpc` nor `overlay`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("mode {0:?} must be \"vpc\" or \"overlay\"")]
+pub struct UnknownMode(pub String);
+
+impl std::str::FromStr for Mode {
+    type Err = UnknownMode;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Mode::ALL
+            .into_iter()
+            .find(|m| m.as_str() == s)
+            .ok_or_else(|| UnknownMode(s.to_string()))
+    }
 }
 
 /// One `(containerID, ifname)` pair from a GC request.
@@ -131,13 +167,8 @@ impl NetConf {
         }
 
         let mode = match str_field(&obj, "mode")?.as_deref() {
-            None | Some("vpc") => Mode::Vpc,
-            Some("overlay") => Mode::Overlay,
-            Some(other) => {
-                return Err(bad(format!(
-                    "mode {other:?} must be \"vpc\" or \"overlay\""
-                )))
-            }
+            None => Mode::Vpc,
+            Some(name) => name.parse().map_err(|e: UnknownMode| bad(e.to_string()))?,
         };
         let agent_socket = str_field(&obj, "agentSocket")?
             .map(PathBuf::from)
