@@ -1,12 +1,44 @@
+//! What the agent is told to do (the `podwire-agent` flags), one
+//! configuration per mode: a vpc agent has no pod CIDR and an overlay agent
+//! no EC2 endpoint, and the types say so.
+
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// How the agent runs (flags of `podwire-agent`).
+use podwire_cni::config::Mode;
+
+/// The agent's socket when nothing else is said; the plugin's conflist
+/// default (`agentSocket`) is the same path.
+pub const DEFAULT_SOCKET: &str = podwire_cni::config::DEFAULT_AGENT_SOCKET;
+
+/// How the agent runs.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
     pub node_name: String,
     pub socket: PathBuf,
     pub state_dir: PathBuf,
+    pub mode: ModeConfig,
+}
+
+/// The per-mode half of the configuration.
+#[derive(Debug, Clone)]
+pub enum ModeConfig {
+    Vpc(VpcConfig),
+    Overlay(OverlayConfig),
+}
+
+impl ModeConfig {
+    pub fn mode(&self) -> Mode {
+        match self {
+            ModeConfig::Vpc(_) => Mode::Vpc,
+            ModeConfig::Overlay(_) => Mode::Overlay,
+        }
+    }
+}
+
+/// vpc mode: pod addresses are secondary IPs of the node's ENIs.
+#[derive(Debug, Clone)]
+pub struct VpcConfig {
     pub imds_endpoint: String,
     /// EC2 endpoint; `None` = `https://ec2.<region>.amazonaws.com`.
     pub ec2_endpoint: Option<String>,
@@ -20,10 +52,6 @@ pub struct AgentConfig {
     /// At most one return of surplus addresses to the cloud this often.
     pub pool_decrease_interval: Duration,
     pub eni_mtu: u32,
-    /// How long ADD may wait for the cloud when the pool is empty.
-    pub add_wait: Duration,
-    /// Set in overlay mode (the vpc fields above are then unused).
-    pub overlay: Option<OverlayConfig>,
 }
 
 /// overlay mode: a pod CIDR in blocks, VXLAN between nodes.

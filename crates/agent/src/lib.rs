@@ -1,23 +1,27 @@
-//! `podwire-agent`: one per node. In vpc mode it learns its instance through
-//! IMDSv2, keeps a warm pool of ENI secondary addresses through the EC2 API,
-//! brings new ENIs up in the kernel, and serves the plugin over a root-only
-//! Unix socket. Every allocation is checkpointed before it is answered, so a
-//! restarted agent knows every pod's address and never hands one out twice.
+//! `podwire-agent`: one per node. It owns the node's addresses and serves
+//! the plugin over a root-only Unix socket:
 //!
-//! Plain threads rather than an async runtime: the agent's work is a socket
-//! accept loop and one pool-manager loop, and threads keep its resident
-//! memory small.
+//! - vpc mode ([`vpc`]): learns its instance through IMDSv2, keeps a warm
+//!   pool of ENI secondary addresses through the EC2 API, brings new ENIs up
+//!   in the kernel; every allocation is checkpointed before it is answered.
+//! - overlay mode ([`overlay`]): claims blocks of the pod CIDR through the
+//!   datastore and converges VXLAN routes to every other node from it.
+//!
+//! Each mode is one module ending in its [`Backend`] implementation, the one
+//! seam the socket server ([`server`]) talks to. Plain threads rather than an
+//! async runtime: the agent's work is an accept loop and one background loop
+//! per mode, and threads keep its resident memory small.
 
 mod checkpoint;
 mod config;
 mod overlay;
-mod pool;
 mod server;
-mod state;
+mod vpc;
 
-pub use config::{AgentConfig, OverlayConfig};
+pub use config::{AgentConfig, ModeConfig, OverlayConfig, VpcConfig, DEFAULT_SOCKET};
 
 use std::sync::Arc;
+use std::time::Instant;
 
 /// Agent failures (start-up; the loops themselves log and carry on).
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +43,11 @@ pub enum AgentError {
     },
     #[error("{0}")]
     Config(String),
+    #[error("cannot start the {name} thread: {source}")]
+    Thread {
+        name: &'static str,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Store(#[from] podwire_store::StoreError),
     #[error(transparent)]
@@ -47,37 +56,38 @@ pub enum AgentError {
 
 /// What answers the plugin: one implementation per mode.
 pub(crate) trait Backend: Send + Sync {
-    fn handle(&self, req: podwire_proto::Request) -> podwire_proto::Response;
+    /// Answers one request. `deadline` is when the caller stops waiting: work
+    /// that cannot finish by then (waiting for the cloud) gives up before.
+    fn handle(&self, req: podwire_proto::Request, deadline: Instant) -> podwire_proto::Response;
 }
 
-impl Backend for state::Shared {
-    fn handle(&self, req: podwire_proto::Request) -> podwire_proto::Response {
-        state::Shared::handle(self, req)
-    }
+fn spawn(name: &'static str, f: impl FnOnce() + Send + 'static) -> Result<(), AgentError> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .map(|_| ())
+        .map_err(|source| AgentError::Thread { name, source })
 }
 
 /// Starts the agent and serves until the process is stopped.
 pub fn run(config: AgentConfig) -> Result<(), AgentError> {
-    if let Some(overlay) = &config.overlay {
-        let agent = Arc::new(overlay::OverlayAgent::start(&config, overlay)?);
-        let listener = server::bind(&config.socket)?;
-        tracing::info!(socket = %config.socket.display(), node = %config.node_name, "overlay agent ready");
-        let converger = Arc::clone(&agent);
-        std::thread::Builder::new()
-            .name("converge".into())
-            .spawn(move || converger.converge_forever())
-            .map_err(|e| AgentError::Config(format!("cannot start converge thread: {e}")))?;
-        server::serve(listener, agent);
-        return Ok(());
+    match &config.mode {
+        ModeConfig::Overlay(overlay) => {
+            let agent = Arc::new(overlay::OverlayAgent::start(&config, overlay)?);
+            let listener = server::bind(&config.socket)?;
+            tracing::info!(socket = %config.socket.display(), node = %config.node_name, "overlay agent ready");
+            let converger = Arc::clone(&agent);
+            spawn("converge", move || converger.converge_forever())?;
+            server::serve(listener, agent);
+        }
+        ModeConfig::Vpc(vpc) => {
+            let agent = Arc::new(vpc::VpcAgent::start(&config, vpc)?);
+            let listener = server::bind(&config.socket)?;
+            tracing::info!(socket = %config.socket.display(), node = %agent.node_name(), "vpc agent ready");
+            let manager = Arc::clone(&agent);
+            spawn("pool", move || vpc::pool::run(&manager))?;
+            server::serve(listener, agent);
+        }
     }
-    let shared = Arc::new(state::Shared::start(&config)?);
-    let listener = server::bind(&config.socket)?;
-    tracing::info!(socket = %config.socket.display(), node = %shared.node_name(), "agent ready");
-    let manager = Arc::clone(&shared);
-    std::thread::Builder::new()
-        .name("pool".into())
-        .spawn(move || pool::run(&manager))
-        .map_err(|e| AgentError::Config(format!("cannot start pool thread: {e}")))?;
-    server::serve(listener, shared);
     Ok(())
 }

@@ -71,6 +71,9 @@ pub struct NetConf {
     pub agent_socket: PathBuf,
     pub mtu: Option<u32>,
     pub veth_prefix: Option<String>,
+    /// `timeoutSeconds`: the one deadline of a plugin call, agent work
+    /// included (the agent is told how much of it is left).
+    pub timeout: std::time::Duration,
     pub prev_result: Option<CniResult>,
     /// GC: the attachments that are still valid.
     pub valid_attachments: Option<Vec<Attachment>>,
@@ -91,7 +94,13 @@ const SPEC_KEYS: &[&str] = &[
     "disableGC",
     "loadOnlyInlinedPlugins",
 ];
-const PODWIRE_KEYS: &[&str] = &["mode", "agentSocket", "mtu", "vethPrefix"];
+const PODWIRE_KEYS: &[&str] = &["mode", "agentSocket", "mtu", "vethPrefix", "timeoutSeconds"];
+
+/// `timeoutSeconds` when the conflist does not say: long enough for an ENI
+/// attachment (AWS documents up to 10 s) and a few retries.
+pub const DEFAULT_TIMEOUT_SECS: u64 = 60;
+/// The most `timeoutSeconds` may say.
+pub const MAX_TIMEOUT_SECS: u64 = 600;
 
 fn bad(msg: String) -> CniError {
     CniError::new(Code::InvalidConfig, msg)
@@ -182,7 +191,7 @@ impl NetConf {
         let mtu = match obj.get("mtu") {
             None | Some(Value::Null) => None,
             Some(v) => match v.as_u64() {
-                Some(m) if (576..=9001).contains(&m) => Some(m as u32),
+                Some(m) if (576..=9001).contains(&m) => u32::try_from(m).ok(),
                 _ => return Err(bad(format!("mtu {v} must be a number from 576 to 9001"))),
             },
         };
@@ -198,6 +207,18 @@ impl NetConf {
                 return Err(bad(format!("vethPrefix {p:?} is reserved")));
             }
         }
+        let timeout = match obj.get("timeoutSeconds") {
+            None | Some(Value::Null) => DEFAULT_TIMEOUT_SECS,
+            Some(v) => match v.as_u64() {
+                Some(t) if (1..=MAX_TIMEOUT_SECS).contains(&t) => t,
+                _ => {
+                    return Err(bad(format!(
+                        "timeoutSeconds {v} must be a whole number from 1 to {MAX_TIMEOUT_SECS}"
+                    )))
+                }
+            },
+        };
+        let timeout = std::time::Duration::from_secs(timeout);
         let prev_result = match obj.get("prevResult") {
             None | Some(Value::Null) => None,
             Some(v) => Some(CniResult::from_value(v)?),
@@ -220,6 +241,7 @@ impl NetConf {
             agent_socket,
             mtu,
             veth_prefix,
+            timeout,
             prev_result,
             valid_attachments,
         })
@@ -244,6 +266,13 @@ mod tests {
             (c.mode, c.mtu, c.veth_prefix.as_deref()),
             (Mode::Overlay, Some(8951), Some("cali"))
         );
+        assert_eq!(
+            c.timeout,
+            std::time::Duration::from_secs(DEFAULT_TIMEOUT_SECS)
+        );
+        let c = parse(r#"{"cniVersion":"1.0.0","name":"pw","type":"podwire","timeoutSeconds":5}"#)
+            .expect("ok");
+        assert_eq!(c.timeout, std::time::Duration::from_secs(5));
     }
 
     #[test]
@@ -274,6 +303,18 @@ mod tests {
             ),
             (
                 r#"{"cniVersion":"1.0.0","name":"pw","type":"podwire","vethPrefix":"toolong"}"#,
+                7,
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"pw","type":"podwire","timeoutSeconds":0}"#,
+                7,
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"pw","type":"podwire","timeoutSeconds":601}"#,
+                7,
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"pw","type":"podwire","timeoutSeconds":1.5}"#,
                 7,
             ),
         ];

@@ -6,24 +6,13 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
-use podwire_netlink::{sysctl, Handle, Link, MacAddr, Route, RouteScope, Rule, TABLE_MAIN};
+use podwire_netlink::{sysctl, Handle, Link, MacAddr, Route, RouteScope, Rule};
+
+use crate::routing::{
+    host_route, route_table_for, subnet_gateway, AGENT_ROUTE_PROTO, RULE_ENI_PRIMARY_PRIORITY,
+};
 
 use crate::{DataplaneError, Result};
-
-/// Route protocol number on every route the agent owns, so it can find its
-/// own routes again after a restart (`ip route show proto 80`).
-pub const AGENT_ROUTE_PROTO: u8 = 80;
-/// `from <ENI primary ip> lookup <ENI table>`.
-pub const RULE_ENI_PRIMARY_PRIORITY: u32 = 32765;
-
-/// The route table of the ENI at `device_number` (primary: main).
-pub fn route_table_for(device_number: u32) -> u32 {
-    if device_number == 0 {
-        TABLE_MAIN
-    } else {
-        device_number + 1
-    }
-}
 
 /// An attached ENI as the kernel should show it.
 #[derive(Debug, Clone)]
@@ -44,9 +33,10 @@ pub fn wait_for_link(h: &mut Handle, mac: MacAddr, timeout: Duration) -> Result<
             return Ok(l);
         }
         if Instant::now() >= deadline {
-            return Err(DataplaneError::Mismatch(format!(
-                "no interface with MAC {mac} appeared within {timeout:?}"
-            )));
+            return Err(DataplaneError::LinkTimeout {
+                mac,
+                waited: timeout,
+            });
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -64,13 +54,12 @@ pub fn set_loose_rp_filter(ifname: &str) -> Result<()> {
 /// route out of this ENI, and the rule for its own primary address.
 pub fn configure_secondary(h: &mut Handle, spec: &EniSpec, link: &Link) -> Result<()> {
     let table = route_table_for(spec.device_number);
-    let gw = Ipv4Addr::from(u32::from(spec.subnet.network()) + 1);
+    let gw = subnet_gateway(spec.subnet);
     if link.mtu != spec.mtu {
         h.set_mtu(link.index, spec.mtu)?;
     }
     set_loose_rp_filter(&link.name)?;
-    let addr = Ipv4Net::new(spec.primary_ip, spec.subnet.prefix_len())
-        .map_err(|e| DataplaneError::Mismatch(e.to_string()))?;
+    let addr = Ipv4Net::new(spec.primary_ip, spec.subnet.prefix_len())?;
     if let Err(e) = h.add_address(link.index, addr) {
         if !e.is_exists() {
             return Err(e.into());
@@ -89,7 +78,7 @@ pub fn configure_secondary(h: &mut Handle, spec: &EniSpec, link: &Link) -> Resul
         }
     }
     h.replace_route(
-        &Route::new(Ipv4Net::new(gw, 32).unwrap_or_default())
+        &Route::new(host_route(gw))
             .dev(link.index)
             .scope(RouteScope::Link)
             .table(table)
@@ -104,7 +93,7 @@ pub fn configure_secondary(h: &mut Handle, spec: &EniSpec, link: &Link) -> Resul
     )?;
     let rule = Rule {
         priority: RULE_ENI_PRIMARY_PRIORITY,
-        src: Some(Ipv4Net::new(spec.primary_ip, 32).unwrap_or_default()),
+        src: Some(host_route(spec.primary_ip)),
         dst: None,
         table,
     };

@@ -8,7 +8,7 @@ use crate::{DataplaneError, Result};
 
 /// Applies `rules` (nft syntax) atomically in the caller's network namespace.
 pub fn apply(rules: &str) -> Result<()> {
-    let fail = |m: String| DataplaneError::Mismatch(format!("nftables: {m}"));
+    let fail = DataplaneError::Nft;
     let mut child = Command::new("nft")
         .args(["-f", "-"])
         .stdin(Stdio::piped())

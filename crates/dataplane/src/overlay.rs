@@ -5,7 +5,7 @@
 //! multicast, no learning: everything comes from the datastore.
 //!
 //! [`converge`] makes the kernel match a [`Desired`] state and touches only
-//! what differs; every route it owns carries [`crate::eni::AGENT_ROUTE_PROTO`].
+//! what differs; every route it owns carries [`crate::routing::AGENT_ROUTE_PROTO`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -15,7 +15,7 @@ use podwire_netlink::{
     Batch, FdbEntry, Handle, Link, MacAddr, Neighbour, Route, RouteKind, VxlanSpec, TABLE_MAIN,
 };
 
-use crate::eni::AGENT_ROUTE_PROTO;
+use crate::routing::AGENT_ROUTE_PROTO;
 use crate::Result;
 
 pub const VXLAN_DEV: &str = "vxlan.podwire";

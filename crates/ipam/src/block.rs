@@ -109,6 +109,19 @@ impl Block {
     }
 }
 
+/// Whether a pool can be cut into blocks of `block_prefix` (the one rule,
+/// for the agent's flags and the lab's): /16 to /30 (a block needs room for
+/// the tunnel address and pods; a /16 is already 65,536 addresses), and no
+/// larger than the pool.
+pub fn check_block_size(pool: Ipv4Net, block_prefix: u8) -> Result<(), String> {
+    if !(16..=30).contains(&block_prefix) || block_prefix < pool.prefix_len() {
+        return Err(format!(
+            "block size /{block_prefix} must be /16 to /30 and not larger than the pool {pool}"
+        ));
+    }
+    Ok(())
+}
+
 /// The blocks a pool is cut into, in order.
 pub fn blocks_of(pool: Ipv4Net, block_prefix: u8) -> impl Iterator<Item = Ipv4Net> {
     pool.subnets(block_prefix).into_iter().flatten()
@@ -117,6 +130,18 @@ pub fn blocks_of(pool: Ipv4Net, block_prefix: u8) -> impl Iterator<Item = Ipv4Ne
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn block_sizes() {
+        let pool: Ipv4Net = "172.16.0.0/16".parse().expect("pool");
+        assert!(check_block_size(pool, 26).is_ok());
+        assert!(check_block_size(pool, 16).is_ok());
+        assert!(check_block_size(pool, 31).is_err());
+        assert!(check_block_size(pool, 15).is_err());
+        let small: Ipv4Net = "172.16.0.0/27".parse().expect("pool");
+        assert!(check_block_size(small, 26).is_err(), "larger than the pool");
+        assert!(check_block_size(small, 28).is_ok());
+    }
 
     #[test]
     fn assigns_lowest_first_and_tracks_emptiness() {

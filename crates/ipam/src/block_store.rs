@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::block::{blocks_of, Block, Holder};
 
 pub const PREFIX: &str = "/podwire/ipam/";
-const BLOCKS: &str = "/podwire/ipam/blocks/";
+pub const BLOCKS: &str = "/podwire/ipam/blocks/";
 const CONFIG: &str = "/podwire/ipam/config";
 /// Compare-and-swap rounds before giving up (contention is short-lived).
 const MAX_ROUNDS: usize = 200;

@@ -7,3 +7,7 @@ pub mod eni_pool;
 pub mod nodes;
 
 pub use eni_pool::{EniPool, PoolLimits, PoolPlan, PoolTargets};
+
+/// Every key podwire keeps in the datastore lives under this prefix (node
+/// records, IPAM blocks); the overlay agent follows all of it.
+pub const ROOT: &str = "/podwire/";

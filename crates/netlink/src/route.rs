@@ -94,11 +94,9 @@ impl Route {
         let mut msg = RouteMessage::default();
         msg.header.address_family = AddressFamily::Inet;
         msg.header.destination_prefix_length = self.dst.prefix_len();
-        msg.header.table = if self.table < 256 {
-            self.table as u8
-        } else {
-            252
-        };
+        // Tables above 255 do not fit the header: it then says
+        // RT_TABLE_COMPAT (252) and the table attribute carries the number.
+        msg.header.table = u8::try_from(self.table).unwrap_or(252);
         msg.header.protocol = RouteProtocol::from(self.protocol);
         msg.header.scope = match self.scope {
             RouteScope::Universe => NlScope::Universe,

@@ -22,11 +22,9 @@ impl Rule {
         let mut msg = RuleMessage::default();
         msg.header.family = AddressFamily::Inet;
         msg.header.action = RuleAction::ToTable;
-        msg.header.table = if self.table < 256 {
-            self.table as u8
-        } else {
-            252
-        };
+        // Tables above 255 do not fit the header: it then says
+        // RT_TABLE_COMPAT (252) and the table attribute carries the number.
+        msg.header.table = u8::try_from(self.table).unwrap_or(252);
         msg.attributes.push(RuleAttribute::Table(self.table));
         msg.attributes.push(RuleAttribute::Priority(self.priority));
         if let Some(src) = self.src {

@@ -36,6 +36,8 @@ impl Outcome {
 
 /// Runs one plugin call.
 pub fn run(env: &HashMap<String, String>, stdin: &[u8]) -> Outcome {
+    // The call's one deadline counts from here.
+    let started = std::time::Instant::now();
     // The error object echoes the version the runtime asked for, when known
     // (read only on the error path: the success path parses stdin once).
     let tag = |e: CniError| match requested_version(stdin) {
@@ -76,7 +78,7 @@ pub fn run(env: &HashMap<String, String>, stdin: &[u8]) -> Outcome {
             ),
         )));
     }
-    match verbs::dispatch(&inv, &conf) {
+    match verbs::dispatch(&inv, &conf, started) {
         Ok(stdout) => Outcome::ok(stdout),
         Err(e) => Outcome::err(tag(e)),
     }

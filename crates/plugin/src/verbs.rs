@@ -9,11 +9,11 @@ use podwire_cni::config::Mode;
 use podwire_cni::result::{Interface, IpConfig, RouteEntry};
 use podwire_cni::{CniError, Code, Command, Invocation, NetConf};
 use podwire_dataplane::names::host_veth_name;
-use podwire_dataplane::{vpc, DataplaneError};
+use podwire_dataplane::{pod, DataplaneError};
 use podwire_netlink::{Handle, MacAddr};
 use podwire_proto::{AddRequest, Allocation, AttachmentKey, Request, Response};
 
-use crate::agent;
+use crate::agent::{self, Agent};
 
 const DEFAULT_MTU: u32 = 9001;
 
@@ -34,13 +34,18 @@ fn host_mac(mode: Mode) -> Option<MacAddr> {
     }
 }
 
-pub fn dispatch(inv: &Invocation, conf: &NetConf) -> Result<String, CniError> {
+pub fn dispatch(
+    inv: &Invocation,
+    conf: &NetConf,
+    started: std::time::Instant,
+) -> Result<String, CniError> {
+    let agent = Agent::new(conf, started);
     match inv.command {
-        Command::Add => add(inv, conf),
-        Command::Del => del(inv, conf).map(|()| String::new()),
-        Command::Check => check(inv, conf).map(|()| String::new()),
-        Command::Status => status(conf).map(|()| String::new()),
-        Command::Gc => gc(conf).map(|()| String::new()),
+        Command::Add => add(inv, conf, &agent),
+        Command::Del => del(inv, conf, &agent).map(|()| String::new()),
+        Command::Check => check(inv, conf, &agent).map(|()| String::new()),
+        Command::Status => status(&agent).map(|()| String::new()),
+        Command::Gc => gc(conf, &agent).map(|()| String::new()),
         Command::Version => Ok(String::new()),
     }
 }
@@ -70,11 +75,15 @@ fn kernel_error(e: DataplaneError) -> CniError {
         DataplaneError::IfnameExists { .. } => CniError::new(Code::AlreadyExists, e.to_string()),
         DataplaneError::Netns { .. } => CniError::new(Code::UnknownContainer, e.to_string()),
         DataplaneError::Mismatch(m) => CniError::new(Code::CheckFailed, m),
-        DataplaneError::Netlink(_) => CniError::new(Code::Kernel, e.to_string()),
+        DataplaneError::Netlink(_)
+        | DataplaneError::Nft(_)
+        | DataplaneError::LinkTimeout { .. }
+        | DataplaneError::Prefix(_)
+        | DataplaneError::OwnedByOther { .. } => CniError::new(Code::Kernel, e.to_string()),
     }
 }
 
-fn add(inv: &Invocation, conf: &NetConf) -> Result<String, CniError> {
+fn add(inv: &Invocation, conf: &NetConf, agent: &Agent) -> Result<String, CniError> {
     let netns = inv.netns.as_deref().unwrap_or(Path::new(""));
     // Check the sandbox before taking an address, so a bad call changes nothing.
     if !netns.exists() {
@@ -90,7 +99,7 @@ fn add(inv: &Invocation, conf: &NetConf) -> Result<String, CniError> {
         pod_namespace: inv.pod.namespace.clone(),
         pod_name: inv.pod.name.clone(),
     });
-    let alloc = match agent::request(&conf.agent_socket, &req)? {
+    let alloc = match agent.request(&req)? {
         Response::Allocated { allocation } => allocation,
         other => return Err(agent::unexpected(other)),
     };
@@ -102,29 +111,26 @@ fn add(inv: &Invocation, conf: &NetConf) -> Result<String, CniError> {
     );
     // The agent knows the overlay's MTU; an explicit config value wins.
     let mtu = conf.mtu.or(alloc.mtu).unwrap_or(DEFAULT_MTU);
-    let spec = vpc::PodSpec {
+    let spec = pod::PodSpec {
         netns,
         ifname: &inv.ifname,
         host_veth: &host_veth,
         ip: alloc.ip,
         mtu,
-        route_table: alloc.route_table,
+        route_table: alloc.egress.route_table(),
         host_mac: host_mac(conf.mode),
     };
-    let links = match vpc::add_pod(&mut host, &spec) {
+    let links = match pod::add_pod(&mut host, &spec) {
         Ok(l) => l,
         Err(e) => {
             // Give the address back; the wiring already undid itself.
-            let _ = agent::request(
-                &conf.agent_socket,
-                &Request::Del {
-                    key: key(inv, conf),
-                },
-            );
+            let _ = agent.request(&Request::Del {
+                key: key(inv, conf),
+            });
             return Err(kernel_error(e));
         }
     };
-    tracing::info!(ip = %alloc.ip, veth = %host_veth, eni = %alloc.eni_id, "pod attached");
+    tracing::info!(ip = %alloc.ip, veth = %host_veth, table = alloc.egress.route_table(), "pod attached");
 
     let mut result = conf.prev_result.clone().unwrap_or_default();
     let base = result.interfaces.len();
@@ -146,25 +152,25 @@ fn add(inv: &Invocation, conf: &NetConf) -> Result<String, CniError> {
     });
     result.ips.push(IpConfig {
         address: Ipv4Net::new(alloc.ip, 32).unwrap_or_default(),
-        gateway: Some(vpc::GATEWAY),
+        gateway: Some(pod::GATEWAY),
         interface: Some(base + 1),
     });
     result.routes.push(RouteEntry {
         dst: Ipv4Net::default(),
-        gw: Some(vpc::GATEWAY),
+        gw: Some(pod::GATEWAY),
         scope: None,
     });
     Ok(result.to_value(conf.cni_version).to_string())
 }
 
-fn lookup(conf: &NetConf, key: AttachmentKey) -> Result<Option<Allocation>, CniError> {
-    match agent::request(&conf.agent_socket, &Request::Get { key })? {
+fn lookup(agent: &Agent, key: AttachmentKey) -> Result<Option<Allocation>, CniError> {
+    match agent.request(&Request::Get { key })? {
         Response::Found { allocation } => Ok(allocation),
         other => Err(agent::unexpected(other)),
     }
 }
 
-fn del(inv: &Invocation, conf: &NetConf) -> Result<(), CniError> {
+fn del(inv: &Invocation, conf: &NetConf, agent: &Agent) -> Result<(), CniError> {
     let mut host = host_handle()?;
     let veth = veth_for(
         conf,
@@ -172,7 +178,7 @@ fn del(inv: &Invocation, conf: &NetConf) -> Result<(), CniError> {
         inv.pod.name.as_deref(),
         &inv.container_id,
     );
-    let alloc = match lookup(conf, key(inv, conf)) {
+    let alloc = match lookup(agent, key(inv, conf)) {
         Ok(a) => a,
         Err(e) => {
             // Agent unreachable: still remove what lives in the kernel, using
@@ -180,28 +186,31 @@ fn del(inv: &Invocation, conf: &NetConf) -> Result<(), CniError> {
             // address is released once the agent is back.
             if let Some(prev) = &conf.prev_result {
                 for ip in &prev.ips {
-                    let _ = teardown_unknown_table(&mut host, inv, &veth, ip.address.addr());
+                    let _ = pod::del_pod_by_ip(
+                        &mut host,
+                        inv.netns.as_deref(),
+                        &inv.ifname,
+                        &veth,
+                        ip.address.addr(),
+                    );
                 }
             }
             return Err(e);
         }
     };
     if let Some(a) = &alloc {
-        vpc::del_pod(
+        pod::del_pod(
             &mut host,
             inv.netns.as_deref(),
             &inv.ifname,
             &veth,
             a.ip,
-            a.route_table,
+            a.egress.route_table(),
         )
         .map_err(kernel_error)?;
-        match agent::request(
-            &conf.agent_socket,
-            &Request::Del {
-                key: key(inv, conf),
-            },
-        )? {
+        match agent.request(&Request::Del {
+            key: key(inv, conf),
+        })? {
             Response::Released { .. } => {}
             other => return Err(agent::unexpected(other)),
         }
@@ -213,25 +222,8 @@ fn del(inv: &Invocation, conf: &NetConf) -> Result<(), CniError> {
     Ok(())
 }
 
-fn teardown_unknown_table(
-    host: &mut Handle,
-    inv: &Invocation,
-    veth: &str,
-    ip: std::net::Ipv4Addr,
-) -> Result<(), CniError> {
-    let rules = host
-        .rules()
-        .map_err(|e| CniError::new(Code::Kernel, e.to_string()))?;
-    let table = rules
-        .iter()
-        .find(|r| r.priority == vpc::RULE_FROM_POD_PRIORITY && r.src.map(|s| s.addr()) == Some(ip))
-        .map(|r| r.table)
-        .unwrap_or(podwire_netlink::TABLE_MAIN);
-    vpc::del_pod(host, inv.netns.as_deref(), &inv.ifname, veth, ip, table).map_err(kernel_error)
-}
-
-fn check(inv: &Invocation, conf: &NetConf) -> Result<(), CniError> {
-    let alloc = lookup(conf, key(inv, conf))?.ok_or_else(|| {
+fn check(inv: &Invocation, conf: &NetConf, agent: &Agent) -> Result<(), CniError> {
+    let alloc = lookup(agent, key(inv, conf))?.ok_or_else(|| {
         CniError::new(
             Code::UnknownContainer,
             format!(
@@ -256,28 +248,23 @@ fn check(inv: &Invocation, conf: &NetConf) -> Result<(), CniError> {
     );
     let netns = inv.netns.as_deref().unwrap_or(Path::new(""));
     let mut host = host_handle()?;
-    vpc::check_pod(
+    pod::check_pod(
         &mut host,
-        &vpc::PodSpec {
+        &pod::PodSpec {
             netns,
             ifname: &inv.ifname,
             host_veth: &veth,
             ip: alloc.ip,
             mtu: conf.mtu.or(alloc.mtu).unwrap_or(DEFAULT_MTU),
-            route_table: alloc.route_table,
+            route_table: alloc.egress.route_table(),
             host_mac: host_mac(conf.mode),
         },
     )
     .map_err(kernel_error)
 }
 
-fn status(conf: &NetConf) -> Result<(), CniError> {
-    let resp = podwire_proto::call(
-        &conf.agent_socket,
-        &Request::Status,
-        std::time::Duration::from_secs(5),
-    );
-    match resp {
+fn status(agent: &Agent) -> Result<(), CniError> {
+    match agent.call(&Request::Status) {
         Ok(Response::Status { status }) if status.ready => Ok(()),
         Ok(Response::Status { status }) => {
             Err(CniError::new(Code::PluginNotAvailable, status.message))
@@ -287,13 +274,13 @@ fn status(conf: &NetConf) -> Result<(), CniError> {
             Code::PluginNotAvailable,
             format!(
                 "podwire-agent is not available at {}: {e}",
-                conf.agent_socket.display()
+                agent.socket().display()
             ),
         )),
     }
 }
 
-fn gc(conf: &NetConf) -> Result<(), CniError> {
+fn gc(conf: &NetConf, agent: &Agent) -> Result<(), CniError> {
     let valid = conf
         .valid_attachments
         .clone()
@@ -305,13 +292,10 @@ fn gc(conf: &NetConf) -> Result<(), CniError> {
             ifname: a.ifname,
         })
         .collect();
-    let released = match agent::request(
-        &conf.agent_socket,
-        &Request::Gc {
-            network: conf.name.clone(),
-            valid,
-        },
-    )? {
+    let released = match agent.request(&Request::Gc {
+        network: conf.name.clone(),
+        valid,
+    })? {
         Response::Released { allocations } => allocations,
         other => return Err(agent::unexpected(other)),
     };
@@ -324,7 +308,7 @@ fn gc(conf: &NetConf) -> Result<(), CniError> {
             a.pod_name.as_deref(),
             &a.key.container_id,
         );
-        if let Err(e) = vpc::remove_host_side(&mut host, &veth, a.ip, a.route_table) {
+        if let Err(e) = pod::remove_host_side(&mut host, &veth, a.ip, a.egress.route_table()) {
             failures.push(format!("{}: {e}", a.key.container_id));
         }
     }

@@ -4,16 +4,29 @@
 //! Versioned: every message carries `v`; an agent answers a request of a
 //! version it does not speak with `ErrorKind::Protocol`, so an old plugin and a
 //! new agent (or the reverse) fail clearly instead of misreading each other.
-
-use std::io::{BufRead, BufReader, Write};
+//!
+//! v2 (this version): every request carries the time its caller still waits
+//! (`time_left_ms`), so the plugin's one deadline bounds the agent's work
+//! too; an allocation says how the pod's traffic leaves the node as an
+//! [`Egress`] enum instead of vpc-shaped fields; both sides read at most
+//! [`MAX_MESSAGE`] bytes per message.
+use std::io::{Read, Write};
 use std::net::Ipv4Addr;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// The largest message (one line, newline included) either side reads: a
+/// GC request listing thousands of attachments fits many times over.
+pub const MAX_MESSAGE: usize = 1 << 20;
+
+/// A request never asks the agent to work longer than this, whatever its
+/// caller claims.
+pub const MAX_TIME_LEFT: Duration = Duration::from_secs(600);
 
 /// What identifies one attachment (as the CNI spec does).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -51,19 +64,40 @@ pub enum Request {
     },
 }
 
+/// How a pod's traffic leaves the node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "via", rename_all = "snake_case")]
+pub enum Egress {
+    /// The node's main table: overlay mode, and vpc mode's primary ENI.
+    Main,
+    /// vpc mode, an address of a secondary ENI: `from <ip> lookup <table>`,
+    /// because the VPC drops what leaves an ENI with another ENI's address.
+    EniTable {
+        eni_id: String,
+        device_number: u32,
+        table: u32,
+    },
+}
+
+impl Egress {
+    /// The table traffic from the pod is routed by (254 = main).
+    pub fn route_table(&self) -> u32 {
+        match self {
+            Egress::Main => TABLE_MAIN,
+            Egress::EniTable { table, .. } => *table,
+        }
+    }
+}
+
+/// The kernel's main routing table.
+pub const TABLE_MAIN: u32 = 254;
+
 /// Where a pod's address lives and how its traffic must leave the node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Allocation {
     pub key: AttachmentKey,
     pub ip: Ipv4Addr,
-    /// The ENI that owns the address (vpc mode).
-    #[serde(default)]
-    pub eni_id: String,
-    /// 0 = primary ENI.
-    #[serde(default)]
-    pub device_number: u32,
-    /// Route table for traffic *from* the pod; 254 (main) on the primary ENI.
-    pub route_table: u32,
+    pub egress: Egress,
     #[serde(default)]
     pub pod_namespace: Option<String>,
     #[serde(default)]
@@ -121,9 +155,20 @@ pub enum Response {
     },
 }
 
+/// A request as the agent receives it: what is asked and how long the
+/// caller still waits for the answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Incoming {
+    pub request: Request,
+    pub time_left: Duration,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 struct Envelope<T> {
     v: u32,
+    /// Requests only: milliseconds the caller still waits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    time_left_ms: Option<u64>,
     #[serde(flatten)]
     body: T,
 }
@@ -139,86 +184,246 @@ pub enum ProtoError {
     Io(#[from] std::io::Error),
     #[error("agent message: {0}")]
     Json(#[from] serde_json::Error),
-    #[error("agent speaks protocol v{0}, this side speaks v{PROTOCOL_VERSION}")]
-    Version(u32),
-    #[error("agent closed the connection without answering")]
+    #[error("peer speaks protocol v{0}, this side speaks v{PROTOCOL_VERSION}")]
+    Version(u64),
+    #[error("peer closed the connection without a complete message")]
     Closed,
+    #[error("message longer than {MAX_MESSAGE} bytes")]
+    TooLong,
+    #[error("no answer within the deadline ({0:?})")]
+    Deadline(Duration),
+    #[error("request without time_left_ms")]
+    NoDeadline,
 }
 
-fn write_line<T: Serialize>(w: &mut impl Write, body: T) -> Result<(), ProtoError> {
+fn encode<T: Serialize>(body: T, time_left: Option<Duration>) -> Result<Vec<u8>, ProtoError> {
+    let time_left_ms = time_left.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     let mut line = serde_json::to_vec(&Envelope {
         v: PROTOCOL_VERSION,
+        time_left_ms,
         body,
     })?;
     line.push(b'\n');
-    w.write_all(&line)?;
+    Ok(line)
+}
+
+/// Reads one line of at most [`MAX_MESSAGE`] bytes, giving up at `deadline`.
+/// Reads in chunks and never past the first newline's chunk, so a peer that
+/// sends an endless line costs at most `MAX_MESSAGE` of memory.
+fn read_line_bounded(stream: &UnixStream, deadline: Instant) -> Result<Vec<u8>, ProtoError> {
+    let mut line = Vec::with_capacity(512);
+    let mut chunk = [0u8; 8192];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ProtoError::Deadline(Duration::ZERO));
+        }
+        stream.set_read_timeout(Some(left))?;
+        let mut r = stream;
+        let n = match r.read(&mut chunk) {
+            Ok(0) => return Err(ProtoError::Closed),
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(ProtoError::Deadline(left));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let got = chunk.get(..n).unwrap_or_default();
+        if let Some(pos) = got.iter().position(|b| *b == b'\n') {
+            line.extend_from_slice(got.get(..pos).unwrap_or_default());
+            if line.len() >= MAX_MESSAGE {
+                return Err(ProtoError::TooLong);
+            }
+            return Ok(line);
+        }
+        line.extend_from_slice(got);
+        if line.len() >= MAX_MESSAGE {
+            return Err(ProtoError::TooLong);
+        }
+    }
+}
+
+fn write_all_by(stream: &UnixStream, bytes: &[u8], deadline: Instant) -> Result<(), ProtoError> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(ProtoError::Deadline(Duration::ZERO));
+    }
+    stream.set_write_timeout(Some(left))?;
+    let mut w = stream;
+    w.write_all(bytes).map_err(|e| {
+        if matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ) {
+            ProtoError::Deadline(left)
+        } else {
+            ProtoError::Io(e)
+        }
+    })?;
     w.flush()?;
     Ok(())
 }
 
-fn read_line<T: for<'de> Deserialize<'de>>(r: &mut impl BufRead) -> Result<T, ProtoError> {
-    let mut line = String::new();
-    if r.read_line(&mut line)? == 0 {
-        return Err(ProtoError::Closed);
-    }
-    let raw: serde_json::Value = serde_json::from_str(&line)?;
+/// Checks the version first (so a peer of another version gets the
+/// protocol error rather than a parse error), then decodes.
+fn decode<T: for<'de> Deserialize<'de>>(line: &[u8]) -> Result<Envelope<T>, ProtoError> {
+    let raw: serde_json::Value = serde_json::from_slice(line)?;
     let v = raw
         .get("v")
         .and_then(serde_json::Value::as_u64)
-        .unwrap_or(0) as u32;
-    if v != PROTOCOL_VERSION {
+        .unwrap_or(0);
+    if v != u64::from(PROTOCOL_VERSION) {
         return Err(ProtoError::Version(v));
     }
-    let env: Envelope<T> = serde_json::from_value(raw)?;
-    Ok(env.body)
+    Ok(serde_json::from_value(raw)?)
 }
 
-/// Sends one request and waits for the answer.
-pub fn call(socket: &Path, request: &Request, timeout: Duration) -> Result<Response, ProtoError> {
+/// Sends one request and waits for the answer until `deadline`: connecting,
+/// writing and reading together never take longer.
+pub fn call(socket: &Path, request: &Request, deadline: Instant) -> Result<Response, ProtoError> {
     let stream = UnixStream::connect(socket).map_err(|source| ProtoError::Connect {
         path: socket.display().to_string(),
         source,
     })?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
-    let mut writer = &stream;
-    write_line(&mut writer, request)?;
-    let mut reader = BufReader::new(&stream);
-    read_line(&mut reader)
+    let time_left = deadline.saturating_duration_since(Instant::now());
+    write_all_by(&stream, &encode(request, Some(time_left))?, deadline)?;
+    let line = read_line_bounded(&stream, deadline)?;
+    Ok(decode::<Response>(&line)?.body)
 }
 
-/// Server side: reads the request of one connection.
-pub fn read_request(r: &mut impl BufRead) -> Result<Request, ProtoError> {
-    read_line(r)
+/// Server side: reads the request of one connection, waiting for it until
+/// `deadline` (a client that opens a connection and sends nothing, or sends
+/// slowly, holds it no longer).
+pub fn read_request(stream: &UnixStream, deadline: Instant) -> Result<Incoming, ProtoError> {
+    let line = read_line_bounded(stream, deadline)?;
+    let env = decode::<Request>(&line)?;
+    let ms = env.time_left_ms.ok_or(ProtoError::NoDeadline)?;
+    Ok(Incoming {
+        request: env.body,
+        time_left: Duration::from_millis(ms).min(MAX_TIME_LEFT),
+    })
 }
 
-/// Server side: writes the answer.
-pub fn write_response(w: &mut impl Write, response: &Response) -> Result<(), ProtoError> {
-    write_line(w, response)
+/// Server side: writes the answer, giving up at `deadline`.
+pub fn write_response(
+    stream: &UnixStream,
+    response: &Response,
+    deadline: Instant,
+) -> Result<(), ProtoError> {
+    write_all_by(stream, &encode(response, None)?, deadline)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn key() -> AttachmentKey {
+        AttachmentKey {
+            network: "n".into(),
+            container_id: "c".into(),
+            ifname: "eth0".into(),
+        }
+    }
+
+    fn soon() -> Instant {
+        Instant::now() + Duration::from_secs(5)
+    }
+
     #[test]
-    fn round_trip_and_version_check() {
-        let req = Request::Del {
-            key: AttachmentKey {
-                network: "n".into(),
-                container_id: "c".into(),
-                ifname: "eth0".into(),
-            },
-        };
-        let mut buf = Vec::new();
-        write_line(&mut buf, &req).expect("write");
-        let back: Request = read_request(&mut buf.as_slice()).expect("read");
-        assert_eq!(back, req);
-        let bad = br#"{"v":99,"op":"status"}
-"#;
+    fn round_trip_carries_the_time_left() {
+        let (a, b) = UnixStream::pair().expect("pair");
+        let req = Request::Del { key: key() };
+        write_all_by(
+            &a,
+            &encode(&req, Some(Duration::from_secs(7))).expect("enc"),
+            soon(),
+        )
+        .expect("write");
+        let got = read_request(&b, soon()).expect("read");
+        assert_eq!(got.request, req);
+        assert_eq!(got.time_left, Duration::from_secs(7));
+    }
+
+    #[test]
+    fn versions_are_compared_without_truncation() {
+        // 2^32 + 2 would read as 2 if the version were cast to u32.
+        for v in [99u64, (1u64 << 32) + 2, 0] {
+            let (a, b) = UnixStream::pair().expect("pair");
+            let line = format!("{{\"v\":{v},\"time_left_ms\":5,\"op\":\"status\"}}\n");
+            write_all_by(&a, line.as_bytes(), soon()).expect("write");
+            assert!(
+                matches!(read_request(&b, soon()), Err(ProtoError::Version(got)) if got == v),
+                "v={v}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_request_without_time_left_is_refused() {
+        let (a, b) = UnixStream::pair().expect("pair");
+        write_all_by(&a, b"{\"v\":2,\"op\":\"status\"}\n", soon()).expect("write");
         assert!(matches!(
-            read_request(&mut bad.as_slice()),
-            Err(ProtoError::Version(99))
+            read_request(&b, soon()),
+            Err(ProtoError::NoDeadline)
         ));
+    }
+
+    #[test]
+    fn the_time_left_is_capped() {
+        let (a, b) = UnixStream::pair().expect("pair");
+        let line = format!(
+            "{{\"v\":2,\"time_left_ms\":{},\"op\":\"status\"}}\n",
+            u64::MAX
+        );
+        write_all_by(&a, line.as_bytes(), soon()).expect("write");
+        assert_eq!(
+            read_request(&b, soon()).expect("read").time_left,
+            MAX_TIME_LEFT
+        );
+    }
+
+    #[test]
+    fn an_endless_line_stops_at_the_cap() {
+        let (a, b) = UnixStream::pair().expect("pair");
+        let writer = std::thread::spawn(move || {
+            let junk = vec![b'x'; 64 * 1024];
+            let mut w = &a;
+            // Until the reader hangs up.
+            while w.write_all(&junk).is_ok() {}
+        });
+        assert!(matches!(read_request(&b, soon()), Err(ProtoError::TooLong)));
+        drop(b);
+        writer.join().expect("writer");
+    }
+
+    #[test]
+    fn a_silent_peer_meets_the_deadline() {
+        let (_a, b) = UnixStream::pair().expect("pair");
+        let started = Instant::now();
+        let r = read_request(&b, Instant::now() + Duration::from_millis(100));
+        assert!(matches!(r, Err(ProtoError::Deadline(_))), "{r:?}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn egress_names_its_table() {
+        assert_eq!(Egress::Main.route_table(), TABLE_MAIN);
+        let e = Egress::EniTable {
+            eni_id: "eni-1".into(),
+            device_number: 1,
+            table: 2,
+        };
+        assert_eq!(e.route_table(), 2);
+        let json = serde_json::to_string(&e).expect("json");
+        assert_eq!(
+            json,
+            r#"{"via":"eni_table","eni_id":"eni-1","device_number":1,"table":2}"#
+        );
     }
 }

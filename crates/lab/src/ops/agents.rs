@@ -5,7 +5,7 @@ use super::*;
 /// The agent answers STATUS with free addresses ready.
 pub fn agent_ready(socket: &Path) -> bool {
     matches!(
-        podwire_proto::call(socket, &podwire_proto::Request::Status, Duration::from_secs(2)),
+        podwire_proto::call(socket, &podwire_proto::Request::Status, std::time::Instant::now() + Duration::from_secs(2)),
         Ok(podwire_proto::Response::Status { status }) if status.ready
     )
 }
@@ -15,7 +15,7 @@ pub(super) fn agent_status(socket: &Path) -> serde_json::Value {
     match podwire_proto::call(
         socket,
         &podwire_proto::Request::Status,
-        Duration::from_secs(1),
+        std::time::Instant::now() + Duration::from_secs(1),
     ) {
         Ok(podwire_proto::Response::Status { status }) => json!({
             "ready": status.ready, "free_ips": status.free_ips, "assigned_ips": status.assigned_ips, "message": status.message,

@@ -45,9 +45,11 @@ fn agent_assigned(lab: &Lab) -> u64 {
     match podwire_proto::call(
         std::path::Path::new(&sock),
         &podwire_proto::Request::Status,
-        std::time::Duration::from_secs(5),
+        std::time::Instant::now() + std::time::Duration::from_secs(5),
     ) {
-        Ok(podwire_proto::Response::Status { status }) => status.assigned_ips as u64,
+        Ok(podwire_proto::Response::Status { status }) => {
+            u64::try_from(status.assigned_ips).expect("fits")
+        }
         other => panic!("status: {other:?}"),
     }
 }

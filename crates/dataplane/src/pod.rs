@@ -1,4 +1,6 @@
-//! vpc mode: a pod's address is a secondary IP of one of the node's ENIs.
+//! A pod's attachment, in both modes: a routed veth. In vpc mode the
+//! address is a secondary IP of one of the node's ENIs; in overlay mode it
+//! comes from the node's block of the pod CIDR. The wiring is the same.
 //!
 //! Pod side: `<ip>/32` on the interface, `169.254.1.1 dev eth0 scope link`,
 //! `default via 169.254.1.1`, and a permanent neighbour entry for
@@ -19,14 +21,11 @@ use podwire_netlink::{
 };
 use sha1::{Digest, Sha1};
 
+use crate::routing::{host_route as host32, RULE_FROM_POD_PRIORITY, RULE_TO_POD_PRIORITY};
 use crate::{DataplaneError, Result};
 
 /// The pod's default gateway; nothing owns it, the neighbour entry answers.
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
-/// `to <pod ip> lookup main`: traffic to a pod always uses the main table.
-pub const RULE_TO_POD_PRIORITY: u32 = 512;
-/// `from <pod ip> lookup <eni table>`: pods on secondary ENIs leave by them.
-pub const RULE_FROM_POD_PRIORITY: u32 = 1536;
 
 /// What to build for one pod.
 #[derive(Debug, Clone)]
@@ -47,10 +46,6 @@ pub struct PodSpec<'a> {
 pub struct PodLinks {
     pub host: Link,
     pub container: Link,
-}
-
-fn host32(ip: Ipv4Addr) -> Ipv4Net {
-    Ipv4Net::new(ip, 32).unwrap_or_default()
 }
 
 fn pod_rules(ip: Ipv4Addr, route_table: u32) -> Vec<Rule> {
@@ -226,6 +221,33 @@ pub fn del_pod(
         }
     }
     remove_rules(host, ip, route_table)
+}
+
+/// Removes a pod when only its address is known (the agent is unreachable
+/// and the runtime's prevResult is all there is): the veth as [`del_pod`]
+/// does, and whichever of this module's rules name the address, whatever
+/// table they point to.
+pub fn del_pod_by_ip(
+    host: &mut Handle,
+    netns: Option<&Path>,
+    ifname: &str,
+    host_veth: &str,
+    ip: Ipv4Addr,
+) -> Result<()> {
+    del_pod(host, netns, ifname, host_veth, ip, TABLE_MAIN)?;
+    let ours = |r: &Rule| {
+        (r.priority == RULE_TO_POD_PRIORITY && r.dst == Some(host32(ip)) && r.src.is_none())
+            || (r.priority == RULE_FROM_POD_PRIORITY
+                && r.src == Some(host32(ip))
+                && r.dst.is_none())
+    };
+    for rule in host.rules()?.into_iter().filter(ours) {
+        match host.delete_rule(&rule) {
+            Err(e) if !e.is_not_found() => return Err(e.into()),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Verifies that a pod still looks as ADD left it.

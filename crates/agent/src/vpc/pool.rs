@@ -7,14 +7,19 @@ use std::time::{Duration, Instant};
 
 use podwire_cloud::Ec2Error;
 use podwire_dataplane::eni::{self, EniSpec};
+use podwire_dataplane::routing::route_table_for;
+use podwire_dataplane::DataplaneError;
 use podwire_ipam::PoolPlan;
 use podwire_netlink::{Handle, MacAddr};
 use podwire_proto::ErrorKind;
 
-use crate::state::Shared;
+use super::VpcAgent as Shared;
 
 const IDLE: Duration = Duration::from_secs(5);
 const BACKOFF: Duration = Duration::from_secs(2);
+/// How long an attached ENI may take to show up as a link (AWS documents
+/// attachments of up to 10 s).
+pub const ENI_LINK_WAIT: Duration = Duration::from_secs(30);
 
 pub fn run(shared: &Shared) {
     let mut last_release = Instant::now();
@@ -67,14 +72,22 @@ enum PoolError {
     #[error(transparent)]
     Ec2(#[from] Ec2Error),
     #[error("kernel: {0}")]
-    Kernel(String),
+    Kernel(#[from] DataplaneError),
+    #[error("kernel: {0}")]
+    Netlink(#[from] podwire_netlink::Error),
+    #[error("the cloud gave ENI {eni} an unusable MAC {mac:?}: {msg}")]
+    BadMac {
+        eni: String,
+        mac: String,
+        msg: String,
+    },
 }
 
 impl PoolError {
     fn code(&self) -> Option<&str> {
         match self {
             PoolError::Ec2(e) => e.code(),
-            PoolError::Kernel(_) => None,
+            _ => None,
         }
     }
 }
@@ -135,7 +148,11 @@ fn attach(shared: &Shared, device_index: u32, count: u32) -> Result<(), PoolErro
         }
         return Err(e.into());
     }
-    let mac: MacAddr = created.mac.parse().map_err(PoolError::Kernel)?;
+    let mac: MacAddr = created.mac.parse().map_err(|msg| PoolError::BadMac {
+        eni: created.id.clone(),
+        mac: created.mac.clone(),
+        msg,
+    })?;
     let spec = EniSpec {
         mac,
         device_number: device_index,
@@ -143,18 +160,13 @@ fn attach(shared: &Shared, device_index: u32, count: u32) -> Result<(), PoolErro
         subnet: node.subnet,
         mtu: shared.config.eni_mtu,
     };
-    let mut nl = Handle::new().map_err(|e| PoolError::Kernel(e.to_string()))?;
-    let link = eni::wait_for_link(&mut nl, mac, Duration::from_secs(10))
-        .map_err(|e| PoolError::Kernel(e.to_string()))?;
-    eni::configure_secondary(&mut nl, &spec, &link)
-        .map_err(|e| PoolError::Kernel(e.to_string()))?;
+    let mut nl = Handle::new()?;
+    let link = eni::wait_for_link(&mut nl, mac, ENI_LINK_WAIT)?;
+    eni::configure_secondary(&mut nl, &spec, &link)?;
     tracing::info!(eni = %created.id, device_index, link = %link.name, "ENI attached and configured");
     let mut st = shared.lock();
-    st.pool.add_eni(
-        &created.id,
-        device_index,
-        eni::route_table_for(device_index),
-    );
+    st.pool
+        .add_eni(&created.id, device_index, route_table_for(device_index));
     st.pool
         .add_ips(&created.id, &created.secondary_ips().collect::<Vec<_>>());
     Ok(())

@@ -1,10 +1,13 @@
-//! `podwire-agent`: the per-node daemon (vpc mode). Logs to stderr.
+//! `podwire-agent`: the per-node daemon, in vpc or overlay mode. Logs to
+//! stderr.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use podwire_agent_core::{AgentConfig, ModeConfig, OverlayConfig, VpcConfig};
+use podwire_cni::config::Mode;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -14,13 +17,13 @@ use clap::Parser;
 )]
 struct Args {
     /// Dataplane mode: `vpc` or `overlay`.
-    #[arg(long, default_value = "vpc", value_parser = ["vpc", "overlay"])]
-    mode: String,
+    #[arg(long, default_value = "vpc")]
+    mode: Mode,
     /// Name this node reports in messages (default: the host name).
     #[arg(long)]
     node_name: Option<String>,
     /// Unix socket the plugin talks to.
-    #[arg(long, default_value = "/run/podwire/agent.sock")]
+    #[arg(long, default_value = podwire_agent_core::DEFAULT_SOCKET)]
     socket: PathBuf,
     /// Where allocations are checkpointed (a tmpfs: pods do not outlive a boot).
     #[arg(long, default_value = "/run/podwire")]
@@ -83,43 +86,43 @@ fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
-    if !(16..=30).contains(&args.block_size) || args.block_size < args.pod_cidr.prefix_len() {
-        anyhow::bail!(
-            "--block-size {} must be 16-30 and not larger than --pod-cidr {}",
-            args.block_size,
-            args.pod_cidr
-        );
-    }
-    let overlay = (args.mode == "overlay").then(|| podwire_agent_core::OverlayConfig {
-        datastore: args.datastore.clone(),
-        pool: args.pod_cidr,
-        block_prefix: args.block_size,
-        strict_affinity: args.strict_affinity,
-        vni: args.vni,
-        port: args.vxlan_port,
-        underlay_dev: args.underlay_dev.clone(),
-        block_grace: Duration::from_secs(args.block_grace_secs),
-    });
-    let node_name = match args.node_name {
+    let node_name = match args.node_name.clone() {
         Some(n) => n,
         None => nix::unistd::gethostname()
             .context("reading the host name")?
             .to_string_lossy()
             .into_owned(),
     };
-    podwire_agent_core::run(podwire_agent_core::AgentConfig {
+    let mode = match args.mode {
+        Mode::Vpc => ModeConfig::Vpc(VpcConfig {
+            imds_endpoint: args.imds_endpoint,
+            ec2_endpoint: args.ec2_endpoint,
+            warm_ip_target: args.warm_ip_target,
+            minimum_ip_target: args.minimum_ip_target,
+            ip_cooldown: Duration::from_secs(args.ip_cooldown_secs),
+            pool_decrease_interval: Duration::from_secs(args.pool_decrease_interval_secs),
+            eni_mtu: args.eni_mtu,
+        }),
+        Mode::Overlay => {
+            podwire_ipam::block::check_block_size(args.pod_cidr, args.block_size)
+                .map_err(|e| anyhow::anyhow!("--block-size: {e}"))?;
+            ModeConfig::Overlay(OverlayConfig {
+                datastore: args.datastore,
+                pool: args.pod_cidr,
+                block_prefix: args.block_size,
+                strict_affinity: args.strict_affinity,
+                vni: args.vni,
+                port: args.vxlan_port,
+                underlay_dev: args.underlay_dev,
+                block_grace: Duration::from_secs(args.block_grace_secs),
+            })
+        }
+    };
+    podwire_agent_core::run(AgentConfig {
         node_name,
         socket: args.socket,
         state_dir: args.state_dir,
-        imds_endpoint: args.imds_endpoint,
-        ec2_endpoint: args.ec2_endpoint,
-        warm_ip_target: args.warm_ip_target,
-        minimum_ip_target: args.minimum_ip_target,
-        ip_cooldown: Duration::from_secs(args.ip_cooldown_secs),
-        pool_decrease_interval: Duration::from_secs(args.pool_decrease_interval_secs),
-        eni_mtu: args.eni_mtu,
-        add_wait: Duration::from_secs(30),
-        overlay,
+        mode,
     })?;
     Ok(())
 }

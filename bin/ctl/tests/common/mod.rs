@@ -14,8 +14,23 @@ pub fn podwirectl() -> &'static str {
     env!("CARGO_BIN_EXE_podwirectl")
 }
 
-pub fn plugin() -> &'static str {
-    env!("CARGO_BIN_EXE_podwire")
+/// A binary of another package of the workspace: cargo puts every binary
+/// in the same directory (`cargo build --workspace` builds them all first).
+pub fn sibling(name: &str) -> String {
+    let dir = std::path::Path::new(podwirectl())
+        .parent()
+        .expect("podwirectl lives in a directory");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace` before these tests",
+        path.display()
+    );
+    path.display().to_string()
+}
+
+pub fn plugin() -> String {
+    sibling("podwire")
 }
 
 /// These tests need root (namespaces, netlink, nftables). Not being root is
@@ -184,7 +199,8 @@ pub struct PluginRun {
 /// Runs the plugin inside `netns` as a runtime does.
 pub fn run_plugin(netns: &str, env: &[(&str, &str)], stdin: &str) -> PluginRun {
     let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", netns, plugin()])
+    let plugin = plugin();
+    cmd.args(["netns", "exec", netns, plugin.as_str()])
         .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
     for (k, v) in env {

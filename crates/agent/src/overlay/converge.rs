@@ -1,0 +1,140 @@
+//! overlay mode's convergence loop: a full read of the datastore at start
+//! and every [`RESYNC`], and in between only the delta of each change the
+//! watch announces, applied to the kernel in netlink batches (Felix's
+//! model: the work per change does not grow with the cluster).
+
+use std::time::{Duration, Instant};
+
+use podwire_dataplane::overlay::{self, VXLAN_DEV};
+
+use super::OverlayAgent;
+use crate::AgentError;
+
+/// A full resync (read everything, diff against the kernel) this often.
+const RESYNC: Duration = Duration::from_secs(30);
+/// Empty blocks are looked for this often.
+const BLOCK_GC_EVERY: Duration = Duration::from_secs(60);
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl OverlayAgent {
+    /// Reads everything and makes the kernel match (start-up, resync).
+    pub(super) fn converge_once(&self) -> Result<i64, AgentError> {
+        let started = Instant::now();
+        let snap = self.store.list(super::WATCHED)?;
+        let mut model = self.model.lock().unwrap_or_else(|p| p.into_inner());
+        model.nodes.clear();
+        model.blocks.clear();
+        for e in &snap.entries {
+            model.update(&e.key, Some(&e.value));
+        }
+        let d = model.desired(&self.node);
+        let mut nl = self.nl.lock().unwrap_or_else(|p| p.into_inner());
+        let vxlan = nl.link(VXLAN_DEV)?;
+        let c = overlay::converge(&mut nl, &vxlan, &d)?;
+        if c.added + c.removed > 0 {
+            tracing::info!(
+                added = c.added,
+                removed = c.removed,
+                routes = d.routes.len(),
+                peers = d.peers.len(),
+                took_ms = millis(started.elapsed()),
+                "converged"
+            );
+        }
+        model.applied = d;
+        Ok(snap.revision)
+    }
+
+    /// Applies one batch of datastore changes to the model and the kernel.
+    fn apply_events(&self, events: &[podwire_store::Event]) -> Result<(), AgentError> {
+        let started = Instant::now();
+        let mut model = self.model.lock().unwrap_or_else(|p| p.into_inner());
+        for ev in events {
+            match ev {
+                podwire_store::Event::Put(e) => model.update(&e.key, Some(&e.value)),
+                podwire_store::Event::Delete { key, .. } => model.update(key, None),
+                podwire_store::Event::Progress(_) => {}
+            }
+        }
+        let d = model.desired(&self.node);
+        if d == model.applied {
+            return Ok(());
+        }
+        let mut nl = self.nl.lock().unwrap_or_else(|p| p.into_inner());
+        let vxlan = nl.link(VXLAN_DEV)?;
+        let c = overlay::apply_delta(&mut nl, &vxlan, &model.applied, &d)?;
+        model.applied = d;
+        tracing::info!(
+            added = c.added,
+            removed = c.removed,
+            took_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            "applied change"
+        );
+        Ok(())
+    }
+
+    /// Converges, then follows the datastore's changes, resyncing fully now
+    /// and then and giving empty blocks back. Never returns.
+    pub fn converge_forever(&self) {
+        let mut last_gc = Instant::now();
+        loop {
+            let rev = match self.converge_once() {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!("converge: {e}");
+                    std::thread::sleep(Duration::from_secs(1));
+                    continue;
+                }
+            };
+            let rx = match self.store.watch(super::WATCHED, rev) {
+                Ok(rx) => rx,
+                Err(e) => {
+                    tracing::warn!("watch: {e}");
+                    std::thread::sleep(Duration::from_secs(1));
+                    continue;
+                }
+            };
+            let resync_at = Instant::now() + RESYNC;
+            loop {
+                match rx.recv_timeout(Duration::from_secs(5)) {
+                    Ok(Ok(ev)) => {
+                        // Take whatever else arrived with it, apply once.
+                        let mut batch = vec![ev];
+                        while let Ok(Ok(more)) = rx.try_recv() {
+                            batch.push(more);
+                        }
+                        if let Err(e) = self.apply_events(&batch) {
+                            tracing::warn!("applying changes: {e}");
+                            break;
+                        }
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!("watch: {e}");
+                        break;
+                    }
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+                if last_gc.elapsed() > BLOCK_GC_EVERY {
+                    last_gc = Instant::now();
+                    match self
+                        .ipam
+                        .release_empty_blocks(&self.node, self.cfg.block_grace.as_secs())
+                    {
+                        Ok(v) if !v.is_empty() => {
+                            tracing::info!(blocks = ?v, "released empty blocks")
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!("releasing empty blocks: {e}"),
+                    }
+                }
+                if Instant::now() >= resync_at {
+                    break;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! overlay mode's answers to the plugin: addresses come from the node's
+//! blocks through the block IPAM (which records every one under the
+//! attachment's handle), DEL and GC release exactly those handles.
+
+use std::net::Ipv4Addr;
+
+use podwire_ipam::block::Holder;
+use podwire_ipam::block_store::IpamError;
+use podwire_ipam::nodes;
+use podwire_proto::{
+    AddRequest, Allocation, AttachmentKey, Egress, ErrorKind, Response, StatusInfo,
+};
+
+use super::OverlayAgent;
+
+/// The handle an attachment's address is recorded under.
+fn handle_of(key: &AttachmentKey) -> String {
+    if key.ifname == "eth0" {
+        format!("{}.{}", key.network, key.container_id)
+    } else {
+        format!("{}.{}.{}", key.network, key.container_id, key.ifname)
+    }
+}
+
+fn ipam_error(e: IpamError) -> Response {
+    let kind = match &e {
+        IpamError::Exhausted { .. } => ErrorKind::Exhausted,
+        IpamError::Store(_) | IpamError::Contention => ErrorKind::TryAgain,
+        _ => ErrorKind::Internal,
+    };
+    Response::Error {
+        kind,
+        message: e.to_string(),
+    }
+}
+
+impl OverlayAgent {
+    fn allocation(&self, key: &AttachmentKey, ip: Ipv4Addr, h: &Holder) -> Allocation {
+        Allocation {
+            key: key.clone(),
+            ip,
+            egress: Egress::Main,
+            pod_namespace: h.attrs.get("pod_namespace").cloned(),
+            pod_name: h.attrs.get("pod_name").cloned(),
+            mtu: Some(self.mtu),
+        }
+    }
+
+    pub(super) fn add(&self, req: AddRequest) -> Response {
+        let handle = handle_of(&req.key);
+        match self.ipam.find(&handle) {
+            Ok(Some((ip, _))) => {
+                return Response::Error {
+                    kind: ErrorKind::AlreadyExists,
+                    message: format!(
+                        "container {} already has {ip} on {} (DEL it first)",
+                        req.key.container_id, req.key.ifname
+                    ),
+                }
+            }
+            Ok(None) => {}
+            Err(e) => return ipam_error(e),
+        }
+        let mut holder = Holder::new(&handle, &self.node);
+        holder.attrs.insert("ifname".into(), req.key.ifname.clone());
+        if let Some(ns) = &req.pod_namespace {
+            holder.attrs.insert("pod_namespace".into(), ns.clone());
+        }
+        if let Some(n) = &req.pod_name {
+            holder.attrs.insert("pod_name".into(), n.clone());
+        }
+        match self.ipam.allocate_for(&holder) {
+            Ok(a) => {
+                tracing::info!(ip = %a.ip, block = %a.block, borrowed = a.borrowed, %handle, "address assigned");
+                Response::Allocated {
+                    allocation: self.allocation(&req.key, a.ip, &holder),
+                }
+            }
+            Err(e) => ipam_error(e),
+        }
+    }
+
+    pub(super) fn get(&self, key: &AttachmentKey) -> Response {
+        match self.ipam.find(&handle_of(key)) {
+            Ok(Some((ip, b))) => {
+                let holder = b
+                    .find(&handle_of(key))
+                    .map(|(_, h)| h.clone())
+                    .unwrap_or_else(|| Holder::new("", &self.node));
+                Response::Found {
+                    allocation: Some(self.allocation(key, ip, &holder)),
+                }
+            }
+            Ok(None) => Response::Found { allocation: None },
+            Err(e) => ipam_error(e),
+        }
+    }
+
+    pub(super) fn del(&self, key: &AttachmentKey) -> Response {
+        let found = match self.get(key) {
+            Response::Found { allocation } => allocation,
+            other => return other,
+        };
+        match self.ipam.release(&handle_of(key)) {
+            Ok(_) => Response::Released {
+                allocations: found.into_iter().collect(),
+            },
+            Err(e) => ipam_error(e),
+        }
+    }
+
+    pub(super) fn gc(&self, network: &str, valid: &[AttachmentKey]) -> Response {
+        let keep: Vec<String> = valid.iter().map(handle_of).collect();
+        let blocks = match self.ipam.blocks() {
+            Ok(b) => b,
+            Err(e) => return ipam_error(e),
+        };
+        let mut released = Vec::new();
+        for (b, _) in blocks {
+            for (ord, h) in &b.allocations {
+                let ours = h.node == self.node && h.handle.starts_with(&format!("{network}."));
+                if ours && !keep.contains(&h.handle) {
+                    let container_id = h
+                        .handle
+                        .trim_start_matches(&format!("{network}."))
+                        .to_string();
+                    let ifname = h
+                        .attrs
+                        .get("ifname")
+                        .cloned()
+                        .unwrap_or_else(|| "eth0".into());
+                    let key = AttachmentKey {
+                        network: network.to_string(),
+                        container_id,
+                        ifname,
+                    };
+                    if let Err(e) = self.ipam.release(&h.handle) {
+                        return ipam_error(e);
+                    }
+                    released.push(self.allocation(&key, b.addr(*ord), h));
+                }
+            }
+        }
+        Response::Released {
+            allocations: released,
+        }
+    }
+
+    pub(super) fn status(&self) -> Response {
+        let (ready, message) = match self.store.get(&nodes::node_key(&self.node)) {
+            Ok(_) => (true, format!("datastore reachable; pod MTU {}", self.mtu)),
+            Err(e) => (false, e.to_string()),
+        };
+        // Addresses in this node's own blocks (more blocks can be claimed).
+        let (free, assigned) = self
+            .ipam
+            .blocks()
+            .map(|bs| {
+                bs.iter()
+                    .filter(|(b, _)| b.affinity.as_deref() == Some(self.node.as_str()))
+                    .fold((0usize, 0usize), |(f, a), (b, _)| {
+                        (
+                            f + b.free() as usize,
+                            a + b
+                                .allocations
+                                .values()
+                                .filter(|h| h.handle != super::tunnel_handle(&h.node))
+                                .count(),
+                        )
+                    })
+            })
+            .unwrap_or((0, 0));
+        Response::Status {
+            status: StatusInfo {
+                node: self.node.clone(),
+                ready,
+                free_ips: free,
+                assigned_ips: assigned,
+                message,
+            },
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! The agent in overlay mode: addresses from blocks of the pod CIDR
+//! (claimed through the datastore), a VXLAN device, and routes, neighbours
+//! and FDB entries to every other node, converged from the datastore at
+//! start-up and on every change it announces.
+//!
+//! [`model`] turns the datastore's records into the kernel state this node
+//! needs, [`converge`] keeps the kernel there, [`handlers`] answers the
+//! plugin; this module starts the node and ends with the mode's
+//! [`Backend`] implementation.
+
+mod converge;
+mod handlers;
+mod model;
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use ipnet::Ipv4Net;
+use podwire_dataplane::overlay::{self, DeviceSpec, VXLAN_DEV, VXLAN_OVERHEAD};
+use podwire_ipam::block_store::{BlockIpam, PoolConfig};
+use podwire_ipam::nodes::{self, NodeRecord};
+use podwire_netlink::{sysctl, Handle};
+use podwire_proto::{Request, Response};
+use podwire_store::Datastore;
+
+use crate::{AgentConfig, AgentError, Backend, OverlayConfig};
+use model::Model;
+
+/// Everything under it is followed: node records and IPAM blocks.
+const WATCHED: &str = podwire_ipam::ROOT;
+
+/// The IPAM handle of a node's own tunnel address.
+fn tunnel_handle(node: &str) -> String {
+    format!("tunnel.{node}")
+}
+
+pub struct OverlayAgent {
+    node: String,
+    store: Arc<dyn Datastore>,
+    ipam: BlockIpam,
+    cfg: OverlayConfig,
+    mtu: u32,
+    /// Held so the handle's netlink socket is not re-opened per change.
+    nl: Mutex<Handle>,
+    /// The datastore's nodes and blocks as last seen, and what was applied.
+    model: Mutex<Model>,
+}
+
+impl std::fmt::Debug for OverlayAgent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OverlayAgent")
+            .field("node", &self.node)
+            .field("mtu", &self.mtu)
+            .finish_non_exhaustive()
+    }
+}
+
+fn snat_rules(pool: Ipv4Net) -> String {
+    format!(
+        "table ip podwire {{}}\ndelete table ip podwire\ntable ip podwire {{\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    ip saddr {pool} ip daddr != {pool} oifname != \"{VXLAN_DEV}\" masquerade comment \"pods leave the pod network as the node\"\n  }}\n}}\n"
+    )
+}
+
+impl OverlayAgent {
+    pub fn start(config: &AgentConfig, cfg: &OverlayConfig) -> Result<OverlayAgent, AgentError> {
+        let node = config.node_name.clone();
+        let store: Arc<dyn Datastore> = Arc::from(podwire_store::open(&cfg.datastore)?);
+        let ipam = BlockIpam::open(
+            Arc::clone(&store),
+            PoolConfig {
+                pool: cfg.pool,
+                block_prefix: cfg.block_prefix,
+                strict_affinity: cfg.strict_affinity,
+            },
+        )?;
+        let mut nl = Handle::new()?;
+        let underlay = nl.link(&cfg.underlay_dev)?;
+        let underlay_ip = nl
+            .addresses(Some(underlay.index))?
+            .first()
+            .map(|(_, a)| a.addr())
+            .ok_or_else(|| {
+                AgentError::Config(format!("{} has no IPv4 address", cfg.underlay_dev))
+            })?;
+        let mtu = underlay.mtu.saturating_sub(VXLAN_OVERHEAD);
+        // The tunnel address: the first address of the node's first block.
+        let tunnel_handle = tunnel_handle(&node);
+        let tunnel_ip = match ipam.find(&tunnel_handle)? {
+            Some((ip, _)) => ip,
+            None => ipam.allocate(&node, &tunnel_handle)?.ip,
+        };
+        sysctl::write("net/ipv4/ip_forward", "1")?;
+        let vxlan = overlay::ensure_device(
+            &mut nl,
+            &DeviceSpec {
+                vni: cfg.vni,
+                port: cfg.port,
+                underlay_ip,
+                underlay_index: underlay.index,
+                mtu,
+                tunnel_ip,
+            },
+        )?;
+        let vtep_mac = vxlan
+            .mac
+            .ok_or_else(|| AgentError::Config("VXLAN device has no MAC".into()))?;
+        nodes::register(
+            store.as_ref(),
+            &NodeRecord {
+                name: node.clone(),
+                underlay_ip,
+                vtep_mac: vtep_mac.to_string(),
+                tunnel_ip,
+            },
+        )?;
+        podwire_dataplane::nft::apply(&snat_rules(cfg.pool))?;
+        tracing::info!(%node, %underlay_ip, %tunnel_ip, mtu, "overlay node registered");
+        let agent = OverlayAgent {
+            node,
+            store,
+            ipam,
+            cfg: cfg.clone(),
+            mtu,
+            nl: Mutex::new(nl),
+            model: Mutex::new(Model::default()),
+        };
+        agent.converge_once()?;
+        Ok(agent)
+    }
+}
+
+impl Backend for OverlayAgent {
+    fn handle(&self, req: Request, _deadline: Instant) -> Response {
+        match req {
+            Request::Add(a) => self.add(a),
+            Request::Del { key } => self.del(&key),
+            Request::Get { key } => self.get(&key),
+            Request::Status => self.status(),
+            Request::Gc { network, valid } => self.gc(&network, &valid),
+        }
+    }
+}

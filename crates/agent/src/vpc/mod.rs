@@ -1,0 +1,214 @@
+//! The agent in vpc mode: pod addresses are secondary IPs of the node's
+//! ENIs. This module holds the node's facts and the pool's state; the
+//! request handlers are in [`handlers`], the loop that keeps the warm pool
+//! filled in [`pool`]. It ends with the mode's [`Backend`] implementation.
+
+mod handlers;
+pub mod pool;
+
+use std::collections::BTreeMap;
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::Instant;
+
+use ipnet::Ipv4Net;
+use podwire_cloud::imds::InstanceIdentity;
+use podwire_cloud::{Credentials, Ec2Client, Imds};
+use podwire_dataplane::eni::{self, EniSpec};
+use podwire_dataplane::routing::route_table_for;
+use podwire_ipam::{EniPool, PoolLimits, PoolPlan, PoolTargets};
+use podwire_netlink::{sysctl, Handle, MacAddr};
+use podwire_proto::{Allocation, AttachmentKey, ErrorKind, Request, Response};
+
+use crate::checkpoint::Checkpoint;
+use crate::{AgentConfig, AgentError, Backend, VpcConfig};
+
+/// Facts about this node that do not change while the agent runs.
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
+    pub name: String,
+    pub instance_id: String,
+    pub instance_type: String,
+    pub subnet_id: String,
+    pub subnet: Ipv4Net,
+    pub security_groups: Vec<String>,
+    pub limits: PoolLimits,
+}
+
+#[derive(Debug)]
+pub struct State {
+    pub pool: EniPool,
+    pub allocations: BTreeMap<AttachmentKey, Allocation>,
+    /// The last plan the pool manager acted on.
+    pub last_plan: PoolPlan,
+    /// The last cloud failure, cleared by the next success.
+    pub cloud_error: Option<(ErrorKind, String)>,
+}
+
+#[derive(Debug)]
+pub struct VpcAgent {
+    pub node: NodeInfo,
+    pub config: VpcConfig,
+    pub ec2: Ec2Client,
+    pub checkpoint: Checkpoint,
+    state: Mutex<State>,
+    /// Signalled when the pool changes or an ADD needs addresses.
+    pub changed: Condvar,
+}
+
+fn credentials(imds: &Imds) -> Result<Credentials, AgentError> {
+    if let (Ok(ak), Ok(sk)) = (
+        std::env::var("AWS_ACCESS_KEY_ID"),
+        std::env::var("AWS_SECRET_ACCESS_KEY"),
+    ) {
+        return Ok(Credentials {
+            access_key_id: ak,
+            secret_access_key: sk,
+            session_token: std::env::var("AWS_SESSION_TOKEN").ok(),
+        });
+    }
+    Ok(imds.credentials()?)
+}
+
+fn owner(key: &AttachmentKey) -> String {
+    format!("{}/{}/{}", key.network, key.container_id, key.ifname)
+}
+
+impl VpcAgent {
+    /// Learns the instance, rebuilds the pool from the cloud and the
+    /// checkpoint, and prepares the kernel.
+    pub fn start(agent: &AgentConfig, config: &VpcConfig) -> Result<VpcAgent, AgentError> {
+        let imds = Imds::connect(&config.imds_endpoint)?;
+        let id: InstanceIdentity = imds.identity()?;
+        let creds = credentials(&imds)?;
+        let endpoint = config
+            .ec2_endpoint
+            .clone()
+            .unwrap_or_else(|| format!("https://ec2.{}.amazonaws.com", id.region));
+        let ec2 = Ec2Client::new(&endpoint, &id.region, creds);
+        let it = ec2.describe_instance_type(&id.instance_type)?;
+        let limits = PoolLimits {
+            max_enis: it.max_enis,
+            secondary_per_eni: it.ipv4_per_eni.saturating_sub(1),
+        };
+        let primary = id
+            .enis
+            .iter()
+            .find(|e| e.device_number == 0)
+            .ok_or_else(|| AgentError::Config("instance metadata lists no device-0 ENI".into()))?;
+        let node = NodeInfo {
+            name: agent.node_name.clone(),
+            instance_id: id.instance_id.clone(),
+            instance_type: id.instance_type.clone(),
+            subnet_id: primary.subnet_id.clone(),
+            subnet: primary.subnet_cidr,
+            security_groups: primary.security_groups.clone(),
+            limits,
+        };
+
+        // Node-wide kernel settings (idempotent).
+        sysctl::write("net/ipv4/ip_forward", "1")?;
+        let mut nl = Handle::new()?;
+        let primary_mac: MacAddr = id.primary_mac.parse().map_err(AgentError::Config)?;
+        if let Some(l) = nl.links()?.into_iter().find(|l| l.mac == Some(primary_mac)) {
+            eni::set_loose_rp_filter(&l.name)?;
+        }
+
+        let mut pool = EniPool::new(limits, config.ip_cooldown);
+        for e in ec2.describe_instance_enis(&id.instance_id)? {
+            let device = e.attachment.as_ref().map(|a| a.device_index).unwrap_or(0);
+            pool.add_eni(&e.id, device, route_table_for(device));
+            pool.add_ips(&e.id, &e.secondary_ips().collect::<Vec<_>>());
+            if device > 0 {
+                let mac: MacAddr = e.mac.parse().map_err(AgentError::Config)?;
+                let link = eni::wait_for_link(&mut nl, mac, pool::ENI_LINK_WAIT)?;
+                eni::configure_secondary(
+                    &mut nl,
+                    &EniSpec {
+                        mac,
+                        device_number: device,
+                        primary_ip: e.private_ip,
+                        subnet: node.subnet,
+                        mtu: config.eni_mtu,
+                    },
+                    &link,
+                )?;
+            }
+        }
+
+        let checkpoint = Checkpoint::new(&agent.state_dir)?;
+        let mut allocations = BTreeMap::new();
+        let saved = checkpoint.load()?;
+        let saved_len = saved.len();
+        for a in saved {
+            if pool.restore(a.ip, &owner(&a.key)) {
+                allocations.insert(a.key.clone(), a);
+            } else {
+                tracing::warn!(ip = %a.ip, container = %a.key.container_id, "checkpointed address is no longer on this instance; dropped");
+            }
+        }
+        if allocations.len() != saved_len {
+            checkpoint.save(&allocations.values().cloned().collect::<Vec<_>>())?;
+        }
+        tracing::info!(
+            instance = %node.instance_id, instance_type = %node.instance_type,
+            enis = pool.eni_count(), restored = allocations.len(), "state rebuilt"
+        );
+        Ok(VpcAgent {
+            node,
+            config: config.clone(),
+            ec2,
+            checkpoint,
+            state: Mutex::new(State {
+                pool,
+                allocations,
+                last_plan: PoolPlan::Satisfied,
+                cloud_error: None,
+            }),
+            changed: Condvar::new(),
+        })
+    }
+
+    pub fn node_name(&self) -> &str {
+        &self.node.name
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves consistent data (every change
+        // is a single insert/remove), so recover the guard.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn targets(&self) -> PoolTargets {
+        // Like the VPC CNI: an explicit minimum without a warm target means
+        // no warm margin; with neither, keep one ENI's worth free.
+        let warm = match (self.config.warm_ip_target, self.config.minimum_ip_target) {
+            (Some(w), _) => w,
+            (None, 0) => self.node.limits.secondary_per_eni,
+            (None, _) => 0,
+        };
+        PoolTargets {
+            warm,
+            minimum: self.config.minimum_ip_target,
+            whole_enis: self.config.warm_ip_target.is_none(),
+        }
+    }
+
+    fn save(&self, st: &State) -> Result<(), AgentError> {
+        self.checkpoint
+            .save(&st.allocations.values().cloned().collect::<Vec<_>>())
+    }
+}
+
+impl Backend for VpcAgent {
+    fn handle(&self, req: Request, deadline: Instant) -> Response {
+        match req {
+            Request::Add(add) => self.add(add, deadline),
+            Request::Del { key } => self.del(&key),
+            Request::Get { key } => Response::Found {
+                allocation: self.lock().allocations.get(&key).cloned(),
+            },
+            Request::Status => self.status(),
+            Request::Gc { network, valid } => self.gc(&network, &valid),
+        }
+    }
+}
