@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use podwire_agent_core::{AgentConfig, ModeConfig, OverlayConfig, VpcConfig};
+use podwire_agent_core::{
+    AgentConfig, BlockedDestination, ModeConfig, OverlayConfig, PodEgressGuard, VpcConfig,
+};
 use podwire_cni::config::Mode;
 
 #[derive(Debug, Parser)]
@@ -28,6 +30,14 @@ struct Args {
     /// Where allocations are checkpointed (a tmpfs: pods do not outlive a boot).
     #[arg(long, default_value = "/run/podwire")]
     state_dir: PathBuf,
+    /// Whether pods may reach the instance metadata service
+    /// (169.254.169.254): `deny` (default) or `allow`.
+    #[arg(long, default_value = "deny")]
+    pod_imds_access: Access,
+    /// More destinations pods may not reach: `CIDR[:PORT]`, comma-separated
+    /// (the datastore's and the cloud API's endpoints, for example).
+    #[arg(long, value_delimiter = ',')]
+    block_pod_egress: Vec<BlockedDestination>,
     /// Instance metadata service.
     #[arg(long, default_value = podwire_cloud::imds::DEFAULT_ENDPOINT)]
     imds_endpoint: String,
@@ -76,6 +86,12 @@ struct Args {
     block_grace_secs: u64,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Access {
+    Deny,
+    Allow,
+}
+
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -92,6 +108,10 @@ fn main() -> anyhow::Result<()> {
             .context("reading the host name")?
             .to_string_lossy()
             .into_owned(),
+    };
+    let pod_guard = PodEgressGuard {
+        deny_imds: args.pod_imds_access == Access::Deny,
+        blocked: args.block_pod_egress.clone(),
     };
     let mode = match args.mode {
         Mode::Vpc => ModeConfig::Vpc(VpcConfig {
@@ -122,6 +142,7 @@ fn main() -> anyhow::Result<()> {
         node_name,
         socket: args.socket,
         state_dir: args.state_dir,
+        pod_guard,
         mode,
     })?;
     Ok(())

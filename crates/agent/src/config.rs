@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use podwire_cni::config::Mode;
+pub use podwire_dataplane::nft::{BlockedDestination, PodEgressGuard};
 
 /// The agent's socket when nothing else is said; the plugin's conflist
 /// default (`agentSocket`) is the same path.
@@ -17,6 +18,9 @@ pub struct AgentConfig {
     pub node_name: String,
     pub socket: PathBuf,
     pub state_dir: PathBuf,
+    /// What pods on this node may not reach (IMDS, the datastore, the
+    /// cloud API), enforced with nftables before the first pod is served.
+    pub pod_guard: PodEgressGuard,
     pub mode: ModeConfig,
 }
 
@@ -32,6 +36,14 @@ impl ModeConfig {
         match self {
             ModeConfig::Vpc(_) => Mode::Vpc,
             ModeConfig::Overlay(_) => Mode::Overlay,
+        }
+    }
+
+    /// How the host ends of this mode's pod veths are named.
+    pub fn veth_prefix(&self) -> &'static str {
+        match self {
+            ModeConfig::Vpc(_) => podwire_dataplane::names::VPC_VETH_PREFIX,
+            ModeConfig::Overlay(_) => podwire_dataplane::names::OVERLAY_VETH_PREFIX,
         }
     }
 }

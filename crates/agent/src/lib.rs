@@ -18,7 +18,10 @@ mod overlay;
 mod server;
 mod vpc;
 
-pub use config::{AgentConfig, ModeConfig, OverlayConfig, VpcConfig, DEFAULT_SOCKET};
+pub use config::{
+    AgentConfig, BlockedDestination, ModeConfig, OverlayConfig, PodEgressGuard, VpcConfig,
+    DEFAULT_SOCKET,
+};
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -69,8 +72,32 @@ fn spawn(name: &'static str, f: impl FnOnce() + Send + 'static) -> Result<(), Ag
         .map_err(|source| AgentError::Thread { name, source })
 }
 
+/// The node's podwire nftables: the pod egress guard in both modes, SNAT
+/// out of the pod network in overlay mode. Applied before the socket is
+/// bound, so no pod is wired before its guard exists.
+fn node_rules(config: &AgentConfig) -> podwire_dataplane::nft::NodeRules {
+    let snat = match &config.mode {
+        ModeConfig::Overlay(o) => Some(podwire_dataplane::nft::Snat {
+            pod_cidr: o.pool,
+            keep_dev: podwire_dataplane::overlay::VXLAN_DEV.to_string(),
+        }),
+        ModeConfig::Vpc(_) => None,
+    };
+    podwire_dataplane::nft::NodeRules {
+        pod_iface_prefix: config.mode.veth_prefix().to_string(),
+        guard: config.pod_guard.clone(),
+        snat,
+    }
+}
+
 /// Starts the agent and serves until the process is stopped.
 pub fn run(config: AgentConfig) -> Result<(), AgentError> {
+    node_rules(&config).apply()?;
+    tracing::info!(
+        deny_imds = config.pod_guard.deny_imds,
+        blocked = ?config.pod_guard.blocked.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "pod egress guard in place"
+    );
     match &config.mode {
         ModeConfig::Overlay(overlay) => {
             let agent = Arc::new(overlay::OverlayAgent::start(&config, overlay)?);

@@ -2,6 +2,11 @@
 
 use sha1::{Digest, Sha1};
 
+/// Host veth prefix in vpc mode: `eni`, as the Amazon VPC CNI names them.
+pub const VPC_VETH_PREFIX: &str = "eni";
+/// Host veth prefix in overlay mode.
+pub const OVERLAY_VETH_PREFIX: &str = "pw";
+
 /// `prefix` + the first 11 hex digits of SHA-1 of `"<namespace>.<name>"`
 /// (the Amazon VPC CNI scheme, so operators find the same names), or of the
 /// container id when the runtime gave no pod name.

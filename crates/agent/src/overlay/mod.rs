@@ -15,8 +15,7 @@ mod model;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use ipnet::Ipv4Net;
-use podwire_dataplane::overlay::{self, DeviceSpec, VXLAN_DEV, VXLAN_OVERHEAD};
+use podwire_dataplane::overlay::{self, DeviceSpec, VXLAN_OVERHEAD};
 use podwire_ipam::block_store::{BlockIpam, PoolConfig};
 use podwire_ipam::nodes::{self, NodeRecord};
 use podwire_netlink::{sysctl, Handle};
@@ -53,12 +52,6 @@ impl std::fmt::Debug for OverlayAgent {
             .field("mtu", &self.mtu)
             .finish_non_exhaustive()
     }
-}
-
-fn snat_rules(pool: Ipv4Net) -> String {
-    format!(
-        "table ip podwire {{}}\ndelete table ip podwire\ntable ip podwire {{\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    ip saddr {pool} ip daddr != {pool} oifname != \"{VXLAN_DEV}\" masquerade comment \"pods leave the pod network as the node\"\n  }}\n}}\n"
-    )
 }
 
 impl OverlayAgent {
@@ -113,7 +106,6 @@ impl OverlayAgent {
                 tunnel_ip,
             },
         )?;
-        podwire_dataplane::nft::apply(&snat_rules(cfg.pool))?;
         tracing::info!(%node, %underlay_ip, %tunnel_ip, mtu, "overlay node registered");
         let agent = OverlayAgent {
             node,

@@ -1,0 +1,94 @@
+//! The nftables owner against a real `nft` in a private network namespace
+//! per test (needs root; the namespace vanishes with the test's thread).
+
+use std::process::Command;
+
+use podwire_dataplane::nft::{NodeRules, PodEgressGuard, Snat};
+
+fn private_netns() -> bool {
+    if !nix::unistd::Uid::effective().is_root() {
+        assert!(
+            std::env::var_os("PODWIRE_SKIP_ROOT_TESTS").is_some(),
+            "kernel tests need root (PODWIRE_SKIP_ROOT_TESTS=1 skips them)"
+        );
+        return false;
+    }
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
+    true
+}
+
+fn nft(args: &[&str]) -> String {
+    let out = Command::new("nft").args(args).output().expect("nft");
+    assert!(
+        out.status.success(),
+        "nft {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn rules(blocked: &[&str]) -> NodeRules {
+    NodeRules {
+        pod_iface_prefix: "pw".into(),
+        guard: PodEgressGuard {
+            deny_imds: true,
+            blocked: blocked.iter().map(|b| b.parse().expect("dest")).collect(),
+        },
+        snat: Some(Snat {
+            pod_cidr: "172.16.0.0/16".parse().expect("net"),
+            keep_dev: "vxlan.podwire".into(),
+        }),
+    }
+}
+
+#[test]
+fn reapplying_replaces_podwire_chains_and_keeps_what_others_put_there() {
+    if !private_netns() {
+        return;
+    }
+    rules(&["169.254.169.251:2379"])
+        .apply()
+        .expect("first apply");
+    // Someone else's chain in the same table must survive podwire's updates.
+    nft(&["add", "chain", "ip", "podwire", "operator-extra"]);
+    nft(&[
+        "add",
+        "rule",
+        "ip",
+        "podwire",
+        "operator-extra",
+        "counter",
+        "comment",
+        "\"kept\"",
+    ]);
+    rules(&["10.9.0.0/16"]).apply().expect("second apply");
+    let listed = nft(&["list", "table", "ip", "podwire"]);
+    assert!(listed.contains("\"kept\""), "{listed}");
+    assert!(listed.contains("10.9.0.0/16"), "{listed}");
+    assert!(
+        !listed.contains("2379"),
+        "the old guard must be replaced:\n{listed}"
+    );
+    // Once each: refilled, not appended to.
+    assert_eq!(
+        listed.matches("jump pod-egress-guard").count(),
+        2,
+        "{listed}"
+    );
+    assert_eq!(listed.matches("masquerade").count(), 1, "{listed}");
+    assert_eq!(listed.matches("169.254.169.254").count(), 1, "{listed}");
+}
+
+#[test]
+fn an_older_agents_table_is_taken_over_without_deleting_it() {
+    if !private_netns() {
+        return;
+    }
+    // What a v1 overlay agent left: the table with its SNAT chain.
+    let old = "table ip podwire {\n chain postrouting {\n type nat hook postrouting priority srcnat; policy accept;\n ip saddr 172.16.0.0/16 ip daddr != 172.16.0.0/16 oifname != \"vxlan.podwire\" masquerade\n }\n}\n";
+    podwire_dataplane::nft::apply(old).expect("old ruleset");
+    rules(&[]).apply().expect("take over");
+    let listed = nft(&["list", "table", "ip", "podwire"]);
+    assert_eq!(listed.matches("masquerade").count(), 1, "{listed}");
+    assert!(listed.contains("pod-egress-guard"), "{listed}");
+}
