@@ -4,6 +4,12 @@
 
 mod common;
 
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::os::unix::ffi::OsStringExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
 use common::*;
 use serde_json::{json, Value};
 
@@ -365,4 +371,118 @@ fn bad_input_gets_the_spec_code_and_changes_nothing() {
     assert_eq!(pod_wiring_snapshot(&node_ns), node_before);
     assert_eq!(kernel_snapshot(&pod.name), pod_before);
     assert_eq!(agent_assigned(&lab), 0);
+}
+
+/// One plugin run with raw (possibly non-UTF-8) environment and stdin, and a
+/// deadline: a plugin that hangs is killed (by its PID) and reported as such.
+#[derive(Debug)]
+struct RawRun {
+    timed_out: bool,
+    /// `None` when killed by a signal (a panic with `panic = "abort"`).
+    exit: Option<i32>,
+    stdout: String,
+    stderr: String,
+    json: Value,
+}
+
+fn os(s: &str) -> OsString {
+    OsString::from(s)
+}
+
+fn run_raw(node_ns: Option<&str>, env: &[(OsString, OsString)], stdin: Vec<u8>) -> RawRun {
+    let mut cmd = match node_ns {
+        // `ip netns exec` execs the plugin: the PID we kill is the plugin's.
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, plugin()]);
+            c
+        }
+        None => Command::new(plugin()),
+    };
+    cmd.env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn plugin");
+    let mut input = child.stdin.take().expect("stdin");
+    // The plugin may stop reading (stdin cap): a failed write is not an error.
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&stdin);
+    });
+    let mut out = child.stdout.take().expect("stdout");
+    let mut err = child.stderr.take().expect("stderr");
+    let reader_out = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = out.read_to_end(&mut b);
+        b
+    });
+    let reader_err = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = err.read_to_end(&mut b);
+        b
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut timed_out = false;
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st;
+        }
+        if Instant::now() > deadline {
+            timed_out = true;
+            let _ = child.kill();
+            break child.wait().expect("wait after kill");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = writer.join();
+    let stdout = String::from_utf8_lossy(&reader_out.join().expect("stdout")).into_owned();
+    let stderr = String::from_utf8_lossy(&reader_err.join().expect("stderr")).into_owned();
+    RawRun {
+        timed_out,
+        exit: status.code(),
+        json: serde_json::from_str(&stdout).unwrap_or(Value::Null),
+        stdout,
+        stderr,
+    }
+}
+
+/// Runtimes pass their whole environment; a variable that is not UTF-8 and
+/// not a CNI_ one is none of the plugin's business.
+#[test]
+fn non_utf8_environment_is_ignored_unless_it_is_a_cni_variable() {
+    let junk = (os("PWT_JUNK"), OsString::from_vec(vec![0x66, 0xff, 0xfe]));
+    let junk_key = (OsString::from_vec(vec![0xff, b'X']), os("1"));
+    let r = run_raw(
+        None,
+        &[
+            (os("CNI_COMMAND"), os("VERSION")),
+            junk.clone(),
+            junk_key.clone(),
+        ],
+        br#"{"cniVersion":"1.0.0"}"#.to_vec(),
+    );
+    assert_eq!(r.exit, Some(0), "{r:?}");
+    assert_eq!(r.json["supportedVersions"], json!(VERSIONS), "{r:?}");
+
+    // A CNI_ variable the verb needs that is not UTF-8: code 4, named.
+    let r = run_raw(
+        None,
+        &[
+            (os("CNI_COMMAND"), os("ADD")),
+            (os("CNI_CONTAINERID"), os("pwt1")),
+            (os("CNI_NETNS"), os("/run/netns/pwt-none")),
+            (os("CNI_IFNAME"), OsString::from_vec(vec![b'e', 0xff])),
+            junk,
+        ],
+        br#"{"cniVersion":"1.0.0","name":"pw","type":"podwire","agentSocket":"/run/podwire/pwt-none.sock"}"#
+            .to_vec(),
+    );
+    assert_eq!(r.exit, Some(1), "{r:?}");
+    assert_eq!(r.json["code"], 4, "{r:?}");
+    assert!(
+        r.json["msg"].as_str().unwrap_or("").contains("CNI_IFNAME"),
+        "{r:?}"
+    );
 }

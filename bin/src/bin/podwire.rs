@@ -19,8 +19,8 @@ fn main() {
     if let Err(e) = std::io::stdin().read_to_end(&mut stdin) {
         tracing::warn!("reading stdin: {e}");
     }
-    let env = std::env::vars().collect();
-    let outcome = podwire_plugin::run(&env, &stdin);
+    // OS strings: a non-UTF-8 variable the runtime passes on must not abort us.
+    let outcome = podwire_plugin::run(std::env::vars_os(), &stdin);
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(outcome.stdout.as_bytes());
     let _ = out.flush();

@@ -1,6 +1,11 @@
 //! The `CNI_*` environment of one plugin call, validated as the spec says.
+//!
+//! Runtimes pass their whole environment on, so it is read as OS strings:
+//! only `CNI_` variables are looked at, and only they can fail a call (a
+//! non-UTF-8 `HOME` or `LANG` is none of the plugin's business).
 
 use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
 
 use crate::{CniError, Code};
@@ -57,6 +62,45 @@ fn invalid(msg: String) -> CniError {
     CniError::new(Code::InvalidEnv, msg)
 }
 
+/// The `CNI_` variables of a call, as the OS gave them. Everything else in
+/// the environment is dropped unread.
+#[derive(Debug, Clone, Default)]
+struct CniVars(HashMap<String, OsString>);
+
+impl CniVars {
+    fn collect<I, K, V>(vars: I) -> CniVars
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<OsStr>,
+        V: AsRef<OsStr>,
+    {
+        CniVars(
+            vars.into_iter()
+                .filter_map(|(k, v)| {
+                    let k = k.as_ref().to_str()?;
+                    k.starts_with("CNI_")
+                        .then(|| (k.to_string(), v.as_ref().to_os_string()))
+                })
+                .collect(),
+        )
+    }
+
+    /// The value of `name`; empty counts as unset. Not UTF-8: code 4.
+    fn get(&self, name: &str) -> Result<Option<&str>, CniError> {
+        match self.0.get(name) {
+            None => Ok(None),
+            Some(v) => match v.to_str() {
+                Some("") => Ok(None),
+                Some(s) => Ok(Some(s)),
+                None => Err(invalid(format!(
+                    "{name} is not valid UTF-8 ({:?})",
+                    v.to_string_lossy()
+                ))),
+            },
+        }
+    }
+}
+
 /// Container ids follow the network-name pattern `^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$`.
 pub fn valid_container_id(id: &str) -> bool {
     let mut chars = id.chars();
@@ -100,24 +144,30 @@ fn parse_cni_args(raw: &str) -> PodArgs {
 }
 
 impl Invocation {
-    /// Reads the process environment.
+    /// Reads the process environment (as OS strings: never panics).
     pub fn from_env() -> Result<Invocation, CniError> {
-        Invocation::from_map(&std::env::vars().collect())
+        Invocation::from_vars(std::env::vars_os())
     }
 
-    /// Validates a call from an environment map.
-    pub fn from_map(env: &HashMap<String, String>) -> Result<Invocation, CniError> {
-        let get = |k: &str| env.get(k).map(String::as_str).filter(|v| !v.is_empty());
+    /// Validates a call from environment pairs; only `CNI_` names are read.
+    pub fn from_vars<I, K, V>(vars: I) -> Result<Invocation, CniError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<OsStr>,
+        V: AsRef<OsStr>,
+    {
+        let env = CniVars::collect(vars);
+        let get = |k: &str| env.get(k);
         let command_raw =
-            get("CNI_COMMAND").ok_or_else(|| invalid("CNI_COMMAND is not set".into()))?;
+            get("CNI_COMMAND")?.ok_or_else(|| invalid("CNI_COMMAND is not set".into()))?;
         let command = Command::parse(command_raw)
             .ok_or_else(|| invalid(format!("CNI_COMMAND {command_raw:?} is not a CNI verb")))?;
         let per_container = matches!(command, Command::Add | Command::Del | Command::Check);
 
         let mut missing = Vec::new();
-        let container_id = get("CNI_CONTAINERID").unwrap_or_default().to_string();
-        let ifname = get("CNI_IFNAME").unwrap_or_default().to_string();
-        let netns = get("CNI_NETNS").map(PathBuf::from);
+        let container_id = get("CNI_CONTAINERID")?.unwrap_or_default().to_string();
+        let ifname = get("CNI_IFNAME")?.unwrap_or_default().to_string();
+        let netns = get("CNI_NETNS")?.map(PathBuf::from);
         if per_container {
             if container_id.is_empty() {
                 missing.push("CNI_CONTAINERID");
@@ -129,7 +179,7 @@ impl Invocation {
                 missing.push("CNI_NETNS");
             }
         }
-        if command == Command::Gc && get("CNI_PATH").is_none() {
+        if command == Command::Gc && get("CNI_PATH")?.is_none() {
             missing.push("CNI_PATH");
         }
         if !missing.is_empty() {
@@ -158,7 +208,7 @@ impl Invocation {
                 )));
             }
         }
-        let cni_path = get("CNI_PATH")
+        let cni_path = get("CNI_PATH")?
             .map(|p| {
                 p.split(':')
                     .filter(|s| !s.is_empty())
@@ -171,7 +221,7 @@ impl Invocation {
             container_id,
             netns,
             ifname,
-            pod: parse_cni_args(get("CNI_ARGS").unwrap_or_default()),
+            pod: parse_cni_args(get("CNI_ARGS")?.unwrap_or_default()),
             cni_path,
         })
     }
@@ -180,6 +230,12 @@ impl Invocation {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Invocation {
+        fn from_map(env: &HashMap<String, String>) -> Result<Invocation, CniError> {
+            Invocation::from_vars(env)
+        }
+    }
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs
@@ -231,6 +287,27 @@ mod tests {
             let err = Invocation::from_map(&e).expect_err(&format!("{k}={v:?}"));
             assert_eq!(err.code, 4, "{k}={v:?}");
             assert!(err.msg.contains(named), "{k}={v:?}: {}", err.msg);
+        }
+    }
+
+    #[test]
+    fn non_utf8_is_ignored_outside_cni_vars_and_named_inside() {
+        use std::os::unix::ffi::OsStringExt;
+        let bad = || OsString::from_vec(vec![b'x', 0xff]);
+        let mut vars: Vec<(OsString, OsString)> = add_env()
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect();
+        vars.push(("LANG".into(), bad()));
+        vars.push((bad(), "1".into()));
+        assert!(Invocation::from_vars(vars.clone()).is_ok());
+        for name in ["CNI_IFNAME", "CNI_CONTAINERID", "CNI_COMMAND"] {
+            let mut v = vars.clone();
+            v.retain(|(k, _)| k != name);
+            v.push((name.into(), bad()));
+            let e = Invocation::from_vars(v).expect_err(name);
+            assert_eq!(e.code, 4, "{name}");
+            assert!(e.msg.contains(name) && e.msg.contains("UTF-8"), "{}", e.msg);
         }
     }
 

@@ -7,7 +7,7 @@
 mod agent;
 mod verbs;
 
-use std::collections::HashMap;
+use std::ffi::OsStr;
 
 use podwire_cni::config::requested_version;
 use podwire_cni::{CniError, Code, Command, Invocation, NetConf, Version};
@@ -34,15 +34,21 @@ impl Outcome {
     }
 }
 
-/// Runs one plugin call.
-pub fn run(env: &HashMap<String, String>, stdin: &[u8]) -> Outcome {
+/// Runs one plugin call. `env` is the whole environment as OS strings (as
+/// [`std::env::vars_os`] gives it); only its `CNI_` variables are read.
+pub fn run<I, K, V>(env: I, stdin: &[u8]) -> Outcome
+where
+    I: IntoIterator<Item = (K, V)>,
+    K: AsRef<OsStr>,
+    V: AsRef<OsStr>,
+{
     // The error object echoes the version the runtime asked for, when known
     // (read only on the error path: the success path parses stdin once).
     let tag = |e: CniError| match requested_version(stdin) {
         Ok(v) => e.for_version(&v),
         Err(_) => e,
     };
-    let inv = match Invocation::from_map(env) {
+    let inv = match Invocation::from_vars(env) {
         Ok(inv) => inv,
         Err(e) => return Outcome::err(tag(e)),
     };
