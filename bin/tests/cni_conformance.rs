@@ -486,3 +486,28 @@ fn non_utf8_environment_is_ignored_unless_it_is_a_cni_variable() {
         "{r:?}"
     );
 }
+
+/// libcni validates a conflist by calling VERSION with placeholders in the
+/// other CNI_ variables (podman 4 refused the network over `CNI_NETNS
+/// "dummy"`). VERSION needs only CNI_COMMAND.
+#[test]
+fn version_probe_with_libcni_placeholders() {
+    for stdin in [r#"{"cniVersion":"1.0.0"}"#, r#"{"cniVersion":"1.1.0"}"#] {
+        let r = run_raw(
+            None,
+            &[
+                (os("CNI_COMMAND"), os("VERSION")),
+                (os("CNI_CONTAINERID"), os("")),
+                (os("CNI_NETNS"), os("dummy")),
+                (os("CNI_IFNAME"), os("dummy")),
+                (os("CNI_ARGS"), os("")),
+                (os("CNI_PATH"), os("dummy")),
+            ],
+            stdin.as_bytes().to_vec(),
+        );
+        assert_eq!(r.exit, Some(0), "{r:?}");
+        let asked: Value = serde_json::from_str(stdin).expect("json");
+        assert_eq!(r.json["cniVersion"], asked["cniVersion"], "{r:?}");
+        assert_eq!(r.json["supportedVersions"], json!(VERSIONS), "{r:?}");
+    }
+}

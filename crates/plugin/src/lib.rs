@@ -87,3 +87,48 @@ where
         Err(e) => Outcome::err(tag(e)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    /// A socket path no agent listens on: calls that reach for the agent
+    /// fail with a known code, calls that must not reach it never get there.
+    pub(crate) const NO_AGENT: &str = "/run/podwire/pwt-no-such-agent.sock";
+
+    pub(crate) fn conf(version: &str, extra: &str) -> String {
+        format!(
+            r#"{{"cniVersion":"{version}","name":"pw","type":"podwire","agentSocket":"{NO_AGENT}"{extra}}}"#
+        )
+    }
+
+    pub(crate) fn code(o: &Outcome) -> u64 {
+        let v: Value = serde_json::from_str(&o.stdout).unwrap_or(Value::Null);
+        v["code"].as_u64().unwrap_or(0)
+    }
+
+    /// libcni's placeholders in the variables STATUS and GC do not need.
+    #[test]
+    fn status_and_gc_ignore_placeholder_variables() {
+        let placeholders = |verb: &'static str| {
+            vec![
+                ("CNI_COMMAND", verb),
+                ("CNI_CONTAINERID", ""),
+                ("CNI_NETNS", "dummy"),
+                ("CNI_IFNAME", "dummy"),
+                ("CNI_PATH", "dummy"),
+                ("CNI_ARGS", ""),
+            ]
+        };
+        let st = run(placeholders("STATUS"), conf("1.1.0", "").as_bytes());
+        assert_eq!(code(&st), 50, "{}", st.stdout);
+        let gc = run(
+            placeholders("GC"),
+            conf("1.1.0", r#","cni.dev/valid-attachments":[]"#).as_bytes(),
+        );
+        assert_eq!(code(&gc), 11, "{}", gc.stdout);
+        let v = run(placeholders("VERSION"), br#"{"cniVersion":"1.0.0"}"#);
+        assert_eq!(v.exit_code, 0, "{}", v.stdout);
+    }
+}
