@@ -181,6 +181,39 @@ fn del_without_netns_gc_both_keys_chaining_and_half_way_failures() {
     assert_eq!(agent_assigned(&lab), 0);
     assert_eq!(pod_wiring_snapshot(&node_ns), before);
 
+    // DEL with a FIFO as CNI_NETNS and the host veth already gone (so DEL
+    // would look into the pod): the path is ignored, the address released.
+    let pod = Netns::new("pw-t-conf2-fifo");
+    let add = call.run("ADD", "fifo1", &pod.path(), &conf, "fifo");
+    assert!(add.ok, "{}", add.stdout);
+    let veth = add.json["interfaces"][0]["name"]
+        .as_str()
+        .expect("veth")
+        .to_string();
+    ip(&["-n", &node_ns, "link", "del", &veth]);
+    let dir = tempfile::Builder::new()
+        .prefix("pwt-conf2-netns")
+        .tempdir()
+        .expect("tempdir");
+    let fifo = dir.path().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+    let args = os("IgnoreUnknown=1;K8S_POD_NAMESPACE=conf;K8S_POD_NAME=fifo");
+    let r = run_raw(
+        Some(&node_ns),
+        &[
+            (os("CNI_COMMAND"), os("DEL")),
+            (os("CNI_CONTAINERID"), os("fifo1")),
+            (os("CNI_IFNAME"), os("eth0")),
+            (os("CNI_NETNS"), fifo.as_os_str().to_owned()),
+            (os("CNI_ARGS"), args),
+        ],
+        conf.to_string().into_bytes(),
+    );
+    assert!(!r.timed_out && r.exit == Some(0), "DEL with a FIFO: {r:?}");
+    assert_eq!(agent_assigned(&lab), 0);
+    drop(pod);
+    assert_eq!(pod_wiring_snapshot(&node_ns), before);
+
     // GC keeps the valid attachment and releases the other, with either key.
     for key in ["cni.dev/valid-attachments", "cni.dev/attachments"] {
         let a = Netns::new("pw-t-conf2-a");
@@ -350,6 +383,43 @@ fn bad_input_gets_the_spec_code_and_changes_nothing() {
             pod_before,
             "{what} changed the pod"
         );
+    }
+
+    // CNI_NETNS that is no namespace: a FIFO (the plugin hung forever after
+    // the agent allocated), a file, a directory. Code 3, before the agent is
+    // asked, within a deadline; DEL ignores such a path.
+    let dir = tempfile::Builder::new()
+        .prefix("pwt-conf-netns")
+        .tempdir()
+        .expect("tempdir");
+    let fifo = dir.path().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"").expect("file");
+    for (verb, path) in [
+        ("ADD", &fifo),
+        ("ADD", &file),
+        ("ADD", &dir.path().to_path_buf()),
+        ("CHECK", &fifo),
+    ] {
+        let env = [
+            (os("CNI_COMMAND"), os(verb)),
+            (os("CNI_CONTAINERID"), os("bad3")),
+            (os("CNI_IFNAME"), os("eth0")),
+            (os("CNI_NETNS"), path.as_os_str().to_owned()),
+        ];
+        let r = run_raw(Some(&node_ns), &env, good.clone().into_bytes());
+        assert!(!r.timed_out, "{verb} {path:?} hung: {r:?}");
+        assert_eq!(r.json["code"], 3, "{verb} {path:?}: {r:?}");
+        assert!(
+            r.json["msg"]
+                .as_str()
+                .unwrap_or("")
+                .contains("not a network namespace"),
+            "{r:?}"
+        );
+        assert_eq!(agent_assigned(&lab), 0, "{verb} {path:?} allocated");
+        assert_eq!(pod_wiring_snapshot(&node_ns), node_before);
     }
 
     // Agent not running: STATUS 50, ADD 11 with a clear message, nothing made.

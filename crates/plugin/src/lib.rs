@@ -5,6 +5,7 @@
 //! exit status, so the binary stays a three-line `main`.
 
 mod agent;
+mod netns;
 mod verbs;
 
 use std::ffi::OsStr;
@@ -130,5 +131,43 @@ mod tests {
         assert_eq!(code(&gc), 11, "{}", gc.stdout);
         let v = run(placeholders("VERSION"), br#"{"cniVersion":"1.0.0"}"#);
         assert_eq!(v.exit_code, 0, "{}", v.stdout);
+    }
+
+    fn per_container<'a>(verb: &'a str, netns: &'a str) -> Vec<(&'a str, &'a str)> {
+        vec![
+            ("CNI_COMMAND", verb),
+            ("CNI_CONTAINERID", "pwt1"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_NETNS", netns),
+        ]
+    }
+
+    /// ADD and CHECK look at CNI_NETNS with statfs before anything else: a
+    /// FIFO (opening it would hang), a file or a directory is code 3 before
+    /// the agent is asked (here it would answer 11: there is none).
+    #[test]
+    fn add_and_check_refuse_a_netns_that_is_not_one_before_the_agent() {
+        let dir = tempfile::Builder::new()
+            .prefix("pwt-netns")
+            .tempdir()
+            .expect("tempdir");
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"").expect("file");
+        let missing = dir.path().join("missing");
+        for (verb, version) in [("ADD", "1.0.0"), ("CHECK", "1.0.0")] {
+            for path in [&fifo, &file, &dir.path().to_path_buf(), &missing] {
+                let p = path.to_str().expect("utf-8 temp path");
+                let o = run(per_container(verb, p), conf(version, "").as_bytes());
+                assert_eq!(code(&o), 3, "{verb} {p}: {}", o.stdout);
+                let msg = if path == &missing {
+                    "does not exist"
+                } else {
+                    "not a network namespace"
+                };
+                assert!(o.stdout.contains(msg), "{verb} {p}: {}", o.stdout);
+            }
+        }
     }
 }

@@ -13,7 +13,7 @@ use podwire_dataplane::{vpc, DataplaneError};
 use podwire_netlink::{Handle, MacAddr};
 use podwire_proto::{AddRequest, Allocation, AttachmentKey, Request, Response};
 
-use crate::agent;
+use crate::{agent, netns};
 
 const DEFAULT_MTU: u32 = 9001;
 
@@ -77,12 +77,7 @@ fn kernel_error(e: DataplaneError) -> CniError {
 fn add(inv: &Invocation, conf: &NetConf) -> Result<String, CniError> {
     let netns = inv.netns.as_deref().unwrap_or(Path::new(""));
     // Check the sandbox before taking an address, so a bad call changes nothing.
-    if !netns.exists() {
-        return Err(CniError::new(
-            Code::UnknownContainer,
-            format!("network namespace {} does not exist", netns.display()),
-        ));
-    }
+    netns::require(netns)?;
     let mut host = host_handle()?;
     let req = Request::Add(AddRequest {
         key: key(inv, conf),
@@ -165,6 +160,15 @@ fn lookup(conf: &NetConf, key: AttachmentKey) -> Result<Option<Allocation>, CniE
 }
 
 fn del(inv: &Invocation, conf: &NetConf) -> Result<(), CniError> {
+    // DEL must finish its work when the sandbox is gone or the path is no
+    // namespace at all (never open a FIFO): such a path is ignored.
+    let netns = inv.netns.as_deref().filter(|p| match netns::probe(p) {
+        netns::NetnsPath::Namespace => true,
+        other => {
+            tracing::info!(path = %p.display(), ?other, "DEL: CNI_NETNS ignored");
+            false
+        }
+    });
     let mut host = host_handle()?;
     let veth = veth_for(
         conf,
@@ -180,22 +184,15 @@ fn del(inv: &Invocation, conf: &NetConf) -> Result<(), CniError> {
             // address is released once the agent is back.
             if let Some(prev) = &conf.prev_result {
                 for ip in &prev.ips {
-                    let _ = teardown_unknown_table(&mut host, inv, &veth, ip.address.addr());
+                    let _ = teardown_unknown_table(&mut host, netns, inv, &veth, ip.address.addr());
                 }
             }
             return Err(e);
         }
     };
     if let Some(a) = &alloc {
-        vpc::del_pod(
-            &mut host,
-            inv.netns.as_deref(),
-            &inv.ifname,
-            &veth,
-            a.ip,
-            a.route_table,
-        )
-        .map_err(kernel_error)?;
+        vpc::del_pod(&mut host, netns, &inv.ifname, &veth, a.ip, a.route_table)
+            .map_err(kernel_error)?;
         match agent::request(
             &conf.agent_socket,
             &Request::Del {
@@ -215,6 +212,7 @@ fn del(inv: &Invocation, conf: &NetConf) -> Result<(), CniError> {
 
 fn teardown_unknown_table(
     host: &mut Handle,
+    netns: Option<&Path>,
     inv: &Invocation,
     veth: &str,
     ip: std::net::Ipv4Addr,
@@ -227,10 +225,12 @@ fn teardown_unknown_table(
         .find(|r| r.priority == vpc::RULE_FROM_POD_PRIORITY && r.src.map(|s| s.addr()) == Some(ip))
         .map(|r| r.table)
         .unwrap_or(podwire_netlink::TABLE_MAIN);
-    vpc::del_pod(host, inv.netns.as_deref(), &inv.ifname, veth, ip, table).map_err(kernel_error)
+    vpc::del_pod(host, netns, &inv.ifname, veth, ip, table).map_err(kernel_error)
 }
 
 fn check(inv: &Invocation, conf: &NetConf) -> Result<(), CniError> {
+    let netns = inv.netns.as_deref().unwrap_or(Path::new(""));
+    netns::require(netns)?;
     let alloc = lookup(conf, key(inv, conf))?.ok_or_else(|| {
         CniError::new(
             Code::UnknownContainer,
@@ -254,7 +254,6 @@ fn check(inv: &Invocation, conf: &NetConf) -> Result<(), CniError> {
         inv.pod.name.as_deref(),
         &inv.container_id,
     );
-    let netns = inv.netns.as_deref().unwrap_or(Path::new(""));
     let mut host = host_handle()?;
     vpc::check_pod(
         &mut host,
