@@ -581,3 +581,21 @@ fn version_probe_with_libcni_placeholders() {
         assert_eq!(r.json["supportedVersions"], json!(VERSIONS), "{r:?}");
     }
 }
+
+/// stdin is capped at 1 MiB (a 200 MB `args` value made the plugin hold
+/// 412 MB): larger is code 7 before anything is parsed, logs on stderr only.
+#[test]
+fn oversized_stdin_is_refused() {
+    let mut big = br#"{"cniVersion":"1.0.0","name":"pw","type":"podwire","args":{"x":""#.to_vec();
+    big.resize(big.len() + 2 * 1024 * 1024, b'a');
+    big.extend_from_slice(br#""}}"#);
+    let r = run_raw(None, &[(os("CNI_COMMAND"), os("VERSION"))], big);
+    assert!(!r.timed_out, "{r:?}");
+    assert_eq!(r.exit, Some(1), "{}", r.stderr);
+    assert_eq!(r.json["code"], 7, "{}", r.stdout);
+    assert!(
+        r.json["msg"].as_str().unwrap_or("").contains("1 MiB"),
+        "{}",
+        r.stdout
+    );
+}

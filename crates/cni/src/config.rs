@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use serde_json::{Map, Value};
 
+use crate::error::excerpt;
 use crate::{CniError, CniResult, Code, Version};
 
 /// Where pods get their addresses. The one mode type of the whole project:
@@ -145,7 +146,8 @@ impl NetConf {
             .ok_or_else(|| bad("required field \"name\" is missing".into()))?;
         if !valid_network_name(&name) {
             return Err(bad(format!(
-                "network name {name:?} must match ^[a-zA-Z0-9][a-zA-Z0-9_.\\-]*$"
+                "network name {:?} must match ^[a-zA-Z0-9][a-zA-Z0-9_.\\-]*$",
+                excerpt(&name)
             )));
         }
         let plugin_type = str_field(&obj, "type")?
@@ -159,7 +161,9 @@ impl NetConf {
                 return Err(CniError::new(
                     Code::UnsupportedField,
                     format!(
-                        "unsupported field {k:?} (value {v}) in network config; podwire accepts {}",
+                        "unsupported field {:?} (value {}) in network config; podwire accepts {}",
+                        excerpt(k),
+                        excerpt(&v.to_string()),
                         PODWIRE_KEYS.join(", ")
                     ),
                 ));
@@ -168,7 +172,9 @@ impl NetConf {
 
         let mode = match str_field(&obj, "mode")?.as_deref() {
             None => Mode::Vpc,
-            Some(name) => name.parse().map_err(|e: UnknownMode| bad(e.to_string()))?,
+            Some(name) => name
+                .parse()
+                .map_err(|_: UnknownMode| bad(UnknownMode(excerpt(name)).to_string()))?,
         };
         let agent_socket = str_field(&obj, "agentSocket")?
             .map(PathBuf::from)
@@ -191,7 +197,8 @@ impl NetConf {
             // The name is prefix + 11 hex digits and must fit 15 bytes.
             if p.is_empty() || p.len() > 4 || !p.chars().all(|c| c.is_ascii_alphanumeric()) {
                 return Err(bad(format!(
-                    "vethPrefix {p:?} must be 1-4 letters or digits"
+                    "vethPrefix {:?} must be 1-4 letters or digits",
+                    excerpt(p)
                 )));
             }
             if ["eth", "lo", "vlan"].contains(&p.as_str()) {
@@ -284,6 +291,13 @@ mod tests {
         let e = parse(r#"{"cniVersion":"1.0.0","name":"pw","type":"podwire","bogus":1}"#)
             .expect_err("2");
         assert!(e.msg.contains("bogus"));
+        // Outside input is echoed in short: the error object stays small.
+        let long = "é".repeat(10_000);
+        let e = parse(&format!(
+            r#"{{"cniVersion":"1.0.0","name":"pw","type":"podwire","{long}":"{long}"}}"#
+        ))
+        .expect_err("2");
+        assert!(e.msg.len() < 1000, "{}", e.msg.len());
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
 
+use crate::error::excerpt;
 use crate::{CniError, Code};
 
 /// The verb of a call.
@@ -99,7 +100,7 @@ impl CniVars {
                 Some(s) => Ok(Some(s)),
                 None => Err(invalid(format!(
                     "{name} is not valid UTF-8 ({:?})",
-                    v.to_string_lossy()
+                    excerpt(&v.to_string_lossy())
                 ))),
             },
         }
@@ -178,8 +179,12 @@ impl Invocation {
         let command_raw = env
             .get("CNI_COMMAND")?
             .ok_or_else(|| invalid("CNI_COMMAND is not set".into()))?;
-        let command = Command::parse(command_raw)
-            .ok_or_else(|| invalid(format!("CNI_COMMAND {command_raw:?} is not a CNI verb")))?;
+        let command = Command::parse(command_raw).ok_or_else(|| {
+            invalid(format!(
+                "CNI_COMMAND {:?} is not a CNI verb",
+                excerpt(command_raw)
+            ))
+        })?;
         match command {
             Command::Add | Command::Check | Command::Del => {
                 Invocation::per_container(command, &env)
@@ -227,16 +232,21 @@ impl Invocation {
         }
         if !valid_container_id(container_id) {
             return Err(invalid(format!(
-                "CNI_CONTAINERID {container_id:?} has characters other than letters, digits, '_', '.', '-' (or does not start with a letter or digit)"
+                "CNI_CONTAINERID {:?} has characters other than letters, digits, '_', '.', '-' (or does not start with a letter or digit)",
+                excerpt(container_id)
             )));
         }
         if !valid_ifname(ifname) {
             return Err(invalid(format!(
-                "CNI_IFNAME {ifname:?} is not a valid interface name (1-15 bytes, no '/', ':' or spaces, not '.' or '..')"
+                "CNI_IFNAME {:?} is not a valid interface name (1-15 bytes, no '/', ':' or spaces, not '.' or '..')",
+                excerpt(ifname)
             )));
         }
         if let Some(ns) = netns.as_deref().filter(|p| !p.is_absolute()) {
-            return Err(invalid(format!("CNI_NETNS {ns:?} is not an absolute path")));
+            return Err(invalid(format!(
+                "CNI_NETNS {:?} is not an absolute path",
+                excerpt(&ns.to_string_lossy())
+            )));
         }
         let pod = match env.raw("CNI_ARGS") {
             Some(raw) => parse_cni_args(raw)?,

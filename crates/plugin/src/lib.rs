@@ -9,6 +9,7 @@ mod netns;
 mod verbs;
 
 use std::ffi::OsStr;
+use std::io::Read;
 
 use podwire_cni::config::requested_version;
 use podwire_cni::{CniError, Code, Command, Invocation, NetConf, Version};
@@ -37,12 +38,19 @@ impl Outcome {
 
 /// Runs one plugin call. `env` is the whole environment as OS strings (as
 /// [`std::env::vars_os`] gives it); only its `CNI_` variables are read.
-pub fn run<I, K, V>(env: I, stdin: &[u8]) -> Outcome
+/// `stdin` is read to its end, at most 1 MiB
+/// ([`podwire_cni::input::MAX_CONFIG_BYTES`]).
+pub fn run<I, K, V>(env: I, stdin: impl Read) -> Outcome
 where
     I: IntoIterator<Item = (K, V)>,
     K: AsRef<OsStr>,
     V: AsRef<OsStr>,
 {
+    let stdin = match podwire_cni::input::read_config(stdin) {
+        Ok(bytes) => bytes,
+        Err(e) => return Outcome::err(e),
+    };
+    let stdin = stdin.as_slice();
     // The error object echoes the version the runtime asked for, when known
     // (read only on the error path: the success path parses stdin once).
     let tag = |e: CniError| match requested_version(stdin) {
@@ -129,7 +137,7 @@ mod tests {
             conf("1.1.0", r#","cni.dev/valid-attachments":[]"#).as_bytes(),
         );
         assert_eq!(code(&gc), 11, "{}", gc.stdout);
-        let v = run(placeholders("VERSION"), br#"{"cniVersion":"1.0.0"}"#);
+        let v = run(placeholders("VERSION"), &br#"{"cniVersion":"1.0.0"}"#[..]);
         assert_eq!(v.exit_code, 0, "{}", v.stdout);
     }
 
