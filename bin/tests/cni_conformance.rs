@@ -237,6 +237,26 @@ fn del_without_netns_gc_both_keys_chaining_and_half_way_failures() {
     }
     assert_eq!(pod_wiring_snapshot(&node_ns), before);
 
+    // GC without the key: code 7 naming it, nothing released (it used to
+    // unwire every pod). `null` (libcni's nil list): nothing is valid.
+    let n = Netns::new("pw-t-conf2-gcnull");
+    assert!(call.run("ADD", "gcnull", &n.path(), &conf, "gcnull").ok);
+    let r = call.run("GC", "", "", &conf, "");
+    assert_eq!(r.json["code"], 7, "GC without the key: {}", r.stdout);
+    assert!(
+        r.stdout.contains("cni.dev/valid-attachments"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(agent_assigned(&lab), 1, "GC without the key released");
+    let mut gc = conf.clone();
+    gc["cni.dev/valid-attachments"] = Value::Null;
+    let r = call.run("GC", "", "", &gc, "");
+    assert!(r.ok, "GC with null: {}", r.stdout);
+    assert_eq!(agent_assigned(&lab), 0, "GC with null kept something");
+    drop(n);
+    assert_eq!(pod_wiring_snapshot(&node_ns), before);
+
     // Chained after another plugin: its result is kept, ours appended.
     let c = Netns::new("pw-t-conf2-c");
     let mut chained = conf.clone();

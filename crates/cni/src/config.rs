@@ -60,6 +60,9 @@ pub struct Attachment {
     pub ifname: String,
 }
 
+/// The GC input key naming the attachments that are still valid.
+pub const VALID_ATTACHMENTS_KEY: &str = "cni.dev/valid-attachments";
+
 pub const DEFAULT_AGENT_SOCKET: &str = "/run/podwire/agent.sock";
 
 /// A validated podwire network configuration.
@@ -73,7 +76,8 @@ pub struct NetConf {
     pub mtu: Option<u32>,
     pub veth_prefix: Option<String>,
     pub prev_result: Option<CniResult>,
-    /// GC: the attachments that are still valid.
+    /// GC: the attachments that are still valid. `None` when the config has
+    /// no such key (GC refuses that); `null` or `[]` is `Some` of nothing.
     pub valid_attachments: Option<Vec<Attachment>>,
 }
 
@@ -115,6 +119,23 @@ pub fn requested_version(stdin: &[u8]) -> Result<String, CniError> {
         .and_then(Value::as_str)
         .map(str::to_string)
         .unwrap_or_else(|| Version::LATEST.to_string()))
+}
+
+/// GC's valid list: `cni.dev/valid-attachments` (the spec's key) and
+/// `cni.dev/attachments` (its name in the spec-1.1.0 tag). With both present
+/// the union is valid: GC never releases what either lists.
+fn valid_attachments(obj: &Map<String, Value>) -> Result<Option<Vec<Attachment>>, CniError> {
+    let mut found = None;
+    for key in [VALID_ATTACHMENTS_KEY, "cni.dev/attachments"] {
+        let list: Vec<Attachment> = match obj.get(key) {
+            None => continue,
+            Some(Value::Null) => Vec::new(),
+            Some(v) => serde_json::from_value(v.clone())
+                .map_err(|e| CniError::new(Code::Decode, format!("{key}: {e}")))?,
+        };
+        found.get_or_insert_with(Vec::new).extend(list);
+    }
+    Ok(found)
 }
 
 impl NetConf {
@@ -209,16 +230,7 @@ impl NetConf {
             None | Some(Value::Null) => None,
             Some(v) => Some(CniResult::from_value(v)?),
         };
-        // GC: the renamed key first, the spec-1.1.0 tag's key as a fallback.
-        let valid_attachments = match obj
-            .get("cni.dev/valid-attachments")
-            .or_else(|| obj.get("cni.dev/attachments"))
-        {
-            None | Some(Value::Null) => None,
-            Some(v) => Some(serde_json::from_value(v.clone()).map_err(|e| {
-                CniError::new(Code::Decode, format!("cni.dev/valid-attachments: {e}"))
-            })?),
-        };
+        let valid_attachments = valid_attachments(&obj)?;
         Ok(NetConf {
             cni_version,
             name,
@@ -298,6 +310,25 @@ mod tests {
         ))
         .expect_err("2");
         assert!(e.msg.len() < 1000, "{}", e.msg.len());
+    }
+
+    /// Absent is not the same as empty: GC must not read a missing key as
+    /// "nothing is valid". libcni sends a nil list as `null`.
+    #[test]
+    fn gc_valid_attachments_absent_null_empty_and_both_keys() {
+        let base = r#""cniVersion":"1.1.0","name":"pw","type":"podwire""#;
+        let c = parse(&format!("{{{base}}}")).expect("absent");
+        assert_eq!(c.valid_attachments, None);
+        for v in ["null", "[]"] {
+            let c = parse(&format!(r#"{{{base},"cni.dev/valid-attachments":{v}}}"#)).expect(v);
+            assert_eq!(c.valid_attachments, Some(vec![]), "{v}");
+        }
+        // Both keys: what either lists stays valid.
+        let c = parse(&format!(
+            r#"{{{base},"cni.dev/valid-attachments":null,"cni.dev/attachments":[{{"containerID":"a","ifname":"eth0"}}]}}"#
+        ))
+        .expect("both");
+        assert_eq!(c.valid_attachments.expect("list").len(), 1);
     }
 
     #[test]

@@ -178,4 +178,23 @@ mod tests {
             }
         }
     }
+
+    /// GC without `cni.dev/valid-attachments` released every pod of the
+    /// network. Now code 7 naming the key, before the agent is asked (here
+    /// it would answer 11: there is none).
+    #[test]
+    fn gc_without_valid_attachments_is_code_7_and_asks_nobody() {
+        let o = run([("CNI_COMMAND", "GC")], conf("1.1.0", "").as_bytes());
+        assert_eq!(code(&o), 7, "{}", o.stdout);
+        assert!(
+            o.stdout.contains("cni.dev/valid-attachments"),
+            "{}",
+            o.stdout
+        );
+        for empty in ["null", "[]"] {
+            let extra = format!(r#","cni.dev/valid-attachments":{empty}"#);
+            let o = run([("CNI_COMMAND", "GC")], conf("1.1.0", &extra).as_bytes());
+            assert_eq!(code(&o), 11, "{empty}: {}", o.stdout);
+        }
+    }
 }

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use ipnet::Ipv4Net;
-use podwire_cni::config::Mode;
+use podwire_cni::config::{Mode, VALID_ATTACHMENTS_KEY};
 use podwire_cni::result::{Interface, IpConfig, RouteEntry};
 use podwire_cni::{CniError, Code, Command, Invocation, NetConf};
 use podwire_dataplane::names::host_veth_name;
@@ -293,10 +293,17 @@ fn status(conf: &NetConf) -> Result<(), CniError> {
 }
 
 fn gc(conf: &NetConf) -> Result<(), CniError> {
-    let valid = conf
-        .valid_attachments
-        .clone()
-        .unwrap_or_default()
+    // No list is not an empty list: without it GC would release every pod
+    // of the network.
+    let Some(valid) = conf.valid_attachments.clone() else {
+        return Err(CniError::new(
+            Code::InvalidConfig,
+            format!(
+                "GC needs {VALID_ATTACHMENTS_KEY:?} (the attachments still in use; null or [] for none): refusing to release anything without it"
+            ),
+        ));
+    };
+    let valid = valid
         .into_iter()
         .map(|a| AttachmentKey {
             network: conf.name.clone(),
