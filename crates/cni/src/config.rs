@@ -82,7 +82,7 @@ pub struct NetConf {
 }
 
 /// Keys the spec defines or reserves; runtimes may pass any of them.
-const SPEC_KEYS: &[&str] = &[
+pub(crate) const SPEC_KEYS: &[&str] = &[
     "cniVersion",
     "cniVersions",
     "name",
@@ -96,7 +96,7 @@ const SPEC_KEYS: &[&str] = &[
     "disableGC",
     "loadOnlyInlinedPlugins",
 ];
-const PODWIRE_KEYS: &[&str] = &["mode", "agentSocket", "mtu", "vethPrefix"];
+pub(crate) const PODWIRE_KEYS: &[&str] = &["mode", "agentSocket", "mtu", "vethPrefix"];
 
 fn bad(msg: String) -> CniError {
     CniError::new(Code::InvalidConfig, msg)

@@ -133,7 +133,7 @@ pub fn valid_ifname(name: &str) -> bool {
 /// expects with `IgnoreUnknown=1`: unknown keys, malformed pairs and other
 /// plugins' values (whatever their bytes) are skipped; only a key podwire
 /// uses whose value is not UTF-8 is an error.
-fn parse_cni_args(raw: &OsStr) -> Result<PodArgs, CniError> {
+pub(crate) fn parse_cni_args(raw: &OsStr) -> Result<PodArgs, CniError> {
     let mut pod = PodArgs::default();
     for pair in raw.as_encoded_bytes().split(|b| *b == b';') {
         let Some(eq) = pair.iter().position(|b| *b == b'=') else {

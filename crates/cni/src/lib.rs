@@ -13,6 +13,9 @@ pub mod input;
 pub mod result;
 pub mod version;
 
+#[cfg(test)]
+mod proptests;
+
 pub use config::{Attachment, NetConf};
 pub use env::{Command, Invocation};
 pub use error::{CniError, Code};
