@@ -208,8 +208,8 @@ impl NetConf {
         }
         let mtu = match obj.get("mtu") {
             None | Some(Value::Null) => None,
-            Some(v) => match v.as_u64() {
-                Some(m) if (576..=9001).contains(&m) => Some(m as u32),
+            Some(v) => match v.as_u64().and_then(|m| u32::try_from(m).ok()) {
+                Some(m) if (576..=9001).contains(&m) => Some(m),
                 _ => return Err(bad(format!("mtu {v} must be a number from 576 to 9001"))),
             },
         };
@@ -285,6 +285,11 @@ mod tests {
             ),
             (
                 r#"{"cniVersion":"1.0.0","name":"pw","type":"podwire","mtu":70000}"#,
+                7,
+            ),
+            // 2^32 + 1500: must not wrap to a valid 1500.
+            (
+                r#"{"cniVersion":"1.0.0","name":"pw","type":"podwire","mtu":4294968796}"#,
                 7,
             ),
             (

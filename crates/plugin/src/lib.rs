@@ -4,6 +4,14 @@
 //! [`run`] takes the environment and stdin and returns what to print and the
 //! exit status, so the binary stays a three-line `main`.
 
+// Issue 6 item 16: an `as` cast that truncates, wraps or drops a sign turned
+// an out-of-range value into a valid one; convert with try_from and an error.
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 mod agent;
 mod netns;
 mod verbs;
