@@ -70,6 +70,9 @@ fn invalid(msg: String) -> CniError {
 struct CniVars(HashMap<String, OsString>);
 
 impl CniVars {
+    /// A name given twice keeps its last value: libcni appends its own
+    /// `CNI_` values after the environment it inherited (older versions
+    /// without de-duplicating), so the last one is the runtime's.
     fn collect<I, K, V>(vars: I) -> CniVars
     where
         I: IntoIterator<Item = (K, V)>,
@@ -344,6 +347,18 @@ mod tests {
             assert_eq!(e.code, 4, "{name}");
             assert!(e.msg.contains(name) && e.msg.contains("UTF-8"), "{}", e.msg);
         }
+    }
+
+    #[test]
+    fn a_variable_given_twice_keeps_its_last_value() {
+        use std::os::unix::ffi::OsStringExt;
+        let vars: Vec<(OsString, OsString)> = vec![
+            ("CNI_COMMAND".into(), OsString::from_vec(vec![0xff])),
+            ("CNI_NETNS".into(), "/proc/1/ns/net".into()),
+            ("CNI_COMMAND".into(), "VERSION".into()),
+        ];
+        let inv = Invocation::from_vars(vars).expect("last wins");
+        assert_eq!(inv.command, Command::Version);
     }
 
     #[test]
