@@ -4,6 +4,12 @@
 
 mod common;
 
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::os::unix::ffi::OsStringExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
 use common::*;
 use serde_json::{json, Value};
 
@@ -177,6 +183,39 @@ fn del_without_netns_gc_both_keys_chaining_and_half_way_failures() {
     assert_eq!(agent_assigned(&lab), 0);
     assert_eq!(pod_wiring_snapshot(&node_ns), before);
 
+    // DEL with a FIFO as CNI_NETNS and the host veth already gone (so DEL
+    // would look into the pod): the path is ignored, the address released.
+    let pod = Netns::new("pw-t-conf2-fifo");
+    let add = call.run("ADD", "fifo1", &pod.path(), &conf, "fifo");
+    assert!(add.ok, "{}", add.stdout);
+    let veth = add.json["interfaces"][0]["name"]
+        .as_str()
+        .expect("veth")
+        .to_string();
+    ip(&["-n", &node_ns, "link", "del", &veth]);
+    let dir = tempfile::Builder::new()
+        .prefix("pwt-conf2-netns")
+        .tempdir()
+        .expect("tempdir");
+    let fifo = dir.path().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+    let args = os("IgnoreUnknown=1;K8S_POD_NAMESPACE=conf;K8S_POD_NAME=fifo");
+    let r = run_raw(
+        Some(&node_ns),
+        &[
+            (os("CNI_COMMAND"), os("DEL")),
+            (os("CNI_CONTAINERID"), os("fifo1")),
+            (os("CNI_IFNAME"), os("eth0")),
+            (os("CNI_NETNS"), fifo.as_os_str().to_owned()),
+            (os("CNI_ARGS"), args),
+        ],
+        conf.to_string().into_bytes(),
+    );
+    assert!(!r.timed_out && r.exit == Some(0), "DEL with a FIFO: {r:?}");
+    assert_eq!(agent_assigned(&lab), 0);
+    drop(pod);
+    assert_eq!(pod_wiring_snapshot(&node_ns), before);
+
     // GC keeps the valid attachment and releases the other, with either key.
     for key in ["cni.dev/valid-attachments", "cni.dev/attachments"] {
         let a = Netns::new("pw-t-conf2-a");
@@ -198,6 +237,26 @@ fn del_without_netns_gc_both_keys_chaining_and_half_way_failures() {
         assert!(!ip(&["-n", &node_ns, "rule"]).contains(&format!("{stale_ip} ")));
         assert!(call.run("DEL", "keep", &a.path(), &conf, "keep").ok);
     }
+    assert_eq!(pod_wiring_snapshot(&node_ns), before);
+
+    // GC without the key: code 7 naming it, nothing released (it used to
+    // unwire every pod). `null` (libcni's nil list): nothing is valid.
+    let n = Netns::new("pw-t-conf2-gcnull");
+    assert!(call.run("ADD", "gcnull", &n.path(), &conf, "gcnull").ok);
+    let r = call.run("GC", "", "", &conf, "");
+    assert_eq!(r.json["code"], 7, "GC without the key: {}", r.stdout);
+    assert!(
+        r.stdout.contains("cni.dev/valid-attachments"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(agent_assigned(&lab), 1, "GC without the key released");
+    let mut gc = conf.clone();
+    gc["cni.dev/valid-attachments"] = Value::Null;
+    let r = call.run("GC", "", "", &gc, "");
+    assert!(r.ok, "GC with null: {}", r.stdout);
+    assert_eq!(agent_assigned(&lab), 0, "GC with null kept something");
+    drop(n);
     assert_eq!(pod_wiring_snapshot(&node_ns), before);
 
     // Chained after another plugin: its result is kept, ours appended.
@@ -348,6 +407,43 @@ fn bad_input_gets_the_spec_code_and_changes_nothing() {
         );
     }
 
+    // CNI_NETNS that is no namespace: a FIFO (the plugin hung forever after
+    // the agent allocated), a file, a directory. Code 3, before the agent is
+    // asked, within a deadline; DEL ignores such a path.
+    let dir = tempfile::Builder::new()
+        .prefix("pwt-conf-netns")
+        .tempdir()
+        .expect("tempdir");
+    let fifo = dir.path().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"").expect("file");
+    for (verb, path) in [
+        ("ADD", &fifo),
+        ("ADD", &file),
+        ("ADD", &dir.path().to_path_buf()),
+        ("CHECK", &fifo),
+    ] {
+        let env = [
+            (os("CNI_COMMAND"), os(verb)),
+            (os("CNI_CONTAINERID"), os("bad3")),
+            (os("CNI_IFNAME"), os("eth0")),
+            (os("CNI_NETNS"), path.as_os_str().to_owned()),
+        ];
+        let r = run_raw(Some(&node_ns), &env, good.clone().into_bytes());
+        assert!(!r.timed_out, "{verb} {path:?} hung: {r:?}");
+        assert_eq!(r.json["code"], 3, "{verb} {path:?}: {r:?}");
+        assert!(
+            r.json["msg"]
+                .as_str()
+                .unwrap_or("")
+                .contains("not a network namespace"),
+            "{r:?}"
+        );
+        assert_eq!(agent_assigned(&lab), 0, "{verb} {path:?} allocated");
+        assert_eq!(pod_wiring_snapshot(&node_ns), node_before);
+    }
+
     // Agent not running: STATUS 50, ADD 11 with a clear message, nothing made.
     let dead = json!({"cniVersion": "1.1.0", "name": "podwire", "type": "podwire", "agentSocket": "/run/podwire/lab/t-bad/none.sock"});
     let st = run_plugin(&node_ns, &[("CNI_COMMAND", "STATUS")], &dead.to_string());
@@ -367,4 +463,161 @@ fn bad_input_gets_the_spec_code_and_changes_nothing() {
     assert_eq!(pod_wiring_snapshot(&node_ns), node_before);
     assert_eq!(kernel_snapshot(&pod.name), pod_before);
     assert_eq!(agent_assigned(&lab), 0);
+}
+
+/// One plugin run with raw (possibly non-UTF-8) environment and stdin, and a
+/// deadline: a plugin that hangs is killed (by its PID) and reported as such.
+#[derive(Debug)]
+struct RawRun {
+    timed_out: bool,
+    /// `None` when killed by a signal (a panic with `panic = "abort"`).
+    exit: Option<i32>,
+    stdout: String,
+    stderr: String,
+    json: Value,
+}
+
+fn os(s: &str) -> OsString {
+    OsString::from(s)
+}
+
+fn run_raw(node_ns: Option<&str>, env: &[(OsString, OsString)], stdin: Vec<u8>) -> RawRun {
+    let mut cmd = match node_ns {
+        // `ip netns exec` execs the plugin: the PID we kill is the plugin's.
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, plugin().as_str()]);
+            c
+        }
+        None => Command::new(plugin()),
+    };
+    cmd.env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn plugin");
+    let mut input = child.stdin.take().expect("stdin");
+    // The plugin may stop reading (stdin cap): a failed write is not an error.
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&stdin);
+    });
+    let mut out = child.stdout.take().expect("stdout");
+    let mut err = child.stderr.take().expect("stderr");
+    let reader_out = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = out.read_to_end(&mut b);
+        b
+    });
+    let reader_err = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = err.read_to_end(&mut b);
+        b
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut timed_out = false;
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st;
+        }
+        if Instant::now() > deadline {
+            timed_out = true;
+            let _ = child.kill();
+            break child.wait().expect("wait after kill");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = writer.join();
+    let stdout = String::from_utf8_lossy(&reader_out.join().expect("stdout")).into_owned();
+    let stderr = String::from_utf8_lossy(&reader_err.join().expect("stderr")).into_owned();
+    RawRun {
+        timed_out,
+        exit: status.code(),
+        json: serde_json::from_str(&stdout).unwrap_or(Value::Null),
+        stdout,
+        stderr,
+    }
+}
+
+/// Runtimes pass their whole environment; a variable that is not UTF-8 and
+/// not a CNI_ one is none of the plugin's business.
+#[test]
+fn non_utf8_environment_is_ignored_unless_it_is_a_cni_variable() {
+    let junk = (os("PWT_JUNK"), OsString::from_vec(vec![0x66, 0xff, 0xfe]));
+    let junk_key = (OsString::from_vec(vec![0xff, b'X']), os("1"));
+    let r = run_raw(
+        None,
+        &[
+            (os("CNI_COMMAND"), os("VERSION")),
+            junk.clone(),
+            junk_key.clone(),
+        ],
+        br#"{"cniVersion":"1.0.0"}"#.to_vec(),
+    );
+    assert_eq!(r.exit, Some(0), "{r:?}");
+    assert_eq!(r.json["supportedVersions"], json!(VERSIONS), "{r:?}");
+
+    // A CNI_ variable the verb needs that is not UTF-8: code 4, named.
+    let r = run_raw(
+        None,
+        &[
+            (os("CNI_COMMAND"), os("ADD")),
+            (os("CNI_CONTAINERID"), os("pwt1")),
+            (os("CNI_NETNS"), os("/run/netns/pwt-none")),
+            (os("CNI_IFNAME"), OsString::from_vec(vec![b'e', 0xff])),
+            junk,
+        ],
+        br#"{"cniVersion":"1.0.0","name":"pw","type":"podwire","agentSocket":"/run/podwire/pwt-none.sock"}"#
+            .to_vec(),
+    );
+    assert_eq!(r.exit, Some(1), "{r:?}");
+    assert_eq!(r.json["code"], 4, "{r:?}");
+    assert!(
+        r.json["msg"].as_str().unwrap_or("").contains("CNI_IFNAME"),
+        "{r:?}"
+    );
+}
+
+/// libcni validates a conflist by calling VERSION with placeholders in the
+/// other CNI_ variables (podman 4 refused the network over `CNI_NETNS
+/// "dummy"`). VERSION needs only CNI_COMMAND.
+#[test]
+fn version_probe_with_libcni_placeholders() {
+    for stdin in [r#"{"cniVersion":"1.0.0"}"#, r#"{"cniVersion":"1.1.0"}"#] {
+        let r = run_raw(
+            None,
+            &[
+                (os("CNI_COMMAND"), os("VERSION")),
+                (os("CNI_CONTAINERID"), os("")),
+                (os("CNI_NETNS"), os("dummy")),
+                (os("CNI_IFNAME"), os("dummy")),
+                (os("CNI_ARGS"), os("")),
+                (os("CNI_PATH"), os("dummy")),
+            ],
+            stdin.as_bytes().to_vec(),
+        );
+        assert_eq!(r.exit, Some(0), "{r:?}");
+        let asked: Value = serde_json::from_str(stdin).expect("json");
+        assert_eq!(r.json["cniVersion"], asked["cniVersion"], "{r:?}");
+        assert_eq!(r.json["supportedVersions"], json!(VERSIONS), "{r:?}");
+    }
+}
+
+/// stdin is capped at 1 MiB (a 200 MB `args` value made the plugin hold
+/// 412 MB): larger is code 7 before anything is parsed, logs on stderr only.
+#[test]
+fn oversized_stdin_is_refused() {
+    let mut big = br#"{"cniVersion":"1.0.0","name":"pw","type":"podwire","args":{"x":""#.to_vec();
+    big.resize(big.len() + 2 * 1024 * 1024, b'a');
+    big.extend_from_slice(br#""}}"#);
+    let r = run_raw(None, &[(os("CNI_COMMAND"), os("VERSION"))], big);
+    assert!(!r.timed_out, "{r:?}");
+    assert_eq!(r.exit, Some(1), "{}", r.stderr);
+    assert_eq!(r.json["code"], 7, "{}", r.stdout);
+    assert!(
+        r.json["msg"].as_str().unwrap_or("").contains("1 MiB"),
+        "{}",
+        r.stdout
+    );
 }

@@ -1,7 +1,7 @@
 //! The podwire CNI plugin binary. Logs go to stderr (`PODWIRE_LOG`, default
 //! `warn`); stdout carries only the CNI result or error.
 
-use std::io::{Read, Write};
+use std::io::Write;
 
 fn main() {
     // A plain level (PODWIRE_LOG=debug, …), not an EnvFilter: the plugin
@@ -15,12 +15,9 @@ fn main() {
         .with_ansi(false)
         .with_max_level(level)
         .init();
-    let mut stdin = Vec::new();
-    if let Err(e) = std::io::stdin().read_to_end(&mut stdin) {
-        tracing::warn!("reading stdin: {e}");
-    }
-    let env = std::env::vars().collect();
-    let outcome = podwire_plugin::run(&env, &stdin);
+    // OS strings: a non-UTF-8 variable the runtime passes on must not abort us.
+    // stdin is read (bounded) inside `run`, which answers a CNI error for it.
+    let outcome = podwire_plugin::run(std::env::vars_os(), std::io::stdin().lock());
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(outcome.stdout.as_bytes());
     let _ = out.flush();

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use serde_json::{Map, Value};
 
+use crate::error::excerpt;
 use crate::{CniError, CniResult, Code, Version};
 
 /// Where pods get their addresses. The one mode type of the whole project:
@@ -59,6 +60,9 @@ pub struct Attachment {
     pub ifname: String,
 }
 
+/// The GC input key naming the attachments that are still valid.
+pub const VALID_ATTACHMENTS_KEY: &str = "cni.dev/valid-attachments";
+
 pub const DEFAULT_AGENT_SOCKET: &str = "/run/podwire/agent.sock";
 
 /// A validated podwire network configuration.
@@ -75,12 +79,13 @@ pub struct NetConf {
     /// included (the agent is told how much of it is left).
     pub timeout: std::time::Duration,
     pub prev_result: Option<CniResult>,
-    /// GC: the attachments that are still valid.
+    /// GC: the attachments that are still valid. `None` when the config has
+    /// no such key (GC refuses that); `null` or `[]` is `Some` of nothing.
     pub valid_attachments: Option<Vec<Attachment>>,
 }
 
 /// Keys the spec defines or reserves; runtimes may pass any of them.
-const SPEC_KEYS: &[&str] = &[
+pub(crate) const SPEC_KEYS: &[&str] = &[
     "cniVersion",
     "cniVersions",
     "name",
@@ -94,7 +99,8 @@ const SPEC_KEYS: &[&str] = &[
     "disableGC",
     "loadOnlyInlinedPlugins",
 ];
-const PODWIRE_KEYS: &[&str] = &["mode", "agentSocket", "mtu", "vethPrefix", "timeoutSeconds"];
+pub(crate) const PODWIRE_KEYS: &[&str] =
+    &["mode", "agentSocket", "mtu", "vethPrefix", "timeoutSeconds"];
 
 /// `timeoutSeconds` when the conflist does not say: long enough for an ENI
 /// attachment (AWS documents up to 10 s) and a few retries.
@@ -123,6 +129,23 @@ pub fn requested_version(stdin: &[u8]) -> Result<String, CniError> {
         .and_then(Value::as_str)
         .map(str::to_string)
         .unwrap_or_else(|| Version::LATEST.to_string()))
+}
+
+/// GC's valid list: `cni.dev/valid-attachments` (the spec's key) and
+/// `cni.dev/attachments` (its name in the spec-1.1.0 tag). With both present
+/// the union is valid: GC never releases what either lists.
+fn valid_attachments(obj: &Map<String, Value>) -> Result<Option<Vec<Attachment>>, CniError> {
+    let mut found = None;
+    for key in [VALID_ATTACHMENTS_KEY, "cni.dev/attachments"] {
+        let list: Vec<Attachment> = match obj.get(key) {
+            None => continue,
+            Some(Value::Null) => Vec::new(),
+            Some(v) => serde_json::from_value(v.clone())
+                .map_err(|e| CniError::new(Code::Decode, format!("{key}: {e}")))?,
+        };
+        found.get_or_insert_with(Vec::new).extend(list);
+    }
+    Ok(found)
 }
 
 impl NetConf {
@@ -154,7 +177,8 @@ impl NetConf {
             .ok_or_else(|| bad("required field \"name\" is missing".into()))?;
         if !valid_network_name(&name) {
             return Err(bad(format!(
-                "network name {name:?} must match ^[a-zA-Z0-9][a-zA-Z0-9_.\\-]*$"
+                "network name {:?} must match ^[a-zA-Z0-9][a-zA-Z0-9_.\\-]*$",
+                excerpt(&name)
             )));
         }
         let plugin_type = str_field(&obj, "type")?
@@ -168,7 +192,9 @@ impl NetConf {
                 return Err(CniError::new(
                     Code::UnsupportedField,
                     format!(
-                        "unsupported field {k:?} (value {v}) in network config; podwire accepts {}",
+                        "unsupported field {:?} (value {}) in network config; podwire accepts {}",
+                        excerpt(k),
+                        excerpt(&v.to_string()),
                         PODWIRE_KEYS.join(", ")
                     ),
                 ));
@@ -177,7 +203,9 @@ impl NetConf {
 
         let mode = match str_field(&obj, "mode")?.as_deref() {
             None => Mode::Vpc,
-            Some(name) => name.parse().map_err(|e: UnknownMode| bad(e.to_string()))?,
+            Some(name) => name
+                .parse()
+                .map_err(|_: UnknownMode| bad(UnknownMode(excerpt(name)).to_string()))?,
         };
         let agent_socket = str_field(&obj, "agentSocket")?
             .map(PathBuf::from)
@@ -190,8 +218,8 @@ impl NetConf {
         }
         let mtu = match obj.get("mtu") {
             None | Some(Value::Null) => None,
-            Some(v) => match v.as_u64() {
-                Some(m) if (576..=9001).contains(&m) => u32::try_from(m).ok(),
+            Some(v) => match v.as_u64().and_then(|m| u32::try_from(m).ok()) {
+                Some(m) if (576..=9001).contains(&m) => Some(m),
                 _ => return Err(bad(format!("mtu {v} must be a number from 576 to 9001"))),
             },
         };
@@ -200,7 +228,8 @@ impl NetConf {
             // The name is prefix + 11 hex digits and must fit 15 bytes.
             if p.is_empty() || p.len() > 4 || !p.chars().all(|c| c.is_ascii_alphanumeric()) {
                 return Err(bad(format!(
-                    "vethPrefix {p:?} must be 1-4 letters or digits"
+                    "vethPrefix {:?} must be 1-4 letters or digits",
+                    excerpt(p)
                 )));
             }
             if ["eth", "lo", "vlan"].contains(&p.as_str()) {
@@ -223,16 +252,7 @@ impl NetConf {
             None | Some(Value::Null) => None,
             Some(v) => Some(CniResult::from_value(v)?),
         };
-        // GC: the renamed key first, the spec-1.1.0 tag's key as a fallback.
-        let valid_attachments = match obj
-            .get("cni.dev/valid-attachments")
-            .or_else(|| obj.get("cni.dev/attachments"))
-        {
-            None | Some(Value::Null) => None,
-            Some(v) => Some(serde_json::from_value(v.clone()).map_err(|e| {
-                CniError::new(Code::Decode, format!("cni.dev/valid-attachments: {e}"))
-            })?),
-        };
+        let valid_attachments = valid_attachments(&obj)?;
         Ok(NetConf {
             cni_version,
             name,
@@ -297,6 +317,11 @@ mod tests {
                 r#"{"cniVersion":"1.0.0","name":"pw","type":"podwire","mtu":70000}"#,
                 7,
             ),
+            // 2^32 + 1500: must not wrap to a valid 1500.
+            (
+                r#"{"cniVersion":"1.0.0","name":"pw","type":"podwire","mtu":4294968796}"#,
+                7,
+            ),
             (
                 r#"{"cniVersion":"1.0.0","name":"pw","type":"podwire","mode":"bridge"}"#,
                 7,
@@ -325,6 +350,32 @@ mod tests {
         let e = parse(r#"{"cniVersion":"1.0.0","name":"pw","type":"podwire","bogus":1}"#)
             .expect_err("2");
         assert!(e.msg.contains("bogus"));
+        // Outside input is echoed in short: the error object stays small.
+        let long = "é".repeat(10_000);
+        let e = parse(&format!(
+            r#"{{"cniVersion":"1.0.0","name":"pw","type":"podwire","{long}":"{long}"}}"#
+        ))
+        .expect_err("2");
+        assert!(e.msg.len() < 1000, "{}", e.msg.len());
+    }
+
+    /// Absent is not the same as empty: GC must not read a missing key as
+    /// "nothing is valid". libcni sends a nil list as `null`.
+    #[test]
+    fn gc_valid_attachments_absent_null_empty_and_both_keys() {
+        let base = r#""cniVersion":"1.1.0","name":"pw","type":"podwire""#;
+        let c = parse(&format!("{{{base}}}")).expect("absent");
+        assert_eq!(c.valid_attachments, None);
+        for v in ["null", "[]"] {
+            let c = parse(&format!(r#"{{{base},"cni.dev/valid-attachments":{v}}}"#)).expect(v);
+            assert_eq!(c.valid_attachments, Some(vec![]), "{v}");
+        }
+        // Both keys: what either lists stays valid.
+        let c = parse(&format!(
+            r#"{{{base},"cni.dev/valid-attachments":null,"cni.dev/attachments":[{{"containerID":"a","ifname":"eth0"}}]}}"#
+        ))
+        .expect("both");
+        assert_eq!(c.valid_attachments.expect("list").len(), 1);
     }
 
     #[test]

@@ -69,6 +69,16 @@ impl CniError {
     }
 }
 
+/// At most 64 characters of `s`, for echoing outside input in a message:
+/// the error object stays small whatever the runtime sent.
+pub(crate) fn excerpt(s: &str) -> String {
+    const MAX: usize = 64;
+    match s.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}…", &s[..cut]),
+        None => s.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use crate::error::excerpt;
 use crate::{CniError, Code};
 
 /// A CNI spec version. Only the versions podwire implements parse.
@@ -61,7 +62,7 @@ impl FromStr for Version {
             _ => {
                 return Err(CniError::new(
                     Code::IncompatibleVersion,
-                    format!("cniVersion {s:?} is not a version"),
+                    format!("cniVersion {:?} is not a version", excerpt(s)),
                 ))
             }
         };

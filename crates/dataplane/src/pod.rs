@@ -68,11 +68,10 @@ fn pod_rules(ip: Ipv4Addr, route_table: u32) -> Vec<Rule> {
     ]
 }
 
+/// Non-blocking and checked on the open file (see
+/// [`podwire_netlink::netns::open_netns`]).
 fn open_netns(path: &Path) -> Result<File> {
-    File::open(path).map_err(|source| DataplaneError::Netns {
-        path: path.display().to_string(),
-        source,
-    })
+    Ok(podwire_netlink::netns::open_netns(path)?)
 }
 
 /// A stable, locally administered unicast MAC for one end of a pod's veth.

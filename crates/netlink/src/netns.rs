@@ -16,10 +16,7 @@ where
     F: FnOnce() -> T + Send,
     T: Send,
 {
-    let file = File::open(path).map_err(|e| Error::Netns {
-        path: path.display().to_string(),
-        source: nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc_enoent())),
-    })?;
+    let file = open_netns(path)?;
     std::thread::scope(|s| {
         let handle = s.spawn(move || -> Result<T> {
             setns(&file, CloneFlags::CLONE_NEWNET).map_err(|source| Error::Netns {
@@ -34,17 +31,40 @@ where
     })
 }
 
-fn libc_enoent() -> i32 {
-    nix::errno::Errno::ENOENT as i32
+/// `NSFS_MAGIC` (linux/magic.h): namespace files live on nsfs.
+const NSFS_MAGIC: u64 = 0x6e73_6673;
+
+/// Opens a namespace file safely: non-blocking (a FIFO put where a
+/// namespace should be cannot hang the caller), then checked on the open
+/// file to be on nsfs, so what is checked is what is used (no race between
+/// a check of the path and the open).
+pub fn open_netns(path: &Path) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let err = |source| Error::Netns {
+        path: path.display().to_string(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| {
+            err(e
+                .raw_os_error()
+                .map(nix::errno::Errno::from_raw)
+                .unwrap_or(nix::errno::Errno::ENOENT))
+        })?;
+    let st = nix::sys::statfs::fstatfs(&file).map_err(err)?;
+    if u64::try_from(st.filesystem_type().0).ok() != Some(NSFS_MAGIC) {
+        return Err(err(nix::errno::Errno::EINVAL));
+    }
+    Ok(file)
 }
 
 /// Joins the network namespace at `path` on the *calling* thread. For
 /// single-threaded programs (the lab's helpers) that live in one namespace.
 pub fn enter(path: &Path) -> Result<()> {
-    let file = File::open(path).map_err(|e| Error::Netns {
-        path: path.display().to_string(),
-        source: nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc_enoent())),
-    })?;
+    let file = open_netns(path)?;
     setns(&file, CloneFlags::CLONE_NEWNET).map_err(|source| Error::Netns {
         path: path.display().to_string(),
         source,
@@ -56,10 +76,7 @@ pub fn enter(path: &Path) -> Result<()> {
 /// than [`run_in`] (no thread), for short work such as opening a socket; `f`
 /// must not start threads that expect the caller's namespace.
 pub fn switch_in<T>(path: &Path, f: impl FnOnce() -> T) -> Result<T> {
-    let home = File::open("/proc/thread-self/ns/net").map_err(|e| Error::Netns {
-        path: "/proc/thread-self/ns/net".into(),
-        source: nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc_enoent())),
-    })?;
+    let home = open_netns(Path::new("/proc/thread-self/ns/net"))?;
     enter(path)?;
     struct Back(File);
     impl Drop for Back {
@@ -73,4 +90,26 @@ pub fn switch_in<T>(path: &Path, f: impl FnOnce() -> T) -> Result<T> {
     }
     let _back = Back(home);
     Ok(f())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fifo_or_a_file_is_refused_without_blocking() {
+        let dir = std::env::temp_dir().join(format!("pwt-netns-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let fifo = dir.join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+        // Nobody writes to it: a blocking open would hang this test.
+        assert!(open_netns(&fifo).is_err());
+        let file = dir.join("file");
+        std::fs::write(&file, b"x").expect("file");
+        assert!(open_netns(&file).is_err());
+        assert!(open_netns(&dir.join("missing")).is_err());
+        assert!(open_netns(Path::new("/proc/self/ns/net")).is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

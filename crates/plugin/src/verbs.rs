@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use ipnet::Ipv4Net;
-use podwire_cni::config::Mode;
+use podwire_cni::config::{Mode, VALID_ATTACHMENTS_KEY};
 use podwire_cni::result::{Interface, IpConfig, RouteEntry};
 use podwire_cni::{CniError, Code, Command, Invocation, NetConf};
 use podwire_dataplane::names::host_veth_name;
@@ -14,6 +14,7 @@ use podwire_netlink::{Handle, MacAddr};
 use podwire_proto::{AddRequest, Allocation, AttachmentKey, Request, Response};
 
 use crate::agent::{self, Agent};
+use crate::netns;
 
 const DEFAULT_MTU: u32 = 9001;
 
@@ -86,12 +87,7 @@ fn kernel_error(e: DataplaneError) -> CniError {
 fn add(inv: &Invocation, conf: &NetConf, agent: &Agent) -> Result<String, CniError> {
     let netns = inv.netns.as_deref().unwrap_or(Path::new(""));
     // Check the sandbox before taking an address, so a bad call changes nothing.
-    if !netns.exists() {
-        return Err(CniError::new(
-            Code::UnknownContainer,
-            format!("network namespace {} does not exist", netns.display()),
-        ));
-    }
+    netns::require(netns)?;
     let mut host = host_handle()?;
     let req = Request::Add(AddRequest {
         key: key(inv, conf),
@@ -171,6 +167,15 @@ fn lookup(agent: &Agent, key: AttachmentKey) -> Result<Option<Allocation>, CniEr
 }
 
 fn del(inv: &Invocation, conf: &NetConf, agent: &Agent) -> Result<(), CniError> {
+    // DEL must finish its work when the sandbox is gone or the path is no
+    // namespace at all (never open a FIFO): such a path is ignored.
+    let netns = inv.netns.as_deref().filter(|p| match netns::probe(p) {
+        netns::NetnsPath::Namespace => true,
+        other => {
+            tracing::info!(path = %p.display(), ?other, "DEL: CNI_NETNS ignored");
+            false
+        }
+    });
     let mut host = host_handle()?;
     let veth = veth_for(
         conf,
@@ -186,13 +191,8 @@ fn del(inv: &Invocation, conf: &NetConf, agent: &Agent) -> Result<(), CniError> 
             // address is released once the agent is back.
             if let Some(prev) = &conf.prev_result {
                 for ip in &prev.ips {
-                    let _ = pod::del_pod_by_ip(
-                        &mut host,
-                        inv.netns.as_deref(),
-                        &inv.ifname,
-                        &veth,
-                        ip.address.addr(),
-                    );
+                    let _ =
+                        pod::del_pod_by_ip(&mut host, netns, &inv.ifname, &veth, ip.address.addr());
                 }
             }
             return Err(e);
@@ -201,7 +201,7 @@ fn del(inv: &Invocation, conf: &NetConf, agent: &Agent) -> Result<(), CniError> 
     if let Some(a) = &alloc {
         pod::del_pod(
             &mut host,
-            inv.netns.as_deref(),
+            netns,
             &inv.ifname,
             &veth,
             a.ip,
@@ -223,6 +223,8 @@ fn del(inv: &Invocation, conf: &NetConf, agent: &Agent) -> Result<(), CniError> 
 }
 
 fn check(inv: &Invocation, conf: &NetConf, agent: &Agent) -> Result<(), CniError> {
+    let netns = inv.netns.as_deref().unwrap_or(Path::new(""));
+    netns::require(netns)?;
     let alloc = lookup(agent, key(inv, conf))?.ok_or_else(|| {
         CniError::new(
             Code::UnknownContainer,
@@ -246,7 +248,6 @@ fn check(inv: &Invocation, conf: &NetConf, agent: &Agent) -> Result<(), CniError
         inv.pod.name.as_deref(),
         &inv.container_id,
     );
-    let netns = inv.netns.as_deref().unwrap_or(Path::new(""));
     let mut host = host_handle()?;
     pod::check_pod(
         &mut host,
@@ -281,10 +282,17 @@ fn status(agent: &Agent) -> Result<(), CniError> {
 }
 
 fn gc(conf: &NetConf, agent: &Agent) -> Result<(), CniError> {
-    let valid = conf
-        .valid_attachments
-        .clone()
-        .unwrap_or_default()
+    // No list is not an empty list: without it GC would release every pod
+    // of the network.
+    let Some(valid) = conf.valid_attachments.clone() else {
+        return Err(CniError::new(
+            Code::InvalidConfig,
+            format!(
+                "GC needs {VALID_ATTACHMENTS_KEY:?} (the attachments still in use; null or [] for none): refusing to release anything without it"
+            ),
+        ));
+    };
+    let valid = valid
         .into_iter()
         .map(|a| AttachmentKey {
             network: conf.name.clone(),
