@@ -137,10 +137,8 @@ pub fn node_del(lab: &str, node: &str) -> Result<(), LabError> {
         procs::stop(pid, &st.dir().display().to_string());
     }
     if let Some(pool) = st.pod_cidr {
-        let store: std::sync::Arc<dyn podwire_store::Datastore> = std::sync::Arc::new(
-            podwire_store::SqliteStore::open(&st.dir().join("datastore.db"))
-                .map_err(|e| LabError::State(e.to_string()))?,
-        );
+        // The lab's own store (SQLite file or etcd): never a backend guessed here.
+        let store = lab_store(&st)?;
         let ipam = podwire_ipam::block_store::BlockIpam::open(
             std::sync::Arc::clone(&store),
             podwire_ipam::block_store::PoolConfig {
