@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::net::Ipv4Addr;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use ipnet::Ipv4Net;
@@ -72,10 +73,43 @@ pub struct LabState {
     pub pods: BTreeMap<String, PodRec>,
 }
 
+/// Creates (or truncates) a file only root can read: lab files hold the
+/// cloud's secrets, pod results and agent sockets' paths. A file that exists
+/// already is narrowed to 0600 too.
+pub fn create_private(path: &Path) -> Result<File, LabError> {
+    let err = |e: std::io::Error| LabError::State(format!("{}: {e}", path.display()));
+    let f = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(PRIVATE)
+        .open(path)
+        .map_err(err)?;
+    f.set_permissions(fs::Permissions::from_mode(PRIVATE))
+        .map_err(err)?;
+    Ok(f)
+}
+
+/// Mode of every file the lab writes.
+const PRIVATE: u32 = 0o600;
+
+/// Writes `path` whole or not at all, as a 0600 file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), LabError> {
     let tmp = path.with_extension("tmp");
     let err = |e: std::io::Error| LabError::State(format!("{}: {e}", path.display()));
-    let mut f = File::create(&tmp).map_err(err)?;
+    // A temporary left by a crash may carry any mode: start afresh, and
+    // create it 0600 so the secret is never readable, not even for a moment.
+    if let Err(e) = fs::remove_file(&tmp) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            return Err(err(e));
+        }
+    }
+    let mut f = OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .mode(PRIVATE)
+        .open(&tmp)
+        .map_err(err)?;
     f.write_all(bytes).map_err(err)?;
     f.sync_all().map_err(err)?;
     fs::rename(&tmp, path).map_err(err)
@@ -125,14 +159,47 @@ pub struct LabLock {
 }
 
 pub fn lock(dir: &Path) -> Result<LabLock, LabError> {
-    fs::create_dir_all(dir).map_err(|e| LabError::State(format!("{}: {e}", dir.display())))?;
+    // The lab's directory is root's alone, like the files in it.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| LabError::State(format!("{}: {e}", dir.display())))?;
     let f = OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(PRIVATE)
         .open(dir.join("lock"))
         .map_err(|e| LabError::State(e.to_string()))?;
     let l = Flock::lock(f, FlockArg::LockExclusive)
         .map_err(|(_, e)| LabError::State(format!("locking the lab: {e}")))?;
     Ok(LabLock { _lock: l })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(p: &Path) -> u32 {
+        fs::metadata(p).expect("stat").permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn state_files_are_private_also_when_the_writer_creates_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fresh = dir.path().join("lab.json");
+        write_atomic(&fresh, b"{}").expect("write");
+        assert_eq!(mode(&fresh), 0o600, "a file the atomic writer creates");
+        // A file that was readable by all before, and a stale temporary.
+        let old = dir.path().join("cloud.json");
+        fs::write(&old, b"{}").expect("seed");
+        fs::set_permissions(&old, fs::Permissions::from_mode(0o644)).expect("chmod");
+        fs::write(old.with_extension("tmp"), b"stale").expect("stale tmp");
+        fs::set_permissions(old.with_extension("tmp"), fs::Permissions::from_mode(0o666))
+            .expect("chmod");
+        write_atomic(&old, b"{\"x\":1}").expect("rewrite");
+        assert_eq!(mode(&old), 0o600, "a file rewritten");
+        assert_eq!(fs::read(&old).expect("read"), b"{\"x\":1}");
+    }
 }

@@ -126,8 +126,10 @@ pub fn serve(dir: &Path) -> Result<(), LabError> {
         .map_err(|e| LabError::Fabric(format!("IMDS listener: {e}")))?;
     let ec2 = tiny_http::Server::http((EC2_ADDR, 80))
         .map_err(|e| LabError::Fabric(format!("EC2 listener: {e}")))?;
-    std::fs::write(dir.join(READY_FILE), std::process::id().to_string())
-        .map_err(|e| LabError::State(e.to_string()))?;
+    crate::state::write_atomic(
+        &dir.join(READY_FILE),
+        std::process::id().to_string().as_bytes(),
+    )?;
     tracing::info!("lab cloud serving IMDS on {IMDS_ADDR}:80 and EC2 on {EC2_ADDR}:80");
     let s2 = Arc::clone(&state);
     let t = std::thread::spawn(move || loop {
