@@ -8,7 +8,7 @@ pub mod imds;
 pub mod model;
 pub mod xml;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -49,7 +49,7 @@ struct Proc {
     cloud: Cloud,
     limits: LimitsTable,
     nl: Handle,
-    tokens: BTreeSet<String>,
+    tokens: imds::Tokens,
     /// The nftables ruleset last applied (re-applied only when it changes).
     nft: Option<String>,
 }
@@ -119,7 +119,7 @@ pub fn serve(dir: &Path) -> Result<(), LabError> {
         cloud,
         limits,
         nl,
-        tokens: BTreeSet::new(),
+        tokens: imds::Tokens::default(),
         nft,
     }));
     let imds = tiny_http::Server::http((IMDS_ADDR, 80))
@@ -178,27 +178,26 @@ fn handle_imds(s: &Mutex<Proc>, req: tiny_http::Request) {
         _ => return respond(req, 403, "Forbidden".into(), "text/plain"),
     };
     let url = req.url().to_string();
+    let method = req.method().as_str().to_string();
+    let ttl = header(&req, "X-aws-ec2-metadata-token-ttl-seconds");
+    let token = header(&req, "X-aws-ec2-metadata-token");
+    let r = imds::ImdsRequest {
+        method: &method,
+        path: &url,
+        ttl: ttl.as_deref(),
+        token: token.as_deref(),
+        forwarded: header(&req, "X-Forwarded-For").is_some(),
+    };
     let (status, body) = {
-        let mut p = lock(s);
-        if *req.method() == tiny_http::Method::Put && url == "/latest/api/token" {
-            imds::token(
-                &mut p.tokens,
-                header(&req, "X-aws-ec2-metadata-token-ttl-seconds").as_deref(),
-            )
-        } else if *req.method() == tiny_http::Method::Get {
-            match (
-                url.strip_prefix("/latest/meta-data"),
-                header(&req, "X-aws-ec2-metadata-token"),
-            ) {
-                (Some(path), Some(tok)) if p.tokens.contains(&tok) => {
-                    imds::get(&p.cloud, source, path)
-                }
-                (Some(_), _) => (401, "Unauthorized".into()),
-                _ => (404, "Not Found".into()),
-            }
-        } else {
-            (405, "Method Not Allowed".into())
-        }
+        let mut guard = lock(s);
+        let p = &mut *guard;
+        imds::handle(
+            &p.cloud,
+            &mut p.tokens,
+            source,
+            &r,
+            std::time::Instant::now(),
+        )
     };
     respond(req, status, body, "text/plain")
 }
