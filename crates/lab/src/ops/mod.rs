@@ -193,7 +193,8 @@ fn build(st: &mut LabState, opts: &UpOptions) -> Result<(), LabError> {
     let mut subnet_ids = Vec::new();
     for (k, cidr) in opts.subnets.iter().enumerate() {
         let id = c.new_id("subnet");
-        let az = format!("us-east-1{}", (b'a' + (k % 6) as u8) as char);
+        const ZONES: [char; 6] = ['a', 'b', 'c', 'd', 'e', 'f'];
+        let az = format!("us-east-1{}", ZONES[k % ZONES.len()]);
         c.subnets.insert(
             id.clone(),
             Subnet {
