@@ -120,6 +120,13 @@ impl LabState {
         names::lab_dir(&self.name)
     }
 
+    /// The state of the lab in `dir` (the cloud knows its lab by directory).
+    pub fn load_from(dir: &Path) -> Result<LabState, LabError> {
+        let p = dir.join("lab.json");
+        let bytes = fs::read(&p).map_err(|e| LabError::State(format!("{}: {e}", p.display())))?;
+        serde_json::from_slice(&bytes).map_err(|e| LabError::State(format!("{}: {e}", p.display())))
+    }
+
     pub fn load(lab: &str) -> Result<LabState, LabError> {
         let p = names::lab_dir(lab).join("lab.json");
         let bytes = fs::read(&p).map_err(|e| {

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 use podwire_cloud::{sigv4, Credentials, LimitsTable};
 
 use super::model::{api_err, ApiError, Cloud, IngressSource};
+use super::scope::LabScope;
 use super::xml;
 
 /// A parsed request: the form parameters and the headers SigV4 needs.
@@ -178,6 +179,7 @@ pub enum Effect {
 pub fn dispatch(
     cloud: &mut Cloud,
     limits: &LimitsTable,
+    scope: &LabScope,
     p: &BTreeMap<String, String>,
 ) -> Result<(String, Effect), ApiError> {
     let action = param(p, "Action")?.to_string();
@@ -355,6 +357,7 @@ pub fn dispatch(
                 .get("podwire:netns")
                 .cloned()
                 .ok_or_else(|| api_err("MissingParameter", "tag podwire:netns"))?;
+            scope.check_instance(&host, &netns)?;
             let id = cloud.run_instance(
                 limits,
                 &host,
@@ -389,6 +392,12 @@ pub fn dispatch(
                 let Some(g) = p.get(&format!("IpPermissions.1.Groups.{i}.GroupId")) else {
                     break;
                 };
+                if !cloud.groups.contains_key(g) {
+                    return Err(api_err(
+                        "InvalidGroup.NotFound",
+                        format!("The security group '{g}' does not exist"),
+                    ));
+                }
                 sources.push(IngressSource::Group(g.clone()));
             }
             for i in 1.. {
@@ -517,5 +526,76 @@ mod tests {
             p.insert(k.to_string(), v.to_string());
         }
         assert_eq!(list(&p, "PrivateIpAddress"), vec!["a", "b", "c"]);
+    }
+
+    fn params(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn lab_cloud() -> Cloud {
+        let mut c = Cloud {
+            region: "us-east-1".into(),
+            ..Default::default()
+        };
+        c.subnets.insert(
+            "subnet-a".into(),
+            super::super::model::Subnet {
+                id: "subnet-a".into(),
+                cidr: "10.0.0.0/24".parse().expect("cidr"),
+                availability_zone: "us-east-1a".into(),
+            },
+        );
+        c
+    }
+
+    fn run_instances(host: &str, netns: &str) -> BTreeMap<String, String> {
+        params(&[
+            ("Action", "RunInstances"),
+            ("InstanceType", "t3.micro"),
+            ("SubnetId", "subnet-a"),
+            ("MinCount", "1"),
+            ("MaxCount", "1"),
+            ("TagSpecification.1.Tag.1.Key", "Name"),
+            ("TagSpecification.1.Tag.1.Value", host),
+            ("TagSpecification.1.Tag.2.Key", "podwire:netns"),
+            ("TagSpecification.1.Tag.2.Value", netns),
+        ])
+    }
+
+    #[test]
+    fn run_instances_links_only_namespaces_the_lab_recorded() {
+        let limits = LimitsTable::builtin().expect("limits");
+        let scope = LabScope {
+            lab: "t".into(),
+            namespaces: ["pw-t-fabric".to_string(), "pw-t-node-3".to_string()]
+                .into_iter()
+                .collect(),
+        };
+        let mut c = lab_cloud();
+        for (host, netns) in [
+            ("node-3", "../../proc/1/ns/net"),
+            ("node-4", "pw-t-node-4"),
+            ("fabric", "pw-t-fabric"),
+        ] {
+            let e =
+                dispatch(&mut c, &limits, &scope, &run_instances(host, netns)).expect_err(netns);
+            assert_eq!(e.code, "InvalidParameterValue", "{netns}");
+            assert!(
+                c.instances.is_empty() && c.enis.is_empty(),
+                "created nothing"
+            );
+        }
+        let (xml, eff) = dispatch(
+            &mut c,
+            &limits,
+            &scope,
+            &run_instances("node-3", "pw-t-node-3"),
+        )
+        .expect("a recorded namespace");
+        assert_eq!(eff, Effect::Changed);
+        assert!(xml.contains("<value>node-3</value>"), "{xml}");
+        assert_eq!(c.instances.len(), 1);
     }
 }

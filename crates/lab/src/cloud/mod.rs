@@ -7,6 +7,7 @@ pub mod fabric;
 pub mod http;
 pub mod imds;
 pub mod model;
+pub mod scope;
 pub mod xml;
 
 use std::collections::BTreeMap;
@@ -115,7 +116,7 @@ pub fn serve(dir: &Path) -> Result<(), LabError> {
     let mut nl = Handle::new()?;
     fabric_basics(&mut nl, &cloud)?;
     let mut nft = None;
-    fabric::sync(&mut nl, &cloud, &mut nft)?;
+    fabric::sync(&mut nl, &cloud, &scope::LabScope::load(dir)?, &mut nft)?;
     let state = Arc::new(Mutex::new(Proc {
         dir: dir.to_path_buf(),
         cloud,
@@ -208,16 +209,22 @@ fn handle_ec2(s: &Mutex<Proc>, req: &http::Request) -> http::Response {
         let mut guard = lock(s);
         let p = &mut *guard;
         api::verify(&p.cloud, &q).and_then(|()| {
+            // Read afresh: `lab node add` records a namespace before it asks.
+            let scope = scope::LabScope::load(&p.dir).map_err(|e| model::ApiError {
+                code: "InternalError".into(),
+                message: e.to_string(),
+                status: 500,
+            })?;
             let before = p.cloud.clone();
-            let (xml_body, effect) = api::dispatch(&mut p.cloud, &p.limits, &q.params)?;
+            let (xml_body, effect) = api::dispatch(&mut p.cloud, &p.limits, &scope, &q.params)?;
             if effect == api::Effect::Changed {
-                let synced = fabric::sync(&mut p.nl, &p.cloud, &mut p.nft)
+                let synced = fabric::sync(&mut p.nl, &p.cloud, &scope, &mut p.nft)
                     .and_then(|()| save(&p.dir, &p.cloud));
                 if let Err(e) = synced {
                     // Keep model and fabric in step: undo the change.
                     tracing::error!("fabric sync failed: {e}");
                     p.cloud = before;
-                    let _ = fabric::sync(&mut p.nl, &p.cloud, &mut p.nft);
+                    let _ = fabric::sync(&mut p.nl, &p.cloud, &scope, &mut p.nft);
                     return Err(model::ApiError {
                         code: "InternalError".into(),
                         message: e.to_string(),
