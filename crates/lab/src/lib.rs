@@ -15,6 +15,8 @@ pub mod probe;
 pub mod procs;
 pub mod state;
 
+pub use podwire_cni::config::Mode;
+
 /// Lab failures. Messages say what to do where there is something to do.
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {

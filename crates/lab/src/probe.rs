@@ -116,7 +116,7 @@ impl<'a> Namer<'a> {
 
 /// The overlay's node records, from the lab's datastore.
 pub fn overlay_nodes(st: &LabState) -> Vec<podwire_ipam::nodes::NodeRecord> {
-    if st.pod_cidr.is_none() {
+    if st.mode != crate::state::Mode::Overlay {
         return Vec::new();
     }
     crate::ops::lab_store(st)

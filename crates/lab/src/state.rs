@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use ipnet::Ipv4Net;
 use nix::fcntl::{Flock, FlockArg};
+pub use podwire_cni::config::Mode;
 use serde::{Deserialize, Serialize};
 
 use crate::{names, LabError};
@@ -39,10 +40,11 @@ pub struct PodRec {
     pub http_pid: Option<i32>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LabState {
     pub name: String,
-    pub mode: String,
+    /// Spelled `vpc` / `overlay` in lab.json, as always.
+    pub mode: Mode,
     pub subnet: Option<Ipv4Net>,
     /// Every node subnet (the first is `subnet`).
     #[serde(default)]
@@ -116,6 +118,45 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), LabError> {
 }
 
 impl LabState {
+    /// A lab in `mode` with nothing made yet.
+    pub fn new(name: &str, mode: Mode) -> LabState {
+        LabState {
+            name: name.to_string(),
+            mode,
+            subnet: None,
+            subnets: Vec::new(),
+            instance_type: String::new(),
+            allow_external: false,
+            warm_ip_target: None,
+            minimum_ip_target: None,
+            pod_cidr: None,
+            block_size: 0,
+            datastore: String::new(),
+            etcd_pid: None,
+            namespaces: Vec::new(),
+            cloud_pid: None,
+            node_sg: String::new(),
+            external_sg: String::new(),
+            nodes: Vec::new(),
+            external: None,
+            pods: BTreeMap::new(),
+        }
+    }
+
+    /// The overlay's pod CIDR: `None` in vpc mode. The mode decides, not
+    /// whether a CIDR happens to be recorded.
+    pub fn overlay_pool(&self) -> Result<Option<Ipv4Net>, LabError> {
+        match self.mode {
+            Mode::Vpc => Ok(None),
+            Mode::Overlay => self.pod_cidr.map(Some).ok_or_else(|| {
+                LabError::State(format!(
+                    "overlay lab {} has no pod CIDR in lab.json",
+                    self.name
+                ))
+            }),
+        }
+    }
+
     pub fn dir(&self) -> PathBuf {
         names::lab_dir(&self.name)
     }
@@ -208,5 +249,19 @@ mod tests {
         write_atomic(&old, b"{\"x\":1}").expect("rewrite");
         assert_eq!(mode(&old), 0o600, "a file rewritten");
         assert_eq!(fs::read(&old).expect("read"), b"{\"x\":1}");
+    }
+
+    #[test]
+    fn lab_json_spells_the_mode_as_before() {
+        for (mode, word) in [(Mode::Vpc, "\"vpc\""), (Mode::Overlay, "\"overlay\"")] {
+            let st = LabState::new("t", mode);
+            let v = serde_json::to_value(&st).expect("json");
+            assert_eq!(v["mode"].to_string(), word);
+            let back: LabState = serde_json::from_value(v).expect("parse");
+            assert_eq!(back.mode, mode);
+        }
+        let mut v = serde_json::to_value(LabState::new("t", Mode::Vpc)).expect("json");
+        v["mode"] = "VPC".into();
+        assert!(serde_json::from_value::<LabState>(v).is_err());
     }
 }

@@ -16,7 +16,7 @@ use serde_json::json;
 
 use crate::cloud::model::{Cloud, IngressSource, SecurityGroup, Subnet};
 use crate::cloud::{self, READY_FILE};
-use crate::state::{self, LabState, NodeRec, PodRec};
+use crate::state::{self, LabState, Mode, NodeRec, PodRec};
 use crate::{names, procs, LabError};
 
 mod agents;
@@ -37,7 +37,7 @@ pub use status::{ec2_call, format_status, set_allow_external, status_json};
 #[derive(Debug, Clone)]
 pub struct UpOptions {
     pub name: String,
-    pub mode: String,
+    pub mode: Mode,
     pub nodes: usize,
     pub instance_type: String,
     /// Node subnets (nodes are spread over them in turn); the first also
@@ -87,13 +87,7 @@ fn gateway(subnet: &Ipv4Net) -> Ipv4Addr {
 /// Brings a lab up; on failure removes whatever it had made.
 pub fn up(opts: &UpOptions) -> Result<LabState, LabError> {
     names::check_lab_name(&opts.name)?;
-    if opts.mode != "vpc" && opts.mode != "overlay" {
-        return Err(LabError::Usage(format!(
-            "--mode {:?} must be vpc or overlay",
-            opts.mode
-        )));
-    }
-    if opts.mode == "overlay"
+    if opts.mode == Mode::Overlay
         && (opts.block_size < opts.pod_cidr.prefix_len() || opts.block_size > 30)
     {
         return Err(LabError::Usage(format!(
@@ -150,18 +144,16 @@ pub fn up(opts: &UpOptions) -> Result<LabState, LabError> {
     }
     let _lock = state::lock(&dir)?;
     let mut st = LabState {
-        name: opts.name.clone(),
-        mode: opts.mode.clone(),
         subnet: Some(first),
         subnets: opts.subnets.clone(),
         instance_type: opts.instance_type.clone(),
         allow_external: opts.allow_external,
         warm_ip_target: opts.warm_ip_target,
         minimum_ip_target: opts.minimum_ip_target,
-        pod_cidr: (opts.mode == "overlay").then_some(opts.pod_cidr),
+        pod_cidr: (opts.mode == Mode::Overlay).then_some(opts.pod_cidr),
         block_size: opts.block_size,
         datastore: opts.datastore.clone(),
-        ..Default::default()
+        ..LabState::new(&opts.name, opts.mode)
     };
     st.save()?;
     match build(&mut st, opts) {
@@ -317,7 +309,7 @@ fn build(st: &mut LabState, opts: &UpOptions) -> Result<(), LabError> {
     for r in st.nodes.iter().chain(st.external.iter()) {
         boot(r)?;
     }
-    if st.pod_cidr.is_some() && st.datastore == "etcd" {
+    if st.mode == Mode::Overlay && st.datastore == "etcd" {
         start_etcd(st)?;
     }
 

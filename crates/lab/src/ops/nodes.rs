@@ -136,7 +136,7 @@ pub fn node_del(lab: &str, node: &str) -> Result<(), LabError> {
     if let Some(pid) = rec.agent_pid {
         procs::stop(pid, &st.dir().display().to_string());
     }
-    if let Some(pool) = st.pod_cidr {
+    if let Some(pool) = st.overlay_pool()? {
         // The lab's own store (SQLite file or etcd): never a backend guessed here.
         let store = lab_store(&st)?;
         let ipam = podwire_ipam::block_store::BlockIpam::open(
