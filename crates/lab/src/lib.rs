@@ -8,6 +8,7 @@
 //! holds no route out, so lab traffic only ever reaches lab namespaces.
 
 pub mod cloud;
+pub mod datastore;
 pub mod demo;
 pub mod names;
 pub mod ops;

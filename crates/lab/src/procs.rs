@@ -170,3 +170,15 @@ pub fn wait_for(
         std::thread::sleep(Duration::from_millis(25));
     }
 }
+
+/// Is TCP `port` of `ip` accepting connections, seen from `ns`?
+pub fn port_open(ns: &Path, ip: std::net::Ipv4Addr, port: u16) -> bool {
+    podwire_netlink::netns::run_in(ns, || {
+        std::net::TcpStream::connect_timeout(
+            &std::net::SocketAddr::from((ip, port)),
+            Duration::from_millis(300),
+        )
+        .is_ok()
+    })
+    .unwrap_or(false)
+}

@@ -1,6 +1,15 @@
 //! Starting, stopping and asking the nodes' agents.
 
-use super::*;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::binaries::bin;
+use crate::cloud;
+use crate::datastore::datastore_spec;
+use crate::state::{LabState, NodeRec};
+use crate::{procs, LabError};
 
 /// The agent answers STATUS with free addresses ready.
 pub fn agent_ready(socket: &Path) -> bool {
@@ -120,6 +129,8 @@ pub fn stop_agent(st: &mut LabState, node: &str) -> Result<(), LabError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::Mode;
+    use std::net::Ipv4Addr;
 
     fn node() -> NodeRec {
         NodeRec {

@@ -1,6 +1,15 @@
 //! `lab node add|del`: nodes join and leave through the cloud's API.
 
-use super::*;
+use ipnet::Ipv4Net;
+
+use super::agents::start_agent;
+use super::boot::boot;
+use super::pods::pod_del;
+use super::status::ec2_call;
+use crate::cloud;
+use crate::datastore::lab_store;
+use crate::state::{self, LabState, NodeRec};
+use crate::{names, procs, LabError};
 
 fn xml_field(xml: &str, tag: &str) -> Option<String> {
     let open = format!("<{tag}>");

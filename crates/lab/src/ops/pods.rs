@@ -1,6 +1,16 @@
 //! `lab pod add|del`: the real plugin, run as a runtime runs it.
 
-use super::*;
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use podwire_netlink::Handle;
+use serde_json::json;
+
+use super::binaries::{bin, bin_dir};
+use crate::state::{self, LabState, Mode, NodeRec, PodRec};
+use crate::{names, procs, LabError};
 
 fn plugin_conf(mode: Mode, node: &NodeRec, prev: Option<&serde_json::Value>) -> String {
     let mut c = json!({
@@ -147,7 +157,7 @@ pub fn pod_add(
             pid,
             &log,
             Duration::from_secs(5),
-            || crate::probe::port_open(&ns_path, rec.ip, 80),
+            || procs::port_open(&ns_path, rec.ip, 80),
         )?;
     }
     st.pods.insert(pod.into(), rec.clone());

@@ -1,6 +1,16 @@
 //! `lab status`, and calls into the lab cloud's EC2 API.
 
-use super::*;
+use std::collections::BTreeMap;
+
+use podwire_cloud::{Credentials, Ec2Client};
+use podwire_netlink::netns;
+use serde_json::json;
+
+use super::agents::agent_status;
+use crate::cloud;
+use crate::datastore::datastore_spec;
+use crate::state::{self, LabState, Mode};
+use crate::{names, procs, LabError};
 
 /// An EC2 client for the lab's cloud, usable from the host: its requests
 /// are made from a thread inside the fabric namespace.
