@@ -59,7 +59,7 @@ enum LabCmd {
         block_size: u8,
         /// overlay: `sqlite` (one file all nodes share) or `etcd` (the lab runs
         /// an etcd server on the fabric; nodes reach it as a VPC service).
-        #[arg(long, default_value = "sqlite")]
+        #[arg(long, default_value = "sqlite", value_parser = ["sqlite", "etcd"])]
         datastore: String,
     },
     /// Nodes, ENIs, addresses, pods and namespace names.

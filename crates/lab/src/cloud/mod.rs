@@ -304,4 +304,16 @@ mod tests {
         assert!(huge.starts_with("HTTP/1.1 413 "), "{huge}");
         drop(slow);
     }
+
+    #[test]
+    fn cloud_json_holds_secrets_and_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut c = Cloud::default();
+        c.credentials.insert("AKIALAB".into(), "secret".into());
+        save(dir.path(), &c).expect("save");
+        let meta = std::fs::metadata(dir.path().join(CLOUD_FILE)).expect("stat");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(load(dir.path()).expect("load").credentials, c.credentials);
+    }
 }
