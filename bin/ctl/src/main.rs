@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use podwire_cni::config::Mode;
 use podwire_lab::{demo, names, ops, probe, state::LabState};
 
 #[derive(Debug, Parser)]
@@ -29,8 +30,9 @@ enum LabCmd {
     Up {
         #[arg(long, default_value = names::DEFAULT_LAB)]
         name: String,
-        #[arg(long)]
-        mode: String,
+        /// `vpc` or `overlay`.
+        #[arg(long, value_parser = parse_mode)]
+        mode: Mode,
         #[arg(long, default_value_t = 2)]
         nodes: usize,
         #[arg(long, default_value = "m5.large")]
@@ -57,7 +59,7 @@ enum LabCmd {
         block_size: u8,
         /// overlay: `sqlite` (one file all nodes share) or `etcd` (the lab runs
         /// an etcd server on the fabric; nodes reach it as a VPC service).
-        #[arg(long, default_value = "sqlite")]
+        #[arg(long, default_value = "sqlite", value_parser = ["sqlite", "etcd"])]
         datastore: String,
     },
     /// Nodes, ENIs, addresses, pods and namespace names.
@@ -188,6 +190,12 @@ enum PodCmd {
         name: String,
         pod: String,
     },
+}
+
+/// clap's parser for [`Mode`], through its `FromStr` (the cni crate needs no clap).
+fn parse_mode(s: &str) -> Result<Mode, String> {
+    s.parse()
+        .map_err(|e: podwire_cni::config::UnknownMode| e.to_string())
 }
 
 fn main() -> ExitCode {

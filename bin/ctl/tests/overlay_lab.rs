@@ -327,6 +327,20 @@ fn overlay_on_the_labs_etcd_converges_and_fails_cleanly_without_it() {
         "node-1 did not learn node-3 within 1 s"
     );
 
+    // `lab node del` removes the node from etcd (through the lab's own
+    // store): the others drop its route, and no SQLite file appears.
+    lab.ctl_ok(&["lab", "node", "del", "node-3"]);
+    assert!(
+        within(Duration::from_secs(2), || !ip(&["-n", &ns1, "route"])
+            .contains(&block3.to_string()))
+        .is_some(),
+        "node-1 kept the deleted node-3's route: its record stayed in etcd"
+    );
+    let stray = std::path::Path::new("/run/podwire/lab")
+        .join(&lab.name)
+        .join("datastore.db");
+    assert!(!stray.exists(), "a stray {} appeared", stray.display());
+
     // etcd dies: ADD is "try again later" (11) and changes nothing.
     let pid = st["etcd_pid"].as_i64().expect("etcd pid") as i32;
     nix::sys::signal::kill(

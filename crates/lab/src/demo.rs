@@ -7,7 +7,7 @@ use std::process::Command;
 
 use crate::ops::{self, UpOptions};
 use crate::probe;
-use crate::state::LabState;
+use crate::state::{LabState, Mode};
 use crate::{names, LabError};
 
 fn section(title: &str) {
@@ -24,11 +24,11 @@ fn shell(args: &[&str]) {
 
 /// Two m5.large nodes in 10.0.0.0/20 (and, in overlay mode, 172.16.0.0/16
 /// in /26 blocks on the shared SQLite datastore), as in the article.
-fn demo_options(lab: &str, mode: &str, allow_external: bool) -> Result<UpOptions, LabError> {
+fn demo_options(lab: &str, mode: Mode, allow_external: bool) -> Result<UpOptions, LabError> {
     let parse = |s: &str| s.parse().map_err(|e| LabError::Usage(format!("{e}")));
     Ok(UpOptions {
         name: lab.into(),
-        mode: mode.into(),
+        mode,
         nodes: 2,
         instance_type: "m5.large".into(),
         subnets: vec![parse("10.0.0.0/20")?],
@@ -146,7 +146,7 @@ fn hops(t: &probe::Trace) -> String {
 fn narrate_overlay(lab: &str) -> Result<Observed, LabError> {
     section("7. The same cluster in overlay mode (the Calico VXLAN model)");
     println!("Pods get addresses from 172.16.0.0/16, cut in /26 blocks that nodes claim; nodes talk VXLAN.");
-    ops::up(&demo_options(lab, "overlay", true)?)?;
+    ops::up(&demo_options(lab, Mode::Overlay, true)?)?;
     let mut first = String::new();
     for (p, n) in [
         ("web-1", "node-1"),
@@ -198,7 +198,7 @@ fn narrate(lab: &str) -> Result<Observed, LabError> {
         "The VPC fabric, its EC2 API and instance metadata service run in network namespace {}.",
         names::ns_fabric(lab)
     );
-    let st = ops::up(&demo_options(lab, "vpc", false)?)?;
+    let st = ops::up(&demo_options(lab, Mode::Vpc, false)?)?;
     for n in st.nodes.iter().chain(st.external.iter()) {
         println!("  {:9} {:15} {}", n.name, n.primary_ip, n.instance_id);
     }

@@ -8,12 +8,15 @@
 //! holds no route out, so lab traffic only ever reaches lab namespaces.
 
 pub mod cloud;
+pub mod datastore;
 pub mod demo;
 pub mod names;
 pub mod ops;
 pub mod probe;
 pub mod procs;
 pub mod state;
+
+pub use podwire_cni::config::Mode;
 
 /// Lab failures. Messages say what to do where there is something to do.
 #[derive(Debug, thiserror::Error)]

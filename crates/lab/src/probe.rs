@@ -3,7 +3,6 @@
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -116,10 +115,10 @@ impl<'a> Namer<'a> {
 
 /// The overlay's node records, from the lab's datastore.
 pub fn overlay_nodes(st: &LabState) -> Vec<podwire_ipam::nodes::NodeRecord> {
-    if st.pod_cidr.is_none() {
+    if st.mode != crate::state::Mode::Overlay {
         return Vec::new();
     }
-    crate::ops::lab_store(st)
+    crate::datastore::lab_store(st)
         .ok()
         .and_then(|s| podwire_ipam::nodes::list(s.as_ref()).ok())
         .unwrap_or_default()
@@ -281,15 +280,6 @@ pub fn print_trace(t: &Trace) {
     if !t.reached {
         println!("(no answer from {})", t.to_ip);
     }
-}
-
-/// Is TCP `port` of `ip` accepting connections, seen from `ns`?
-pub fn port_open(ns: &Path, ip: Ipv4Addr, port: u16) -> bool {
-    netns::run_in(ns, || {
-        TcpStream::connect_timeout(&SocketAddr::from((ip, port)), Duration::from_millis(300))
-            .is_ok()
-    })
-    .unwrap_or(false)
 }
 
 /// `lab curl`: HTTP GET from inside FROM's namespace; the body.

@@ -1,7 +1,6 @@
 //! Namespaces and processes the lab starts and stops — always by exact name
 //! or PID, never by pattern.
 
-use std::fs::File;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -59,7 +58,7 @@ pub fn netns_del(name: &str) -> Result<(), LabError> {
 /// Starts `program args…` inside `netns`, detached (own process group,
 /// output to `log`), and returns its PID.
 pub fn spawn_in(netns: &str, program: &Path, args: &[String], log: &Path) -> Result<i32, LabError> {
-    let out = File::create(log).map_err(|e| LabError::State(format!("{}: {e}", log.display())))?;
+    let out = crate::state::create_private(log)?;
     let err = out
         .try_clone()
         .map_err(|e| LabError::State(e.to_string()))?;
@@ -170,4 +169,16 @@ pub fn wait_for(
         }
         std::thread::sleep(Duration::from_millis(25));
     }
+}
+
+/// Is TCP `port` of `ip` accepting connections, seen from `ns`?
+pub fn port_open(ns: &Path, ip: std::net::Ipv4Addr, port: u16) -> bool {
+    podwire_netlink::netns::run_in(ns, || {
+        std::net::TcpStream::connect_timeout(
+            &std::net::SocketAddr::from((ip, port)),
+            Duration::from_millis(300),
+        )
+        .is_ok()
+    })
+    .unwrap_or(false)
 }

@@ -5,10 +5,12 @@ use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::net::Ipv4Addr;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use ipnet::Ipv4Net;
 use nix::fcntl::{Flock, FlockArg};
+pub use podwire_cni::config::Mode;
 use serde::{Deserialize, Serialize};
 
 use crate::{names, LabError};
@@ -38,10 +40,11 @@ pub struct PodRec {
     pub http_pid: Option<i32>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LabState {
     pub name: String,
-    pub mode: String,
+    /// Spelled `vpc` / `overlay` in lab.json, as always.
+    pub mode: Mode,
     pub subnet: Option<Ipv4Net>,
     /// Every node subnet (the first is `subnet`).
     #[serde(default)]
@@ -72,18 +75,97 @@ pub struct LabState {
     pub pods: BTreeMap<String, PodRec>,
 }
 
+/// Creates (or truncates) a file only root can read: lab files hold the
+/// cloud's secrets, pod results and agent sockets' paths. A file that exists
+/// already is narrowed to 0600 too.
+pub fn create_private(path: &Path) -> Result<File, LabError> {
+    let err = |e: std::io::Error| LabError::State(format!("{}: {e}", path.display()));
+    let f = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(PRIVATE)
+        .open(path)
+        .map_err(err)?;
+    f.set_permissions(fs::Permissions::from_mode(PRIVATE))
+        .map_err(err)?;
+    Ok(f)
+}
+
+/// Mode of every file the lab writes.
+const PRIVATE: u32 = 0o600;
+
+/// Writes `path` whole or not at all, as a 0600 file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), LabError> {
     let tmp = path.with_extension("tmp");
     let err = |e: std::io::Error| LabError::State(format!("{}: {e}", path.display()));
-    let mut f = File::create(&tmp).map_err(err)?;
+    // A temporary left by a crash may carry any mode: start afresh, and
+    // create it 0600 so the secret is never readable, not even for a moment.
+    if let Err(e) = fs::remove_file(&tmp) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            return Err(err(e));
+        }
+    }
+    let mut f = OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .mode(PRIVATE)
+        .open(&tmp)
+        .map_err(err)?;
     f.write_all(bytes).map_err(err)?;
     f.sync_all().map_err(err)?;
     fs::rename(&tmp, path).map_err(err)
 }
 
 impl LabState {
+    /// A lab in `mode` with nothing made yet.
+    pub fn new(name: &str, mode: Mode) -> LabState {
+        LabState {
+            name: name.to_string(),
+            mode,
+            subnet: None,
+            subnets: Vec::new(),
+            instance_type: String::new(),
+            allow_external: false,
+            warm_ip_target: None,
+            minimum_ip_target: None,
+            pod_cidr: None,
+            block_size: 0,
+            datastore: String::new(),
+            etcd_pid: None,
+            namespaces: Vec::new(),
+            cloud_pid: None,
+            node_sg: String::new(),
+            external_sg: String::new(),
+            nodes: Vec::new(),
+            external: None,
+            pods: BTreeMap::new(),
+        }
+    }
+
+    /// The overlay's pod CIDR: `None` in vpc mode. The mode decides, not
+    /// whether a CIDR happens to be recorded.
+    pub fn overlay_pool(&self) -> Result<Option<Ipv4Net>, LabError> {
+        match self.mode {
+            Mode::Vpc => Ok(None),
+            Mode::Overlay => self.pod_cidr.map(Some).ok_or_else(|| {
+                LabError::State(format!(
+                    "overlay lab {} has no pod CIDR in lab.json",
+                    self.name
+                ))
+            }),
+        }
+    }
+
     pub fn dir(&self) -> PathBuf {
         names::lab_dir(&self.name)
+    }
+
+    /// The state of the lab in `dir` (the cloud knows its lab by directory).
+    pub fn load_from(dir: &Path) -> Result<LabState, LabError> {
+        let p = dir.join("lab.json");
+        let bytes = fs::read(&p).map_err(|e| LabError::State(format!("{}: {e}", p.display())))?;
+        serde_json::from_slice(&bytes).map_err(|e| LabError::State(format!("{}: {e}", p.display())))
     }
 
     pub fn load(lab: &str) -> Result<LabState, LabError> {
@@ -125,14 +207,61 @@ pub struct LabLock {
 }
 
 pub fn lock(dir: &Path) -> Result<LabLock, LabError> {
-    fs::create_dir_all(dir).map_err(|e| LabError::State(format!("{}: {e}", dir.display())))?;
+    // The lab's directory is root's alone, like the files in it.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| LabError::State(format!("{}: {e}", dir.display())))?;
     let f = OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(PRIVATE)
         .open(dir.join("lock"))
         .map_err(|e| LabError::State(e.to_string()))?;
     let l = Flock::lock(f, FlockArg::LockExclusive)
         .map_err(|(_, e)| LabError::State(format!("locking the lab: {e}")))?;
     Ok(LabLock { _lock: l })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(p: &Path) -> u32 {
+        fs::metadata(p).expect("stat").permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn state_files_are_private_also_when_the_writer_creates_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fresh = dir.path().join("lab.json");
+        write_atomic(&fresh, b"{}").expect("write");
+        assert_eq!(mode(&fresh), 0o600, "a file the atomic writer creates");
+        // A file that was readable by all before, and a stale temporary.
+        let old = dir.path().join("cloud.json");
+        fs::write(&old, b"{}").expect("seed");
+        fs::set_permissions(&old, fs::Permissions::from_mode(0o644)).expect("chmod");
+        fs::write(old.with_extension("tmp"), b"stale").expect("stale tmp");
+        fs::set_permissions(old.with_extension("tmp"), fs::Permissions::from_mode(0o666))
+            .expect("chmod");
+        write_atomic(&old, b"{\"x\":1}").expect("rewrite");
+        assert_eq!(mode(&old), 0o600, "a file rewritten");
+        assert_eq!(fs::read(&old).expect("read"), b"{\"x\":1}");
+    }
+
+    #[test]
+    fn lab_json_spells_the_mode_as_before() {
+        for (mode, word) in [(Mode::Vpc, "\"vpc\""), (Mode::Overlay, "\"overlay\"")] {
+            let st = LabState::new("t", mode);
+            let v = serde_json::to_value(&st).expect("json");
+            assert_eq!(v["mode"].to_string(), word);
+            let back: LabState = serde_json::from_value(v).expect("parse");
+            assert_eq!(back.mode, mode);
+        }
+        let mut v = serde_json::to_value(LabState::new("t", Mode::Vpc)).expect("json");
+        v["mode"] = "VPC".into();
+        assert!(serde_json::from_value::<LabState>(v).is_err());
+    }
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 use podwire_cloud::{sigv4, Credentials, LimitsTable};
 
 use super::model::{api_err, ApiError, Cloud, IngressSource};
+use super::scope::LabScope;
 use super::xml;
 
 /// A parsed request: the form parameters and the headers SigV4 needs.
@@ -174,262 +175,334 @@ pub enum Effect {
     Changed,
 }
 
-/// Runs one action; returns the XML body and whether state changed.
+/// The form parameters of a request.
+pub type Params = BTreeMap<String, String>;
+
+/// What an action may consult besides the cloud itself.
+#[derive(Debug)]
+pub struct Ctx<'a> {
+    pub limits: &'a LimitsTable,
+    pub scope: &'a LabScope,
+}
+
+/// An action's answer: the inner XML body and what it changed.
+type Answer = Result<(String, Effect), ApiError>;
+type Action = fn(&mut Cloud, &Ctx<'_>, &Params) -> Answer;
+
+/// Every EC2 action the lab serves, each in a function of its own.
+const ACTIONS: &[(&str, Action)] = &[
+    ("DescribeNetworkInterfaces", describe_network_interfaces),
+    ("DescribeInstances", describe_instances),
+    ("DescribeInstanceTypes", describe_instance_types),
+    ("CreateNetworkInterface", create_network_interface),
+    ("AttachNetworkInterface", attach_network_interface),
+    ("AssignPrivateIpAddresses", assign_private_ip_addresses),
+    ("UnassignPrivateIpAddresses", unassign_private_ip_addresses),
+    ("DeleteNetworkInterface", delete_network_interface),
+    ("RunInstances", run_instances),
+    ("TerminateInstances", terminate_instances),
+    (
+        "AuthorizeSecurityGroupIngress",
+        authorize_security_group_ingress,
+    ),
+    ("RevokeSecurityGroupIngress", revoke_security_group_ingress),
+];
+
+/// Routes one request to its action; wraps the answer in `<Action>Response`.
 pub fn dispatch(
     cloud: &mut Cloud,
     limits: &LimitsTable,
-    p: &BTreeMap<String, String>,
+    scope: &LabScope,
+    p: &Params,
 ) -> Result<(String, Effect), ApiError> {
-    let action = param(p, "Action")?.to_string();
+    let action = param(p, "Action")?;
+    let run = ACTIONS
+        .iter()
+        .find(|(name, _)| *name == action)
+        .map(|(_, f)| *f)
+        .ok_or_else(|| {
+            api_err(
+                "InvalidAction",
+                format!("The action {action} is not valid for this web service."),
+            )
+        })?;
+    let (body, effect) = run(cloud, &Ctx { limits, scope }, p)?;
     let id = cloud.new_id("req");
-    let ok = |body: String, eff: Effect| Ok((xml::response(&action, &id, &body), eff));
-    match action.as_str() {
-        "DescribeNetworkInterfaces" => {
-            let ids = list(p, "NetworkInterfaceId");
-            for i in &ids {
-                cloud.eni(i)?;
-            }
-            let fs = filters(p);
-            let mut items = String::new();
-            for e in cloud.enis.values() {
-                if !ids.is_empty() && !ids.contains(&e.id) {
-                    continue;
-                }
-                let mut keep = true;
-                for (name, values) in &fs {
-                    let actual: Vec<String> = match name.as_str() {
-                        "attachment.instance-id" => {
-                            e.attachment.iter().map(|a| a.instance_id.clone()).collect()
-                        }
-                        "subnet-id" => vec![e.subnet_id.clone()],
-                        "description" => vec![e.description.clone()],
-                        "status" => vec![if e.attachment.is_some() {
-                            "in-use".into()
-                        } else {
-                            "available".into()
-                        }],
-                        "network-interface-id" => vec![e.id.clone()],
-                        "addresses.private-ip-address" => {
-                            e.all_ips().map(|i| i.to_string()).collect()
-                        }
-                        other => {
-                            return Err(api_err(
-                                "InvalidParameterValue",
-                                format!("The filter '{other}' is invalid"),
-                            ))
-                        }
-                    };
-                    if !values.iter().any(|v| actual.contains(v)) {
-                        keep = false;
-                    }
-                }
-                if keep {
-                    items.push_str(&xml::eni(cloud, e, "item"));
-                }
-            }
-            ok(
-                format!("<networkInterfaceSet>{items}</networkInterfaceSet>"),
-                Effect::ReadOnly,
-            )
-        }
-        "DescribeInstances" => {
-            let ids = list(p, "InstanceId");
-            let mut items = String::new();
-            for i in &ids {
-                if !cloud.instances.contains_key(i) {
-                    return Err(api_err(
-                        "InvalidInstanceID.NotFound",
-                        format!("The instance ID '{i}' does not exist"),
-                    ));
-                }
-            }
-            for inst in cloud
-                .instances
-                .values()
-                .filter(|i| ids.is_empty() || ids.contains(&i.id))
-            {
-                items.push_str(&xml::instance(cloud, inst));
-            }
-            ok(format!("<reservationSet><item><reservationId>r-0000000000000001</reservationId><ownerId>000000000000</ownerId><instancesSet>{items}</instancesSet></item></reservationSet>"), Effect::ReadOnly)
-        }
-        "DescribeInstanceTypes" => {
-            let mut items = String::new();
-            for t in list(p, "InstanceType") {
-                let l = limits.get(&t).ok_or_else(|| {
-                    api_err(
-                        "InvalidInstanceType",
-                        format!("The following supplied instance types do not exist: [{t}]"),
-                    )
-                })?;
-                items.push_str(&format!(
-                    "<item><instanceType>{}</instanceType><hypervisor>{}</hypervisor><bareMetal>{}</bareMetal><networkInfo><maximumNetworkInterfaces>{}</maximumNetworkInterfaces><ipv4AddressesPerInterface>{}</ipv4AddressesPerInterface><defaultNetworkCardIndex>0</defaultNetworkCardIndex></networkInfo></item>",
-                    l.instance_type, l.hypervisor, l.bare_metal, l.max_enis, l.ipv4_per_eni
-                ));
-            }
-            ok(
-                format!("<instanceTypeSet>{items}</instanceTypeSet>"),
-                Effect::ReadOnly,
-            )
-        }
-        "CreateNetworkInterface" => {
-            let subnet = param(p, "SubnetId")?.to_string();
-            let desc = p.get("Description").cloned().unwrap_or_default();
-            let groups = list(p, "SecurityGroupId");
-            let primary = p
-                .get("PrivateIpAddress")
-                .map(|s| s.parse())
-                .transpose()
-                .map_err(|_| api_err("InvalidParameterValue", "PrivateIpAddress"))?;
-            let eni_id = cloud.create_eni(
-                &subnet,
-                &desc,
-                groups,
-                num(p, "SecondaryPrivateIpAddressCount")?,
-                primary,
-            )?;
-            let body = xml::eni(cloud, cloud.eni(&eni_id)?, "networkInterface");
-            ok(body, Effect::Changed)
-        }
-        "AttachNetworkInterface" => {
-            let att = cloud.attach(
-                limits,
-                param(p, "NetworkInterfaceId")?,
-                param(p, "InstanceId")?,
-                num(p, "DeviceIndex")?,
-            )?;
-            ok(
-                format!("<attachmentId>{att}</attachmentId><networkCardIndex>0</networkCardIndex>"),
-                Effect::Changed,
-            )
-        }
-        "AssignPrivateIpAddresses" => {
-            let eni_id = param(p, "NetworkInterfaceId")?.to_string();
-            let new = cloud.assign(
-                limits,
-                &eni_id,
-                num(p, "SecondaryPrivateIpAddressCount")?,
-                &ips(p, "PrivateIpAddress")?,
-            )?;
-            let items: String = new
-                .iter()
-                .map(|ip| format!("<item><privateIpAddress>{ip}</privateIpAddress></item>"))
-                .collect();
-            ok(format!("<networkInterfaceId>{eni_id}</networkInterfaceId><assignedPrivateIpAddressesSet>{items}</assignedPrivateIpAddressesSet><return>true</return>"), Effect::Changed)
-        }
-        "UnassignPrivateIpAddresses" => {
-            cloud.unassign(
-                param(p, "NetworkInterfaceId")?,
-                &ips(p, "PrivateIpAddress")?,
-            )?;
-            ok("<return>true</return>".into(), Effect::Changed)
-        }
-        "DeleteNetworkInterface" => {
-            cloud.delete_eni(param(p, "NetworkInterfaceId")?)?;
-            ok("<return>true</return>".into(), Effect::Changed)
-        }
-        "RunInstances" => {
-            if num(p, "MinCount")? > 1 || num(p, "MaxCount")? > 1 {
-                return Err(api_err(
-                    "InvalidParameterValue",
-                    "the lab launches one instance per call",
-                ));
-            }
-            // Tags name the instance and the namespace that is its machine.
-            let mut tags = BTreeMap::new();
-            for i in 1.. {
-                let Some(k) = p.get(&format!("TagSpecification.1.Tag.{i}.Key")) else {
-                    break;
-                };
-                tags.insert(
-                    k.clone(),
-                    p.get(&format!("TagSpecification.1.Tag.{i}.Value"))
-                        .cloned()
-                        .unwrap_or_default(),
-                );
-            }
-            let host = tags
-                .get("Name")
-                .cloned()
-                .ok_or_else(|| api_err("MissingParameter", "tag Name"))?;
-            let netns = tags
-                .get("podwire:netns")
-                .cloned()
-                .ok_or_else(|| api_err("MissingParameter", "tag podwire:netns"))?;
-            let id = cloud.run_instance(
-                limits,
-                &host,
-                &netns,
-                param(p, "InstanceType")?,
-                param(p, "SubnetId")?,
-                list(p, "SecurityGroupId"),
-            )?;
-            let inst = cloud
-                .instances
-                .get(&id)
-                .cloned()
-                .ok_or_else(|| api_err("InternalError", "instance vanished"))?;
-            let body = format!("<reservationId>r-{}</reservationId><ownerId>000000000000</ownerId><instancesSet>{}</instancesSet>", &id[2..], xml::instance(cloud, &inst));
-            ok(body, Effect::Changed)
-        }
-        "TerminateInstances" => {
-            let mut items = String::new();
-            for id in list(p, "InstanceId") {
-                cloud.terminate_instance(&id)?;
-                items.push_str(&format!("<item><instanceId>{id}</instanceId><currentState><code>48</code><name>terminated</name></currentState></item>"));
-            }
-            ok(
-                format!("<instancesSet>{items}</instancesSet>"),
-                Effect::Changed,
-            )
-        }
-        "AuthorizeSecurityGroupIngress" | "RevokeSecurityGroupIngress" => {
-            let gid = param(p, "GroupId")?.to_string();
-            let mut sources = Vec::new();
-            for i in 1.. {
-                let Some(g) = p.get(&format!("IpPermissions.1.Groups.{i}.GroupId")) else {
-                    break;
-                };
-                sources.push(IngressSource::Group(g.clone()));
-            }
-            for i in 1.. {
-                let Some(c) = p.get(&format!("IpPermissions.1.IpRanges.{i}.CidrIp")) else {
-                    break;
-                };
-                sources.push(IngressSource::Cidr(c.parse().map_err(|_| {
-                    api_err("InvalidParameterValue", format!("CIDR {c}"))
-                })?));
-            }
-            if sources.is_empty() {
-                return Err(api_err(
-                    "MissingParameter",
-                    "IpPermissions.1 needs a group or an IP range",
-                ));
-            }
-            let sg = cloud.groups.get_mut(&gid).ok_or_else(|| {
-                api_err(
-                    "InvalidGroup.NotFound",
-                    format!("The security group '{gid}' does not exist"),
-                )
-            })?;
-            for s in sources {
-                if action.starts_with("Authorize") {
-                    sg.ingress.insert(s);
-                } else {
-                    sg.ingress.remove(&s);
-                }
-            }
-            ok("<return>true</return>".into(), Effect::Changed)
-        }
-        other => Err(api_err(
-            "InvalidAction",
-            format!("The action {other} is not valid for this web service."),
-        )),
+    Ok((xml::response(action, &id, &body), effect))
+}
+
+fn describe_network_interfaces(cloud: &mut Cloud, _: &Ctx<'_>, p: &Params) -> Answer {
+    let ids = list(p, "NetworkInterfaceId");
+    for i in &ids {
+        cloud.eni(i)?;
     }
+    let fs = filters(p);
+    let mut items = String::new();
+    for e in cloud.enis.values() {
+        if !ids.is_empty() && !ids.contains(&e.id) {
+            continue;
+        }
+        let mut keep = true;
+        for (name, values) in &fs {
+            let actual: Vec<String> = match name.as_str() {
+                "attachment.instance-id" => {
+                    e.attachment.iter().map(|a| a.instance_id.clone()).collect()
+                }
+                "subnet-id" => vec![e.subnet_id.clone()],
+                "description" => vec![e.description.clone()],
+                "status" => vec![if e.attachment.is_some() {
+                    "in-use".into()
+                } else {
+                    "available".into()
+                }],
+                "network-interface-id" => vec![e.id.clone()],
+                "addresses.private-ip-address" => e.all_ips().map(|i| i.to_string()).collect(),
+                other => {
+                    return Err(api_err(
+                        "InvalidParameterValue",
+                        format!("The filter '{other}' is invalid"),
+                    ))
+                }
+            };
+            if !values.iter().any(|v| actual.contains(v)) {
+                keep = false;
+            }
+        }
+        if keep {
+            items.push_str(&xml::eni(cloud, e, "item"));
+        }
+    }
+    Ok((
+        format!("<networkInterfaceSet>{items}</networkInterfaceSet>"),
+        Effect::ReadOnly,
+    ))
+}
+
+fn describe_instances(cloud: &mut Cloud, _: &Ctx<'_>, p: &Params) -> Answer {
+    let ids = list(p, "InstanceId");
+    for i in &ids {
+        if !cloud.instances.contains_key(i) {
+            return Err(api_err(
+                "InvalidInstanceID.NotFound",
+                format!("The instance ID '{i}' does not exist"),
+            ));
+        }
+    }
+    let items: String = cloud
+        .instances
+        .values()
+        .filter(|i| ids.is_empty() || ids.contains(&i.id))
+        .map(|inst| xml::instance(cloud, inst))
+        .collect();
+    Ok((format!("<reservationSet><item><reservationId>r-0000000000000001</reservationId><ownerId>000000000000</ownerId><instancesSet>{items}</instancesSet></item></reservationSet>"), Effect::ReadOnly))
+}
+
+fn describe_instance_types(_: &mut Cloud, ctx: &Ctx<'_>, p: &Params) -> Answer {
+    let mut items = String::new();
+    for t in list(p, "InstanceType") {
+        let l = ctx.limits.get(&t).ok_or_else(|| {
+            api_err(
+                "InvalidInstanceType",
+                format!("The following supplied instance types do not exist: [{t}]"),
+            )
+        })?;
+        items.push_str(&format!(
+            "<item><instanceType>{}</instanceType><hypervisor>{}</hypervisor><bareMetal>{}</bareMetal><networkInfo><maximumNetworkInterfaces>{}</maximumNetworkInterfaces><ipv4AddressesPerInterface>{}</ipv4AddressesPerInterface><defaultNetworkCardIndex>0</defaultNetworkCardIndex></networkInfo></item>",
+            l.instance_type, l.hypervisor, l.bare_metal, l.max_enis, l.ipv4_per_eni
+        ));
+    }
+    Ok((
+        format!("<instanceTypeSet>{items}</instanceTypeSet>"),
+        Effect::ReadOnly,
+    ))
+}
+
+fn create_network_interface(cloud: &mut Cloud, _: &Ctx<'_>, p: &Params) -> Answer {
+    let subnet = param(p, "SubnetId")?.to_string();
+    let desc = p.get("Description").cloned().unwrap_or_default();
+    let groups = list(p, "SecurityGroupId");
+    let primary = p
+        .get("PrivateIpAddress")
+        .map(|s| s.parse())
+        .transpose()
+        .map_err(|_| api_err("InvalidParameterValue", "PrivateIpAddress"))?;
+    let eni_id = cloud.create_eni(
+        &subnet,
+        &desc,
+        groups,
+        num(p, "SecondaryPrivateIpAddressCount")?,
+        primary,
+    )?;
+    let body = xml::eni(cloud, cloud.eni(&eni_id)?, "networkInterface");
+    Ok((body, Effect::Changed))
+}
+
+fn attach_network_interface(cloud: &mut Cloud, ctx: &Ctx<'_>, p: &Params) -> Answer {
+    let att = cloud.attach(
+        ctx.limits,
+        param(p, "NetworkInterfaceId")?,
+        param(p, "InstanceId")?,
+        num(p, "DeviceIndex")?,
+    )?;
+    Ok((
+        format!("<attachmentId>{att}</attachmentId><networkCardIndex>0</networkCardIndex>"),
+        Effect::Changed,
+    ))
+}
+
+fn assign_private_ip_addresses(cloud: &mut Cloud, ctx: &Ctx<'_>, p: &Params) -> Answer {
+    let eni_id = param(p, "NetworkInterfaceId")?.to_string();
+    let new = cloud.assign(
+        ctx.limits,
+        &eni_id,
+        num(p, "SecondaryPrivateIpAddressCount")?,
+        &ips(p, "PrivateIpAddress")?,
+    )?;
+    let items: String = new
+        .iter()
+        .map(|ip| format!("<item><privateIpAddress>{ip}</privateIpAddress></item>"))
+        .collect();
+    Ok((format!("<networkInterfaceId>{eni_id}</networkInterfaceId><assignedPrivateIpAddressesSet>{items}</assignedPrivateIpAddressesSet><return>true</return>"), Effect::Changed))
+}
+
+fn unassign_private_ip_addresses(cloud: &mut Cloud, _: &Ctx<'_>, p: &Params) -> Answer {
+    cloud.unassign(
+        param(p, "NetworkInterfaceId")?,
+        &ips(p, "PrivateIpAddress")?,
+    )?;
+    Ok(("<return>true</return>".into(), Effect::Changed))
+}
+
+fn delete_network_interface(cloud: &mut Cloud, _: &Ctx<'_>, p: &Params) -> Answer {
+    cloud.delete_eni(param(p, "NetworkInterfaceId")?)?;
+    Ok(("<return>true</return>".into(), Effect::Changed))
+}
+
+/// Tags of `TagSpecification.1` as key → value.
+fn tags(p: &Params) -> BTreeMap<String, String> {
+    let mut tags = BTreeMap::new();
+    for i in 1.. {
+        let Some(k) = p.get(&format!("TagSpecification.1.Tag.{i}.Key")) else {
+            break;
+        };
+        tags.insert(
+            k.clone(),
+            p.get(&format!("TagSpecification.1.Tag.{i}.Value"))
+                .cloned()
+                .unwrap_or_default(),
+        );
+    }
+    tags
+}
+
+fn run_instances(cloud: &mut Cloud, ctx: &Ctx<'_>, p: &Params) -> Answer {
+    if num(p, "MinCount")? > 1 || num(p, "MaxCount")? > 1 {
+        return Err(api_err(
+            "InvalidParameterValue",
+            "the lab launches one instance per call",
+        ));
+    }
+    // Tags name the instance and the namespace that is its machine.
+    let tags = tags(p);
+    let host = tags
+        .get("Name")
+        .ok_or_else(|| api_err("MissingParameter", "tag Name"))?;
+    let netns = tags
+        .get("podwire:netns")
+        .ok_or_else(|| api_err("MissingParameter", "tag podwire:netns"))?;
+    ctx.scope.check_instance(host, netns)?;
+    let id = cloud.run_instance(
+        ctx.limits,
+        host,
+        netns,
+        param(p, "InstanceType")?,
+        param(p, "SubnetId")?,
+        list(p, "SecurityGroupId"),
+    )?;
+    let inst = cloud
+        .instances
+        .get(&id)
+        .ok_or_else(|| api_err("InternalError", "instance vanished"))?;
+    let reservation = id.strip_prefix("i-").unwrap_or(&id);
+    let body = format!("<reservationId>r-{reservation}</reservationId><ownerId>000000000000</ownerId><instancesSet>{}</instancesSet>", xml::instance(cloud, inst));
+    Ok((body, Effect::Changed))
+}
+
+fn terminate_instances(cloud: &mut Cloud, _: &Ctx<'_>, p: &Params) -> Answer {
+    let mut items = String::new();
+    for id in list(p, "InstanceId") {
+        cloud.terminate_instance(&id)?;
+        items.push_str(&format!("<item><instanceId>{id}</instanceId><currentState><code>48</code><name>terminated</name></currentState></item>"));
+    }
+    Ok((
+        format!("<instancesSet>{items}</instancesSet>"),
+        Effect::Changed,
+    ))
+}
+
+fn authorize_security_group_ingress(cloud: &mut Cloud, _: &Ctx<'_>, p: &Params) -> Answer {
+    change_ingress(cloud, p, true)
+}
+
+fn revoke_security_group_ingress(cloud: &mut Cloud, _: &Ctx<'_>, p: &Params) -> Answer {
+    change_ingress(cloud, p, false)
+}
+
+/// The sources of `IpPermissions.1`: groups (which must exist) and CIDRs.
+fn ingress_sources(cloud: &Cloud, p: &Params) -> Result<Vec<IngressSource>, ApiError> {
+    let mut sources = Vec::new();
+    for i in 1.. {
+        let Some(g) = p.get(&format!("IpPermissions.1.Groups.{i}.GroupId")) else {
+            break;
+        };
+        if !cloud.groups.contains_key(g) {
+            return Err(api_err(
+                "InvalidGroup.NotFound",
+                format!("The security group '{g}' does not exist"),
+            ));
+        }
+        sources.push(IngressSource::Group(g.clone()));
+    }
+    for i in 1.. {
+        let Some(c) = p.get(&format!("IpPermissions.1.IpRanges.{i}.CidrIp")) else {
+            break;
+        };
+        sources.push(IngressSource::Cidr(c.parse().map_err(|_| {
+            api_err("InvalidParameterValue", format!("CIDR {c}"))
+        })?));
+    }
+    if sources.is_empty() {
+        return Err(api_err(
+            "MissingParameter",
+            "IpPermissions.1 needs a group or an IP range",
+        ));
+    }
+    Ok(sources)
+}
+
+fn change_ingress(cloud: &mut Cloud, p: &Params, add: bool) -> Answer {
+    let gid = param(p, "GroupId")?.to_string();
+    let sources = ingress_sources(cloud, p)?;
+    let sg = cloud.groups.get_mut(&gid).ok_or_else(|| {
+        api_err(
+            "InvalidGroup.NotFound",
+            format!("The security group '{gid}' does not exist"),
+        )
+    })?;
+    for s in sources {
+        if add {
+            sg.ingress.insert(s);
+        } else {
+            sg.ingress.remove(&s);
+        }
+    }
+    Ok(("<return>true</return>".into(), Effect::Changed))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
 
     fn signed(secret: &str, time: SystemTime) -> QueryRequest {
         let body = "Action=DescribeInstances&Version=2016-11-15".to_string();
@@ -517,5 +590,103 @@ mod tests {
             p.insert(k.to_string(), v.to_string());
         }
         assert_eq!(list(&p, "PrivateIpAddress"), vec!["a", "b", "c"]);
+    }
+
+    fn params(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn lab_cloud() -> Cloud {
+        let mut c = Cloud {
+            region: "us-east-1".into(),
+            ..Default::default()
+        };
+        c.subnets.insert(
+            "subnet-a".into(),
+            super::super::model::Subnet {
+                id: "subnet-a".into(),
+                cidr: "10.0.0.0/24".parse().expect("cidr"),
+                availability_zone: "us-east-1a".into(),
+            },
+        );
+        c
+    }
+
+    fn run_instances(host: &str, netns: &str) -> BTreeMap<String, String> {
+        params(&[
+            ("Action", "RunInstances"),
+            ("InstanceType", "t3.micro"),
+            ("SubnetId", "subnet-a"),
+            ("MinCount", "1"),
+            ("MaxCount", "1"),
+            ("TagSpecification.1.Tag.1.Key", "Name"),
+            ("TagSpecification.1.Tag.1.Value", host),
+            ("TagSpecification.1.Tag.2.Key", "podwire:netns"),
+            ("TagSpecification.1.Tag.2.Value", netns),
+        ])
+    }
+
+    #[test]
+    fn run_instances_links_only_namespaces_the_lab_recorded() {
+        let limits = LimitsTable::builtin().expect("limits");
+        let scope = LabScope {
+            lab: "t".into(),
+            namespaces: ["pw-t-fabric".to_string(), "pw-t-node-3".to_string()]
+                .into_iter()
+                .collect(),
+        };
+        let mut c = lab_cloud();
+        for (host, netns) in [
+            ("node-3", "../../proc/1/ns/net"),
+            ("node-4", "pw-t-node-4"),
+            ("fabric", "pw-t-fabric"),
+        ] {
+            let e =
+                dispatch(&mut c, &limits, &scope, &run_instances(host, netns)).expect_err(netns);
+            assert_eq!(e.code, "InvalidParameterValue", "{netns}");
+            assert!(
+                c.instances.is_empty() && c.enis.is_empty(),
+                "created nothing"
+            );
+        }
+        let (xml, eff) = dispatch(
+            &mut c,
+            &limits,
+            &scope,
+            &run_instances("node-3", "pw-t-node-3"),
+        )
+        .expect("a recorded namespace");
+        assert_eq!(eff, Effect::Changed);
+        assert!(xml.contains("<value>node-3</value>"), "{xml}");
+        assert_eq!(c.instances.len(), 1);
+    }
+
+    #[test]
+    fn every_action_is_routed_and_unknown_ones_are_refused() {
+        let limits = LimitsTable::builtin().expect("limits");
+        let scope = LabScope::default();
+        let mut c = lab_cloud();
+        let (xml, eff) = dispatch(
+            &mut c,
+            &limits,
+            &scope,
+            &params(&[
+                ("Action", "DescribeInstanceTypes"),
+                ("InstanceType.1", "t3.micro"),
+            ]),
+        )
+        .expect("routed");
+        assert_eq!(eff, Effect::ReadOnly);
+        assert!(xml.contains("<DescribeInstanceTypesResponse"), "{xml}");
+        assert!(xml.contains("<maximumNetworkInterfaces>2<"), "{xml}");
+        let e = dispatch(&mut c, &limits, &scope, &params(&[("Action", "DeleteVpc")]))
+            .expect_err("unknown");
+        assert_eq!(e.code, "InvalidAction");
+        let e = dispatch(&mut c, &limits, &scope, &params(&[])).expect_err("no action");
+        assert_eq!(e.code, "MissingParameter");
+        let names: BTreeSet<&str> = ACTIONS.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names.len(), ACTIONS.len(), "each action once");
     }
 }

@@ -14,6 +14,7 @@ use ipnet::Ipv4Net;
 use podwire_netlink::{sysctl, Handle, MacAddr, Neighbour, Route, RouteScope, VethSpec};
 
 use super::model::{Cloud, IngressSource};
+use super::scope::LabScope;
 use crate::LabError;
 
 /// Route protocol of the fabric's per-address routes.
@@ -35,7 +36,12 @@ fn lab_err(e: impl std::fmt::Display) -> LabError {
 /// Brings the fabric namespace in line with the model.
 /// Incremental: only what differs is changed, so the fabric holds the
 /// (global) rtnl lock as briefly as possible while nodes program pods.
-pub fn sync(nl: &mut Handle, cloud: &Cloud, last_nft: &mut Option<String>) -> Result<(), LabError> {
+pub fn sync(
+    nl: &mut Handle,
+    cloud: &Cloud,
+    scope: &LabScope,
+    last_nft: &mut Option<String>,
+) -> Result<(), LabError> {
     // Desired: ifname -> (instance netns, device, mac, addresses).
     let mut want: BTreeMap<String, (String, u32, MacAddr, Vec<Ipv4Addr>)> = BTreeMap::new();
     for e in cloud.enis.values() {
@@ -84,6 +90,14 @@ pub fn sync(nl: &mut Handle, cloud: &Cloud, last_nft: &mut Option<String>) -> Re
         let link = match nl.link_by_name(ifname)? {
             Some(l) => l,
             None => {
+                // Only ever into an instance namespace this lab made.
+                if !scope.allows_netns(netns) {
+                    return Err(lab_err(format!(
+                        "refusing to link {ifname} into {}: not a namespace of lab {}",
+                        netns.escape_debug(),
+                        scope.lab
+                    )));
+                }
                 let ns = File::open(Path::new("/run/netns").join(netns))
                     .map_err(|e| lab_err(format!("instance netns {netns}: {e}")))?;
                 nl.add_veth(&VethSpec {

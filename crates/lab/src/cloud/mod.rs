@@ -4,15 +4,18 @@
 
 pub mod api;
 pub mod fabric;
+pub mod http;
 pub mod imds;
 pub mod model;
+pub mod scope;
 pub mod xml;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use ipnet::Ipv4Net;
 use podwire_cloud::LimitsTable;
@@ -49,7 +52,7 @@ struct Proc {
     cloud: Cloud,
     limits: LimitsTable,
     nl: Handle,
-    tokens: BTreeSet<String>,
+    tokens: imds::Tokens,
     /// The nftables ruleset last applied (re-applied only when it changes).
     nft: Option<String>,
 }
@@ -113,148 +116,115 @@ pub fn serve(dir: &Path) -> Result<(), LabError> {
     let mut nl = Handle::new()?;
     fabric_basics(&mut nl, &cloud)?;
     let mut nft = None;
-    fabric::sync(&mut nl, &cloud, &mut nft)?;
+    fabric::sync(&mut nl, &cloud, &scope::LabScope::load(dir)?, &mut nft)?;
     let state = Arc::new(Mutex::new(Proc {
         dir: dir.to_path_buf(),
         cloud,
         limits,
         nl,
-        tokens: BTreeSet::new(),
+        tokens: imds::Tokens::default(),
         nft,
     }));
-    let imds = tiny_http::Server::http((IMDS_ADDR, 80))
-        .map_err(|e| LabError::Fabric(format!("IMDS listener: {e}")))?;
-    let ec2 = tiny_http::Server::http((EC2_ADDR, 80))
-        .map_err(|e| LabError::Fabric(format!("EC2 listener: {e}")))?;
-    std::fs::write(dir.join(READY_FILE), std::process::id().to_string())
-        .map_err(|e| LabError::State(e.to_string()))?;
+    let bind = |addr: Ipv4Addr, what: &str| {
+        TcpListener::bind((addr, 80)).map_err(|e| LabError::Fabric(format!("{what} listener: {e}")))
+    };
+    let imds = bind(IMDS_ADDR, "IMDS")?;
+    let ec2 = bind(EC2_ADDR, "EC2")?;
+    crate::state::write_atomic(
+        &dir.join(READY_FILE),
+        std::process::id().to_string().as_bytes(),
+    )?;
     tracing::info!("lab cloud serving IMDS on {IMDS_ADDR}:80 and EC2 on {EC2_ADDR}:80");
-    let s2 = Arc::clone(&state);
-    let t = std::thread::spawn(move || loop {
-        match imds.recv() {
-            Ok(req) => handle_imds(&s2, req),
-            Err(e) => tracing::warn!("IMDS accept: {e}"),
-        }
-    });
-    loop {
-        match ec2.recv() {
-            Ok(req) => handle_ec2(&state, req),
-            Err(e) => {
-                tracing::warn!("EC2 accept: {e}");
-                if t.is_finished() {
-                    return Ok(());
-                }
-            }
-        }
+    let imds_handler = imds_handler(Arc::clone(&state));
+    let t = std::thread::spawn(move || http::serve(imds, http::Limits::default(), imds_handler));
+    let served = http::serve(ec2, http::Limits::default(), ec2_handler(state));
+    if t.is_finished() {
+        tracing::warn!("IMDS server ended");
     }
+    served.map_err(|e| LabError::Fabric(format!("EC2 server: {e}")))
 }
 
 fn lock(s: &Mutex<Proc>) -> std::sync::MutexGuard<'_, Proc> {
     s.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn header(req: &tiny_http::Request, name: &str) -> Option<String> {
-    req.headers()
-        .iter()
-        .find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name))
-        .map(|h| h.value.as_str().to_string())
+fn imds_handler(s: Arc<Mutex<Proc>>) -> http::Handler {
+    Arc::new(move |req: &http::Request| {
+        let IpAddr::V4(source) = req.peer.ip() else {
+            return http::Response::text(403, "Forbidden");
+        };
+        let r = imds::ImdsRequest {
+            method: &req.method,
+            path: &req.target,
+            ttl: req.header("X-aws-ec2-metadata-token-ttl-seconds"),
+            token: req.header("X-aws-ec2-metadata-token"),
+            forwarded: req.header("X-Forwarded-For").is_some(),
+        };
+        let (status, body) = {
+            let mut guard = lock(&s);
+            let p = &mut *guard;
+            imds::handle(&p.cloud, &mut p.tokens, source, &r, Instant::now())
+        };
+        http::Response::text(status, body)
+    })
 }
 
-fn respond(req: tiny_http::Request, status: u16, body: String, content_type: &str) {
-    let mut resp = tiny_http::Response::from_string(body).with_status_code(status);
-    if let Ok(h) = tiny_http::Header::from_bytes(&b"Content-Type"[..], content_type.as_bytes()) {
-        resp = resp.with_header(h);
-    }
-    if let Err(e) = req.respond(resp) {
-        tracing::warn!("answering: {e}");
+fn xml_answer(status: u16, body: String) -> http::Response {
+    http::Response {
+        status,
+        content_type: "text/xml",
+        body,
     }
 }
 
-fn handle_imds(s: &Mutex<Proc>, req: tiny_http::Request) {
-    let source = match req.remote_addr().map(|a| a.ip()) {
-        Some(IpAddr::V4(ip)) => ip,
-        _ => return respond(req, 403, "Forbidden".into(), "text/plain"),
-    };
-    let url = req.url().to_string();
-    let (status, body) = {
-        let mut p = lock(s);
-        if *req.method() == tiny_http::Method::Put && url == "/latest/api/token" {
-            imds::token(
-                &mut p.tokens,
-                header(&req, "X-aws-ec2-metadata-token-ttl-seconds").as_deref(),
+fn ec2_handler(s: Arc<Mutex<Proc>>) -> http::Handler {
+    Arc::new(move |req: &http::Request| handle_ec2(&s, req))
+}
+
+fn handle_ec2(s: &Mutex<Proc>, req: &http::Request) -> http::Response {
+    let body = match String::from_utf8(req.body.clone()) {
+        Ok(b) if req.method == "POST" => b,
+        _ => {
+            return xml_answer(
+                400,
+                xml::error(
+                    "InvalidRequest",
+                    "EC2 Query API requests are form-encoded POSTs",
+                    "req-0",
+                ),
             )
-        } else if *req.method() == tiny_http::Method::Get {
-            match (
-                url.strip_prefix("/latest/meta-data"),
-                header(&req, "X-aws-ec2-metadata-token"),
-            ) {
-                (Some(path), Some(tok)) if p.tokens.contains(&tok) => {
-                    imds::get(&p.cloud, source, path)
-                }
-                (Some(_), _) => (401, "Unauthorized".into()),
-                _ => (404, "Not Found".into()),
-            }
-        } else {
-            (405, "Method Not Allowed".into())
         }
     };
-    respond(req, status, body, "text/plain")
-}
-
-fn handle_ec2(s: &Mutex<Proc>, mut req: tiny_http::Request) {
-    let mut body = String::new();
-    if req.as_reader().read_to_string(&mut body).is_err()
-        || *req.method() != tiny_http::Method::Post
-    {
-        return respond(
-            req,
-            400,
-            xml::error(
-                "InvalidRequest",
-                "EC2 Query API requests are form-encoded POSTs",
-                "req-0",
-            ),
-            "text/xml",
-        );
-    }
     let params: BTreeMap<String, String> = form_urlencoded::parse(body.as_bytes())
         .into_owned()
         .collect();
-    let headers: Vec<(String, String)> = req
-        .headers()
-        .iter()
-        .map(|h| {
-            (
-                h.field.as_str().as_str().to_ascii_lowercase(),
-                h.value.as_str().to_string(),
-            )
-        })
-        .collect();
-    let host = headers
-        .iter()
-        .find(|(k, _)| k == "host")
-        .map(|(_, v)| v.clone())
-        .unwrap_or_default();
+    let host = req.header("host").unwrap_or_default().to_string();
     let q = api::QueryRequest {
         params,
         body,
-        headers,
-        url: format!("http://{host}{}", req.url()),
+        headers: req.headers.clone(),
+        url: format!("http://{host}{}", req.target),
     };
     let result = {
         let mut guard = lock(s);
         let p = &mut *guard;
         api::verify(&p.cloud, &q).and_then(|()| {
+            // Read afresh: `lab node add` records a namespace before it asks.
+            let scope = scope::LabScope::load(&p.dir).map_err(|e| model::ApiError {
+                code: "InternalError".into(),
+                message: e.to_string(),
+                status: 500,
+            })?;
             let before = p.cloud.clone();
-            let (xml_body, effect) = api::dispatch(&mut p.cloud, &p.limits, &q.params)?;
+            let (xml_body, effect) = api::dispatch(&mut p.cloud, &p.limits, &scope, &q.params)?;
             if effect == api::Effect::Changed {
-                let synced = fabric::sync(&mut p.nl, &p.cloud, &mut p.nft)
+                let synced = fabric::sync(&mut p.nl, &p.cloud, &scope, &mut p.nft)
                     .and_then(|()| save(&p.dir, &p.cloud));
                 if let Err(e) = synced {
                     // Keep model and fabric in step: undo the change.
                     tracing::error!("fabric sync failed: {e}");
                     p.cloud = before;
-                    let _ = fabric::sync(&mut p.nl, &p.cloud, &mut p.nft);
+                    let _ = fabric::sync(&mut p.nl, &p.cloud, &scope, &mut p.nft);
                     return Err(model::ApiError {
                         code: "InternalError".into(),
                         message: e.to_string(),
@@ -266,15 +236,84 @@ fn handle_ec2(s: &Mutex<Proc>, mut req: tiny_http::Request) {
         })
     };
     match result {
-        Ok(x) => respond(req, 200, x, "text/xml"),
+        Ok(x) => xml_answer(200, x),
         Err(e) => {
             tracing::info!(code = %e.code, "EC2 error: {}", e.message);
-            respond(
-                req,
-                e.status,
-                xml::error(&e.code, &e.message, "req-err"),
-                "text/xml",
-            )
+            xml_answer(e.status, xml::error(&e.code, &e.message, "req-err"))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpStream};
+    use std::time::Duration;
+
+    /// The cloud's EC2 server on a loopback port (no namespace needed).
+    fn ec2_on_loopback() -> (SocketAddr, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cloud = Cloud {
+            region: "us-east-1".into(),
+            ..Default::default()
+        };
+        cloud.credentials.insert("AKIALAB".into(), "secret".into());
+        let state = Arc::new(Mutex::new(Proc {
+            dir: dir.path().to_path_buf(),
+            cloud,
+            limits: LimitsTable::builtin().expect("limits"),
+            nl: Handle::new().expect("netlink socket"),
+            tokens: imds::Tokens::default(),
+            nft: None,
+        }));
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        std::thread::spawn(move || http::serve(l, http::Limits::default(), ec2_handler(state)));
+        (addr, dir)
+    }
+
+    fn answer(addr: SocketAddr, raw: &[u8]) -> String {
+        let mut s = TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        s.write_all(raw).expect("write");
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    }
+
+    #[test]
+    fn a_pod_holding_a_body_open_does_not_stall_the_ec2_api() {
+        let (addr, _dir) = ec2_on_loopback();
+        let mut slow = TcpStream::connect(addr).expect("connect");
+        slow.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nAction=")
+            .expect("write");
+        let t = Instant::now();
+        let out = answer(
+            addr,
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 24\r\n\r\nAction=DescribeInstances",
+        );
+        assert!(out.starts_with("HTTP/1.1 401 "), "{out}");
+        assert!(out.contains("<Code>AuthFailure</Code>"), "{out}");
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        let huge = answer(
+            addr,
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1500000000\r\n\r\n",
+        );
+        assert!(huge.starts_with("HTTP/1.1 413 "), "{huge}");
+        drop(slow);
+    }
+
+    #[test]
+    fn cloud_json_holds_secrets_and_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut c = Cloud::default();
+        c.credentials.insert("AKIALAB".into(), "secret".into());
+        save(dir.path(), &c).expect("save");
+        let meta = std::fs::metadata(dir.path().join(CLOUD_FILE)).expect("stat");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(load(dir.path()).expect("load").credentials, c.credentials);
     }
 }

@@ -101,6 +101,12 @@ pub struct Cloud {
     pub next_id: u64,
 }
 
+/// A length as a count of addresses or interfaces (saturating: nothing has
+/// more than u64::MAX of them, so a saturated count still compares right).
+fn count(len: usize) -> u64 {
+    u64::try_from(len).unwrap_or(u64::MAX)
+}
+
 fn hex_id(prefix: &str, n: u64) -> String {
     format!(
         "{prefix}-0{:016x}",
@@ -129,7 +135,7 @@ impl Cloud {
     }
 
     /// Picks `count` free addresses of a subnet at random (as EC2 does).
-    pub fn pick_free(&self, subnet_id: &str, count: u32) -> Result<Vec<Ipv4Addr>, ApiError> {
+    pub fn pick_free(&self, subnet_id: &str, count_wanted: u32) -> Result<Vec<Ipv4Addr>, ApiError> {
         let subnet = self.subnets.get(subnet_id).ok_or_else(|| {
             api_err(
                 "InvalidSubnetID.NotFound",
@@ -142,16 +148,16 @@ impl Cloud {
             .hosts()
             .filter(|ip| !Self::reserved(&subnet.cidr, *ip) && !used.contains(ip))
             .collect();
-        if (free.len() as u64) < u64::from(count) {
+        if count(free.len()) < u64::from(count_wanted) {
             return Err(api_err(
                 "InsufficientFreeAddressesInSubnet",
-                format!("The specified subnet {subnet_id} ({}) does not have enough free addresses to satisfy the request ({count} asked, {} free).", subnet.cidr, free.len()),
+                format!("The specified subnet {subnet_id} ({}) does not have enough free addresses to satisfy the request ({count_wanted} asked, {} free).", subnet.cidr, free.len()),
             ));
         }
         let mut rng = rand::rng();
         let mut pool = free;
         let mut out = Vec::new();
-        for _ in 0..count {
+        for _ in 0..count_wanted {
             let i = rng.random_range(0..pool.len());
             out.push(pool.swap_remove(i));
         }
@@ -291,7 +297,7 @@ impl Cloud {
         }) {
             return Err(api_err("InvalidParameterValue", format!("Instance '{instance_id}' already has an interface attached at device index '{device_index}'.")));
         }
-        if attached.len() as u32 >= max_enis || device_index >= max_enis {
+        if count(attached.len()) >= u64::from(max_enis) || device_index >= max_enis {
             return Err(api_err(
                 "AttachmentLimitExceeded",
                 format!(
@@ -301,7 +307,7 @@ impl Cloud {
                 ),
             ));
         }
-        if eni.secondary_ips.len() as u32 + 1 > ipv4_per_eni {
+        if count(eni.secondary_ips.len()).saturating_add(1) > u64::from(ipv4_per_eni) {
             return Err(api_err("PrivateIpAddressLimitExceeded", format!("Number of private addresses on {eni_id} exceeds the limit of {ipv4_per_eni} for this instance type")));
         }
         let inst_subnet = &self.instances[instance_id].subnet_id;
@@ -327,26 +333,37 @@ impl Cloud {
         &mut self,
         limits: &LimitsTable,
         eni_id: &str,
-        count: u32,
+        n: u32,
         explicit: &[Ipv4Addr],
     ) -> Result<Vec<Ipv4Addr>, ApiError> {
         let eni = self.eni(eni_id)?.clone();
-        let total = eni.secondary_ips.len() as u32 + 1 + count + explicit.len() as u32;
+        // In u64: a count near u32::MAX must not wrap to a small total.
+        let total = count(eni.secondary_ips.len())
+            .saturating_add(1)
+            .saturating_add(u64::from(n))
+            .saturating_add(count(explicit.len()));
         if let Some(a) = &eni.attachment {
             let (_, ipv4_per_eni) = self.instance_limits(limits, &a.instance_id)?;
-            if total > ipv4_per_eni {
+            if total > u64::from(ipv4_per_eni) {
                 return Err(api_err(
                     "PrivateIpAddressLimitExceeded",
                     format!("Number of private addresses will exceed limit: {eni_id} may hold {ipv4_per_eni} addresses on {}", self.instances[&a.instance_id].instance_type),
                 ));
             }
         }
+        let distinct: BTreeSet<&Ipv4Addr> = explicit.iter().collect();
+        if distinct.len() != explicit.len() {
+            return Err(api_err(
+                "InvalidParameterValue",
+                "an address is listed twice",
+            ));
+        }
         for ip in explicit {
             self.claim(&eni.subnet_id, *ip)?;
         }
         let mut new = explicit.to_vec();
-        if count > 0 {
-            new.extend(self.pick_free(&eni.subnet_id, count)?);
+        if n > 0 {
+            new.extend(self.pick_free(&eni.subnet_id, n)?);
         }
         if let Some(e) = self.enis.get_mut(eni_id) {
             e.secondary_ips.extend(new.iter().copied());
@@ -575,6 +592,30 @@ mod tests {
         assert_eq!(
             c.delete_eni(&e1).expect_err("attached").code,
             "InvalidNetworkInterface.InUse"
+        );
+    }
+
+    #[test]
+    fn huge_address_counts_hit_the_limit_instead_of_wrapping() {
+        let (mut c, limits) = cloud();
+        let e0 = c
+            .create_eni("subnet-a", "primary", vec![], 0, None)
+            .expect("eni0");
+        c.attach(&limits, &e0, "i-1", 0).expect("attach");
+        // 1 + 4294967286 + 10 wraps to 1 in u32 arithmetic.
+        for n in [4_294_967_286u32, u32::MAX] {
+            assert_eq!(
+                c.assign(&limits, &e0, n, &[]).expect_err("wrap").code,
+                "PrivateIpAddressLimitExceeded",
+                "count {n}"
+            );
+        }
+        assert!(c.enis[&e0].secondary_ips.is_empty(), "nothing assigned");
+        assert_eq!(
+            c.create_eni("subnet-a", "big", vec![], u32::MAX, None)
+                .expect_err("huge")
+                .code,
+            "InsufficientFreeAddressesInSubnet"
         );
     }
 }

@@ -1,6 +1,15 @@
 //! Starting, stopping and asking the nodes' agents.
 
-use super::*;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::binaries::bin;
+use crate::cloud;
+use crate::datastore::datastore_spec;
+use crate::state::{LabState, NodeRec};
+use crate::{procs, LabError};
 
 /// The agent answers STATUS with free addresses ready.
 pub fn agent_ready(socket: &Path) -> bool {
@@ -45,7 +54,27 @@ pub(super) fn start_agent(st: &mut LabState, idx: usize) -> Result<(), LabError>
     let r = st.nodes[idx].clone();
     let nd = st.dir().join(&r.name);
     std::fs::create_dir_all(&nd).map_err(|e| LabError::State(e.to_string()))?;
+    let args = agent_args(st, &r)?;
+    let log = nd.join("agent.log");
+    let pid = procs::spawn_in(&r.netns, &bin("podwire-agent")?, &args, &log)?;
+    st.nodes[idx].agent_pid = Some(pid);
+    st.save()?;
+    procs::wait_for(
+        &format!("podwire-agent on {}", r.name),
+        pid,
+        &log,
+        Duration::from_secs(30),
+        || agent_ready(&r.socket),
+    )
+}
+
+/// The agent's command line. Its mode is the lab's mode, the same field
+/// the plugin's configuration is written from.
+pub(super) fn agent_args(st: &LabState, r: &NodeRec) -> Result<Vec<String>, LabError> {
+    let nd = st.dir().join(&r.name);
     let mut args: Vec<String> = vec![
+        "--mode".into(),
+        st.mode.to_string(),
         "--node-name".into(),
         r.name.clone(),
         "--socket".into(),
@@ -62,10 +91,8 @@ pub(super) fn start_agent(st: &mut LabState, idx: usize) -> Result<(), LabError>
         "--pool-decrease-interval-secs".into(),
         "1".into(),
     ];
-    if let Some(cidr) = st.pod_cidr {
+    if let Some(cidr) = st.overlay_pool()? {
         args.extend([
-            "--mode".into(),
-            "overlay".into(),
             "--datastore".into(),
             datastore_spec(st),
             "--pod-cidr".into(),
@@ -82,17 +109,7 @@ pub(super) fn start_agent(st: &mut LabState, idx: usize) -> Result<(), LabError>
         args.push("--minimum-ip-target".into());
         args.push(m.to_string());
     }
-    let log = nd.join("agent.log");
-    let pid = procs::spawn_in(&r.netns, &bin("podwire-agent")?, &args, &log)?;
-    st.nodes[idx].agent_pid = Some(pid);
-    st.save()?;
-    procs::wait_for(
-        &format!("podwire-agent on {}", r.name),
-        pid,
-        &log,
-        Duration::from_secs(30),
-        || agent_ready(&r.socket),
-    )
+    Ok(args)
 }
 
 /// Stops a node's agent (for failure tests); pods keep running.
@@ -107,4 +124,51 @@ pub fn stop_agent(st: &mut LabState, node: &str) -> Result<(), LabError> {
         procs::stop(pid, &marker);
     }
     st.save()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Mode;
+    use std::net::Ipv4Addr;
+
+    fn node() -> NodeRec {
+        NodeRec {
+            name: "node-1".into(),
+            netns: "pw-t-node-1".into(),
+            instance_id: "i-1".into(),
+            primary_ip: Ipv4Addr::new(10, 0, 0, 10),
+            subnet: None,
+            socket: "/x/agent.sock".into(),
+            agent_pid: None,
+        }
+    }
+
+    fn mode_arg(args: &[String]) -> Vec<&str> {
+        args.windows(2)
+            .filter(|w| w[0] == "--mode")
+            .map(|w| w[1].as_str())
+            .collect()
+    }
+
+    #[test]
+    fn the_agent_runs_in_the_labs_mode_not_in_one_guessed_from_a_cidr() {
+        // A vpc lab with a pod CIDR recorded (lab.json edited, or an older
+        // lab): the agent must still be told vpc, as the plugin is.
+        let mut st = LabState::new("t", Mode::Vpc);
+        st.pod_cidr = Some("172.16.0.0/16".parse().expect("cidr"));
+        st.block_size = 26;
+        let args = agent_args(&st, &node()).expect("args");
+        assert_eq!(mode_arg(&args), ["vpc"]);
+        assert!(!args.iter().any(|a| a == "--pod-cidr"), "{args:?}");
+
+        st.mode = Mode::Overlay;
+        let args = agent_args(&st, &node()).expect("args");
+        assert_eq!(mode_arg(&args), ["overlay"]);
+        assert!(args.iter().any(|a| a == "--pod-cidr"), "{args:?}");
+
+        // Overlay without a pool is an error, not a silent vpc agent.
+        st.pod_cidr = None;
+        assert!(agent_args(&st, &node()).is_err());
+    }
 }

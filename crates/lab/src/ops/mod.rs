@@ -1,34 +1,29 @@
-//! What `podwirectl lab` does: `up` and `down` here (building the VPC, its
-//! cloud, the instances), and in the submodules the agents, the overlay
-//! datastore, node churn, pods, and status.
+//! What `podwirectl lab` does: `up` (building the VPC, its cloud, the
+//! instances, in named steps) and `down` here; in the submodules the agents,
+//! node churn, pods, and status. The submodules depend on each other and on
+//! the crate's leaf modules, never on this one (the datastore lives in
+//! [`crate::datastore`], readiness checks in [`crate::procs`]).
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
-use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
-use podwire_cloud::{Credentials, Ec2Client};
-use podwire_netlink::{netns, Handle, Route};
-use serde_json::json;
 
 use crate::cloud::model::{Cloud, IngressSource, SecurityGroup, Subnet};
 use crate::cloud::{self, READY_FILE};
-use crate::state::{self, LabState, NodeRec, PodRec};
+use crate::datastore;
+use crate::state::{self, LabState, Mode, NodeRec};
 use crate::{names, procs, LabError};
 
 mod agents;
-mod datastore;
+mod binaries;
+mod boot;
 mod nodes;
 mod pods;
 mod status;
 
 pub use agents::{agent_ready, restart_agent, stop_agent};
-use agents::{agent_status, start_agent};
-use datastore::{datastore_spec, start_etcd};
-pub use datastore::{lab_store, ETCD_ADDR};
+pub use binaries::bin_dir;
 pub use nodes::{node_add, node_del};
 pub use pods::{pod_add, pod_del, run_plugin};
 pub use status::{ec2_call, format_status, set_allow_external, status_json};
@@ -37,7 +32,7 @@ pub use status::{ec2_call, format_status, set_allow_external, status_json};
 #[derive(Debug, Clone)]
 pub struct UpOptions {
     pub name: String,
-    pub mode: String,
+    pub mode: Mode,
     pub nodes: usize,
     pub instance_type: String,
     /// Node subnets (nodes are spread over them in turn); the first also
@@ -56,44 +51,10 @@ pub struct UpOptions {
     pub datastore: String,
 }
 
-/// Where the podwire binaries are: beside the running one, or
-/// `PODWIRE_BIN_DIR`.
-pub fn bin_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("PODWIRE_BIN_DIR") {
-        return PathBuf::from(d);
-    }
-    std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(Path::to_path_buf))
-        .unwrap_or_else(|| PathBuf::from("."))
-}
-
-fn bin(name: &str) -> Result<PathBuf, LabError> {
-    let p = bin_dir().join(name);
-    if p.is_file() {
-        Ok(p)
-    } else {
-        Err(LabError::Usage(format!(
-            "{} not found (build the workspace, or set PODWIRE_BIN_DIR)",
-            p.display()
-        )))
-    }
-}
-
-fn gateway(subnet: &Ipv4Net) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(subnet.network()) + 1)
-}
-
 /// Brings a lab up; on failure removes whatever it had made.
 pub fn up(opts: &UpOptions) -> Result<LabState, LabError> {
     names::check_lab_name(&opts.name)?;
-    if opts.mode != "vpc" && opts.mode != "overlay" {
-        return Err(LabError::Usage(format!(
-            "--mode {:?} must be vpc or overlay",
-            opts.mode
-        )));
-    }
-    if opts.mode == "overlay"
+    if opts.mode == Mode::Overlay
         && (opts.block_size < opts.pod_cidr.prefix_len() || opts.block_size > 30)
     {
         return Err(LabError::Usage(format!(
@@ -150,18 +111,16 @@ pub fn up(opts: &UpOptions) -> Result<LabState, LabError> {
     }
     let _lock = state::lock(&dir)?;
     let mut st = LabState {
-        name: opts.name.clone(),
-        mode: opts.mode.clone(),
         subnet: Some(first),
         subnets: opts.subnets.clone(),
         instance_type: opts.instance_type.clone(),
         allow_external: opts.allow_external,
         warm_ip_target: opts.warm_ip_target,
         minimum_ip_target: opts.minimum_ip_target,
-        pod_cidr: (opts.mode == "overlay").then_some(opts.pod_cidr),
+        pod_cidr: (opts.mode == Mode::Overlay).then_some(opts.pod_cidr),
         block_size: opts.block_size,
         datastore: opts.datastore.clone(),
-        ..Default::default()
+        ..LabState::new(&opts.name, opts.mode)
     };
     st.save()?;
     match build(&mut st, opts) {
@@ -174,10 +133,22 @@ pub fn up(opts: &UpOptions) -> Result<LabState, LabError> {
     }
 }
 
+/// `lab up` in named steps; each records what it made before making it, so
+/// a failure anywhere leaves `teardown` a complete list.
 fn build(st: &mut LabState, opts: &UpOptions) -> Result<(), LabError> {
-    let dir = st.dir();
-    let lab = opts.name.clone();
-    // The cloud model: a VPC, one subnet, two security groups, instances.
+    let (cloud, hosts) = model_vpc(st, opts)?;
+    create_namespaces(st, hosts)?;
+    start_cloud(st, &cloud)?;
+    boot_instances(st)?;
+    start_datastore(st)?;
+    start_agents(st)
+}
+
+/// Step 1, on paper: the cloud's model (a VPC, its subnets, the node and
+/// external security groups, credentials) and its instances, launched in the
+/// model. Returns the model and the instances' records (external last).
+fn model_vpc(st: &mut LabState, opts: &UpOptions) -> Result<(Cloud, Vec<NodeRec>), LabError> {
+    let lab = opts.name.as_str();
     // Ids are counters from a random start: unique within the lab, and
     // different from one lab to the next, as in EC2.
     let mut c = Cloud {
@@ -190,10 +161,71 @@ fn build(st: &mut LabState, opts: &UpOptions) -> Result<(), LabError> {
         .ok()
         .map(|n| n.trunc());
     c.vpc_cidr = vpc_cidr;
-    let mut subnet_ids = Vec::new();
-    for (k, cidr) in opts.subnets.iter().enumerate() {
+    let subnet_ids = model_subnets(&mut c, &opts.subnets);
+    let (node_sg, ext_sg) = model_security_groups(&mut c, lab, vpc_cidr, opts.allow_external);
+    let ak = format!("AKIA{:016X}", rand::random::<u64>());
+    c.credentials
+        .insert(ak, format!("{:032x}", rand::random::<u128>()));
+    st.node_sg = node_sg.clone();
+    st.external_sg = ext_sg.clone();
+
+    // Nodes take the subnets in turn; the external host sits in the first.
+    let mut hosts: Vec<(String, String, String, String, usize)> = (1..=opts.nodes)
+        .map(|i| {
+            (
+                names::node_name(i),
+                names::ns_node(lab, i),
+                opts.instance_type.clone(),
+                node_sg.clone(),
+                (i - 1) % subnet_ids.len(),
+            )
+        })
+        .collect();
+    hosts.push((
+        names::EXTERNAL.into(),
+        names::ns_external(lab),
+        "t3.micro".into(),
+        ext_sg,
+        0,
+    ));
+    let limits =
+        podwire_cloud::LimitsTable::builtin().map_err(|e| LabError::State(e.to_string()))?;
+    let api =
+        |e: crate::cloud::model::ApiError| LabError::State(format!("{}: {}", e.code, e.message));
+    let dir = st.dir();
+    let mut recs = Vec::new();
+    for (host, ns, ty, sg, k) in &hosts {
+        let (subnet_id, cidr) = subnet_ids
+            .get(*k)
+            .ok_or_else(|| LabError::State("no subnet for an instance".into()))?;
+        let id = c
+            .run_instance(&limits, host, ns, ty, subnet_id, vec![sg.clone()])
+            .map_err(api)?;
+        let ip = c
+            .instance_enis(&id)
+            .first()
+            .map(|e| e.primary_ip)
+            .ok_or_else(|| LabError::State("instance without ENI".into()))?;
+        recs.push(NodeRec {
+            name: host.clone(),
+            netns: ns.clone(),
+            instance_id: id,
+            primary_ip: ip,
+            subnet: Some(*cidr),
+            socket: dir.join(host).join("agent.sock"),
+            agent_pid: None,
+        });
+    }
+    Ok((c, recs))
+}
+
+/// The subnets, one availability zone each in turn; (id, CIDR) in order.
+fn model_subnets(c: &mut Cloud, cidrs: &[Ipv4Net]) -> Vec<(String, Ipv4Net)> {
+    const ZONES: [char; 6] = ['a', 'b', 'c', 'd', 'e', 'f'];
+    let mut ids = Vec::new();
+    for (k, cidr) in cidrs.iter().enumerate() {
         let id = c.new_id("subnet");
-        let az = format!("us-east-1{}", (b'a' + (k % 6) as u8) as char);
+        let az = format!("us-east-1{}", ZONES[k % ZONES.len()]);
         c.subnets.insert(
             id.clone(),
             Subnet {
@@ -202,13 +234,23 @@ fn build(st: &mut LabState, opts: &UpOptions) -> Result<(), LabError> {
                 availability_zone: az,
             },
         );
-        subnet_ids.push((id, *cidr));
+        ids.push((id, *cidr));
     }
+    ids
+}
+
+/// The node group and the external host's group: (node SG, external SG).
+fn model_security_groups(
+    c: &mut Cloud,
+    lab: &str,
+    vpc_cidr: Option<Ipv4Net>,
+    allow_external: bool,
+) -> (String, String) {
     let node_sg = c.new_id("sg");
     let ext_sg = c.new_id("sg");
     // As an EKS managed node group: the nodes' group admits its own members.
     let mut node_ingress = BTreeSet::from([IngressSource::Group(node_sg.clone())]);
-    if opts.allow_external {
+    if allow_external {
         node_ingress.insert(IngressSource::Group(ext_sg.clone()));
     }
     c.groups.insert(
@@ -230,73 +272,32 @@ fn build(st: &mut LabState, opts: &UpOptions) -> Result<(), LabError> {
             ingress: ext_ingress,
         },
     );
-    let ak = format!("AKIA{:016X}", rand_u64());
-    c.credentials.insert(ak, format!("{:032x}", rand_u128()));
-    st.node_sg = node_sg.clone();
-    st.external_sg = ext_sg.clone();
+    (node_sg, ext_sg)
+}
 
-    // Nodes take the subnets in turn; the external host sits in the first.
-    let mut hosts: Vec<(String, String, String, String, usize)> = (1..=opts.nodes)
-        .map(|i| {
-            (
-                names::node_name(i),
-                names::ns_node(&lab, i),
-                opts.instance_type.clone(),
-                node_sg.clone(),
-                (i - 1) % subnet_ids.len(),
-            )
-        })
-        .collect();
-    hosts.push((
-        names::EXTERNAL.into(),
-        names::ns_external(&lab),
-        "t3.micro".into(),
-        ext_sg.clone(),
-        0,
-    ));
-    let limits =
-        podwire_cloud::LimitsTable::builtin().map_err(|e| LabError::State(e.to_string()))?;
-    let api =
-        |e: crate::cloud::model::ApiError| LabError::State(format!("{}: {}", e.code, e.message));
-    let mut recs = Vec::new();
-    for (host, ns, ty, sg, k) in &hosts {
-        let (subnet_id, cidr) = &subnet_ids[*k];
-        let id = c
-            .run_instance(&limits, host, ns, ty, subnet_id, vec![sg.clone()])
-            .map_err(api)?;
-        let ip = c
-            .instance_enis(&id)
-            .first()
-            .map(|e| e.primary_ip)
-            .ok_or_else(|| LabError::State("instance without ENI".into()))?;
-        recs.push(NodeRec {
-            name: host.clone(),
-            netns: ns.clone(),
-            instance_id: id,
-            primary_ip: ip,
-            subnet: Some(*cidr),
-            socket: dir.join(host).join("agent.sock"),
-            agent_pid: None,
-        });
-    }
-
-    // Namespaces, each recorded before it exists.
-    let mut all_ns = vec![names::ns_fabric(&lab)];
-    all_ns.extend(hosts.iter().map(|h| h.1.clone()));
+/// Step 2: the fabric's and every instance's namespace, each recorded
+/// before it exists; then the instances' records (external last in `hosts`).
+fn create_namespaces(st: &mut LabState, mut hosts: Vec<NodeRec>) -> Result<(), LabError> {
+    let mut all_ns = vec![names::ns_fabric(&st.name)];
+    all_ns.extend(hosts.iter().map(|h| h.netns.clone()));
     for ns in &all_ns {
         st.namespaces.push(ns.clone());
         st.save()?;
         procs::netns_add(ns)?;
     }
-    st.external = recs.pop();
-    st.nodes = recs;
-    st.save()?;
+    st.external = hosts.pop();
+    st.nodes = hosts;
+    st.save()
+}
 
-    cloud::save(&dir, &c)?;
+/// Step 3: the cloud process in the fabric namespace, from the model.
+fn start_cloud(st: &mut LabState, c: &Cloud) -> Result<(), LabError> {
+    let dir = st.dir();
+    cloud::save(&dir, c)?;
     let me = std::env::current_exe().map_err(|e| LabError::State(e.to_string()))?;
     let log = dir.join("cloud.log");
     let pid = procs::spawn_in(
-        &names::ns_fabric(&lab),
+        &names::ns_fabric(&st.name),
         &me,
         &[
             "lab".into(),
@@ -311,51 +312,31 @@ fn build(st: &mut LabState, opts: &UpOptions) -> Result<(), LabError> {
     let ready = dir.join(READY_FILE);
     procs::wait_for("lab cloud", pid, &log, Duration::from_secs(15), || {
         ready.exists()
-    })?;
+    })
+}
 
+/// Step 4: every instance's OS boots (addresses and default route).
+fn boot_instances(st: &LabState) -> Result<(), LabError> {
     for r in st.nodes.iter().chain(st.external.iter()) {
-        boot(r)?;
+        boot::boot(r)?;
     }
-    if st.pod_cidr.is_some() && st.datastore == "etcd" {
-        start_etcd(st)?;
-    }
+    Ok(())
+}
 
+/// Step 5: overlay on etcd: the lab's etcd (SQLite needs no server).
+fn start_datastore(st: &mut LabState) -> Result<(), LabError> {
+    if st.mode == Mode::Overlay && st.datastore == "etcd" {
+        datastore::start_etcd(st)?;
+    }
+    Ok(())
+}
+
+/// Step 6: every node's agent, each waited for until it serves.
+fn start_agents(st: &mut LabState) -> Result<(), LabError> {
     for i in 0..st.nodes.len() {
-        start_agent(st, i)?;
+        agents::start_agent(st, i)?;
     }
     Ok(())
-}
-
-/// What an instance's OS does at boot (DHCP, in AWS): lo and eth0 up,
-/// eth0's address, the default route via the subnet's router.
-fn boot(r: &NodeRec) -> Result<(), LabError> {
-    let subnet = r
-        .subnet
-        .ok_or_else(|| LabError::State(format!("{} has no subnet", r.name)))?;
-    let mut h = Handle::in_netns(&procs::netns_path(&r.netns))?;
-    let lo = h.link("lo")?;
-    h.set_up(lo.index)?;
-    let eth0 = h.link("eth0")?;
-    h.add_address(
-        eth0.index,
-        Ipv4Net::new(r.primary_ip, subnet.prefix_len())
-            .map_err(|e| LabError::State(e.to_string()))?,
-    )?;
-    h.set_up(eth0.index)?;
-    h.add_route(
-        &Route::new(Ipv4Net::default())
-            .via(gateway(&subnet))
-            .dev(eth0.index),
-    )?;
-    Ok(())
-}
-
-fn rand_u64() -> u64 {
-    rand::random()
-}
-
-fn rand_u128() -> u128 {
-    rand::random()
 }
 
 /// Removes everything a lab made: processes by PID, namespaces by name.

@@ -1,6 +1,15 @@
 //! `lab node add|del`: nodes join and leave through the cloud's API.
 
-use super::*;
+use ipnet::Ipv4Net;
+
+use super::agents::start_agent;
+use super::boot::boot;
+use super::pods::pod_del;
+use super::status::ec2_call;
+use crate::cloud;
+use crate::datastore::lab_store;
+use crate::state::{self, LabState, NodeRec};
+use crate::{names, procs, LabError};
 
 fn xml_field(xml: &str, tag: &str) -> Option<String> {
     let open = format!("<{tag}>");
@@ -136,11 +145,9 @@ pub fn node_del(lab: &str, node: &str) -> Result<(), LabError> {
     if let Some(pid) = rec.agent_pid {
         procs::stop(pid, &st.dir().display().to_string());
     }
-    if let Some(pool) = st.pod_cidr {
-        let store: std::sync::Arc<dyn podwire_store::Datastore> = std::sync::Arc::new(
-            podwire_store::SqliteStore::open(&st.dir().join("datastore.db"))
-                .map_err(|e| LabError::State(e.to_string()))?,
-        );
+    if let Some(pool) = st.overlay_pool()? {
+        // The lab's own store (SQLite file or etcd): never a backend guessed here.
+        let store = lab_store(&st)?;
         let ipam = podwire_ipam::block_store::BlockIpam::open(
             std::sync::Arc::clone(&store),
             podwire_ipam::block_store::PoolConfig {

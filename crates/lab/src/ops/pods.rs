@@ -1,8 +1,18 @@
 //! `lab pod add|del`: the real plugin, run as a runtime runs it.
 
-use super::*;
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-fn plugin_conf(mode: &str, node: &NodeRec, prev: Option<&serde_json::Value>) -> String {
+use podwire_netlink::Handle;
+use serde_json::json;
+
+use super::binaries::{bin, bin_dir};
+use crate::state::{self, LabState, Mode, NodeRec, PodRec};
+use crate::{names, procs, LabError};
+
+fn plugin_conf(mode: Mode, node: &NodeRec, prev: Option<&serde_json::Value>) -> String {
     let mut c = json!({
         "cniVersion": "1.1.0",
         "name": "podwire",
@@ -19,7 +29,7 @@ fn plugin_conf(mode: &str, node: &NodeRec, prev: Option<&serde_json::Value>) -> 
 /// Runs the plugin on a node as a runtime does: env + config on stdin,
 /// inside the node's namespace.
 pub fn run_plugin(
-    mode: &str,
+    mode: Mode,
     node: &NodeRec,
     command: &str,
     pod: &PodRec,
@@ -109,7 +119,7 @@ pub fn pod_add(
         let mut h = Handle::in_netns(&procs::netns_path(&rec.netns))?;
         let lo = h.link("lo")?;
         h.set_up(lo.index)?;
-        let out = run_plugin(&st.mode, &n, "ADD", &rec, None)?;
+        let out = run_plugin(st.mode, &n, "ADD", &rec, None)?;
         let v: serde_json::Value = serde_json::from_str(&out)
             .map_err(|e| LabError::State(format!("plugin result: {e}")))?;
         let ip = v["ips"][0]["address"]
@@ -147,7 +157,7 @@ pub fn pod_add(
             pid,
             &log,
             Duration::from_secs(5),
-            || crate::probe::port_open(&ns_path, rec.ip, 80),
+            || procs::port_open(&ns_path, rec.ip, 80),
         )?;
     }
     st.pods.insert(pod.into(), rec.clone());
@@ -169,7 +179,7 @@ pub fn pod_del(lab: &str, pod: &str) -> Result<(), LabError> {
     if let Some(pid) = rec.http_pid {
         procs::stop(pid, &st.dir().display().to_string());
     }
-    run_plugin(&st.mode, &node, "DEL", &rec, Some(&rec.result))?;
+    run_plugin(st.mode, &node, "DEL", &rec, Some(&rec.result))?;
     procs::netns_del(&rec.netns)?;
     st.pods.remove(pod);
     st.save()

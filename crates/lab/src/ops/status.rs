@@ -1,6 +1,16 @@
 //! `lab status`, and calls into the lab cloud's EC2 API.
 
-use super::*;
+use std::collections::BTreeMap;
+
+use podwire_cloud::{Credentials, Ec2Client};
+use podwire_netlink::netns;
+use serde_json::json;
+
+use super::agents::agent_status;
+use crate::cloud;
+use crate::datastore::datastore_spec;
+use crate::state::{self, LabState, Mode};
+use crate::{names, procs, LabError};
 
 /// An EC2 client for the lab's cloud, usable from the host: its requests
 /// are made from a thread inside the fabric namespace.
@@ -78,10 +88,11 @@ pub fn status_json(lab: &str) -> Result<serde_json::Value, LabError> {
             })
         })
         .collect();
+    let overlay = st.mode == Mode::Overlay;
     Ok(json!({
         "name": st.name, "mode": st.mode, "subnet": st.subnet, "subnets": st.subnets, "allow_external": st.allow_external,
-        "pod_cidr": st.pod_cidr, "block_size": st.pod_cidr.map(|_| st.block_size),
-        "datastore": st.pod_cidr.map(|_| datastore_spec(&st)), "etcd_pid": st.etcd_pid,
+        "pod_cidr": overlay.then_some(st.pod_cidr).flatten(), "block_size": overlay.then_some(st.block_size),
+        "datastore": overlay.then(|| datastore_spec(&st)), "etcd_pid": st.etcd_pid,
         "vpc_id": c.as_ref().map(|c| c.vpc_id.clone()), "node_security_group": st.node_sg, "external_security_group": st.external_sg,
         "fabric_netns": names::ns_fabric(&st.name),
         "nodes": nodes,

@@ -1,14 +1,23 @@
 //! The overlay datastore of a lab: a shared SQLite file, or an etcd the lab
 //! runs on the fabric.
 
-use super::*;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+use podwire_netlink::{netns, Handle};
+
+use crate::state::LabState;
+use crate::{names, procs, LabError};
 
 /// Where the lab's etcd listens: an address of the fabric, reached by the
 /// nodes through their eth0 like any VPC service.
 pub const ETCD_ADDR: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 251);
 
 /// The datastore as the agents are told to open it.
-pub(super) fn datastore_spec(st: &LabState) -> String {
+pub fn datastore_spec(st: &LabState) -> String {
     if st.datastore == "etcd" {
         format!("etcd://{ETCD_ADDR}:2379")
     } else {
@@ -17,7 +26,7 @@ pub(super) fn datastore_spec(st: &LabState) -> String {
 }
 
 /// Starts the lab's etcd in the fabric namespace.
-pub(super) fn start_etcd(st: &mut LabState) -> Result<(), LabError> {
+pub fn start_etcd(st: &mut LabState) -> Result<(), LabError> {
     let fabric = names::ns_fabric(&st.name);
     let mut h = Handle::in_netns(&procs::netns_path(&fabric))?;
     let lo = h.link("lo")?;
@@ -56,12 +65,12 @@ pub(super) fn start_etcd(st: &mut LabState) -> Result<(), LabError> {
     st.save()?;
     let ns = procs::netns_path(&fabric);
     procs::wait_for("etcd", pid, &log, Duration::from_secs(20), || {
-        crate::probe::port_open(&ns, ETCD_ADDR, 2379)
+        procs::port_open(&ns, ETCD_ADDR, 2379)
     })
 }
 
 /// The lab's datastore, opened from the host (etcd through the fabric).
-pub fn lab_store(st: &LabState) -> Result<std::sync::Arc<dyn podwire_store::Datastore>, LabError> {
+pub fn lab_store(st: &LabState) -> Result<Arc<dyn podwire_store::Datastore>, LabError> {
     if st.datastore == "etcd" {
         let endpoint = vec![format!("http://{ETCD_ADDR}:2379")];
         // The store's runtime threads are born in the fabric namespace and
@@ -70,10 +79,10 @@ pub fn lab_store(st: &LabState) -> Result<std::sync::Arc<dyn podwire_store::Data
             podwire_store::EtcdStore::connect(&endpoint)
         })?
         .map_err(|e| LabError::State(e.to_string()))?;
-        Ok(std::sync::Arc::new(store))
+        Ok(Arc::new(store))
     } else {
         let s = podwire_store::SqliteStore::open(&st.dir().join("datastore.db"))
             .map_err(|e| LabError::State(e.to_string()))?;
-        Ok(std::sync::Arc::new(s))
+        Ok(Arc::new(s))
     }
 }
