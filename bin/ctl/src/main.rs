@@ -51,6 +51,10 @@ enum LabCmd {
         /// Addresses each agent holds in all, free or assigned.
         #[arg(long)]
         minimum_ip_target: Option<u32>,
+        /// Let pods reach the lab's instance metadata service (podwire's
+        /// default, like the agents', is to keep them away from it).
+        #[arg(long)]
+        pod_imds_access: bool,
         /// overlay: the pod network.
         #[arg(long, default_value = "172.16.0.0/16")]
         pod_cidr: ipnet::Ipv4Net,
@@ -229,6 +233,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             allow_external,
             warm_ip_target,
             minimum_ip_target,
+            pod_imds_access,
             pod_cidr,
             block_size,
             datastore,
@@ -246,6 +251,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 allow_external,
                 warm_ip_target,
                 minimum_ip_target,
+                pod_imds_access,
                 pod_cidr,
                 block_size,
                 datastore,

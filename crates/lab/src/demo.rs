@@ -35,6 +35,7 @@ fn demo_options(lab: &str, mode: Mode, allow_external: bool) -> Result<UpOptions
         allow_external,
         warm_ip_target: None,
         minimum_ip_target: None,
+        pod_imds_access: false,
         pod_cidr: parse("172.16.0.0/16")?,
         block_size: 26,
         datastore: "sqlite".into(),

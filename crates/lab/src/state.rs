@@ -55,6 +55,10 @@ pub struct LabState {
     pub warm_ip_target: Option<u32>,
     #[serde(default)]
     pub minimum_ip_target: Option<u32>,
+    /// Pods may reach the lab's IMDS (the agents' `--pod-imds-access allow`);
+    /// off by default, as on podwire nodes.
+    #[serde(default)]
+    pub pod_imds_access: bool,
     /// overlay mode: the pod CIDR (None in vpc mode) and block size.
     #[serde(default)]
     pub pod_cidr: Option<Ipv4Net>,
@@ -129,6 +133,7 @@ impl LabState {
             allow_external: false,
             warm_ip_target: None,
             minimum_ip_target: None,
+            pod_imds_access: false,
             pod_cidr: None,
             block_size: 0,
             datastore: String::new(),

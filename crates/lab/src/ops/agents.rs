@@ -7,7 +7,7 @@ use serde_json::json;
 
 use super::binaries::bin;
 use crate::cloud;
-use crate::datastore::datastore_spec;
+use crate::datastore::{datastore_spec, ETCD_ADDR};
 use crate::state::{LabState, NodeRec};
 use crate::{procs, LabError};
 
@@ -90,6 +90,13 @@ pub(super) fn agent_args(st: &LabState, r: &NodeRec) -> Result<Vec<String>, LabE
         "0".into(),
         "--pool-decrease-interval-secs".into(),
         "1".into(),
+        // Pods stay away from the lab's control plane: the EC2 API (on EKS
+        // pods reach it through IRSA, never with the node's role) and the
+        // datastore. IMDS is the agent's own default.
+        "--block-pod-egress".into(),
+        format!("{}:80,{}:2379", cloud::EC2_ADDR, ETCD_ADDR),
+        "--pod-imds-access".into(),
+        if st.pod_imds_access { "allow" } else { "deny" }.into(),
     ];
     if let Some(cidr) = st.overlay_pool()? {
         args.extend([

@@ -43,6 +43,8 @@ pub struct UpOptions {
     pub warm_ip_target: Option<u32>,
     /// Addresses each agent holds in all.
     pub minimum_ip_target: Option<u32>,
+    /// Let pods reach the lab's instance metadata service.
+    pub pod_imds_access: bool,
     /// overlay: the pod CIDR and its block size.
     pub pod_cidr: Ipv4Net,
     pub block_size: u8,
@@ -117,6 +119,7 @@ pub fn up(opts: &UpOptions) -> Result<LabState, LabError> {
         allow_external: opts.allow_external,
         warm_ip_target: opts.warm_ip_target,
         minimum_ip_target: opts.minimum_ip_target,
+        pod_imds_access: opts.pod_imds_access,
         pod_cidr: (opts.mode == Mode::Overlay).then_some(opts.pod_cidr),
         block_size: opts.block_size,
         datastore: opts.datastore.clone(),
