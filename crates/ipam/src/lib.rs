@@ -4,6 +4,11 @@
 pub mod block;
 pub mod block_store;
 pub mod eni_pool;
+pub mod handle;
+mod index;
+pub mod keys;
 pub mod nodes;
+pub mod schema;
 
 pub use eni_pool::{EniPool, PoolLimits, PoolPlan, PoolTargets};
+pub use handle::Handle;
