@@ -13,6 +13,7 @@ use podwire_dataplane::overlay::{self, Desired, DeviceSpec, Peer, VXLAN_DEV, VXL
 use podwire_ipam::block::Holder;
 use podwire_ipam::block_store::{BlockIpam, IpamError, PoolConfig};
 use podwire_ipam::nodes::{self, NodeRecord};
+use podwire_ipam::Handle as IpamHandle;
 use podwire_netlink::{sysctl, Handle, MacAddr};
 use podwire_proto::{
     AddRequest, Allocation, AttachmentKey, ErrorKind, Request, Response, StatusInfo,
@@ -120,12 +121,8 @@ impl std::fmt::Debug for OverlayAgent {
 }
 
 /// The handle an attachment's address is recorded under.
-fn handle_of(key: &AttachmentKey) -> String {
-    if key.ifname == "eth0" {
-        format!("{}.{}", key.network, key.container_id)
-    } else {
-        format!("{}.{}.{}", key.network, key.container_id, key.ifname)
-    }
+fn handle_of(key: &AttachmentKey) -> IpamHandle {
+    IpamHandle::attachment(&key.network, &key.container_id, &key.ifname)
 }
 
 fn ipam_error(e: IpamError) -> Response {
@@ -169,10 +166,10 @@ impl OverlayAgent {
             })?;
         let mtu = underlay.mtu.saturating_sub(VXLAN_OVERHEAD);
         // The tunnel address: the first address of the node's first block.
-        let tunnel_handle = format!("tunnel.{node}");
+        let tunnel_handle = IpamHandle::tunnel(&node);
         let tunnel_ip = match ipam.find(&tunnel_handle)? {
             Some((ip, _)) => ip,
-            None => ipam.allocate(&node, &tunnel_handle)?.ip,
+            None => ipam.allocate(&node, tunnel_handle)?.ip,
         };
         sysctl::write("net/ipv4/ip_forward", "1")?;
         let vxlan = overlay::ensure_device(
@@ -359,7 +356,7 @@ impl OverlayAgent {
             Ok(None) => {}
             Err(e) => return ipam_error(e),
         }
-        let mut holder = Holder::new(&handle, &self.node);
+        let mut holder = Holder::new(handle.clone(), &self.node);
         holder.attrs.insert("ifname".into(), req.key.ifname.clone());
         if let Some(ns) = &req.pod_namespace {
             holder.attrs.insert("pod_namespace".into(), ns.clone());
@@ -384,7 +381,7 @@ impl OverlayAgent {
                 let holder = b
                     .find(&handle_of(key))
                     .map(|(_, h)| h.clone())
-                    .unwrap_or_else(|| Holder::new("", &self.node));
+                    .unwrap_or_else(|| Holder::new(handle_of(key), &self.node));
                 Response::Found {
                     allocation: Some(self.allocation(key, ip, &holder)),
                 }
@@ -408,36 +405,35 @@ impl OverlayAgent {
     }
 
     fn gc(&self, network: &str, valid: &[AttachmentKey]) -> Response {
-        let keep: Vec<String> = valid.iter().map(handle_of).collect();
-        let blocks = match self.ipam.blocks() {
-            Ok(b) => b,
+        let keep: Vec<IpamHandle> = valid.iter().map(handle_of).collect();
+        // Exactly this network's attachments on this node (never `pw.x`'s
+        // for `pw`): the ipam answers from its handle index.
+        let held = match self.ipam.allocations_on(&self.node, network) {
+            Ok(v) => v,
             Err(e) => return ipam_error(e),
         };
         let mut released = Vec::new();
-        for (b, _) in blocks {
-            for (ord, h) in &b.allocations {
-                let ours = h.node == self.node && h.handle.starts_with(&format!("{network}."));
-                if ours && !keep.contains(&h.handle) {
-                    let container_id = h
-                        .handle
-                        .trim_start_matches(&format!("{network}."))
-                        .to_string();
-                    let ifname = h
-                        .attrs
-                        .get("ifname")
-                        .cloned()
-                        .unwrap_or_else(|| "eth0".into());
-                    let key = AttachmentKey {
-                        network: network.to_string(),
-                        container_id,
-                        ifname,
-                    };
-                    if let Err(e) = self.ipam.release(&h.handle) {
-                        return ipam_error(e);
-                    }
-                    released.push(self.allocation(&key, b.addr(*ord), h));
-                }
+        for a in held {
+            let IpamHandle::Attachment {
+                network,
+                container_id,
+                ifname,
+            } = &a.holder.handle
+            else {
+                continue;
+            };
+            if keep.contains(&a.holder.handle) {
+                continue;
             }
+            let key = AttachmentKey {
+                network: network.clone(),
+                container_id: container_id.clone(),
+                ifname: ifname.clone(),
+            };
+            if let Err(e) = self.ipam.release(&a.holder.handle) {
+                return ipam_error(e);
+            }
+            released.push(self.allocation(&key, a.ip, &a.holder));
         }
         Response::Released {
             allocations: released,
@@ -462,7 +458,7 @@ impl OverlayAgent {
                             a + b
                                 .allocations
                                 .values()
-                                .filter(|h| !h.handle.starts_with("tunnel."))
+                                .filter(|h| !matches!(h.handle, IpamHandle::Tunnel { .. }))
                                 .count(),
                         )
                     })
@@ -518,9 +514,14 @@ mod tests {
             put(&mut m, &nodes::node_key(name), &rec);
         }
         let mut b1 = Block::new("172.16.0.0/26".parse().expect("cidr"), "n1");
-        b1.assign(&Holder::new("tunnel.n1", "n1"));
+        b1.assign(&Holder::new(IpamHandle::tunnel("n1"), "n1"));
         // n3 borrowed an address from n1's block.
-        let borrowed = b1.assign(&Holder::new("pw.x", "n3")).expect("borrow");
+        let borrowed = b1
+            .assign(&Holder::new(
+                IpamHandle::attachment("pw", "x", "eth0"),
+                "n3",
+            ))
+            .expect("borrow");
         let b2 = Block::new("172.16.0.64/26".parse().expect("cidr"), "n2");
         put(&mut m, "/podwire/ipam/blocks/a", &b1);
         put(&mut m, "/podwire/ipam/blocks/b", &b2);
