@@ -17,10 +17,11 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use ipnet::Ipv4Net;
 use podwire_ipam::block::{blocks_of, Block, Holder};
-use podwire_ipam::block_store::{block_key, BlockIpam, PoolConfig};
+use podwire_ipam::block_store::{BlockIpam, PoolConfig};
 use podwire_ipam::nodes::{self, NodeRecord};
+use podwire_ipam::Handle as IpamHandle;
 use podwire_netlink::{Handle, VethSpec};
-use podwire_store::{Datastore, Expect, SqliteStore};
+use podwire_store::{Datastore, SqliteStore};
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -50,13 +51,18 @@ impl Drop for Guard {
     }
 }
 
-fn fake_node(store: &dyn Datastore, k: usize, cidr: Ipv4Net) -> anyhow::Result<()> {
+fn fake_node(
+    store: &dyn Datastore,
+    ipam: &BlockIpam,
+    k: usize,
+    cidr: Ipv4Net,
+) -> anyhow::Result<()> {
     let name = format!("fake-{k}");
     let mut b = Block::new(cidr, &name);
-    b.assign(&Holder::new(&format!("tunnel.{name}"), &name))
+    b.assign(&Holder::new(IpamHandle::tunnel(&name), &name))
         .context("tunnel address")?;
-    store.put(&block_key(cidr), &serde_json::to_vec(&b)?, Expect::Absent)?;
-    let k = k as u32;
+    ipam.insert_block(&b)?;
+    let k = u32::try_from(k)?;
     let rec = NodeRecord {
         name,
         underlay_ip: Ipv4Addr::from(0x0ac8_0000 + k + 2), // 10.200.x.y
@@ -72,14 +78,17 @@ fn fake_node(store: &dyn Datastore, k: usize, cidr: Ipv4Net) -> anyhow::Result<(
     Ok(())
 }
 
-fn remove_fake(store: &dyn Datastore, k: usize, cidr: Ipv4Net) -> anyhow::Result<()> {
+fn remove_fake(
+    store: &dyn Datastore,
+    ipam: &BlockIpam,
+    k: usize,
+    cidr: Ipv4Net,
+) -> anyhow::Result<()> {
     let key = nodes::node_key(&format!("fake-{k}"));
     if let Some(e) = store.get(&key)? {
         store.delete(&key, e.mod_revision)?;
     }
-    if let Some(e) = store.get(&block_key(cidr))? {
-        store.delete(&block_key(cidr), e.mod_revision)?;
-    }
+    ipam.delete_block(cidr)?;
     Ok(())
 }
 
@@ -139,7 +148,7 @@ fn main() -> anyhow::Result<()> {
     let db = dir.path().join("store.db");
     let store: Arc<dyn Datastore> = Arc::new(SqliteStore::open(&db)?);
     let pool: Ipv4Net = POOL.parse()?;
-    BlockIpam::open(
+    let ipam = BlockIpam::open(
         Arc::clone(&store),
         PoolConfig {
             pool,
@@ -150,7 +159,7 @@ fn main() -> anyhow::Result<()> {
     let blocks: Vec<Ipv4Net> = blocks_of(pool, 26).collect();
     let t = Instant::now();
     for k in 0..a.peers {
-        fake_node(store.as_ref(), k, blocks[blocks.len() - 1 - k])?;
+        fake_node(store.as_ref(), &ipam, k, blocks[blocks.len() - 1 - k])?;
     }
     eprintln!("seeded {} fake nodes in {:?}", a.peers, t.elapsed());
 
@@ -213,7 +222,7 @@ fn main() -> anyhow::Result<()> {
         let k = n + c;
         let cidr = blocks[blocks.len() - 1 - k];
         let t = Instant::now();
-        fake_node(store.as_ref(), k, cidr)?;
+        fake_node(store.as_ref(), &ipam, k, cidr)?;
         let _ = wait(
             Duration::from_secs(5),
             || has_route(&mut h, cidr),
@@ -221,7 +230,7 @@ fn main() -> anyhow::Result<()> {
         )?;
         adds.push(t.elapsed());
         let t = Instant::now();
-        remove_fake(store.as_ref(), k, cidr)?;
+        remove_fake(store.as_ref(), &ipam, k, cidr)?;
         let _ = wait(
             Duration::from_secs(5),
             || Ok(!has_route(&mut h, cidr)?),

@@ -289,7 +289,10 @@ fn sixty_four_concurrent_plugin_adds_then_dels_leave_the_pool_as_before() {
     }
     let ipam_handles: usize = blocks(&store)
         .iter()
-        .map(|(_, a)| a.matches("podwire.par").count())
+        .map(|(_, a)| {
+            a.matches(r#"network: "podwire", container_id: "par"#)
+                .count()
+        })
         .sum();
     assert_eq!(
         ipam_handles, 64,

@@ -8,21 +8,23 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-/// Who holds an address: the handle (`<network>.<container id>`, or
-/// `tunnel.<node>`), the node it is used on, and free-form attributes
-/// (pod namespace and name, interface).
+use crate::handle::Handle;
+
+/// Who holds an address: the handle (a pod's attachment or a node's
+/// tunnel), the node it is used on, and free-form attributes (pod namespace
+/// and name, interface).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Holder {
-    pub handle: String,
+    pub handle: Handle,
     pub node: String,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub attrs: BTreeMap<String, String>,
 }
 
 impl Holder {
-    pub fn new(handle: &str, node: &str) -> Holder {
+    pub fn new(handle: Handle, node: &str) -> Holder {
         Holder {
-            handle: handle.to_string(),
+            handle,
             node: node.to_string(),
             attrs: BTreeMap::new(),
         }
@@ -41,6 +43,10 @@ pub struct Block {
     /// a grace period.
     #[serde(default)]
     pub empty_since: Option<u64>,
+    /// The IPAM schema this block is written in (absent: v1, before
+    /// migration; see `schema`).
+    #[serde(default)]
+    pub schema: u32,
 }
 
 impl Block {
@@ -50,6 +56,7 @@ impl Block {
             affinity: Some(node.to_string()),
             allocations: BTreeMap::new(),
             empty_since: None,
+            schema: crate::schema::SCHEMA_VERSION,
         }
     }
 
@@ -68,7 +75,8 @@ impl Block {
     }
 
     pub fn free(&self) -> u32 {
-        self.size() - self.allocations.len() as u32
+        let used = u32::try_from(self.allocations.len()).unwrap_or(u32::MAX);
+        self.size().saturating_sub(used)
     }
 
     /// Takes the lowest free address for `holder`.
@@ -80,11 +88,11 @@ impl Block {
     }
 
     /// Frees every address `handle` holds; returns them.
-    pub fn release(&mut self, handle: &str, now: u64) -> Vec<Ipv4Addr> {
+    pub fn release(&mut self, handle: &Handle, now: u64) -> Vec<Ipv4Addr> {
         let ords: Vec<u32> = self
             .allocations
             .iter()
-            .filter(|(_, h)| h.handle == handle)
+            .filter(|(_, h)| h.handle == *handle)
             .map(|(o, _)| *o)
             .collect();
         for o in &ords {
@@ -96,15 +104,15 @@ impl Block {
         ords.into_iter().map(|o| self.addr(o)).collect()
     }
 
-    pub fn holds(&self, handle: &str) -> bool {
-        self.allocations.values().any(|h| h.handle == handle)
+    pub fn holds(&self, handle: &Handle) -> bool {
+        self.allocations.values().any(|h| h.handle == *handle)
     }
 
     /// The address and holder record of `handle`, if this block has it.
-    pub fn find(&self, handle: &str) -> Option<(Ipv4Addr, &Holder)> {
+    pub fn find(&self, handle: &Handle) -> Option<(Ipv4Addr, &Holder)> {
         self.allocations
             .iter()
-            .find(|(_, h)| h.handle == handle)
+            .find(|(_, h)| h.handle == *handle)
             .map(|(o, h)| (self.addr(*o), h))
     }
 }
@@ -131,6 +139,10 @@ pub fn blocks_of(pool: Ipv4Net, block_prefix: u8) -> impl Iterator<Item = Ipv4Ne
 mod tests {
     use super::*;
 
+    fn pod(c: &str) -> Handle {
+        Handle::attachment("pw", c, "eth0")
+    }
+
     #[test]
     fn block_sizes() {
         let pool: Ipv4Net = "172.16.0.0/16".parse().expect("pool");
@@ -148,28 +160,26 @@ mod tests {
         let mut b = Block::new("172.16.30.0/26".parse().expect("cidr"), "node-1");
         assert_eq!(b.size(), 64);
         assert_eq!(
-            b.assign(&Holder::new("tunnel.node-1", "node-1")),
+            b.assign(&Holder::new(Handle::tunnel("node-1"), "node-1")),
             Some("172.16.30.0".parse().expect("ip"))
         );
+        for (c, ip) in [("c1", "172.16.30.1"), ("c2", "172.16.30.2")] {
+            assert_eq!(
+                b.assign(&Holder::new(pod(c), "node-1")),
+                Some(ip.parse().expect("ip"))
+            );
+        }
         assert_eq!(
-            b.assign(&Holder::new("pw.c1", "node-1")),
-            Some("172.16.30.1".parse().expect("ip"))
-        );
-        assert_eq!(
-            b.assign(&Holder::new("pw.c2", "node-1")),
-            Some("172.16.30.2".parse().expect("ip"))
-        );
-        assert_eq!(
-            b.release("pw.c1", 5),
+            b.release(&pod("c1"), 5),
             vec!["172.16.30.1".parse::<Ipv4Addr>().expect("ip")]
         );
         assert_eq!(
-            b.assign(&Holder::new("pw.c3", "node-1")),
+            b.assign(&Holder::new(pod("c3"), "node-1")),
             Some("172.16.30.1".parse().expect("ip"))
         );
         assert_eq!(b.free(), 61);
-        for h in ["tunnel.node-1", "pw.c2", "pw.c3"] {
-            b.release(h, 9);
+        for h in [Handle::tunnel("node-1"), pod("c2"), pod("c3")] {
+            b.release(&h, 9);
         }
         assert_eq!(b.empty_since, Some(9));
         assert_eq!(

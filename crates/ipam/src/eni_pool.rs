@@ -215,7 +215,7 @@ impl EniPool {
     }
 
     pub fn eni_count(&self) -> u32 {
-        self.enis.len() as u32
+        count32(self.enis.len())
     }
 
     /// True when no further address can ever be had on this instance.
@@ -224,7 +224,7 @@ impl EniPool {
             && self
                 .enis
                 .values()
-                .all(|e| e.ips.len() as u32 >= self.limits.secondary_per_eni)
+                .all(|e| count32(e.ips.len()) >= self.limits.secondary_per_eni)
     }
 
     /// Addresses on the node's ENIs, free or not.
@@ -242,8 +242,8 @@ impl EniPool {
         targets: PoolTargets,
         now: Instant,
     ) -> Option<(String, Vec<Ipv4Addr>)> {
-        let free = self.free(now) as u32;
-        let total = self.total() as u32;
+        let free = count32(self.free(now));
+        let total = count32(self.total());
         let over = free
             .saturating_sub(targets.warm)
             .min(total.saturating_sub(targets.minimum));
@@ -273,8 +273,8 @@ impl EniPool {
     /// What to ask the cloud for so that `targets.warm` addresses are free
     /// and at least `targets.minimum` are held in all.
     pub fn plan(&self, targets: PoolTargets) -> PoolPlan {
-        let free = self.free_total() as u32;
-        if free >= targets.warm && self.total() as u32 >= targets.minimum {
+        let free = count32(self.free_total());
+        if free >= targets.warm && count32(self.total()) >= targets.minimum {
             return PoolPlan::Satisfied;
         }
         // With whole ENIs (the VPC CNI's WARM_ENI_TARGET) an ENI is filled in
@@ -283,13 +283,13 @@ impl EniPool {
         let short = targets
             .warm
             .saturating_sub(free)
-            .max((targets.minimum).saturating_sub(self.total() as u32))
+            .max((targets.minimum).saturating_sub(count32(self.total())))
             .max(1);
         for eni in self.enis.values() {
             let room = self
                 .limits
                 .secondary_per_eni
-                .saturating_sub(eni.ips.len() as u32);
+                .saturating_sub(count32(eni.ips.len()));
             if room > 0 {
                 let count = if targets.whole_enis {
                     room
@@ -319,6 +319,12 @@ impl EniPool {
         }
         PoolPlan::AtLimit
     }
+}
+
+/// A count as u32, saturating: counts are compared against u32 limits, and
+/// one that does not fit is above any of them.
+fn count32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 #[cfg(test)]

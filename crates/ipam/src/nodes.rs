@@ -8,7 +8,7 @@ use std::sync::Arc;
 use podwire_store::{Datastore, Expect, StoreError};
 use serde::{Deserialize, Serialize};
 
-use crate::block_store::{block_key, BlockIpam, IpamError, Result};
+use crate::block_store::{now, BlockIpam, IpamError, Result};
 
 pub const NODES: &str = "/podwire/nodes/";
 
@@ -58,8 +58,12 @@ pub fn list(store: &dyn Datastore) -> Result<Vec<NodeRecord>> {
         .collect()
 }
 
-/// Removes a node from the cluster: its record, its blocks, and addresses
-/// it borrowed from other nodes' blocks. (Its pods must be gone first.)
+/// Removes a node from the cluster: its record, every address it held
+/// (its pods and tunnel are gone with it; they must be DELeted first where
+/// possible), and its affinity. Its blocks that still hold addresses of
+/// other nodes (borrowed) stay, without affinity, until those are released;
+/// the empty ones go now. Reads every block: an operator action, not a
+/// per-pod path.
 pub fn remove(store: Arc<dyn Datastore>, ipam: &BlockIpam, name: &str) -> Result<()> {
     let key = node_key(name);
     if let Some(e) = store.get(&key)? {
@@ -68,18 +72,26 @@ pub fn remove(store: Arc<dyn Datastore>, ipam: &BlockIpam, name: &str) -> Result
             Err(e) => return Err(e.into()),
         }
     }
-    for (b, rev) in ipam.blocks()? {
-        if b.affinity.as_deref() == Some(name) {
-            match store.delete(&block_key(b.cidr), rev) {
-                Ok(()) => {}
-                Err(StoreError::Conflict { .. }) => return Err(IpamError::Contention),
-                Err(e) => return Err(e.into()),
-            }
-        } else {
-            for h in b.allocations.values().filter(|h| h.node == name) {
-                ipam.release(&h.handle)?;
-            }
+    for (b, _) in ipam.blocks()? {
+        let touches =
+            b.affinity.as_deref() == Some(name) || b.allocations.values().any(|h| h.node == name);
+        if !touches {
+            continue;
         }
+        ipam.update_block(b.cidr, |b| {
+            let mut nb = b.clone();
+            nb.allocations.retain(|_, h| h.node != name);
+            if nb.affinity.as_deref() == Some(name) {
+                nb.affinity = None;
+            }
+            if nb.allocations.is_empty() && nb.affinity.is_none() {
+                return None;
+            }
+            if nb.allocations.is_empty() && nb.empty_since.is_none() {
+                nb.empty_since = Some(now());
+            }
+            Some(nb)
+        })?;
     }
     Ok(())
 }

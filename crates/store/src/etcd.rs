@@ -6,11 +6,14 @@ use std::sync::mpsc::{self, Receiver};
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Txn, TxnOp, WatchOptions,
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Txn, TxnOp, TxnOpResponse,
+    WatchOptions,
 };
 use tokio::runtime::Runtime;
 
-use crate::{Datastore, Entry, Event, Expect, Result, Revision, Snapshot, StoreError};
+use crate::{
+    check_commit, Datastore, Entry, Event, Expect, Result, Revision, Snapshot, StoreError, Write,
+};
 
 const DEADLINE: Duration = Duration::from_secs(3);
 
@@ -86,13 +89,60 @@ impl EtcdStore {
             .map_err(unavailable)
     }
 
-    fn txn(&self, key: &str, compare: Compare, op: TxnOp) -> Result<Revision> {
+    /// One etcd `Txn`: a compare per expectation, the writes if all hold,
+    /// else a read of each compared key so the conflict can be named.
+    fn txn(&self, writes: &[Write]) -> Result<Revision> {
+        check_commit(writes)?;
+        let guarded: Vec<&Write> = writes.iter().filter(|w| w.expect != Expect::Any).collect();
+        let compares: Vec<Compare> = guarded
+            .iter()
+            .filter_map(|w| match w.expect {
+                Expect::Absent => Some(Compare::create_revision(
+                    w.key.as_str(),
+                    CompareOp::Equal,
+                    0,
+                )),
+                Expect::Revision(r) => {
+                    Some(Compare::mod_revision(w.key.as_str(), CompareOp::Equal, r))
+                }
+                Expect::Any => None,
+            })
+            .collect();
+        let ops: Vec<TxnOp> = writes
+            .iter()
+            .map(|w| match &w.value {
+                Some(v) => TxnOp::put(w.key.as_str(), v.clone(), None),
+                None => TxnOp::delete(w.key.as_str(), None),
+            })
+            .collect();
+        let reads: Vec<TxnOp> = guarded
+            .iter()
+            .map(|w| TxnOp::get(w.key.as_str(), None))
+            .collect();
         let mut kv = self.client.kv_client();
-        let txn = Txn::new().when([compare]).and_then([op]);
+        let txn = Txn::new().when(compares).and_then(ops).or_else(reads);
         let resp = self.run(async move { kv.txn(txn).await })?;
         if !resp.succeeded() {
+            // Which expectation failed, from the reads of the else branch.
+            let failed = guarded
+                .iter()
+                .zip(resp.op_responses())
+                .find(|(w, r)| {
+                    let current = match r {
+                        TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.mod_revision()),
+                        _ => None,
+                    };
+                    match w.expect {
+                        Expect::Absent => current.is_some(),
+                        Expect::Revision(rev) => current != Some(rev),
+                        Expect::Any => false,
+                    }
+                })
+                .map(|(w, _)| w.key.clone());
             return Err(StoreError::Conflict {
-                key: key.to_string(),
+                key: failed
+                    .or_else(|| guarded.first().map(|w| w.key.clone()))
+                    .unwrap_or_default(),
             });
         }
         resp.header()
@@ -139,20 +189,16 @@ impl Datastore for EtcdStore {
     }
 
     fn put(&self, key: &str, value: &[u8], expect: Expect) -> Result<Revision> {
-        let compare = match expect {
-            Expect::Absent => Compare::create_revision(key, CompareOp::Equal, 0),
-            Expect::Revision(r) => Compare::mod_revision(key, CompareOp::Equal, r),
-        };
-        self.txn(key, compare, TxnOp::put(key, value.to_vec(), None))
+        self.txn(&[Write::put(key, value.to_vec(), expect)])
     }
 
     fn delete(&self, key: &str, expect: Revision) -> Result<()> {
-        self.txn(
-            key,
-            Compare::mod_revision(key, CompareOp::Equal, expect),
-            TxnOp::delete(key, None),
-        )
-        .map(|_| ())
+        self.txn(&[Write::delete(key, Expect::Revision(expect))])
+            .map(|_| ())
+    }
+
+    fn commit(&self, writes: &[Write]) -> Result<Revision> {
+        self.txn(writes)
     }
 
     fn watch(&self, prefix: &str, after: Revision) -> Result<Receiver<Result<Event>>> {

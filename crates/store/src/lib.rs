@@ -7,16 +7,26 @@
 //!
 //! Every write names the revision it expects, so two writers can never both
 //! win; readers get the store revision with a listing and can watch for what
-//! changed after it.
+//! changed after it. [`Datastore::commit`] applies several writes as one:
+//! all of them or none (SQLite: one transaction; etcd: one `Txn` whose
+//! compares are the writes' expectations).
+//!
+//! Each backend is a cargo feature (`sqlite`, `etcd`; both on by default),
+//! so a program that needs one does not build the other.
 
+#[cfg(feature = "etcd")]
 mod etcd;
+#[cfg(feature = "sqlite")]
 mod sqlite;
 #[cfg(feature = "test-util")]
 pub mod testing;
 
+use std::collections::BTreeSet;
 use std::sync::mpsc::Receiver;
 
+#[cfg(feature = "etcd")]
 pub use etcd::EtcdStore;
+#[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
 
 /// A store-wide, increasing revision number.
@@ -37,6 +47,64 @@ pub enum Expect {
     Absent,
     /// The key must exist, last written at this revision.
     Revision(Revision),
+    /// No condition on this key. Only for writes whose consistency another
+    /// write of the same [`Datastore::commit`] guards (an index entry
+    /// written together with the compare-and-swap of the record it indexes).
+    Any,
+}
+
+/// One write of a [`Datastore::commit`]: `value` None deletes the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Write {
+    pub key: String,
+    pub value: Option<Vec<u8>>,
+    pub expect: Expect,
+}
+
+impl Write {
+    pub fn put(key: impl Into<String>, value: Vec<u8>, expect: Expect) -> Write {
+        Write {
+            key: key.into(),
+            value: Some(value),
+            expect,
+        }
+    }
+
+    pub fn delete(key: impl Into<String>, expect: Expect) -> Write {
+        Write {
+            key: key.into(),
+            value: None,
+            expect,
+        }
+    }
+}
+
+/// The most writes one [`Datastore::commit`] takes (etcd refuses more than
+/// 128 operations per transaction by default; ours stay far below).
+pub const MAX_COMMIT_WRITES: usize = 64;
+
+/// Refuses what neither backend could apply atomically: nothing to do, too
+/// many writes, or one key written twice (etcd rejects that).
+fn check_commit(writes: &[Write]) -> Result<()> {
+    if writes.is_empty() {
+        return Err(StoreError::Backend("empty transaction".into()));
+    }
+    if writes.len() > MAX_COMMIT_WRITES {
+        return Err(StoreError::Backend(format!(
+            "transaction of {} writes (at most {MAX_COMMIT_WRITES})",
+            writes.len()
+        )));
+    }
+    let mut seen = BTreeSet::new();
+    for w in writes {
+        if !seen.insert(w.key.as_str()) {
+            return Err(StoreError::Backend(format!(
+                "transaction writes {} twice",
+                w.key
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A change.
@@ -92,6 +160,11 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
     fn put(&self, key: &str, value: &[u8], expect: Expect) -> Result<Revision>;
     /// Deletes the key if it was last written at `expect`.
     fn delete(&self, key: &str, expect: Revision) -> Result<()>;
+    /// Applies every write if every expectation holds, else none of them:
+    /// `Conflict` names a key whose expectation failed. Returns the revision
+    /// of the last write. Deleting an absent key under `Expect::Any` is no
+    /// error. At most [`MAX_COMMIT_WRITES`] writes, each key once.
+    fn commit(&self, writes: &[Write]) -> Result<Revision>;
     /// Changes under `prefix` after revision `after`, in order, until the
     /// receiver is dropped. A failure of the store arrives as an `Err`.
     fn watch(&self, prefix: &str, after: Revision) -> Result<Receiver<Result<Event>>>;
@@ -101,12 +174,35 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
 /// path) or `etcd://host:port[,host:port…]`.
 pub fn open(spec: &str) -> Result<Box<dyn Datastore>> {
     if let Some(endpoints) = spec.strip_prefix("etcd://") {
-        let eps: Vec<String> = endpoints
-            .split(',')
-            .map(|e| format!("http://{e}"))
-            .collect();
-        return Ok(Box::new(EtcdStore::connect(&eps)?));
+        return open_etcd(endpoints);
     }
-    let path = spec.strip_prefix("sqlite:").unwrap_or(spec);
+    open_sqlite(spec.strip_prefix("sqlite:").unwrap_or(spec))
+}
+
+#[cfg(feature = "etcd")]
+fn open_etcd(endpoints: &str) -> Result<Box<dyn Datastore>> {
+    let eps: Vec<String> = endpoints
+        .split(',')
+        .map(|e| format!("http://{e}"))
+        .collect();
+    Ok(Box::new(EtcdStore::connect(&eps)?))
+}
+
+#[cfg(not(feature = "etcd"))]
+fn open_etcd(endpoints: &str) -> Result<Box<dyn Datastore>> {
+    Err(StoreError::Backend(format!(
+        "etcd://{endpoints}: this program was built without etcd support (feature `etcd`)"
+    )))
+}
+
+#[cfg(feature = "sqlite")]
+fn open_sqlite(path: &str) -> Result<Box<dyn Datastore>> {
     Ok(Box::new(SqliteStore::open(std::path::Path::new(path))?))
+}
+
+#[cfg(not(feature = "sqlite"))]
+fn open_sqlite(path: &str) -> Result<Box<dyn Datastore>> {
+    Err(StoreError::Backend(format!(
+        "{path}: this program was built without SQLite support (feature `sqlite`)"
+    )))
 }

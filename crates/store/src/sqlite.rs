@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use crate::{Datastore, Entry, Event, Expect, Result, Revision, Snapshot, StoreError};
+use crate::{
+    check_commit, Datastore, Entry, Event, Expect, Result, Revision, Snapshot, StoreError, Write,
+};
 
 /// One row of the events table: revision, key, value (None = deleted).
 type EventRow = (i64, String, Option<Vec<u8>>);
@@ -43,14 +45,21 @@ fn connect(path: &Path) -> Result<Connection> {
     Ok(conn)
 }
 
-/// `prefix` as a LIKE pattern with the wildcards escaped.
-fn like(prefix: &str) -> String {
-    let mut p = prefix
-        .replace('\\', "\\\\")
-        .replace('%', "\\%")
-        .replace('_', "\\_");
-    p.push('%');
-    p
+/// The least string above every string that starts with `prefix` (None:
+/// no bound). SQLite compares TEXT bytewise and UTF-8's byte order is code
+/// point order, so `prefix <= key < upper` is exactly "starts with prefix"
+/// and, unlike LIKE (case-insensitive, never on the key index), reads only
+/// the matching rows.
+fn upper_bound(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        let next = (u32::from(last) + 1..=u32::from(char::MAX)).find_map(char::from_u32);
+        if let Some(c) = next {
+            chars.push(c);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
 }
 
 impl SqliteStore {
@@ -73,7 +82,12 @@ impl SqliteStore {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn write(&self, key: &str, value: Option<&[u8]>, expect: Expect) -> Result<Revision> {
+    /// Every write in one `BEGIN IMMEDIATE` transaction: all expectations
+    /// are checked before anything is written. Each write takes its own
+    /// revision (the events table has one row per revision), all inside the
+    /// one transaction, so readers see all of them or none.
+    fn write(&self, writes: &[Write]) -> Result<Revision> {
+        check_commit(writes)?;
         if !self.path.exists() {
             return Err(StoreError::Unavailable(format!(
                 "{} is gone",
@@ -84,47 +98,53 @@ impl SqliteStore {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(unavailable)?;
-        let current: Option<i64> = tx
-            .query_row("SELECT mod_rev FROM kv WHERE key = ?1", params![key], |r| {
-                r.get(0)
-            })
-            .optional()
-            .map_err(unavailable)?;
-        let ok = match expect {
-            Expect::Absent => current.is_none(),
-            Expect::Revision(r) => current == Some(r),
-        };
-        if !ok {
-            return Err(StoreError::Conflict {
-                key: key.to_string(),
-            });
+        for w in writes {
+            let current: Option<i64> = tx
+                .query_row(
+                    "SELECT mod_rev FROM kv WHERE key = ?1",
+                    params![w.key],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(unavailable)?;
+            let ok = match w.expect {
+                Expect::Absent => current.is_none(),
+                Expect::Revision(r) => current == Some(r),
+                Expect::Any => true,
+            };
+            if !ok {
+                return Err(StoreError::Conflict { key: w.key.clone() });
+            }
         }
-        let rev: i64 = tx
-            .query_row(
-                "UPDATE meta SET value = value + 1 WHERE name = 'rev' RETURNING value",
-                [],
-                |r| r.get(0),
-            )
+        let mut rev = 0;
+        for w in writes {
+            rev = tx
+                .query_row(
+                    "UPDATE meta SET value = value + 1 WHERE name = 'rev' RETURNING value",
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(unavailable)?;
+            match &w.value {
+                Some(v) => tx.execute(
+                    "INSERT OR REPLACE INTO kv VALUES (?1, ?2, ?3)",
+                    params![w.key, v, rev],
+                ),
+                None => tx.execute("DELETE FROM kv WHERE key = ?1", params![w.key]),
+            }
             .map_err(unavailable)?;
-        match value {
-            Some(v) => tx.execute(
-                "INSERT OR REPLACE INTO kv VALUES (?1, ?2, ?3)",
-                params![key, v, rev],
-            ),
-            None => tx.execute("DELETE FROM kv WHERE key = ?1", params![key]),
-        }
-        .map_err(unavailable)?;
-        tx.execute(
-            "INSERT INTO events VALUES (?1, ?2, ?3)",
-            params![rev, key, value],
-        )
-        .map_err(unavailable)?;
-        if rev % 1000 == 0 {
             tx.execute(
-                "DELETE FROM events WHERE rev < ?1",
-                params![rev - KEEP_EVENTS],
+                "INSERT INTO events VALUES (?1, ?2, ?3)",
+                params![rev, w.key, w.value],
             )
             .map_err(unavailable)?;
+            if rev % 1000 == 0 {
+                tx.execute(
+                    "DELETE FROM events WHERE rev < ?1",
+                    params![rev - KEEP_EVENTS],
+                )
+                .map_err(unavailable)?;
+            }
         }
         tx.commit().map_err(unavailable)?;
         Ok(rev)
@@ -161,13 +181,20 @@ impl Datastore for SqliteStore {
             })
             .map_err(unavailable)?;
         let entries = {
-            let mut stmt = tx
-                .prepare(
-                    "SELECT key, value, mod_rev FROM kv WHERE key LIKE ?1 ESCAPE '\\' ORDER BY key",
-                )
-                .map_err(unavailable)?;
+            // Two statements so the planner sees a plain range on the key.
+            let (sql, upper) = match upper_bound(prefix) {
+                Some(u) => (
+                    "SELECT key, value, mod_rev FROM kv WHERE key >= ?1 AND key < ?2 ORDER BY key",
+                    u,
+                ),
+                None => (
+                    "SELECT key, value, mod_rev FROM kv WHERE key >= ?1 AND ?2 = '' ORDER BY key",
+                    String::new(),
+                ),
+            };
+            let mut stmt = tx.prepare(sql).map_err(unavailable)?;
             let rows = stmt
-                .query_map(params![like(prefix)], |r| {
+                .query_map(params![prefix, upper], |r| {
                     Ok(Entry {
                         key: r.get(0)?,
                         value: r.get(1)?,
@@ -183,18 +210,26 @@ impl Datastore for SqliteStore {
     }
 
     fn put(&self, key: &str, value: &[u8], expect: Expect) -> Result<Revision> {
-        self.write(key, Some(value), expect)
+        self.write(&[Write::put(key, value.to_vec(), expect)])
     }
 
     fn delete(&self, key: &str, expect: Revision) -> Result<()> {
-        self.write(key, None, Expect::Revision(expect)).map(|_| ())
+        self.write(&[Write::delete(key, Expect::Revision(expect))])
+            .map(|_| ())
+    }
+
+    fn commit(&self, writes: &[Write]) -> Result<Revision> {
+        self.write(writes)
     }
 
     fn watch(&self, prefix: &str, after: Revision) -> Result<Receiver<Result<Event>>> {
         // Each watcher polls on its own connection.
         let conn = connect(&self.path)?;
         let (tx, rx) = mpsc::channel();
-        let pattern = like(prefix);
+        let lower = prefix.to_string();
+        // The same exact range as `list` (the revision index drives this
+        // query, so the optional bound costs nothing).
+        let upper = upper_bound(prefix);
         std::thread::Builder::new()
             .name("sqlite-watch".into())
             .spawn(move || {
@@ -202,8 +237,8 @@ impl Datastore for SqliteStore {
                 let mut idle_since = std::time::Instant::now();
                 loop {
                     let batch: rusqlite::Result<Vec<EventRow>> = conn
-                        .prepare_cached("SELECT rev, key, value FROM events WHERE rev > ?1 AND key LIKE ?2 ESCAPE '\\' ORDER BY rev")
-                        .and_then(|mut s| s.query_map(params![last, pattern], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect());
+                        .prepare_cached("SELECT rev, key, value FROM events WHERE rev > ?1 AND key >= ?2 AND (?3 IS NULL OR key < ?3) ORDER BY rev")
+                        .and_then(|mut s| s.query_map(params![last, lower, upper], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect());
                     match batch {
                         Ok(rows) => {
                             if !rows.is_empty() {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use podwire_store::testing::{free_port, Etcd};
-use podwire_store::{Datastore, EtcdStore, Event, Expect, SqliteStore, StoreError};
+use podwire_store::{Datastore, EtcdStore, Event, Expect, SqliteStore, StoreError, Write};
 
 fn sqlite() -> (tempfile::TempDir, SqliteStore) {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -65,6 +65,97 @@ fn list_is_by_prefix_with_a_consistent_revision() {
         s.put("pw/a_b", b"1", Expect::Absent).expect("put");
         s.put("pw/axb", b"1", Expect::Absent).expect("put");
         assert_eq!(s.list("pw/a_").expect("list").entries.len(), 1);
+    });
+}
+
+#[test]
+fn list_and_watch_match_the_prefix_exactly_and_case_sensitively() {
+    both(|s| {
+        for k in ["pw/Nodes/a", "pw/nodes/b", "pw/nodez", "pw/node\u{10FFFF}"] {
+            s.put(k, k.as_bytes(), Expect::Absent).expect("put");
+        }
+        let keys = |p: &str| -> Vec<String> {
+            s.list(p)
+                .expect("list")
+                .entries
+                .into_iter()
+                .map(|e| e.key)
+                .collect()
+        };
+        assert_eq!(keys("pw/nodes/"), vec!["pw/nodes/b"]);
+        assert_eq!(keys("pw/Nodes/"), vec!["pw/Nodes/a"]);
+        assert_eq!(keys("pw/node\u{10FFFF}"), vec!["pw/node\u{10FFFF}"]);
+        assert_eq!(keys("").len(), 4);
+        let rev = s.list("pw/").expect("list").revision;
+        let rx = s.watch("pw/Nodes/", rev).expect("watch");
+        s.put("pw/nodes/c", b"1", Expect::Absent).expect("put");
+        s.put("pw/Nodes/d", b"1", Expect::Absent).expect("put");
+        match rx.recv_timeout(Duration::from_secs(5)) {
+            Ok(Ok(Event::Put(e))) => assert_eq!(e.key, "pw/Nodes/d"),
+            other => panic!("{other:?}"),
+        }
+    });
+}
+
+#[test]
+fn commit_applies_every_write_or_none() {
+    both(|s| {
+        let ra = s.put("pw/t/a", b"1", Expect::Absent).expect("put");
+        s.put("pw/t/gone", b"1", Expect::Absent).expect("put");
+        // One expectation fails: nothing is written, the conflict names it.
+        let err = s
+            .commit(&[
+                Write::put("pw/t/a", b"2".to_vec(), Expect::Revision(ra)),
+                Write::put("pw/t/b", b"2".to_vec(), Expect::Revision(ra)),
+                Write::delete("pw/t/gone", Expect::Any),
+            ])
+            .expect_err("b does not exist");
+        assert!(
+            matches!(&err, StoreError::Conflict { key } if key == "pw/t/b"),
+            "{err:?}"
+        );
+        assert_eq!(s.get("pw/t/a").expect("get").expect("a").value, b"1");
+        assert!(s.get("pw/t/gone").expect("get").is_some());
+        let rev = s.list("pw/").expect("list").revision;
+        let rx = s.watch("pw/t/", rev).expect("watch");
+        // All hold: every write lands, unconditional ones included.
+        let last = s
+            .commit(&[
+                Write::put("pw/t/a", b"2".to_vec(), Expect::Revision(ra)),
+                Write::put("pw/t/b", b"2".to_vec(), Expect::Absent),
+                Write::delete("pw/t/gone", Expect::Any),
+                Write::delete("pw/t/never", Expect::Any),
+            ])
+            .expect("commit");
+        let a = s.get("pw/t/a").expect("get").expect("a");
+        assert_eq!(a.value, b"2");
+        assert!(a.mod_revision <= last);
+        assert!(s.get("pw/t/b").expect("get").expect("b").mod_revision <= last);
+        assert!(s.get("pw/t/gone").expect("get").is_none());
+        let mut keys = Vec::new();
+        while keys.len() < 3 {
+            match rx.recv_timeout(Duration::from_secs(5)) {
+                Ok(Ok(Event::Put(e))) => keys.push(e.key),
+                Ok(Ok(Event::Delete { key, .. })) => keys.push(key),
+                Ok(Ok(Event::Progress(_))) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        keys.sort();
+        assert_eq!(keys, vec!["pw/t/a", "pw/t/b", "pw/t/gone"]);
+        // What neither backend could apply atomically is refused up front.
+        for bad in [
+            vec![],
+            vec![
+                Write::delete("pw/t/a", Expect::Any),
+                Write::delete("pw/t/a", Expect::Any),
+            ],
+            (0..65)
+                .map(|i| Write::delete(format!("pw/t/{i}"), Expect::Any))
+                .collect(),
+        ] {
+            assert!(matches!(s.commit(&bad), Err(StoreError::Backend(_))));
+        }
     });
 }
 

@@ -262,7 +262,7 @@ pub fn kernel_snapshot(netns: &str) -> String {
     for args in [
         &["-o", "link"][..],
         &["-4", "-o", "addr"],
-        &["route", "show", "table", "all"],
+        &["-4", "route", "show", "table", "all"],
         &["rule"],
         &["neigh", "show", "nud", "permanent"],
     ] {
@@ -295,7 +295,9 @@ pub fn pod_wiring_snapshot(netns: &str) -> String {
         })
         .filter(|n| n.starts_with("eni") || n.starts_with("pw"))
         .collect();
-    let routes: Vec<String> = ip(&["-n", netns, "route", "show", "table", "all"])
+    // IPv4 only: the kernel adds IPv6 link-local routes to new veths on its
+    // own schedule (after DAD), which is not podwire's wiring.
+    let routes: Vec<String> = ip(&["-4", "-n", netns, "route", "show", "table", "all"])
         .lines()
         .filter(|l| l.contains(" dev eni") || l.contains(" dev pw"))
         .map(str::to_string)

@@ -7,19 +7,17 @@ use std::net::Ipv4Addr;
 use podwire_ipam::block::Holder;
 use podwire_ipam::block_store::IpamError;
 use podwire_ipam::nodes;
+use podwire_ipam::Handle;
 use podwire_proto::{
     AddRequest, Allocation, AttachmentKey, Egress, ErrorKind, Response, StatusInfo,
 };
 
 use super::OverlayAgent;
 
-/// The handle an attachment's address is recorded under.
-fn handle_of(key: &AttachmentKey) -> String {
-    if key.ifname == "eth0" {
-        format!("{}.{}", key.network, key.container_id)
-    } else {
-        format!("{}.{}.{}", key.network, key.container_id, key.ifname)
-    }
+/// The handle an attachment's address is recorded under: the attachment
+/// itself, field by field (names and ids may contain dots).
+fn handle_of(key: &AttachmentKey) -> Handle {
+    Handle::attachment(&key.network, &key.container_id, &key.ifname)
 }
 
 fn ipam_error(e: IpamError) -> Response {
@@ -61,7 +59,7 @@ impl OverlayAgent {
             Ok(None) => {}
             Err(e) => return ipam_error(e),
         }
-        let mut holder = Holder::new(&handle, &self.node);
+        let mut holder = Holder::new(handle.clone(), &self.node);
         holder.attrs.insert("ifname".into(), req.key.ifname.clone());
         if let Some(ns) = &req.pod_namespace {
             holder.attrs.insert("pod_namespace".into(), ns.clone());
@@ -86,7 +84,7 @@ impl OverlayAgent {
                 let holder = b
                     .find(&handle_of(key))
                     .map(|(_, h)| h.clone())
-                    .unwrap_or_else(|| Holder::new("", &self.node));
+                    .unwrap_or_else(|| Holder::new(handle_of(key), &self.node));
                 Response::Found {
                     allocation: Some(self.allocation(key, ip, &holder)),
                 }
@@ -110,36 +108,35 @@ impl OverlayAgent {
     }
 
     pub(super) fn gc(&self, network: &str, valid: &[AttachmentKey]) -> Response {
-        let keep: Vec<String> = valid.iter().map(handle_of).collect();
-        let blocks = match self.ipam.blocks() {
-            Ok(b) => b,
+        let keep: Vec<Handle> = valid.iter().map(handle_of).collect();
+        // Exactly this network's attachments on this node (never `pw.x`'s
+        // for `pw`): the ipam answers from its handle index.
+        let held = match self.ipam.allocations_on(&self.node, network) {
+            Ok(v) => v,
             Err(e) => return ipam_error(e),
         };
         let mut released = Vec::new();
-        for (b, _) in blocks {
-            for (ord, h) in &b.allocations {
-                let ours = h.node == self.node && h.handle.starts_with(&format!("{network}."));
-                if ours && !keep.contains(&h.handle) {
-                    let container_id = h
-                        .handle
-                        .trim_start_matches(&format!("{network}."))
-                        .to_string();
-                    let ifname = h
-                        .attrs
-                        .get("ifname")
-                        .cloned()
-                        .unwrap_or_else(|| "eth0".into());
-                    let key = AttachmentKey {
-                        network: network.to_string(),
-                        container_id,
-                        ifname,
-                    };
-                    if let Err(e) = self.ipam.release(&h.handle) {
-                        return ipam_error(e);
-                    }
-                    released.push(self.allocation(&key, b.addr(*ord), h));
-                }
+        for a in held {
+            let Handle::Attachment {
+                network,
+                container_id,
+                ifname,
+            } = &a.holder.handle
+            else {
+                continue;
+            };
+            if keep.contains(&a.holder.handle) {
+                continue;
             }
+            let key = AttachmentKey {
+                network: network.clone(),
+                container_id: container_id.clone(),
+                ifname: ifname.clone(),
+            };
+            if let Err(e) = self.ipam.release(&a.holder.handle) {
+                return ipam_error(e);
+            }
+            released.push(self.allocation(&key, a.ip, &a.holder));
         }
         Response::Released {
             allocations: released,
@@ -164,7 +161,7 @@ impl OverlayAgent {
                             a + b
                                 .allocations
                                 .values()
-                                .filter(|h| h.handle != super::tunnel_handle(&h.node))
+                                .filter(|h| !matches!(h.handle, Handle::Tunnel { .. }))
                                 .count(),
                         )
                     })

@@ -28,11 +28,6 @@ use model::Model;
 /// Everything under it is followed: node records and IPAM blocks.
 const WATCHED: &str = podwire_ipam::ROOT;
 
-/// The IPAM handle of a node's own tunnel address.
-fn tunnel_handle(node: &str) -> String {
-    format!("tunnel.{node}")
-}
-
 pub struct OverlayAgent {
     node: String,
     store: Arc<dyn Datastore>,
@@ -77,10 +72,10 @@ impl OverlayAgent {
             })?;
         let mtu = underlay.mtu.saturating_sub(VXLAN_OVERHEAD);
         // The tunnel address: the first address of the node's first block.
-        let tunnel_handle = tunnel_handle(&node);
+        let tunnel_handle = podwire_ipam::Handle::tunnel(&node);
         let tunnel_ip = match ipam.find(&tunnel_handle)? {
             Some((ip, _)) => ip,
-            None => ipam.allocate(&node, &tunnel_handle)?.ip,
+            None => ipam.allocate(&node, tunnel_handle)?.ip,
         };
         sysctl::write("net/ipv4/ip_forward", "1")?;
         let vxlan = overlay::ensure_device(

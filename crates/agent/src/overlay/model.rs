@@ -28,7 +28,7 @@ impl Model {
                     self.nodes.remove(key);
                 }
             }
-        } else if key.starts_with(podwire_ipam::block_store::BLOCKS) {
+        } else if key.starts_with(podwire_ipam::keys::BLOCKS) {
             match value.and_then(|v| serde_json::from_slice(v).ok()) {
                 Some(b) => {
                     self.blocks.insert(key.to_string(), b);
@@ -106,20 +106,17 @@ mod tests {
             put(&mut m, &nodes::node_key(name), &rec);
         }
         let mut b1 = Block::new("172.16.0.0/26".parse().expect("cidr"), "n1");
-        b1.assign(&Holder::new("tunnel.n1", "n1"));
+        b1.assign(&Holder::new(podwire_ipam::Handle::tunnel("n1"), "n1"));
         // n3 borrowed an address from n1's block.
-        let borrowed = b1.assign(&Holder::new("pw.x", "n3")).expect("borrow");
+        let borrowed = b1
+            .assign(&Holder::new(
+                podwire_ipam::Handle::attachment("pw", "x", "eth0"),
+                "n3",
+            ))
+            .expect("borrow");
         let b2 = Block::new("172.16.0.64/26".parse().expect("cidr"), "n2");
-        put(
-            &mut m,
-            &format!("{}a", podwire_ipam::block_store::BLOCKS),
-            &b1,
-        );
-        put(
-            &mut m,
-            &format!("{}b", podwire_ipam::block_store::BLOCKS),
-            &b2,
-        );
+        put(&mut m, &format!("{}a", podwire_ipam::keys::BLOCKS), &b1);
+        put(&mut m, &format!("{}b", podwire_ipam::keys::BLOCKS), &b2);
 
         let d = m.desired("n2");
         assert_eq!(
