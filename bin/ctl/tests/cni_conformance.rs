@@ -621,3 +621,94 @@ fn oversized_stdin_is_refused() {
         r.stdout
     );
 }
+
+/// Kubelet recreates sandboxes: the same pod (same namespace/name, so the
+/// same usual `eni…` name) under a new container id, sometimes before the
+/// old sandbox is removed. DEL, CHECK and GC act only on their own
+/// attachment's interface; ADD never destroys another's (issue 6 item 4).
+#[test]
+fn sandboxes_of_one_pod_never_unwire_each_other() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::up("t-sbx", &["--nodes", "1"]);
+    let (node_ns, socket) = lab_call(&lab);
+    let call = Call {
+        node_ns: &node_ns,
+        socket,
+    };
+    let conf = call.conf("1.1.0");
+    let before = pod_wiring_snapshot(&node_ns);
+    let ns: Vec<Netns> = (0..3)
+        .map(|i| Netns::new(&format!("pw-t-sbx-s{i}")))
+        .collect();
+    let ok = |r: PluginRun, what: &str| {
+        assert!(r.ok, "{what}: {} {}", r.stdout, r.stderr);
+        r
+    };
+    let check = |id: &str, n: &Netns| call.run("CHECK", id, &n.path(), &conf, "web");
+
+    // CRI: StopPodSandbox(0), RunPodSandbox(1), RemovePodSandbox(0).
+    ok(
+        call.run("ADD", "sbx0", &ns[0].path(), &conf, "web"),
+        "ADD 0",
+    );
+    ok(
+        call.run("DEL", "sbx0", &ns[0].path(), &conf, "web"),
+        "stop 0",
+    );
+    let add1 = ok(
+        call.run("ADD", "sbx1", &ns[1].path(), &conf, "web"),
+        "ADD 1",
+    );
+    let usual = add1.json["interfaces"][0]["name"]
+        .as_str()
+        .expect("host veth")
+        .to_string();
+    ok(
+        call.run("DEL", "sbx0", &ns[0].path(), &conf, "web"),
+        "remove 0",
+    );
+    ok(
+        check("sbx1", &ns[1]),
+        "attempt 1 keeps its network after attempt 0 is removed",
+    );
+    assert!(
+        ip(&["-n", &node_ns, "link", "show", &usual]).contains(&usual),
+        "the remove of attempt 0 deleted attempt 1's {usual}"
+    );
+
+    // A second live sandbox: ADD takes the fallback name, the first keeps
+    // its interface.
+    let add2 = ok(
+        call.run("ADD", "sbx2", &ns[2].path(), &conf, "web"),
+        "ADD 2",
+    );
+    let other = add2.json["interfaces"][0]["name"]
+        .as_str()
+        .expect("host veth")
+        .to_string();
+    assert_ne!(other, usual, "a live attachment's name was taken over");
+    ok(check("sbx1", &ns[1]), "attempt 1 after attempt 2's ADD");
+    ok(check("sbx2", &ns[2]), "attempt 2");
+    let alias = ip(&["-n", &node_ns, "-d", "link", "show", &usual]);
+    assert!(alias.contains("podwire podwire sbx1 eth0"), "{alias}");
+
+    // GC that keeps only attempt 2 removes attempt 1's interface, not 2's.
+    let mut gc_conf = conf.clone();
+    gc_conf["cni.dev/valid-attachments"] = json!([{"containerID": "sbx2", "ifname": "eth0"}]);
+    ok(call.run("GC", "", "", &gc_conf, "web"), "GC");
+    ok(check("sbx2", &ns[2]), "attempt 2 after GC");
+    assert!(!ip(&["-n", &node_ns, "-o", "link"]).contains(&usual));
+    ok(
+        call.run("DEL", "sbx1", &ns[1].path(), &conf, "web"),
+        "DEL 1 (already GC'd)",
+    );
+    ok(check("sbx2", &ns[2]), "attempt 2 after DEL 1");
+    ok(
+        call.run("DEL", "sbx2", &ns[2].path(), &conf, "web"),
+        "DEL 2",
+    );
+    assert_eq!(pod_wiring_snapshot(&node_ns), before, "nothing left behind");
+    assert_eq!(agent_assigned(&lab), 0, "no address held");
+}

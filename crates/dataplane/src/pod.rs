@@ -27,12 +27,60 @@ use crate::{DataplaneError, Result};
 /// The pod's default gateway; nothing owns it, the neighbour entry answers.
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 
+/// Which host interface belongs to one attachment: the names it may have
+/// (the pod's usual `eni…` name, then one derived from the container id for
+/// when another live attachment of the same pod holds the usual one) and
+/// the alias that proves ownership ([`crate::names::owner_alias`]).
+#[derive(Debug, Clone, Copy)]
+pub struct HostVeth<'a> {
+    pub name: &'a str,
+    pub fallback: &'a str,
+    pub owner: &'a str,
+}
+
+impl HostVeth<'_> {
+    /// Whether `link` is this attachment's. A link without alias under the
+    /// usual name was made by a plugin before owners were recorded: it is
+    /// taken as this attachment's, as that plugin did.
+    fn owns(&self, link: &Link) -> bool {
+        match link.alias.as_deref() {
+            Some(a) => a == self.owner,
+            None => link.name == self.name,
+        }
+    }
+
+    /// The attachment's host link, if it has one.
+    pub fn find(&self, host: &mut Handle) -> Result<Option<Link>> {
+        for name in [self.name, self.fallback] {
+            if let Some(l) = host.link_by_name(name)? {
+                if self.owns(&l) {
+                    return Ok(Some(l));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Deletes the attachment's host link (never another's). Ok(false) when
+    /// it has none.
+    pub fn delete(&self, host: &mut Handle) -> Result<bool> {
+        match self.find(host)? {
+            Some(l) => match host.delete_link(l.index) {
+                Ok(()) => Ok(true),
+                Err(e) if e.is_not_found() => Ok(false),
+                Err(e) => Err(e.into()),
+            },
+            None => Ok(false),
+        }
+    }
+}
+
 /// What to build for one pod.
 #[derive(Debug, Clone)]
 pub struct PodSpec<'a> {
     pub netns: &'a Path,
     pub ifname: &'a str,
-    pub host_veth: &'a str,
+    pub host_veth: HostVeth<'a>,
     pub ip: Ipv4Addr,
     pub mtu: u32,
     pub route_table: u32,
@@ -83,44 +131,94 @@ pub fn veth_mac(end: &str, host_veth: &str, ifname: &str) -> MacAddr {
     MacAddr([(d[0] & 0xfe) | 0x02, d[1], d[2], d[3], d[4], d[5]])
 }
 
+/// A name no pod interface has, for the moment between creating a veth and
+/// naming it as its attachment's (the name is unique per call).
+fn temporary_name(owner: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let d = Sha1::digest(format!("{owner}/{}/{nanos}", std::process::id()).as_bytes());
+    let hex: String = d.iter().take(5).map(|b| format!("{b:02x}")).collect();
+    format!("pwtmp{hex}")
+}
+
+/// Gives the freshly created host end (`index`) its attachment's name and
+/// alias. Never touches another attachment's interface: when the usual name
+/// belongs to another live attachment the fallback name is used, and a
+/// leftover of this same attachment is replaced.
+fn claim_name(host: &mut Handle, index: u32, hv: &HostVeth<'_>) -> Result<String> {
+    for name in [hv.name, hv.fallback] {
+        for _attempt in 0..2 {
+            match host.rename_with_alias(index, name, hv.owner) {
+                Ok(()) => return Ok(name.to_string()),
+                Err(e) if e.is_exists() => {}
+                Err(e) => return Err(e.into()),
+            }
+            match host.link_by_name(name)? {
+                // Ours, left by an earlier try of this attachment: replace.
+                Some(l) if l.alias.as_deref() == Some(hv.owner) => {
+                    host.delete_link(l.index)?;
+                }
+                // Gone in between: try the name again.
+                None => {}
+                // Another attachment's (or a pre-ownership one's): keep it.
+                Some(_) => break,
+            }
+        }
+    }
+    let holder = host
+        .link_by_name(hv.fallback)?
+        .and_then(|l| l.alias)
+        .unwrap_or_else(|| "(no owner recorded)".into());
+    Err(DataplaneError::OwnedByOther {
+        ifname: format!("{} and {}", hv.name, hv.fallback),
+        owner: holder,
+        container_id: hv.owner.to_string(),
+    })
+}
+
 /// Wires a pod. On any failure everything this call created is removed
-/// before the error is returned.
+/// before the error is returned; another attachment's interface is never
+/// touched (see [`claim_name`]).
 pub fn add_pod(host: &mut Handle, spec: &PodSpec<'_>) -> Result<PodLinks> {
     let netns_file = open_netns(spec.netns)?;
     let mut pod = Handle::in_netns(spec.netns)?;
+    let temp = temporary_name(spec.host_veth.owner);
     let veth = VethSpec {
-        name: spec.host_veth,
+        name: &temp,
         peer_name: spec.ifname,
         mtu: Some(spec.mtu),
         mac: Some(
             spec.host_mac
-                .unwrap_or_else(|| veth_mac("host", spec.host_veth, spec.ifname)),
+                .unwrap_or_else(|| veth_mac("host", spec.host_veth.name, spec.ifname)),
         ),
-        peer_mac: Some(veth_mac("pod", spec.host_veth, spec.ifname)),
+        peer_mac: Some(veth_mac("pod", spec.host_veth.name, spec.ifname)),
         peer_netns: Some(netns_file.as_fd()),
     };
     match host.add_veth(&veth) {
         Ok(()) => {}
-        Err(e) if e.is_exists() => {
-            // Which name is taken? An interface of that name in the pod is
-            // the caller's error; a host veth of the same name is left from
-            // an earlier sandbox of the same pod (names derive from
-            // namespace/name) and is replaced.
-            if pod.link_by_name(spec.ifname)?.is_some() {
-                return Err(DataplaneError::IfnameExists {
-                    ifname: spec.ifname.to_string(),
-                    netns: spec.netns.display().to_string(),
-                });
-            }
-            host.delete_link_by_name(spec.host_veth)?;
-            host.add_veth(&veth)?;
+        Err(e) if e.is_exists() && pod.link_by_name(spec.ifname)?.is_some() => {
+            return Err(DataplaneError::IfnameExists {
+                ifname: spec.ifname.to_string(),
+                netns: spec.netns.display().to_string(),
+            });
         }
         Err(e) => return Err(e.into()),
     }
-    match wire(host, &mut pod, spec, &veth) {
+    let created = host.link(&temp)?;
+    let name = match claim_name(host, created.index, &spec.host_veth) {
+        Ok(n) => n,
+        Err(e) => {
+            let _ = host.delete_link(created.index);
+            return Err(e);
+        }
+    };
+    match wire(host, &mut pod, spec, &name, veth.mac.unwrap_or_default()) {
         Ok(links) => Ok(links),
         Err(e) => {
-            let _ = remove_host_side(host, spec.host_veth, spec.ip, spec.route_table);
+            let _ = host.delete_link(created.index);
+            let _ = remove_rules(host, spec.ip, spec.route_table);
             Err(e)
         }
     }
@@ -130,10 +228,10 @@ fn wire(
     host: &mut Handle,
     pod: &mut Handle,
     spec: &PodSpec<'_>,
-    veth: &VethSpec<'_>,
+    host_name: &str,
+    host_mac: MacAddr,
 ) -> Result<PodLinks> {
-    let host_link = host.link(spec.host_veth)?;
-    let host_mac = veth.mac.unwrap_or_default();
+    let host_link = host.link(host_name)?;
     let cont = pod.link(spec.ifname)?;
     // One system call per namespace for the whole configuration.
     pod.commit(
@@ -171,15 +269,16 @@ fn wire(
     })
 }
 
-/// Removes the node side of a pod: the veth (its peer and the /32 route go
-/// with it) and the policy rules. Idempotent.
+/// Removes the node side of an attachment: its veth (the peer and the /32
+/// route go with it) and its policy rules. Idempotent; leaves any other
+/// attachment's interface alone.
 pub fn remove_host_side(
     host: &mut Handle,
-    host_veth: &str,
+    host_veth: &HostVeth<'_>,
     ip: Ipv4Addr,
     route_table: u32,
 ) -> Result<()> {
-    host.delete_link_by_name(host_veth)?;
+    host_veth.delete(host)?;
     remove_rules(host, ip, route_table)
 }
 
@@ -196,16 +295,16 @@ fn remove_rules(host: &mut Handle, ip: Ipv4Addr, route_table: u32) -> Result<()>
 
 /// Removes a pod: its veth (deleting the host end takes the container end
 /// and the /32 route with it) and the node side. Idempotent: whatever is
-/// already gone is skipped.
+/// already gone is skipped; another attachment's interface is never touched.
 pub fn del_pod(
     host: &mut Handle,
     netns: Option<&Path>,
     ifname: &str,
-    host_veth: &str,
+    host_veth: &HostVeth<'_>,
     ip: Ipv4Addr,
     route_table: u32,
 ) -> Result<()> {
-    if !host.delete_link_by_name(host_veth)? {
+    if !host_veth.delete(host)? {
         // No host end: an interface of ours could only be left in the pod if
         // it was renamed or moved; look there too, when the pod still exists.
         if let Some(ns) = netns.filter(|p| p.exists()) {
@@ -230,7 +329,7 @@ pub fn del_pod_by_ip(
     host: &mut Handle,
     netns: Option<&Path>,
     ifname: &str,
-    host_veth: &str,
+    host_veth: &HostVeth<'_>,
     ip: Ipv4Addr,
 ) -> Result<()> {
     del_pod(host, netns, ifname, host_veth, ip, TABLE_MAIN)?;
@@ -252,8 +351,11 @@ pub fn del_pod_by_ip(
 /// Verifies that a pod still looks as ADD left it.
 pub fn check_pod(host: &mut Handle, spec: &PodSpec<'_>) -> Result<()> {
     let mismatch = |m: String| Err(DataplaneError::Mismatch(m));
-    let Some(host_link) = host.link_by_name(spec.host_veth)? else {
-        return mismatch(format!("host veth {} is missing", spec.host_veth));
+    let Some(host_link) = spec.host_veth.find(host)? else {
+        return mismatch(format!(
+            "host veth {} of {} is missing",
+            spec.host_veth.name, spec.host_veth.owner
+        ));
     };
     let routes = host.routes()?;
     if !routes.iter().any(|r| {
@@ -261,7 +363,7 @@ pub fn check_pod(host: &mut Handle, spec: &PodSpec<'_>) -> Result<()> {
     }) {
         return mismatch(format!(
             "route {} dev {} is missing",
-            spec.ip, spec.host_veth
+            spec.ip, host_link.name
         ));
     }
     let rules = host.rules()?;

@@ -57,6 +57,9 @@ pub struct Link {
     pub up: bool,
     /// `veth`, `vxlan`, ... (`None` for physical-like devices such as `lo`).
     pub kind: Option<String>,
+    /// `ip link set … alias`: podwire records which attachment owns a
+    /// pod's host interface here.
+    pub alias: Option<String>,
 }
 
 impl Link {
@@ -68,10 +71,12 @@ impl Link {
             mtu: 0,
             up: msg.header.flags.contains(LinkFlags::Up),
             kind: None,
+            alias: None,
         };
         for attr in &msg.attributes {
             match attr {
                 LinkAttribute::IfName(n) => link.name = n.clone(),
+                LinkAttribute::IfAlias(a) if !a.is_empty() => link.alias = Some(a.clone()),
                 LinkAttribute::Address(a) => link.mac = MacAddr::from_slice(a),
                 LinkAttribute::Mtu(m) => link.mtu = *m,
                 LinkAttribute::LinkInfo(infos) => {
@@ -227,6 +232,22 @@ impl Handle {
         msg.header.index = index;
         msg.attributes.push(LinkAttribute::Mtu(mtu));
         self.request("set link mtu", RouteNetlinkMessage::SetLink(msg), 0)
+    }
+
+    /// Renames link `index` to `name` and sets its alias, in one request:
+    /// the link never shows under its new name without the alias. Fails
+    /// with "exists" when another link has the name (nothing changes then).
+    pub fn rename_with_alias(&mut self, index: u32, name: &str, alias: &str) -> Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        msg.attributes
+            .push(LinkAttribute::IfAlias(alias.to_string()));
+        self.request(
+            &format!("rename link {index} to {name}"),
+            RouteNetlinkMessage::SetLink(msg),
+            0,
+        )
     }
 
     /// Deletes a link by index.

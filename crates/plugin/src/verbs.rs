@@ -8,7 +8,7 @@ use ipnet::Ipv4Net;
 use podwire_cni::config::{Mode, VALID_ATTACHMENTS_KEY};
 use podwire_cni::result::{Interface, IpConfig, RouteEntry};
 use podwire_cni::{CniError, Code, Command, Invocation, NetConf};
-use podwire_dataplane::names::host_veth_name;
+use podwire_dataplane::names::{self, fallback_veth_name, host_veth_name, owner_alias};
 use podwire_dataplane::{pod, DataplaneError};
 use podwire_netlink::{Handle, MacAddr};
 use podwire_proto::{AddRequest, Allocation, AttachmentKey, Request, Response};
@@ -21,8 +21,8 @@ const DEFAULT_MTU: u32 = 9001;
 /// Host veth prefix per mode: `eni` as the VPC CNI, `pw` in overlay mode.
 fn default_veth_prefix(mode: Mode) -> &'static str {
     match mode {
-        Mode::Vpc => "eni",
-        Mode::Overlay => "pw",
+        Mode::Vpc => names::VPC_VETH_PREFIX,
+        Mode::Overlay => names::OVERLAY_VETH_PREFIX,
     }
 }
 
@@ -59,12 +59,40 @@ fn key(inv: &Invocation, conf: &NetConf) -> AttachmentKey {
     }
 }
 
-fn veth_for(conf: &NetConf, ns: Option<&str>, name: Option<&str>, container_id: &str) -> String {
+/// An attachment's host veth: its usual name (from the pod's namespace and
+/// name, the article's observable), the fallback when another attachment
+/// of the pod holds that, and the owner recorded in the link's alias.
+struct VethNames {
+    name: String,
+    fallback: String,
+    owner: String,
+}
+
+impl VethNames {
+    fn host_veth(&self) -> pod::HostVeth<'_> {
+        pod::HostVeth {
+            name: &self.name,
+            fallback: &self.fallback,
+            owner: &self.owner,
+        }
+    }
+}
+
+fn veth_for(
+    conf: &NetConf,
+    ns: Option<&str>,
+    name: Option<&str>,
+    key: &AttachmentKey,
+) -> VethNames {
     let prefix = conf
         .veth_prefix
         .as_deref()
         .unwrap_or(default_veth_prefix(conf.mode));
-    host_veth_name(prefix, ns, name, container_id)
+    VethNames {
+        name: host_veth_name(prefix, ns, name, &key.container_id),
+        fallback: fallback_veth_name(prefix, &key.container_id, &key.ifname),
+        owner: owner_alias(&key.network, &key.container_id, &key.ifname),
+    }
 }
 
 fn host_handle() -> Result<Handle, CniError> {
@@ -103,14 +131,14 @@ fn add(inv: &Invocation, conf: &NetConf, agent: &Agent) -> Result<String, CniErr
         conf,
         inv.pod.namespace.as_deref(),
         inv.pod.name.as_deref(),
-        &inv.container_id,
+        &key(inv, conf),
     );
     // The agent knows the overlay's MTU; an explicit config value wins.
     let mtu = conf.mtu.or(alloc.mtu).unwrap_or(DEFAULT_MTU);
     let spec = pod::PodSpec {
         netns,
         ifname: &inv.ifname,
-        host_veth: &host_veth,
+        host_veth: host_veth.host_veth(),
         ip: alloc.ip,
         mtu,
         route_table: alloc.egress.route_table(),
@@ -126,7 +154,7 @@ fn add(inv: &Invocation, conf: &NetConf, agent: &Agent) -> Result<String, CniErr
             return Err(kernel_error(e));
         }
     };
-    tracing::info!(ip = %alloc.ip, veth = %host_veth, table = alloc.egress.route_table(), "pod attached");
+    tracing::info!(ip = %alloc.ip, veth = %links.host.name, table = alloc.egress.route_table(), "pod attached");
 
     let mut result = conf.prev_result.clone().unwrap_or_default();
     let base = result.interfaces.len();
@@ -181,8 +209,9 @@ fn del(inv: &Invocation, conf: &NetConf, agent: &Agent) -> Result<(), CniError> 
         conf,
         inv.pod.namespace.as_deref(),
         inv.pod.name.as_deref(),
-        &inv.container_id,
+        &key(inv, conf),
     );
+    let veth = veth.host_veth();
     let alloc = match lookup(agent, key(inv, conf)) {
         Ok(a) => a,
         Err(e) => {
@@ -215,9 +244,9 @@ fn del(inv: &Invocation, conf: &NetConf, agent: &Agent) -> Result<(), CniError> 
             other => return Err(agent::unexpected(other)),
         }
     } else {
-        // Nothing held: a repeated DEL. Make sure no veth is left over.
-        host.delete_link_by_name(&veth)
-            .map_err(|e| CniError::new(Code::Kernel, e.to_string()))?;
+        // Nothing held: a repeated DEL. Make sure no veth of this
+        // attachment is left over (another sandbox's is not ours).
+        veth.delete(&mut host).map_err(kernel_error)?;
     }
     Ok(())
 }
@@ -246,7 +275,7 @@ fn check(inv: &Invocation, conf: &NetConf, agent: &Agent) -> Result<(), CniError
         conf,
         inv.pod.namespace.as_deref(),
         inv.pod.name.as_deref(),
-        &inv.container_id,
+        &key(inv, conf),
     );
     let mut host = host_handle()?;
     pod::check_pod(
@@ -254,7 +283,7 @@ fn check(inv: &Invocation, conf: &NetConf, agent: &Agent) -> Result<(), CniError
         &pod::PodSpec {
             netns,
             ifname: &inv.ifname,
-            host_veth: &veth,
+            host_veth: veth.host_veth(),
             ip: alloc.ip,
             mtu: conf.mtu.or(alloc.mtu).unwrap_or(DEFAULT_MTU),
             route_table: alloc.egress.route_table(),
@@ -314,9 +343,11 @@ fn gc(conf: &NetConf, agent: &Agent) -> Result<(), CniError> {
             conf,
             a.pod_namespace.as_deref(),
             a.pod_name.as_deref(),
-            &a.key.container_id,
+            &a.key,
         );
-        if let Err(e) = pod::remove_host_side(&mut host, &veth, a.ip, a.egress.route_table()) {
+        if let Err(e) =
+            pod::remove_host_side(&mut host, &veth.host_veth(), a.ip, a.egress.route_table())
+        {
             failures.push(format!("{}: {e}", a.key.container_id));
         }
     }
