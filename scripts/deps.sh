@@ -8,6 +8,8 @@ have ip || need+=(iproute2)
 have nft || need+=(nftables)
 have iptables || need+=(iptables)
 have traceroute || need+=(traceroute)
+# Released pod addresses lose their connection tracking entries.
+have conntrack || need+=(conntrack)
 have ping || need+=(iputils-ping)
 have sha1sum || need+=(coreutils)
 have cc || need+=(gcc)

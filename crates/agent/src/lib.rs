@@ -64,6 +64,23 @@ pub(crate) trait Backend: Send + Sync {
     fn handle(&self, req: podwire_proto::Request, deadline: Instant) -> podwire_proto::Response;
 }
 
+/// Forgets the connection tracking entries of released addresses, so a pod
+/// that gets one of them next inherits no flows. Failures are logged, not
+/// returned: the release itself has happened.
+pub(crate) fn forget_flows(ips: impl IntoIterator<Item = std::net::Ipv4Addr>) {
+    for ip in ips {
+        match podwire_dataplane::conntrack::flush(ip) {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(%ip, entries = n, "conntrack entries of a released address deleted")
+            }
+            Err(e) => {
+                tracing::warn!(%ip, "conntrack entries of a released address may remain: {e}")
+            }
+        }
+    }
+}
+
 fn spawn(name: &'static str, f: impl FnOnce() + Send + 'static) -> Result<(), AgentError> {
     std::thread::Builder::new()
         .name(name.into())

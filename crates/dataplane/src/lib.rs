@@ -1,6 +1,7 @@
 //! Kernel programming for pods and nodes: what a pod's attachment looks like
 //! on the node and inside the pod, in each mode.
 
+pub mod conntrack;
 pub mod eni;
 pub mod names;
 pub mod nft;
@@ -23,6 +24,9 @@ pub enum DataplaneError {
     /// CHECK: the kernel no longer looks as ADD left it.
     #[error("{0}")]
     Mismatch(String),
+    /// `conntrack` could not be run or failed.
+    #[error("conntrack: {0}")]
+    Conntrack(String),
     /// `nft` could not be run or refused a ruleset.
     #[error("nftables: {0}")]
     Nft(String),

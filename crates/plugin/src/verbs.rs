@@ -106,6 +106,7 @@ fn kernel_error(e: DataplaneError) -> CniError {
         DataplaneError::Mismatch(m) => CniError::new(Code::CheckFailed, m),
         DataplaneError::Netlink(_)
         | DataplaneError::Nft(_)
+        | DataplaneError::Conntrack(_)
         | DataplaneError::LinkTimeout { .. }
         | DataplaneError::Prefix(_)
         | DataplaneError::OwnedByOther { .. } => CniError::new(Code::Kernel, e.to_string()),

@@ -99,6 +99,8 @@ impl OverlayAgent {
             Response::Found { allocation } => allocation,
             other => return other,
         };
+        // Before the address is free again: no later pod inherits its flows.
+        crate::forget_flows(found.as_ref().map(|a| a.ip));
         match self.ipam.release(&handle_of(key)) {
             Ok(_) => Response::Released {
                 allocations: found.into_iter().collect(),
@@ -133,6 +135,7 @@ impl OverlayAgent {
                 container_id: container_id.clone(),
                 ifname: ifname.clone(),
             };
+            crate::forget_flows([a.ip]);
             if let Err(e) = self.ipam.release(&a.holder.handle) {
                 return ipam_error(e);
             }

@@ -110,6 +110,8 @@ impl VpcAgent {
 
     pub(super) fn del(&self, key: &AttachmentKey) -> Response {
         let mut st = self.lock();
+        // Before the address is free again: no later pod inherits its flows.
+        crate::forget_flows(st.allocations.get(key).map(|a| a.ip));
         let released: Vec<Allocation> = self.release_locked(&mut st, key).into_iter().collect();
         if !released.is_empty() {
             if let Err(e) = self.save(&st) {
@@ -133,6 +135,11 @@ impl VpcAgent {
             .filter(|k| k.network == network && !valid.contains(k))
             .cloned()
             .collect();
+        crate::forget_flows(
+            stale
+                .iter()
+                .filter_map(|k| st.allocations.get(k).map(|a| a.ip)),
+        );
         let released: Vec<Allocation> = stale
             .iter()
             .filter_map(|k| self.release_locked(&mut st, k))

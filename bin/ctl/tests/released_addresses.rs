@@ -1,0 +1,98 @@
+//! A released address keeps no connection tracking entries, so the next
+//! pod that gets it inherits no flows (issue 6 item 18), in both modes.
+
+mod common;
+
+use std::process::Command;
+
+use common::{require_root, Lab};
+
+fn pod_ip(lab: &Lab, pod: &str) -> String {
+    lab.status()["pods"]
+        .as_array()
+        .expect("pods")
+        .iter()
+        .find(|p| p["name"] == pod)
+        .expect("pod")["ip"]
+        .as_str()
+        .expect("ip")
+        .to_string()
+}
+
+/// conntrack entries of `ip` in `netns` (original source or destination).
+fn entries(netns: &str, ip: &str) -> usize {
+    ["--orig-src", "--orig-dst"]
+        .iter()
+        .map(|f| {
+            let out = Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    netns,
+                    "conntrack",
+                    "-L",
+                    "-f",
+                    "ipv4",
+                    f,
+                    ip,
+                ])
+                .output()
+                .expect("conntrack -L");
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| l.contains(ip))
+                .count()
+        })
+        .sum()
+}
+
+/// Makes the node track connections, as any node running kube-proxy does
+/// (conntrack is per namespace and idle until a rule needs it).
+fn track_connections(netns: &str) {
+    let rules = "table ip pwt_ct {\n chain f {\n type filter hook forward priority 0; policy accept;\n ct state established counter\n }\n}\n";
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", netns, "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("nft");
+    std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), rules.as_bytes())
+        .expect("rules");
+    drop(child.stdin.take());
+    assert!(child.wait().expect("nft").success());
+}
+
+fn released_address_forgets_its_flows(lab: &Lab) {
+    track_connections(&lab.node_ns(1));
+    lab.pod_add("web", "node-1", true);
+    lab.pod_add("c", "node-1", false);
+    let ip = pod_ip(lab, "c");
+    assert!(lab.ctl_ok(&["lab", "curl", "c", "web"]).contains("Welcome"));
+    let node = lab.node_ns(1);
+    // The flow passed through the node: it is tracked there (TIME_WAIT).
+    assert!(entries(&node, &ip) > 0, "no flow of {ip} tracked on {node}");
+    lab.ctl_ok(&["lab", "pod", "del", "c"]);
+    assert_eq!(entries(&node, &ip), 0, "flows of released {ip} remain");
+    // Only the released address's flows go: the node's own flow to web
+    // stays tracked.
+    assert!(lab
+        .ctl_ok(&["lab", "curl", "node-1", "web"])
+        .contains("Welcome"));
+}
+
+#[test]
+fn vpc_released_address_forgets_its_flows() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::up("t-ctvpc", &["--nodes", "1"]);
+    released_address_forgets_its_flows(&lab);
+}
+
+#[test]
+fn overlay_released_address_forgets_its_flows() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::up("t-ctov", &["--mode", "overlay", "--nodes", "1"]);
+    released_address_forgets_its_flows(&lab);
+}
