@@ -447,3 +447,46 @@ fn a_node_without_a_block_borrows_addresses_that_everyone_routes() {
         );
     }
 }
+
+/// The datastore lost (its SQLite file deleted under the running agents):
+/// a restarted agent refuses it, saying what happened and what to do,
+/// instead of claiming a block again and handing out live pods' addresses
+/// (issue 6 item 17).
+#[test]
+fn an_agent_refuses_a_datastore_that_lost_its_pods() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::up("t-ovlost", &["--mode", "overlay", "--nodes", "2"]);
+    lab.pod_add("a", "node-1", true);
+    lab.pod_add("b", "node-2", true);
+    lab.ctl_ok(&["lab", "agent", "stop", "node-1"]);
+    let db = format!("/run/podwire/lab/{}/datastore.db", lab.name);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{db}{suffix}"));
+    }
+    let o = lab.ctl(&["lab", "agent", "start", "node-1"]);
+    let log = std::fs::read_to_string(format!("/run/podwire/lab/{}/node-1/agent.log", lab.name))
+        .unwrap_or_default();
+    assert!(
+        !o.status.success(),
+        "the agent started on a store that lost its pods"
+    );
+    assert!(
+        log.contains("does not hold 1 address(es) that pods on this node are using")
+            && log.contains("delete"),
+        "the refusal must say what happened and what to do: {log}"
+    );
+    // Nothing was claimed in the new store in the meantime.
+    let store = podwire_store::SqliteStore::open(std::path::Path::new(&db)).expect("store");
+    let blocks = podwire_store::Datastore::list(&store, "/podwire/ipam/blocks/")
+        .expect("list")
+        .entries;
+    assert!(
+        blocks.is_empty(),
+        "the refused agent claimed {} block(s)",
+        blocks.len()
+    );
+    // The pods themselves keep working.
+    assert!(lab.ctl_ok(&["lab", "curl", "b", "a"]).contains("Welcome"));
+}

@@ -95,6 +95,10 @@ impl Checkpoint {
         })
     }
 
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     fn err(&self, msg: impl ToString) -> AgentError {
         AgentError::Checkpoint {
             path: self.path.display().to_string(),

@@ -16,7 +16,7 @@ use super::OverlayAgent;
 
 /// The handle an attachment's address is recorded under: the attachment
 /// itself, field by field (names and ids may contain dots).
-fn handle_of(key: &AttachmentKey) -> Handle {
+pub(super) fn handle_of(key: &AttachmentKey) -> Handle {
     Handle::attachment(&key.network, &key.container_id, &key.ifname)
 }
 
@@ -69,10 +69,18 @@ impl OverlayAgent {
         }
         match self.ipam.allocate_for(&holder) {
             Ok(a) => {
-                tracing::info!(ip = %a.ip, block = %a.block, borrowed = a.borrowed, %handle, "address assigned");
-                Response::Allocated {
-                    allocation: self.allocation(&req.key, a.ip, &holder),
+                let allocation = self.allocation(&req.key, a.ip, &holder);
+                // Recorded locally before the plugin hears of it; a record
+                // that cannot be written undoes the allocation.
+                if let Err(e) = self.record.add(&allocation) {
+                    let _ = self.ipam.release(&handle);
+                    return Response::Error {
+                        kind: ErrorKind::Internal,
+                        message: e.to_string(),
+                    };
                 }
+                tracing::info!(ip = %a.ip, block = %a.block, borrowed = a.borrowed, %handle, "address assigned");
+                Response::Allocated { allocation }
             }
             Err(e) => ipam_error(e),
         }
@@ -99,6 +107,13 @@ impl OverlayAgent {
             Response::Found { allocation } => allocation,
             other => return other,
         };
+        // The local record first: it never names what the store does not hold.
+        if let Err(e) = self.record.remove(key) {
+            return Response::Error {
+                kind: ErrorKind::Internal,
+                message: e.to_string(),
+            };
+        }
         // Before the address is free again: no later pod inherits its flows.
         crate::forget_flows(found.as_ref().map(|a| a.ip));
         match self.ipam.release(&handle_of(key)) {
@@ -135,6 +150,12 @@ impl OverlayAgent {
                 container_id: container_id.clone(),
                 ifname: ifname.clone(),
             };
+            if let Err(e) = self.record.remove(&key) {
+                return Response::Error {
+                    kind: ErrorKind::Internal,
+                    message: e.to_string(),
+                };
+            }
             crate::forget_flows([a.ip]);
             if let Err(e) = self.ipam.release(&a.holder.handle) {
                 return ipam_error(e);

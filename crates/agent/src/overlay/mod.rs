@@ -11,6 +11,7 @@
 mod converge;
 mod handlers;
 mod model;
+mod record;
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -38,6 +39,8 @@ pub struct OverlayAgent {
     nl: Mutex<Handle>,
     /// The datastore's nodes and blocks as last seen, and what was applied.
     model: Mutex<Model>,
+    /// This node's live pods, to recognise a datastore that lost them.
+    record: record::Record,
 }
 
 impl std::fmt::Debug for OverlayAgent {
@@ -53,6 +56,14 @@ impl OverlayAgent {
     pub fn start(config: &AgentConfig, cfg: &OverlayConfig) -> Result<OverlayAgent, AgentError> {
         let node = config.node_name.clone();
         let store: Arc<dyn Datastore> = Arc::from(podwire_store::open(&cfg.datastore)?);
+        let checkpoint = crate::checkpoint::Checkpoint::new(&config.state_dir)?;
+        let state_file = checkpoint.path().display().to_string();
+        let record = record::Record::load(checkpoint)?;
+        // Before anything is written: a store without the pool's settings
+        // while pods of this node live was lost, not new.
+        if record.len() > 0 && store.get(podwire_ipam::keys::CONFIG)?.is_none() {
+            record.verify_against(None, &cfg.datastore, &state_file)?;
+        }
         let ipam = BlockIpam::open(
             Arc::clone(&store),
             PoolConfig {
@@ -61,6 +72,7 @@ impl OverlayAgent {
                 strict_affinity: cfg.strict_affinity,
             },
         )?;
+        record.verify_against(Some(&ipam), &cfg.datastore, &state_file)?;
         let mut nl = Handle::new()?;
         let underlay = nl.link(&cfg.underlay_dev)?;
         let underlay_ip = nl
@@ -110,6 +122,7 @@ impl OverlayAgent {
             mtu,
             nl: Mutex::new(nl),
             model: Mutex::new(Model::default()),
+            record,
         };
         agent.converge_once()?;
         Ok(agent)
