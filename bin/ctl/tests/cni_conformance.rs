@@ -712,3 +712,136 @@ fn sandboxes_of_one_pod_never_unwire_each_other() {
     assert_eq!(pod_wiring_snapshot(&node_ns), before, "nothing left behind");
     assert_eq!(agent_assigned(&lab), 0, "no address held");
 }
+
+/// Runs the plugin binary directly (no node namespace) with a deadline for
+/// the test itself.
+fn plugin_direct(cmd: &str, netns: &str, conf: &Value) -> (PluginRun, Duration) {
+    let started = Instant::now();
+    let mut c = Command::new(plugin());
+    c.env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("CNI_COMMAND", cmd)
+        .env("CNI_CONTAINERID", "slow1")
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_NETNS", netns)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().expect("plugin");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(conf.to_string().as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("wait");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let run = PluginRun {
+        ok: out.status.success(),
+        json: serde_json::from_str(&stdout).unwrap_or(Value::Null),
+        stdout,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    (run, started.elapsed())
+}
+
+/// One deadline per call, from `timeoutSeconds`: an agent that accepts and
+/// never answers holds no verb longer (issue 6 item 11).
+#[test]
+fn a_silent_agent_holds_no_call_past_its_deadline() {
+    if !require_root() {
+        return;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("pwt-silent")
+        .tempdir()
+        .expect("dir");
+    let sock = dir.path().join("agent.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).expect("bind");
+    // Accepts and keeps every connection open without a word.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in listener.incoming().flatten() {
+            held.push(c);
+        }
+    });
+    let conf = json!({"cniVersion": "1.1.0", "name": "podwire", "type": "podwire", "agentSocket": sock, "timeoutSeconds": 2});
+    let ns = Netns::new("pw-t-silent");
+    for (cmd, code) in [("STATUS", 50), ("ADD", 11)] {
+        let (r, took) = plugin_direct(cmd, &ns.path(), &conf);
+        assert!(!r.ok, "{cmd}: {}", r.stdout);
+        assert_eq!(r.json["code"], code, "{cmd}: {}", r.stdout);
+        assert!(
+            took < Duration::from_secs(6),
+            "{cmd} waited {took:?} with timeoutSeconds 2"
+        );
+    }
+}
+
+/// An ADD the plugin gave up on (agent paused past the deadline, then
+/// resumed) leaves no address held: the agent cannot deliver the answer and
+/// releases it (issue 6 item 12).
+#[test]
+fn an_add_given_up_on_leaves_no_address_held() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::up("t-giveup", &["--nodes", "1"]);
+    let (node_ns, socket) = lab_call(&lab);
+    let pid = lab.status()["nodes"][0]["agent_pid"]
+        .as_i64()
+        .expect("agent pid");
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).expect("pid"));
+    let call = Call {
+        node_ns: &node_ns,
+        socket,
+    };
+    let mut conf = call.conf("1.1.0");
+    conf["timeoutSeconds"] = json!(1);
+    let ns = Netns::new("pw-t-giveup-p");
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).expect("stop");
+    let add = call.run("ADD", "gone1", &ns.path(), &conf, "gone");
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).expect("cont");
+    assert!(!add.ok, "the ADD should have timed out: {}", add.stdout);
+    assert_eq!(add.json["code"], 11, "{}", add.stdout);
+    // The agent wakes up, serves the queued ADD, finds nobody listening and
+    // gives the address back; its log says so.
+    let log_path = format!("/run/podwire/lab/{}/node-1/agent.log", lab.name);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if log.contains("did not take the ADD answer") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no release logged:\n{log}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        agent_assigned(&lab),
+        0,
+        "an address is held for an ADD nobody took"
+    );
+    // And the attachment is unknown: a GC finds nothing of it.
+    let lookup = podwire_proto::call(
+        std::path::Path::new(
+            &lab.status()["nodes"][0]["agent_socket"]
+                .as_str()
+                .expect("sock"),
+        ),
+        &podwire_proto::Request::Get {
+            key: podwire_proto::AttachmentKey {
+                network: "podwire".into(),
+                container_id: "gone1".into(),
+                ifname: "eth0".into(),
+            },
+        },
+        Instant::now() + Duration::from_secs(5),
+    );
+    assert!(
+        matches!(
+            lookup,
+            Ok(podwire_proto::Response::Found { allocation: None })
+        ),
+        "{lookup:?}"
+    );
+}

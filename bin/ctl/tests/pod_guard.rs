@@ -60,6 +60,20 @@ fn vpc_pods_reach_neither_imds_nor_the_ec2_api_but_pods_still_work() {
     assert!(lab
         .ctl_ok(&["lab", "curl", "g1", "web"])
         .contains("Welcome"));
+    // The rules outlive their agent and are replaced in place at its start:
+    // no window while it is down or restarting.
+    lab.ctl_ok(&["lab", "agent", "stop", "node-1"]);
+    assert_eq!(
+        tcp_from(&ns, "169.254.169.254", 80),
+        None,
+        "open while the agent is down"
+    );
+    lab.ctl_ok(&["lab", "agent", "start", "node-1"]);
+    assert_eq!(
+        tcp_from(&ns, "169.254.169.254", 80),
+        None,
+        "open after a restart"
+    );
 }
 
 #[test]

@@ -68,7 +68,7 @@ fn fabric_basics(nl: &mut Handle, cloud: &Cloud) -> Result<(), LabError> {
         cloud
             .subnets
             .values()
-            .map(|s| Ipv4Addr::from(u32::from(s.cidr.network()) + 1)),
+            .map(|s| podwire_dataplane::routing::subnet_gateway(s.cidr)),
     );
     for a in addrs {
         if let Err(e) = nl.add_address(

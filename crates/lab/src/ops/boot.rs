@@ -9,7 +9,7 @@ use crate::state::NodeRec;
 use crate::{procs, LabError};
 
 fn gateway(subnet: &Ipv4Net) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(subnet.network()) + 1)
+    podwire_dataplane::routing::subnet_gateway(*subnet)
 }
 
 /// What an instance's OS does at boot (DHCP, in AWS): lo and eth0 up,

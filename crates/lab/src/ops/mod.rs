@@ -56,13 +56,10 @@ pub struct UpOptions {
 /// Brings a lab up; on failure removes whatever it had made.
 pub fn up(opts: &UpOptions) -> Result<LabState, LabError> {
     names::check_lab_name(&opts.name)?;
-    if opts.mode == Mode::Overlay
-        && (opts.block_size < opts.pod_cidr.prefix_len() || opts.block_size > 30)
-    {
-        return Err(LabError::Usage(format!(
-            "--block-size {} does not fit --pod-cidr {}",
-            opts.block_size, opts.pod_cidr
-        )));
+    if opts.mode == Mode::Overlay {
+        // The agents' rule, so the lab never starts agents that would refuse.
+        podwire_ipam::block::check_block_size(opts.pod_cidr, opts.block_size)
+            .map_err(|e| LabError::Usage(format!("--block-size: {e}")))?;
     }
     if opts.nodes == 0 || opts.nodes > 16 {
         return Err(LabError::Usage("--nodes must be 1 to 16".into()));
