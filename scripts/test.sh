@@ -14,6 +14,11 @@ if ! command -v cargo-machete >/dev/null 2>&1; then
   cargo install --locked --quiet cargo-machete
 fi
 cargo machete
+# The plugin binary stays small: no async runtime, datastore or HTTP server.
+if cargo tree -p podwire -e normal --prefix none | grep -E '^(tokio|rusqlite|etcd-client|tiny_http|ureq|hyper) '; then
+  echo "the podwire plugin binary must not depend on the crates above" >&2
+  exit 1
+fi
 # The end-to-end tests drive every binary of the workspace.
 cargo build --workspace --bins
 # Two labs at a time: each lab is a handful of namespaces and processes.
