@@ -4,6 +4,7 @@
 //! The same client runs on AWS and in the lab; only the endpoints differ.
 
 pub mod ec2;
+pub mod ec2_reply;
 pub mod http;
 pub mod imds;
 pub mod limits;
