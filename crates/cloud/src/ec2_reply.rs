@@ -96,7 +96,9 @@ fn parse_eni(action: &str, n: Node<'_, '_>) -> Result<NetworkInterface, Ec2Error
             attachment_id: text(a, "attachmentId"),
             instance_id: text(a, "instanceId"),
             // Never a default: 0 would make it the instance's primary ENI.
-            device_index: number(action, a, "deviceIndex", 0..=u32::MAX)?,
+            // Bounded: the route table is the index + 1, which must not
+            // saturate into another ENI's table.
+            device_index: number(action, a, "deviceIndex", 0..=MAX_ENIS - 1)?,
             status: text(a, "status"),
         }),
         None => None,
