@@ -6,6 +6,12 @@
 //!
 //! Run as root: `overlay-converge --peers 5000 --agent target/release/podwire-agent`.
 
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -57,12 +63,18 @@ fn fake_node(
     k: usize,
     cidr: Ipv4Net,
 ) -> anyhow::Result<()> {
+    // Peers' underlay addresses are 10.200.0.2 up, inside 10.200.0.0/16:
+    // a larger index would leave it (or wrap), so it is refused before
+    // anything is written.
     let name = format!("fake-{k}");
+    let k = u32::try_from(k)
+        .ok()
+        .filter(|k| *k <= 0xfffd)
+        .context("at most 65534 fake peers (their addresses are in 10.200.0.0/16)")?;
     let mut b = Block::new(cidr, &name);
     b.assign(&Holder::new(IpamHandle::tunnel(&name), &name))
         .context("tunnel address")?;
     ipam.insert_block(&b)?;
-    let k = u32::try_from(k)?;
     let rec = NodeRecord {
         name,
         underlay_ip: Ipv4Addr::from(0x0ac8_0000 + k + 2), // 10.200.x.y
@@ -268,4 +280,39 @@ fn main() -> anyhow::Result<()> {
     );
     drop(guard);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Index 65534 would be 10.201.0.0 (and a large one wrap): refused,
+    /// with nothing written.
+    #[test]
+    fn fake_peers_stay_inside_their_underlay_range() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: Arc<dyn Datastore> =
+            Arc::new(SqliteStore::open(&dir.path().join("db")).expect("store"));
+        let cidr: Ipv4Net = "172.20.0.0/26".parse().expect("cidr");
+        let ipam = BlockIpam::open(
+            Arc::clone(&store),
+            PoolConfig {
+                pool: "172.20.0.0/16".parse().expect("pool"),
+                block_prefix: 26,
+                strict_affinity: false,
+            },
+        )
+        .expect("ipam");
+        let before = store.list("/podwire/nodes/").expect("list").entries.len();
+        let blocks_before = ipam.blocks().expect("blocks").len();
+        for k in [0xfffe, usize::MAX] {
+            assert!(fake_node(store.as_ref(), &ipam, k, cidr).is_err(), "{k}");
+        }
+        assert_eq!(
+            store.list("/podwire/nodes/").expect("list").entries.len(),
+            before
+        );
+        assert_eq!(ipam.blocks().expect("blocks").len(), blocks_before);
+        fake_node(store.as_ref(), &ipam, 0xfffd, cidr).expect("last one that fits");
+    }
 }

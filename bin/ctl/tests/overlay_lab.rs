@@ -345,7 +345,7 @@ fn overlay_on_the_labs_etcd_converges_and_fails_cleanly_without_it() {
     assert!(!stray.exists(), "a stray {} appeared", stray.display());
 
     // etcd dies: ADD is "try again later" (11) and changes nothing.
-    let pid = st["etcd_pid"].as_i64().expect("etcd pid") as i32;
+    let pid = i32::try_from(st["etcd_pid"].as_i64().expect("etcd pid")).expect("pid");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGKILL,

@@ -3,9 +3,7 @@
 use std::net::Ipv4Addr;
 use std::time::{Duration, SystemTime};
 
-use roxmltree::{Document, Node};
-
-use crate::{http, sigv4, Credentials};
+use crate::{ec2_reply as decode, http, sigv4, Credentials};
 
 pub const API_VERSION: &str = "2016-11-15";
 
@@ -100,67 +98,6 @@ pub struct Ec2Client {
     agent: ureq::Agent,
 }
 
-fn child<'a>(n: Node<'a, 'a>, name: &str) -> Option<Node<'a, 'a>> {
-    n.children()
-        .find(|c| c.is_element() && c.tag_name().name() == name)
-}
-
-fn text(n: Node<'_, '_>, name: &str) -> String {
-    child(n, name)
-        .and_then(|c| c.text())
-        .unwrap_or_default()
-        .trim()
-        .to_string()
-}
-
-fn items<'a>(n: Node<'a, 'a>, set: &str) -> Vec<Node<'a, 'a>> {
-    child(n, set)
-        .map(|s| {
-            s.children()
-                .filter(|c| c.is_element() && c.tag_name().name() == "item")
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn parse_ip(action: &str, s: &str) -> Result<Ipv4Addr, Ec2Error> {
-    s.parse().map_err(|_| Ec2Error::Parse {
-        action: action.into(),
-        msg: format!("{s:?} is not an IPv4 address"),
-    })
-}
-
-fn parse_eni(action: &str, n: Node<'_, '_>) -> Result<NetworkInterface, Ec2Error> {
-    let attachment = child(n, "attachment").map(|a| Attachment {
-        attachment_id: text(a, "attachmentId"),
-        instance_id: text(a, "instanceId"),
-        device_index: text(a, "deviceIndex").parse().unwrap_or(0),
-        status: text(a, "status"),
-    });
-    let mut private_ips = Vec::new();
-    for item in items(n, "privateIpAddressesSet") {
-        private_ips.push(PrivateIp {
-            ip: parse_ip(action, &text(item, "privateIpAddress"))?,
-            primary: text(item, "primary") == "true",
-        });
-    }
-    Ok(NetworkInterface {
-        id: text(n, "networkInterfaceId"),
-        subnet_id: text(n, "subnetId"),
-        vpc_id: text(n, "vpcId"),
-        description: text(n, "description"),
-        status: text(n, "status"),
-        mac: text(n, "macAddress"),
-        private_ip: parse_ip(action, &text(n, "privateIpAddress"))?,
-        private_ips,
-        groups: items(n, "groupSet")
-            .iter()
-            .map(|g| text(*g, "groupId"))
-            .collect(),
-        attachment,
-    })
-}
-
 impl Ec2Client {
     /// `endpoint` like `https://ec2.us-east-1.amazonaws.com` (or the lab's).
     pub fn new(endpoint: &str, region: &str, creds: Credentials) -> Ec2Client {
@@ -221,69 +158,13 @@ impl Ec2Client {
         if (200..300).contains(&reply.status) {
             return Ok(reply.body);
         }
-        let (code, message) = Document::parse(&reply.body)
-            .ok()
-            .and_then(|d| {
-                let err = d.descendants().find(|n| n.has_tag_name("Error"))?;
-                Some((text(err, "Code"), text(err, "Message")))
-            })
-            .unwrap_or_else(|| {
-                (
-                    format!("HTTP{}", reply.status),
-                    reply.body.chars().take(200).collect(),
-                )
-            });
-        Err(Ec2Error::Api {
-            action: action.into(),
-            code,
-            message,
-            status: reply.status,
-        })
-    }
-
-    fn parse<T>(
-        &self,
-        action: &str,
-        xml: &str,
-        f: impl FnOnce(Node<'_, '_>) -> Result<T, Ec2Error>,
-    ) -> Result<T, Ec2Error> {
-        let doc = Document::parse(xml).map_err(|e| Ec2Error::Parse {
-            action: action.into(),
-            msg: e.to_string(),
-        })?;
-        f(doc.root_element())
+        Err(decode::error_reply(action, reply.status, &reply.body))
     }
 
     pub fn describe_instance(&self, instance_id: &str) -> Result<Instance, Ec2Error> {
         let a = "DescribeInstances";
         let xml = self.call(a, &[("InstanceId.1".into(), instance_id.into())])?;
-        self.parse(a, &xml, |root| {
-            let first = items(root, "reservationSet")
-                .into_iter()
-                .flat_map(|r| items(r, "instancesSet"))
-                .next();
-            if let Some(i) = first {
-                {
-                    return Ok(Instance {
-                        id: text(i, "instanceId"),
-                        instance_type: text(i, "instanceType"),
-                        subnet_id: text(i, "subnetId"),
-                        vpc_id: text(i, "vpcId"),
-                        private_ip: parse_ip(a, &text(i, "privateIpAddress"))?,
-                        groups: items(i, "groupSet")
-                            .iter()
-                            .map(|g| text(*g, "groupId"))
-                            .collect(),
-                    });
-                }
-            }
-            Err(Ec2Error::Api {
-                action: a.into(),
-                code: "InvalidInstanceID.NotFound".into(),
-                message: format!("{instance_id} not found"),
-                status: 400,
-            })
-        })
+        decode::describe_instances(&xml, instance_id)
     }
 
     pub fn describe_instance_type(
@@ -292,30 +173,7 @@ impl Ec2Client {
     ) -> Result<InstanceTypeNetwork, Ec2Error> {
         let a = "DescribeInstanceTypes";
         let xml = self.call(a, &[("InstanceType.1".into(), instance_type.into())])?;
-        self.parse(a, &xml, |root| {
-            let item = items(root, "instanceTypeSet")
-                .into_iter()
-                .next()
-                .ok_or_else(|| Ec2Error::Parse {
-                    action: a.into(),
-                    msg: format!("no instance type {instance_type} in the answer"),
-                })?;
-            let net = child(item, "networkInfo").ok_or_else(|| Ec2Error::Parse {
-                action: a.into(),
-                msg: "no networkInfo".into(),
-            })?;
-            let num = |k: &str| {
-                text(net, k).parse::<u32>().map_err(|_| Ec2Error::Parse {
-                    action: a.into(),
-                    msg: format!("{k} is not a number"),
-                })
-            };
-            Ok(InstanceTypeNetwork {
-                instance_type: text(item, "instanceType"),
-                max_enis: num("maximumNetworkInterfaces")?,
-                ipv4_per_eni: num("ipv4AddressesPerInterface")?,
-            })
-        })
+        decode::describe_instance_types(&xml, instance_type)
     }
 
     /// ENIs attached to an instance.
@@ -341,12 +199,7 @@ impl Ec2Client {
             params.push((format!("NetworkInterfaceId.{}", i + 1), id.to_string()));
         }
         let xml = self.call(a, &params)?;
-        self.parse(a, &xml, |root| {
-            items(root, "networkInterfaceSet")
-                .into_iter()
-                .map(|n| parse_eni(a, n))
-                .collect()
-        })
+        decode::describe_network_interfaces(&xml)
     }
 
     pub fn create_network_interface(
@@ -371,13 +224,7 @@ impl Ec2Client {
             ));
         }
         let xml = self.call(a, &params)?;
-        self.parse(a, &xml, |root| {
-            let n = child(root, "networkInterface").ok_or_else(|| Ec2Error::Parse {
-                action: a.into(),
-                msg: "no networkInterface".into(),
-            })?;
-            parse_eni(a, n)
-        })
+        decode::create_network_interface(&xml)
     }
 
     /// Returns the attachment id.
@@ -396,7 +243,7 @@ impl Ec2Client {
                 ("DeviceIndex".into(), device_index.to_string()),
             ],
         )?;
-        self.parse(a, &xml, |root| Ok(text(root, "attachmentId")))
+        decode::attach_network_interface(&xml)
     }
 
     /// Asks for `count` new secondary addresses; returns them.
@@ -413,12 +260,7 @@ impl Ec2Client {
                 ("SecondaryPrivateIpAddressCount".into(), count.to_string()),
             ],
         )?;
-        self.parse(a, &xml, |root| {
-            items(root, "assignedPrivateIpAddressesSet")
-                .into_iter()
-                .map(|i| parse_ip(a, &text(i, "privateIpAddress")))
-                .collect()
-        })
+        decode::assign_private_ip_addresses(&xml)
     }
 
     pub fn unassign_private_ip_addresses(

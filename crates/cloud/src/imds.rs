@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use ipnet::Ipv4Net;
 
-use crate::{http, Credentials};
+use crate::{http, imds_answer as answer, Credentials};
 
 pub const DEFAULT_ENDPOINT: &str = "http://169.254.169.254";
 
@@ -78,7 +78,7 @@ impl Imds {
         }
         Ok(Imds {
             endpoint,
-            token: reply.body.trim().to_string(),
+            token: answer::token(&reply.body)?,
             agent,
         })
     }
@@ -106,61 +106,47 @@ impl Imds {
     }
 
     fn parse<T: std::str::FromStr>(&self, path: &str) -> Result<T, ImdsError> {
-        let v = self.get(path)?;
-        v.parse().map_err(|_| ImdsError::Parse {
-            path: path.into(),
-            msg: format!("unexpected value {v:?}"),
-        })
+        answer::value(path, &self.get(path)?)
     }
 
-    /// One ENI's metadata, by MAC.
+    /// Reads `path` and checks it with `f` (one of [`answer`]'s decoders).
+    fn read<T>(
+        &self,
+        path: &str,
+        f: impl FnOnce(&str, &str) -> Result<T, ImdsError>,
+    ) -> Result<T, ImdsError> {
+        f(path, &self.get(path)?)
+    }
+
+    /// One ENI's metadata, by MAC (checked by the caller: it is part of
+    /// the paths).
     pub fn eni(&self, mac: &str) -> Result<MetadataEni, ImdsError> {
-        let base = format!("network/interfaces/macs/{mac}");
-        let ips = self.get(&format!("{base}/local-ipv4s"))?;
-        let local_ipv4s = ips
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| {
-                l.trim().parse().map_err(|_| ImdsError::Parse {
-                    path: format!("{base}/local-ipv4s"),
-                    msg: format!("{l:?}"),
-                })
-            })
-            .collect::<Result<_, _>>()?;
+        let base = format!("network/interfaces/macs/{}", answer::mac("mac", mac)?);
         Ok(MetadataEni {
             mac: mac.to_string(),
-            eni_id: self.get(&format!("{base}/interface-id"))?,
-            device_number: self.parse(&format!("{base}/device-number"))?,
-            subnet_id: self.get(&format!("{base}/subnet-id"))?,
+            eni_id: self.read(&format!("{base}/interface-id"), answer::id)?,
+            device_number: self.read(&format!("{base}/device-number"), answer::device_number)?,
+            subnet_id: self.read(&format!("{base}/subnet-id"), answer::id)?,
             subnet_cidr: self.parse(&format!("{base}/subnet-ipv4-cidr-block"))?,
             vpc_cidr: self.parse(&format!("{base}/vpc-ipv4-cidr-block"))?,
-            local_ipv4s,
-            security_groups: self
-                .get(&format!("{base}/security-group-ids"))?
-                .lines()
-                .map(str::to_string)
-                .collect(),
+            local_ipv4s: self.read(&format!("{base}/local-ipv4s"), answer::ipv4_list)?,
+            security_groups: answer::list(&self.get(&format!("{base}/security-group-ids"))?),
         })
     }
 
     /// Everything the agent needs at start-up.
     pub fn identity(&self) -> Result<InstanceIdentity, ImdsError> {
-        let primary_mac = self.get("mac")?;
-        let macs = self.get("network/interfaces/macs/")?;
+        let primary_mac = self.read("mac", answer::mac)?;
         let mut enis = Vec::new();
-        for m in macs
-            .lines()
-            .map(|l| l.trim().trim_end_matches('/'))
-            .filter(|l| !l.is_empty())
-        {
-            enis.push(self.eni(m)?);
+        for m in self.read("network/interfaces/macs/", answer::mac_listing)? {
+            enis.push(self.eni(&m)?);
         }
         enis.sort_by_key(|e| e.device_number);
-        let availability_zone = self.get("placement/availability-zone")?;
-        let region = self.get("placement/region")?;
+        let availability_zone = self.read("placement/availability-zone", answer::region)?;
+        let region = self.read("placement/region", answer::region)?;
         Ok(InstanceIdentity {
-            instance_id: self.get("instance-id")?,
-            instance_type: self.get("instance-type")?,
+            instance_id: self.read("instance-id", answer::id)?,
+            instance_type: self.read("instance-type", answer::id)?,
             region,
             availability_zone,
             primary_mac,
@@ -172,25 +158,10 @@ impl Imds {
     /// Role credentials from `iam/security-credentials/<role>`.
     pub fn credentials(&self) -> Result<Credentials, ImdsError> {
         let path = "iam/security-credentials/";
-        let role = self.get(path)?;
-        let role = role.lines().next().unwrap_or_default().trim().to_string();
-        let doc_path = format!("{path}{role}");
-        let doc = self.get(&doc_path)?;
-        let v: serde_json::Value = serde_json::from_str(&doc).map_err(|e| ImdsError::Parse {
-            path: doc_path.clone(),
-            msg: e.to_string(),
-        })?;
-        let field = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
-        Ok(Credentials {
-            access_key_id: field("AccessKeyId").ok_or_else(|| ImdsError::Parse {
-                path: doc_path.clone(),
-                msg: "no AccessKeyId".into(),
-            })?,
-            secret_access_key: field("SecretAccessKey").ok_or_else(|| ImdsError::Parse {
-                path: doc_path.clone(),
-                msg: "no SecretAccessKey".into(),
-            })?,
-            session_token: field("Token"),
-        })
+        let role = self.read(path, answer::role)?;
+        self.read(&format!("{path}{role}"), answer::credentials)
     }
 }
+
+#[cfg(test)]
+mod tests;

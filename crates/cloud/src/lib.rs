@@ -3,9 +3,18 @@
 //!
 //! The same client runs on AWS and in the lab; only the endpoints differ.
 
+// Numbers from the cloud are never narrowed or wrapped silently.
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 pub mod ec2;
+pub mod ec2_reply;
 pub mod http;
 pub mod imds;
+pub mod imds_answer;
 pub mod limits;
 pub mod sigv4;
 

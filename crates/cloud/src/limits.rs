@@ -20,9 +20,12 @@ pub struct InstanceLimits {
 }
 
 impl InstanceLimits {
-    /// Addresses usable by pods: every ENI's secondary addresses.
+    /// Addresses usable by pods: every ENI's secondary addresses. The table
+    /// can be any text ([`LimitsTable::parse`]): absurd figures saturate at
+    /// `u32::MAX` (more than any node can use) instead of wrapping.
     pub fn pod_ips(&self) -> u32 {
-        self.max_enis * self.ipv4_per_eni.saturating_sub(1)
+        self.max_enis
+            .saturating_mul(self.ipv4_per_eni.saturating_sub(1))
     }
 }
 
@@ -135,6 +138,19 @@ mod tests {
         for l in t.iter() {
             assert_eq!(l.max_pods, l.pod_ips() + 2, "{}", l.instance_type);
         }
+    }
+
+    #[test]
+    fn pod_ips_of_absurd_limits_saturate_instead_of_wrapping() {
+        let l = InstanceLimits {
+            instance_type: "x".into(),
+            max_enis: 65_536,
+            ipv4_per_eni: 65_538,
+            hypervisor: String::new(),
+            bare_metal: false,
+            max_pods: 0,
+        };
+        assert_eq!(l.pod_ips(), u32::MAX);
     }
 
     #[test]

@@ -5,6 +5,13 @@
 //! small), and a released address rests for a cool-down before reuse so
 //! stale endpoints elsewhere in the cluster cannot reach the next pod.
 
+// Counts become u32 only through `count_u32` (saturating, documented).
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
@@ -19,9 +26,18 @@ pub struct PoolLimits {
 }
 
 impl PoolLimits {
+    /// Every ENI's secondary addresses; saturates (at more than any node
+    /// can use) rather than wrapping on absurd limits.
     pub fn max_pod_ips(&self) -> u32 {
-        self.max_enis * self.secondary_per_eni
+        self.max_enis.saturating_mul(self.secondary_per_eni)
     }
+}
+
+/// A count of ENIs or addresses as the u32 the limits and targets use.
+/// Saturates: a count that does not fit is above every limit and target,
+/// and every comparison below stays right (never wraps to a small number).
+fn count_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -215,7 +231,7 @@ impl EniPool {
     }
 
     pub fn eni_count(&self) -> u32 {
-        count32(self.enis.len())
+        count_u32(self.enis.len())
     }
 
     /// True when no further address can ever be had on this instance.
@@ -224,7 +240,7 @@ impl EniPool {
             && self
                 .enis
                 .values()
-                .all(|e| count32(e.ips.len()) >= self.limits.secondary_per_eni)
+                .all(|e| count_u32(e.ips.len()) >= self.limits.secondary_per_eni)
     }
 
     /// Addresses on the node's ENIs, free or not.
@@ -242,8 +258,8 @@ impl EniPool {
         targets: PoolTargets,
         now: Instant,
     ) -> Option<(String, Vec<Ipv4Addr>)> {
-        let free = count32(self.free(now));
-        let total = count32(self.total());
+        let free = count_u32(self.free(now));
+        let total = count_u32(self.total());
         let over = free
             .saturating_sub(targets.warm)
             .min(total.saturating_sub(targets.minimum));
@@ -273,8 +289,8 @@ impl EniPool {
     /// What to ask the cloud for so that `targets.warm` addresses are free
     /// and at least `targets.minimum` are held in all.
     pub fn plan(&self, targets: PoolTargets) -> PoolPlan {
-        let free = count32(self.free_total());
-        if free >= targets.warm && count32(self.total()) >= targets.minimum {
+        let free = count_u32(self.free_total());
+        if free >= targets.warm && count_u32(self.total()) >= targets.minimum {
             return PoolPlan::Satisfied;
         }
         // With whole ENIs (the VPC CNI's WARM_ENI_TARGET) an ENI is filled in
@@ -283,13 +299,13 @@ impl EniPool {
         let short = targets
             .warm
             .saturating_sub(free)
-            .max((targets.minimum).saturating_sub(count32(self.total())))
+            .max((targets.minimum).saturating_sub(count_u32(self.total())))
             .max(1);
         for eni in self.enis.values() {
             let room = self
                 .limits
                 .secondary_per_eni
-                .saturating_sub(count32(eni.ips.len()));
+                .saturating_sub(count_u32(eni.ips.len()));
             if room > 0 {
                 let count = if targets.whole_enis {
                     room
@@ -321,12 +337,6 @@ impl EniPool {
     }
 }
 
-/// A count as u32, saturating: counts are compared against u32 limits, and
-/// one that does not fit is above any of them.
-fn count32(n: usize) -> u32 {
-    u32::try_from(n).unwrap_or(u32::MAX)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -343,6 +353,22 @@ mod tests {
             },
             Duration::ZERO,
         )
+    }
+
+    /// Limits come from DescribeInstanceTypes: absurd ones must not wrap.
+    #[test]
+    fn max_pod_ips_of_absurd_limits_saturate() {
+        let l = PoolLimits {
+            max_enis: 65_536,
+            secondary_per_eni: 65_536,
+        };
+        assert_eq!(l.max_pod_ips(), u32::MAX);
+    }
+
+    #[test]
+    fn counts_saturate_at_u32_max() {
+        assert_eq!(count_u32(7), 7);
+        assert_eq!(count_u32(usize::MAX), u32::MAX);
     }
 
     #[test]

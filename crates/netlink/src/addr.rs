@@ -41,19 +41,8 @@ impl Handle {
                 if index.is_some_and(|i| i != a.header.index) {
                     continue;
                 }
-                let local = a.attributes.iter().find_map(|attr| match attr {
-                    AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
-                    _ => None,
-                });
-                let address = a.attributes.iter().find_map(|attr| match attr {
-                    AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
-                    _ => None,
-                });
-                let ip: Option<Ipv4Addr> = local.or(address);
-                if let Some(ip) = ip {
-                    if let Ok(net) = Ipv4Net::new(ip, a.header.prefix_len) {
-                        out.push((a.header.index, net));
-                    }
+                if let Some(found) = address_from_message(&a) {
+                    out.push(found);
                 }
             }
         }
@@ -61,7 +50,23 @@ impl Handle {
     }
 }
 
-fn add_address_op(index: u32, addr: Ipv4Net) -> Op {
+/// Decodes a kernel address: the link's index and the IPv4 address with
+/// its prefix (None: not IPv4, or malformed).
+pub(crate) fn address_from_message(a: &AddressMessage) -> Option<(u32, Ipv4Net)> {
+    let local = a.attributes.iter().find_map(|attr| match attr {
+        AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
+        _ => None,
+    });
+    let address = a.attributes.iter().find_map(|attr| match attr {
+        AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
+        _ => None,
+    });
+    let ip: Ipv4Addr = local.or(address)?;
+    let net = Ipv4Net::new(ip, a.header.prefix_len).ok()?;
+    Some((a.header.index, net))
+}
+
+pub(crate) fn add_address_op(index: u32, addr: Ipv4Net) -> Op {
     let mut msg = AddressMessage::default();
     msg.header.family = AddressFamily::Inet;
     msg.header.prefix_len = addr.prefix_len();

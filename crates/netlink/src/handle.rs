@@ -131,7 +131,7 @@ impl Handle {
                         if let (Some(code), None) = (err.code, &first_error) {
                             first_error = Some(Error::Kernel {
                                 op: name.clone(),
-                                source: nix::errno::Errno::from_raw(-code.get()),
+                                source: errno_of(code),
                             });
                         }
                     }
@@ -158,9 +158,7 @@ impl Handle {
                 NetlinkPayload::InnerMessage(inner) => Some(Ok(inner)),
                 NetlinkPayload::Error(err) => Some(Err(Error::Kernel {
                     op: op.to_string(),
-                    source: nix::errno::Errno::from_raw(
-                        err.code.map_or(libc_eproto(), |c| -c.get()),
-                    ),
+                    source: err.code.map_or(nix::errno::Errno::EPROTO, errno_of),
                 })),
                 _ => None,
             };
@@ -187,7 +185,7 @@ impl Handle {
                 NetlinkPayload::Error(err) => {
                     failure = err.code.map(|code| Error::Kernel {
                         op: op.to_string(),
-                        source: nix::errno::Errno::from_raw(-code.get()),
+                        source: errno_of(code),
                     });
                     true
                 }
@@ -208,23 +206,62 @@ impl Handle {
     ) -> Result<()> {
         loop {
             let (buf, _) = self.socket.recv_from_full()?;
-            let mut offset = 0;
-            while offset < buf.len() {
-                let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[offset..])
-                    .map_err(|e| Error::Decode(e.to_string()))?;
-                let len = msg.header.length as usize;
-                if f(msg) {
+            for msg in Messages::new(&buf) {
+                if f(msg?) {
                     return Ok(());
                 }
-                if len == 0 {
-                    break;
-                }
-                offset += len;
             }
         }
     }
 }
 
-fn libc_eproto() -> i32 {
-    nix::errno::Errno::EPROTO as i32
+/// The messages of one datagram from the kernel, in order; decoding stops
+/// at the first that does not decode.
+#[derive(Debug)]
+pub(crate) struct Messages<'a> {
+    buf: &'a [u8],
+    failed: bool,
+}
+
+impl<'a> Messages<'a> {
+    pub(crate) fn new(buf: &'a [u8]) -> Messages<'a> {
+        Messages { buf, failed: false }
+    }
+}
+
+/// Messages start on 4-byte boundaries (NLMSG_ALIGN): a message whose
+/// length is not a multiple of 4 is followed by padding.
+fn nlmsg_align(len: usize) -> usize {
+    len.saturating_add(3) & !3
+}
+
+impl Iterator for Messages<'_> {
+    type Item = Result<NetlinkMessage<RouteNetlinkMessage>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed || self.buf.is_empty() {
+            return None;
+        }
+        match NetlinkMessage::<RouteNetlinkMessage>::deserialize(self.buf) {
+            Ok(msg) => {
+                // The decoder checked 16 <= length <= what is left.
+                let len = usize::try_from(msg.header.length).unwrap_or(usize::MAX);
+                let step = nlmsg_align(len).max(1).min(self.buf.len());
+                self.buf = self.buf.get(step..).unwrap_or_default();
+                Some(Ok(msg))
+            }
+            Err(e) => {
+                self.failed = true;
+                Some(Err(Error::Decode(e.to_string())))
+            }
+        }
+    }
+}
+
+/// The errno of an NLMSG_ERROR (the kernel sends it negated). A code with
+/// no negation (i32::MIN) is a protocol error, not an overflow.
+pub(crate) fn errno_of(code: std::num::NonZeroI32) -> nix::errno::Errno {
+    code.get()
+        .checked_neg()
+        .map_or(nix::errno::Errno::EPROTO, nix::errno::Errno::from_raw)
 }

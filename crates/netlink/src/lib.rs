@@ -7,6 +7,13 @@
 //! opened in (the "two-socket trick": open one inside the target netns, then
 //! drive it from any thread).
 
+// What the kernel sends is never narrowed or wrapped silently.
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 mod addr;
 mod error;
 mod handle;
@@ -16,6 +23,9 @@ pub mod netns;
 mod route;
 mod rule;
 pub mod sysctl;
+
+#[cfg(test)]
+mod proptests;
 
 pub use error::{Error, Result};
 pub use handle::{Batch, Handle};

@@ -63,7 +63,7 @@ pub struct Link {
 }
 
 impl Link {
-    fn from_message(msg: &LinkMessage) -> Link {
+    pub(crate) fn from_message(msg: &LinkMessage) -> Link {
         let mut link = Link {
             index: msg.header.index,
             name: String::new(),

@@ -28,7 +28,7 @@ pub struct FdbEntry {
 }
 
 impl FdbEntry {
-    fn to_message(&self) -> NeighbourMessage {
+    pub(crate) fn to_message(&self) -> NeighbourMessage {
         let mut msg = NeighbourMessage::default();
         msg.header.family = AddressFamily::Bridge;
         msg.header.ifindex = self.ifindex;
@@ -45,7 +45,7 @@ impl FdbEntry {
 }
 
 impl Neighbour {
-    fn to_message(&self) -> NeighbourMessage {
+    pub(crate) fn to_message(&self) -> NeighbourMessage {
         let mut msg = NeighbourMessage::default();
         msg.header.family = AddressFamily::Inet;
         msg.header.ifindex = self.ifindex;
@@ -105,27 +105,8 @@ impl Handle {
                 if n.header.ifindex != ifindex {
                     continue;
                 }
-                // In a bridge-family message the library does not decode the
-                // destination as IPv4; take the four bytes ourselves.
-                let dst = n.attributes.iter().find_map(|a| match a {
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
-                    NeighbourAttribute::Destination(NeighbourAddress::Other(v)) => {
-                        <[u8; 4]>::try_from(v.as_slice()).ok().map(Ipv4Addr::from)
-                    }
-                    _ => None,
-                });
-                let mac = n.attributes.iter().find_map(|a| match a {
-                    NeighbourAttribute::LinkLayerAddress(v) => {
-                        <[u8; 6]>::try_from(v.as_slice()).ok()
-                    }
-                    _ => None,
-                });
-                if let (Some(dst), Some(mac)) = (dst, mac) {
-                    out.push(FdbEntry {
-                        ifindex,
-                        mac: MacAddr(mac),
-                        dst,
-                    });
+                if let Some(e) = fdb_from_message(&n) {
+                    out.push(e);
                 }
             }
         }
@@ -143,27 +124,58 @@ impl Handle {
                 if n.header.state != NeighbourState::Permanent {
                     continue;
                 }
-                let ip = n.attributes.iter().find_map(|a| match a {
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
-                    _ => None,
-                });
-                let mac = n.attributes.iter().find_map(|a| match a {
-                    NeighbourAttribute::LinkLayerAddress(v) => {
-                        <[u8; 6]>::try_from(v.as_slice()).ok()
-                    }
-                    _ => None,
-                });
-                if let (Some(ip), Some(mac)) = (ip, mac) {
-                    out.push(Neighbour {
-                        ifindex: n.header.ifindex,
-                        ip,
-                        mac: MacAddr(mac),
-                    });
+                if let Some(e) = neighbour_from_message(&n) {
+                    out.push(e);
                 }
             }
         }
         Ok(out)
     }
+}
+
+fn link_layer_address(n: &NeighbourMessage) -> Option<MacAddr> {
+    n.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::LinkLayerAddress(v) => {
+            <[u8; 6]>::try_from(v.as_slice()).ok().map(MacAddr)
+        }
+        _ => None,
+    })
+}
+
+/// Decodes a static FDB entry of a VXLAN device (None: no IPv4 VTEP or no
+/// Ethernet address).
+pub(crate) fn fdb_from_message(n: &NeighbourMessage) -> Option<FdbEntry> {
+    // In a bridge-family message the library does not decode the
+    // destination as IPv4; take the four bytes ourselves.
+    let dst = n.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
+        NeighbourAttribute::Destination(NeighbourAddress::Other(v)) => {
+            <[u8; 4]>::try_from(v.as_slice()).ok().map(Ipv4Addr::from)
+        }
+        _ => None,
+    })?;
+    Some(FdbEntry {
+        ifindex: n.header.ifindex,
+        mac: link_layer_address(n)?,
+        dst,
+    })
+}
+
+/// Decodes a permanent IPv4 neighbour entry (None: another state, or no
+/// IPv4 address or Ethernet address).
+pub(crate) fn neighbour_from_message(n: &NeighbourMessage) -> Option<Neighbour> {
+    if n.header.state != NeighbourState::Permanent {
+        return None;
+    }
+    let ip = n.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
+        _ => None,
+    })?;
+    Some(Neighbour {
+        ifindex: n.header.ifindex,
+        ip,
+        mac: link_layer_address(n)?,
+    })
 }
 
 fn replace_neighbour_op(n: &Neighbour) -> Op {

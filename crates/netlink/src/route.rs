@@ -90,7 +90,7 @@ impl Route {
         self
     }
 
-    fn to_message(&self, full: bool) -> RouteMessage {
+    pub(crate) fn to_message(&self, full: bool) -> RouteMessage {
         let mut msg = RouteMessage::default();
         msg.header.address_family = AddressFamily::Inet;
         msg.header.destination_prefix_length = self.dst.prefix_len();
@@ -133,11 +133,12 @@ impl Route {
         msg
     }
 
-    fn from_message(msg: &RouteMessage) -> Option<Route> {
+    /// Decodes a kernel route (None: not IPv4, or malformed).
+    pub(crate) fn from_message(msg: &RouteMessage) -> Option<Route> {
         if msg.header.address_family != AddressFamily::Inet {
             return None;
         }
-        let mut dst = Ipv4Addr::UNSPECIFIED;
+        let mut dst = None;
         let mut route = Route::new(Ipv4Net::default());
         route.table = u32::from(msg.header.table);
         route.protocol = u8::from(msg.header.protocol);
@@ -154,7 +155,7 @@ impl Route {
         route.onlink = msg.header.flags.contains(RouteFlags::Onlink);
         for attr in &msg.attributes {
             match attr {
-                RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = *a,
+                RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = Some(*a),
                 RouteAttribute::Gateway(RouteAddress::Inet(a)) => route.gateway = Some(*a),
                 RouteAttribute::PrefSource(RouteAddress::Inet(a)) => route.src = Some(*a),
                 RouteAttribute::Oif(i) => route.oif = Some(*i),
@@ -162,7 +163,15 @@ impl Route {
                 _ => {}
             }
         }
-        route.dst = Ipv4Net::new(dst, msg.header.destination_prefix_length).ok()?;
+        // No destination is the default route (/0); a prefix without its
+        // address is malformed, not 0.0.0.0/len.
+        let len = msg.header.destination_prefix_length;
+        let dst = match dst {
+            Some(a) => a,
+            None if len == 0 => Ipv4Addr::UNSPECIFIED,
+            None => return None,
+        };
+        route.dst = Ipv4Net::new(dst, len).ok()?;
         Some(route)
     }
 }

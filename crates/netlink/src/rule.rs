@@ -18,7 +18,7 @@ pub struct Rule {
 }
 
 impl Rule {
-    fn to_message(&self) -> RuleMessage {
+    pub(crate) fn to_message(&self) -> RuleMessage {
         let mut msg = RuleMessage::default();
         msg.header.family = AddressFamily::Inet;
         msg.header.action = RuleAction::ToTable;
@@ -40,7 +40,8 @@ impl Rule {
         msg
     }
 
-    fn from_message(msg: &RuleMessage) -> Option<Rule> {
+    /// Decodes a kernel rule (None: not IPv4, or malformed).
+    pub(crate) fn from_message(msg: &RuleMessage) -> Option<Rule> {
         if msg.header.family != AddressFamily::Inet {
             return None;
         }
@@ -50,20 +51,31 @@ impl Rule {
             dst: None,
             table: u32::from(msg.header.table),
         };
+        let (mut src, mut dst) = (None, None);
         for attr in &msg.attributes {
             match attr {
                 RuleAttribute::Priority(p) => rule.priority = *p,
                 RuleAttribute::Table(t) => rule.table = *t,
-                RuleAttribute::Source(IpAddr::V4(a)) => {
-                    rule.src = Ipv4Net::new(*a, msg.header.src_len).ok()
-                }
-                RuleAttribute::Destination(IpAddr::V4(a)) => {
-                    rule.dst = Ipv4Net::new(*a, msg.header.dst_len).ok()
-                }
+                RuleAttribute::Source(IpAddr::V4(a)) => src = Some(*a),
+                RuleAttribute::Destination(IpAddr::V4(a)) => dst = Some(*a),
                 _ => {}
             }
         }
+        // A selector that cannot be read makes the rule unreadable: read as
+        // "from all" it would match (and be deleted as) another rule.
+        rule.src = selector(src, msg.header.src_len)?;
+        rule.dst = selector(dst, msg.header.dst_len)?;
         Some(rule)
+    }
+}
+
+/// A rule's source or destination: none for /0, the prefix when the
+/// address is there and the length valid, else malformed (outer None).
+fn selector(addr: Option<std::net::Ipv4Addr>, len: u8) -> Option<Option<Ipv4Net>> {
+    match (addr, len) {
+        (None, 0) => Some(None),
+        (Some(a), len) => Ipv4Net::new(a, len).ok().map(Some),
+        (None, _) => None,
     }
 }
 

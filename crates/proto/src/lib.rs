@@ -10,6 +10,14 @@
 //! too; an allocation says how the pod's traffic leaves the node as an
 //! [`Egress`] enum instead of vpc-shaped fields; both sides read at most
 //! [`MAX_MESSAGE`] bytes per message.
+
+// Numbers from the peer are never narrowed silently (a version read as u64
+// and cast to u32 once let 2^32 + 2 pass as 2).
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
 use std::io::{Read, Write};
 use std::net::Ipv4Addr;
 use std::os::unix::net::UnixStream;
@@ -425,5 +433,346 @@ mod tests {
             json,
             r#"{"via":"eni_table","eni_id":"eni-1","device_number":1,"table":2}"#
         );
+    }
+}
+
+/// Property tests: whatever bytes arrive, on either side, decoding ends in a
+/// value or a `ProtoError`, never a panic; what one side encodes the other
+/// decodes unchanged.
+#[cfg(test)]
+mod proptests {
+    use std::os::unix::net::UnixListener;
+
+    use proptest::collection::vec;
+    use proptest::option;
+    use proptest::prelude::*;
+    use serde_json::{json, Value};
+
+    use super::*;
+
+    fn soon() -> Instant {
+        Instant::now() + Duration::from_secs(5)
+    }
+
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![any::<String>(), "[a-z0-9.\\-]{0,12}"]
+    }
+
+    fn key() -> impl Strategy<Value = AttachmentKey> {
+        (text(), text(), text()).prop_map(|(network, container_id, ifname)| AttachmentKey {
+            network,
+            container_id,
+            ifname,
+        })
+    }
+
+    fn request() -> impl Strategy<Value = Request> {
+        prop_oneof![
+            (key(), text(), option::of(text()), option::of(text())).prop_map(
+                |(key, netns, pod_namespace, pod_name)| Request::Add(AddRequest {
+                    key,
+                    netns,
+                    pod_namespace,
+                    pod_name,
+                })
+            ),
+            key().prop_map(|key| Request::Del { key }),
+            key().prop_map(|key| Request::Get { key }),
+            Just(Request::Status),
+            (text(), vec(key(), 0..4)).prop_map(|(network, valid)| Request::Gc { network, valid }),
+        ]
+    }
+
+    fn egress() -> impl Strategy<Value = Egress> {
+        prop_oneof![
+            Just(Egress::Main),
+            (text(), any::<u32>(), any::<u32>()).prop_map(|(eni_id, device_number, table)| {
+                Egress::EniTable {
+                    eni_id,
+                    device_number,
+                    table,
+                }
+            }),
+        ]
+    }
+
+    fn allocation() -> impl Strategy<Value = Allocation> {
+        (
+            key(),
+            any::<u32>(),
+            egress(),
+            option::of(text()),
+            option::of(text()),
+            option::of(any::<u32>()),
+        )
+            .prop_map(
+                |(key, ip, egress, pod_namespace, pod_name, mtu)| Allocation {
+                    key,
+                    ip: Ipv4Addr::from(ip),
+                    egress,
+                    pod_namespace,
+                    pod_name,
+                    mtu,
+                },
+            )
+    }
+
+    fn error_kind() -> impl Strategy<Value = ErrorKind> {
+        prop_oneof![
+            Just(ErrorKind::Exhausted),
+            Just(ErrorKind::AlreadyExists),
+            Just(ErrorKind::BadRequest),
+            Just(ErrorKind::TryAgain),
+            Just(ErrorKind::Protocol),
+            Just(ErrorKind::Internal),
+        ]
+    }
+
+    fn response() -> impl Strategy<Value = Response> {
+        prop_oneof![
+            allocation().prop_map(|allocation| Response::Allocated { allocation }),
+            vec(allocation(), 0..4).prop_map(|allocations| Response::Released { allocations }),
+            option::of(allocation()).prop_map(|allocation| Response::Found { allocation }),
+            (
+                text(),
+                any::<bool>(),
+                any::<usize>(),
+                any::<usize>(),
+                text()
+            )
+                .prop_map(|(node, ready, free_ips, assigned_ips, message)| {
+                    Response::Status {
+                        status: StatusInfo {
+                            node,
+                            ready,
+                            free_ips,
+                            assigned_ips,
+                            message,
+                        },
+                    }
+                }),
+            (error_kind(), text()).prop_map(|(kind, message)| Response::Error { kind, message }),
+        ]
+    }
+
+    /// JSON values a decoder might trip over: numbers at the edges of
+    /// every integer type, floats, strings, nesting.
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            prop_oneof![
+                Just(u64::from(u32::MAX)),
+                Just(u64::from(u32::MAX) + 1),
+                Just(u64::from(u32::MAX) + 3),
+                Just(u64::MAX),
+                0u64..4,
+            ]
+            .prop_map(Value::from),
+            prop::num::f64::NORMAL.prop_map(Value::from),
+            text().prop_map(Value::String),
+            prop_oneof![
+                Just("add"),
+                Just("del"),
+                Just("get"),
+                Just("status"),
+                Just("gc"),
+                Just("main"),
+                Just("eni_table"),
+                Just("allocated"),
+                Just("released"),
+                Just("found"),
+                Just("error"),
+                Just("exhausted"),
+                Just("10.0.0.1"),
+            ]
+            .prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 32, 6, |inner| {
+            prop_oneof![
+                vec(inner.clone(), 0..5).prop_map(Value::Array),
+                vec((field(), inner), 0..6).prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// Object keys: the protocol's own, and others.
+    fn field() -> impl Strategy<Value = String> {
+        prop_oneof![
+            prop::sample::select(vec![
+                "v",
+                "time_left_ms",
+                "op",
+                "key",
+                "network",
+                "container_id",
+                "ifname",
+                "netns",
+                "valid",
+                "result",
+                "allocation",
+                "allocations",
+                "ip",
+                "egress",
+                "via",
+                "eni_id",
+                "device_number",
+                "table",
+                "mtu",
+                "status",
+                "kind",
+                "message",
+            ])
+            .prop_map(str::to_string),
+            text(),
+        ]
+    }
+
+    /// An envelope that looks like a message: `v` and the tag mostly right,
+    /// everything else arbitrary.
+    fn message_like() -> impl Strategy<Value = Value> {
+        (
+            prop_oneof![Just(json!(2)), json_value()],
+            option::of(json_value()),
+            vec((field(), json_value()), 0..6),
+        )
+            .prop_map(|(v, time_left, rest)| {
+                let mut obj: serde_json::Map<String, Value> = rest.into_iter().collect();
+                obj.insert("v".into(), v);
+                if let Some(t) = time_left {
+                    obj.insert("time_left_ms".into(), t);
+                }
+                Value::Object(obj)
+            })
+    }
+
+    /// Writes `bytes` (and closes) from another thread, so a large input
+    /// cannot block on a full socket buffer.
+    fn feed(bytes: Vec<u8>) -> (UnixStream, std::thread::JoinHandle<()>) {
+        let (a, b) = UnixStream::pair().expect("pair");
+        let writer = std::thread::spawn(move || {
+            let mut w = &a;
+            // The reader may stop early (a line too long): that is fine.
+            let _ = w.write_all(&bytes);
+        });
+        (b, writer)
+    }
+
+    fn server_request(bytes: Vec<u8>) -> Result<Incoming, ProtoError> {
+        let (b, writer) = feed(bytes);
+        let got = read_request(&b, soon());
+        drop(b);
+        writer.join().expect("writer");
+        got
+    }
+
+    /// Runs `call` against a one-shot agent that answers with `answer`.
+    fn client_call(answer: Vec<u8>) -> Result<Response, ProtoError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("agent.sock");
+        let listener = UnixListener::bind(&path).expect("bind");
+        let agent = std::thread::spawn(move || {
+            let (conn, _) = listener.accept().expect("accept");
+            // The request itself must be well formed.
+            read_request(&conn, soon()).expect("request");
+            let mut w = &conn;
+            let _ = w.write_all(&answer);
+        });
+        let got = call(&path, &Request::Status, soon());
+        agent.join().expect("agent");
+        got
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn arbitrary_bytes_give_the_server_an_error_not_a_panic(
+            bytes in vec(any::<u8>(), 0..2048),
+            newline in any::<bool>(),
+        ) {
+            let mut bytes = bytes;
+            if newline {
+                bytes.push(b'\n');
+            }
+            if let Ok(incoming) = server_request(bytes) {
+                prop_assert!(incoming.time_left <= MAX_TIME_LEFT);
+            }
+        }
+
+        #[test]
+        fn message_like_json_gives_the_server_an_error_not_a_panic(msg in message_like()) {
+            let mut line = serde_json::to_vec(&msg).expect("json");
+            line.push(b'\n');
+            let v = msg.get("v").cloned();
+            match server_request(line) {
+                Ok(incoming) => {
+                    prop_assert_eq!(v, Some(json!(PROTOCOL_VERSION)));
+                    prop_assert!(incoming.time_left <= MAX_TIME_LEFT);
+                }
+                Err(ProtoError::Version(got)) => {
+                    prop_assert_ne!(v.as_ref().and_then(Value::as_u64), Some(2));
+                    prop_assert_eq!(got, v.as_ref().and_then(Value::as_u64).unwrap_or(0));
+                }
+                Err(_) => {}
+            }
+        }
+
+        #[test]
+        fn requests_round_trip(req in request(), ms in any::<u64>()) {
+            let line = encode(&req, Some(Duration::from_millis(ms))).expect("encode");
+            let got = server_request(line).expect("decode");
+            prop_assert_eq!(got.request, req);
+            prop_assert_eq!(got.time_left, Duration::from_millis(ms).min(MAX_TIME_LEFT));
+        }
+
+        #[test]
+        fn arbitrary_answers_give_the_client_an_error_not_a_panic(
+            bytes in vec(any::<u8>(), 0..2048),
+            newline in any::<bool>(),
+        ) {
+            let mut bytes = bytes;
+            if newline {
+                bytes.push(b'\n');
+            }
+            // Anything but a panic is fine; a valid answer is astronomically
+            // unlikely from random bytes.
+            let _ = client_call(bytes);
+        }
+
+        #[test]
+        fn answer_like_json_gives_the_client_an_error_not_a_panic(msg in message_like()) {
+            let mut line = serde_json::to_vec(&msg).expect("json");
+            line.push(b'\n');
+            let v = msg.get("v").cloned();
+            if client_call(line).is_ok() {
+                prop_assert_eq!(v, Some(json!(PROTOCOL_VERSION)));
+            }
+        }
+
+        #[test]
+        fn responses_round_trip(resp in response()) {
+            let line = encode(&resp, None).expect("encode");
+            prop_assert_eq!(client_call(line).expect("decode"), resp);
+        }
+    }
+
+    #[test]
+    fn an_endless_answer_stops_the_client_at_the_cap() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("agent.sock");
+        let listener = UnixListener::bind(&path).expect("bind");
+        let agent = std::thread::spawn(move || {
+            let (conn, _) = listener.accept().expect("accept");
+            read_request(&conn, soon()).expect("request");
+            let junk = vec![b'x'; 64 * 1024];
+            let mut w = &conn;
+            while w.write_all(&junk).is_ok() {}
+        });
+        let got = call(&path, &Request::Status, soon());
+        assert!(matches!(got, Err(ProtoError::TooLong)), "{got:?}");
+        agent.join().expect("agent");
     }
 }
