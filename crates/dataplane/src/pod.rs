@@ -200,7 +200,16 @@ pub fn add_pod<N: Netlink>(host: &mut N, spec: &PodSpec<'_>) -> Result<PodLinks>
         }
         Err(e) => return Err(e.into()),
     }
-    let created = host.link(&temp)?;
+    let created = match host.link(&temp) {
+        Ok(l) => l,
+        Err(e) => {
+            // The veth exists but could not be read back: remove it by its
+            // name (unique to this call), or it would hold the pod's
+            // ifname and fail every retry.
+            let _ = host.delete_link_by_name(&temp);
+            return Err(e.into());
+        }
+    };
     let name = match claim_name(host, created.index, &spec.host_veth) {
         Ok(n) => n,
         Err(e) => {
