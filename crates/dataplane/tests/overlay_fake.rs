@@ -182,7 +182,11 @@ fn converge_programs_everything_then_changes_nothing() {
 fn converge_removes_only_what_it_owns() {
     let (k, vxlan) = node();
     let b = peer(1, 1, 11);
-    let d = desired(&[], &[("10.244.1.0/26", b.tunnel_ip)], &[b.clone()]);
+    let d = desired(
+        &[],
+        &[("10.244.1.0/26", b.tunnel_ip)],
+        std::slice::from_ref(&b),
+    );
     overlay::converge(&mut k.host(), &vxlan, &d).expect("converge");
     // Someone else's route (protocol boot) and a stale one of ours.
     let mut h = k.host();
@@ -226,7 +230,7 @@ fn converge_replaces_a_peer_whose_mac_or_underlay_changed() {
     overlay::converge(
         &mut k.host(),
         &vxlan,
-        &desired(&[], &routes, &[before.clone()]),
+        &desired(&[], &routes, std::slice::from_ref(&before)),
     )
     .expect("converge");
     // The node came back with a new VXLAN device (new MAC) …
