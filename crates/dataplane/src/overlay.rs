@@ -12,7 +12,7 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use podwire_netlink::{
-    Batch, FdbEntry, Handle, Link, MacAddr, Neighbour, Route, RouteKind, VxlanSpec, TABLE_MAIN,
+    Batch, FdbEntry, Link, MacAddr, Neighbour, Netlink, Route, RouteKind, VxlanSpec, TABLE_MAIN,
 };
 
 use crate::routing::AGENT_ROUTE_PROTO;
@@ -60,7 +60,7 @@ pub struct Changes {
 
 /// Creates the VXLAN device if needed, with its MTU, the tunnel address as
 /// a /32, and up. Returns the link.
-pub fn ensure_device(h: &mut Handle, spec: &DeviceSpec) -> Result<Link> {
+pub fn ensure_device<N: Netlink>(h: &mut N, spec: &DeviceSpec) -> Result<Link> {
     let link = match h.link_by_name(VXLAN_DEV)? {
         Some(l) => l,
         None => {
@@ -131,7 +131,7 @@ fn peer_ops(b: Batch, vxlan: &Link, p: &Peer) -> Batch {
 
 /// Makes routes, neighbours and FDB entries match `d`, reading the kernel
 /// first (start-up and periodic resync). Changes go out in batches.
-pub fn converge(h: &mut Handle, vxlan: &Link, d: &Desired) -> Result<Changes> {
+pub fn converge<N: Netlink>(h: &mut N, vxlan: &Link, d: &Desired) -> Result<Changes> {
     let mut c = Changes::default();
     let want = wanted_routes(d);
     let have: BTreeMap<Ipv4Net, Route> = h
@@ -208,7 +208,12 @@ pub fn converge(h: &mut Handle, vxlan: &Link, d: &Desired) -> Result<Changes> {
 
 /// Applies the difference between two desired states without reading the
 /// kernel (one change in the datastore costs only its own requests).
-pub fn apply_delta(h: &mut Handle, vxlan: &Link, old: &Desired, new: &Desired) -> Result<Changes> {
+pub fn apply_delta<N: Netlink>(
+    h: &mut N,
+    vxlan: &Link,
+    old: &Desired,
+    new: &Desired,
+) -> Result<Changes> {
     let mut c = Changes::default();
     let (was, now) = (wanted_routes(old), wanted_routes(new));
     let mut b = Batch::new();

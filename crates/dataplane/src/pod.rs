@@ -10,14 +10,12 @@
 //! secondary ENI, `from <ip> lookup <ENI table>` — the VPC drops packets whose
 //! source is not an address of the ENI they leave from.
 
-use std::fs::File;
 use std::net::Ipv4Addr;
-use std::os::fd::AsFd;
 use std::path::Path;
 
 use ipnet::Ipv4Net;
 use podwire_netlink::{
-    Batch, Handle, Link, MacAddr, Neighbour, Route, RouteScope, Rule, VethSpec, TABLE_MAIN,
+    Batch, Link, MacAddr, Neighbour, Netlink, Route, RouteScope, Rule, VethSpec, TABLE_MAIN,
 };
 use sha1::{Digest, Sha1};
 
@@ -50,7 +48,7 @@ impl HostVeth<'_> {
     }
 
     /// The attachment's host link, if it has one.
-    pub fn find(&self, host: &mut Handle) -> Result<Option<Link>> {
+    pub fn find<N: Netlink>(&self, host: &mut N) -> Result<Option<Link>> {
         for name in [self.name, self.fallback] {
             if let Some(l) = host.link_by_name(name)? {
                 if self.owns(&l) {
@@ -63,7 +61,7 @@ impl HostVeth<'_> {
 
     /// Deletes the attachment's host link (never another's). Ok(false) when
     /// it has none.
-    pub fn delete(&self, host: &mut Handle) -> Result<bool> {
+    pub fn delete<N: Netlink>(&self, host: &mut N) -> Result<bool> {
         match self.find(host)? {
             Some(l) => match host.delete_link(l.index) {
                 Ok(()) => Ok(true),
@@ -116,12 +114,6 @@ fn pod_rules(ip: Ipv4Addr, route_table: u32) -> Vec<Rule> {
     ]
 }
 
-/// Non-blocking and checked on the open file (see
-/// [`podwire_netlink::netns::open_netns`]).
-fn open_netns(path: &Path) -> Result<File> {
-    Ok(podwire_netlink::netns::open_netns(path)?)
-}
-
 /// A stable, locally administered unicast MAC for one end of a pod's veth.
 /// Choosing it here (rather than letting the kernel pick) saves reading the
 /// links back after creating them; collisions would be harmless anyway, as
@@ -147,7 +139,7 @@ fn temporary_name(owner: &str) -> String {
 /// alias. Never touches another attachment's interface: when the usual name
 /// belongs to another live attachment the fallback name is used, and a
 /// leftover of this same attachment is replaced.
-fn claim_name(host: &mut Handle, index: u32, hv: &HostVeth<'_>) -> Result<String> {
+fn claim_name<N: Netlink>(host: &mut N, index: u32, hv: &HostVeth<'_>) -> Result<String> {
     for name in [hv.name, hv.fallback] {
         for _attempt in 0..2 {
             match host.rename_with_alias(index, name, hv.owner) {
@@ -181,9 +173,11 @@ fn claim_name(host: &mut Handle, index: u32, hv: &HostVeth<'_>) -> Result<String
 /// Wires a pod. On any failure everything this call created is removed
 /// before the error is returned; another attachment's interface is never
 /// touched (see [`claim_name`]).
-pub fn add_pod(host: &mut Handle, spec: &PodSpec<'_>) -> Result<PodLinks> {
-    let netns_file = open_netns(spec.netns)?;
-    let mut pod = Handle::in_netns(spec.netns)?;
+pub fn add_pod<N: Netlink>(host: &mut N, spec: &PodSpec<'_>) -> Result<PodLinks> {
+    // Opened once (non-blocking, checked to be on nsfs): the veth's peer is
+    // created directly in it and the pod-side handle is opened in it.
+    let netns = host.open_netns(spec.netns)?;
+    let mut pod = host.handle_in(&netns)?;
     let temp = temporary_name(spec.host_veth.owner);
     let veth = VethSpec {
         name: &temp,
@@ -194,9 +188,9 @@ pub fn add_pod(host: &mut Handle, spec: &PodSpec<'_>) -> Result<PodLinks> {
                 .unwrap_or_else(|| veth_mac("host", spec.host_veth.name, spec.ifname)),
         ),
         peer_mac: Some(veth_mac("pod", spec.host_veth.name, spec.ifname)),
-        peer_netns: Some(netns_file.as_fd()),
+        peer_netns: None,
     };
-    match host.add_veth(&veth) {
+    match host.add_veth_into(&veth, Some(&netns)) {
         Ok(()) => {}
         Err(e) if e.is_exists() && pod.link_by_name(spec.ifname)?.is_some() => {
             return Err(DataplaneError::IfnameExists {
@@ -206,7 +200,16 @@ pub fn add_pod(host: &mut Handle, spec: &PodSpec<'_>) -> Result<PodLinks> {
         }
         Err(e) => return Err(e.into()),
     }
-    let created = host.link(&temp)?;
+    let created = match host.link(&temp) {
+        Ok(l) => l,
+        Err(e) => {
+            // The veth exists but could not be read back: remove it by its
+            // name (unique to this call), or it would hold the pod's
+            // ifname and fail every retry.
+            let _ = host.delete_link_by_name(&temp);
+            return Err(e.into());
+        }
+    };
     let name = match claim_name(host, created.index, &spec.host_veth) {
         Ok(n) => n,
         Err(e) => {
@@ -224,9 +227,9 @@ pub fn add_pod(host: &mut Handle, spec: &PodSpec<'_>) -> Result<PodLinks> {
     }
 }
 
-fn wire(
-    host: &mut Handle,
-    pod: &mut Handle,
+fn wire<N: Netlink>(
+    host: &mut N,
+    pod: &mut N,
     spec: &PodSpec<'_>,
     host_name: &str,
     host_mac: MacAddr,
@@ -272,8 +275,8 @@ fn wire(
 /// Removes the node side of an attachment: its veth (the peer and the /32
 /// route go with it) and its policy rules. Idempotent; leaves any other
 /// attachment's interface alone.
-pub fn remove_host_side(
-    host: &mut Handle,
+pub fn remove_host_side<N: Netlink>(
+    host: &mut N,
     host_veth: &HostVeth<'_>,
     ip: Ipv4Addr,
     route_table: u32,
@@ -283,7 +286,7 @@ pub fn remove_host_side(
 }
 
 /// Removes the pod's policy rules (none for pods on the primary ENI).
-fn remove_rules(host: &mut Handle, ip: Ipv4Addr, route_table: u32) -> Result<()> {
+fn remove_rules<N: Netlink>(host: &mut N, ip: Ipv4Addr, route_table: u32) -> Result<()> {
     for rule in pod_rules(ip, route_table) {
         match host.delete_rule(&rule) {
             Err(e) if !e.is_not_found() => return Err(e.into()),
@@ -296,8 +299,8 @@ fn remove_rules(host: &mut Handle, ip: Ipv4Addr, route_table: u32) -> Result<()>
 /// Removes a pod: its veth (deleting the host end takes the container end
 /// and the /32 route with it) and the node side. Idempotent: whatever is
 /// already gone is skipped; another attachment's interface is never touched.
-pub fn del_pod(
-    host: &mut Handle,
+pub fn del_pod<N: Netlink>(
+    host: &mut N,
     netns: Option<&Path>,
     ifname: &str,
     host_veth: &HostVeth<'_>,
@@ -308,7 +311,7 @@ pub fn del_pod(
         // No host end: an interface of ours could only be left in the pod if
         // it was renamed or moved; look there too, when the pod still exists.
         if let Some(ns) = netns.filter(|p| p.exists()) {
-            if let Ok(mut pod) = Handle::in_netns(ns) {
+            if let Ok(mut pod) = host.open_netns(ns).and_then(|f| host.handle_in(&f)) {
                 if pod
                     .link_by_name(ifname)?
                     .is_some_and(|l| l.kind.as_deref() == Some("veth"))
@@ -325,8 +328,8 @@ pub fn del_pod(
 /// and the runtime's prevResult is all there is): the veth as [`del_pod`]
 /// does, and whichever of this module's rules name the address, whatever
 /// table they point to.
-pub fn del_pod_by_ip(
-    host: &mut Handle,
+pub fn del_pod_by_ip<N: Netlink>(
+    host: &mut N,
     netns: Option<&Path>,
     ifname: &str,
     host_veth: &HostVeth<'_>,
@@ -349,7 +352,7 @@ pub fn del_pod_by_ip(
 }
 
 /// Verifies that a pod still looks as ADD left it.
-pub fn check_pod(host: &mut Handle, spec: &PodSpec<'_>) -> Result<()> {
+pub fn check_pod<N: Netlink>(host: &mut N, spec: &PodSpec<'_>) -> Result<()> {
     let mismatch = |m: String| Err(DataplaneError::Mismatch(m));
     let Some(host_link) = spec.host_veth.find(host)? else {
         return mismatch(format!(
@@ -372,7 +375,8 @@ pub fn check_pod(host: &mut Handle, spec: &PodSpec<'_>) -> Result<()> {
             return mismatch(format!("policy rule {rule:?} is missing"));
         }
     }
-    let mut pod = Handle::in_netns(spec.netns)?;
+    let netns = host.open_netns(spec.netns)?;
+    let mut pod = host.handle_in(&netns)?;
     let Some(cont) = pod.link_by_name(spec.ifname)? else {
         return mismatch(format!(
             "{} is missing in {}",

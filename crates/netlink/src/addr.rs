@@ -5,7 +5,7 @@ use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
-use crate::handle::{Batch, Op};
+use crate::handle::{Batch, BatchOp, Op};
 use crate::{Handle, Result};
 
 impl Handle {
@@ -88,7 +88,7 @@ pub(crate) fn add_address_op(index: u32, addr: Ipv4Net) -> Op {
 impl Batch {
     /// See [`Handle::add_address`].
     pub fn add_address(mut self, index: u32, addr: Ipv4Net) -> Self {
-        self.ops.push(add_address_op(index, addr));
+        self.ops.push(BatchOp::AddAddress(index, addr));
         self
     }
 }

@@ -1,4 +1,7 @@
+use std::fs::File;
 use std::path::Path;
+
+use ipnet::Ipv4Net;
 
 use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
@@ -6,22 +9,57 @@ use netlink_packet_core::{
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
-use crate::{netns, Error, Result};
+use crate::{netns, Error, FdbEntry, Neighbour, Result, Route, Rule};
 
-/// One request of a batch: the message, its extra flags, and a name for
+/// One request on the wire: the message, its extra flags, and a name for
 /// errors.
 #[derive(Debug)]
-pub struct Op {
+pub(crate) struct Op {
     pub(crate) name: String,
     pub(crate) msg: RouteNetlinkMessage,
     pub(crate) flags: u16,
 }
 
+/// One request of a [`Batch`], as the caller asked for it. Kept typed (not
+/// as a wire message) so that a [`crate::Netlink`] implementation other
+/// than [`Handle`] (the test fake) can read what it is asked to do; the
+/// handle encodes each exactly once, when the batch is committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchOp {
+    SetUp(u32),
+    AddAddress(u32, Ipv4Net),
+    AddRoute(Route),
+    ReplaceRoute(Route),
+    DeleteRoute(Route),
+    AddRule(Rule),
+    ReplaceNeighbour(Neighbour),
+    DeleteNeighbour(Neighbour),
+    ReplaceFdb(FdbEntry),
+    DeleteFdb(FdbEntry),
+}
+
+impl BatchOp {
+    fn to_op(&self) -> Op {
+        match self {
+            BatchOp::SetUp(index) => crate::link::set_up_op(*index),
+            BatchOp::AddAddress(index, addr) => crate::addr::add_address_op(*index, *addr),
+            BatchOp::AddRoute(r) => crate::route::add_route_op(r),
+            BatchOp::ReplaceRoute(r) => crate::route::replace_route_op(r),
+            BatchOp::DeleteRoute(r) => crate::route::delete_route_op(r),
+            BatchOp::AddRule(r) => crate::rule::add_rule_op(r),
+            BatchOp::ReplaceNeighbour(n) => crate::neigh::replace_neighbour_op(n),
+            BatchOp::DeleteNeighbour(n) => crate::neigh::delete_neighbour_op(n),
+            BatchOp::ReplaceFdb(e) => crate::neigh::replace_fdb_op(e),
+            BatchOp::DeleteFdb(e) => crate::neigh::delete_fdb_op(e),
+        }
+    }
+}
+
 /// Requests to send together with [`Handle::commit`]: one system call for
 /// what would otherwise be one round trip each.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Batch {
-    pub(crate) ops: Vec<Op>,
+    pub(crate) ops: Vec<BatchOp>,
 }
 
 impl Batch {
@@ -33,6 +71,10 @@ impl Batch {
     }
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
+    }
+    /// The requests, in the order they will be sent.
+    pub fn ops(&self) -> &[BatchOp] {
+        &self.ops
     }
 }
 
@@ -62,6 +104,13 @@ impl Handle {
         netns::switch_in(path, Handle::new)?
     }
 
+    /// Opens a handle inside the already opened network namespace `ns` (see
+    /// [`netns::open_netns`]); like [`Handle::in_netns`] without opening the
+    /// path again.
+    pub fn in_netns_file(ns: &File) -> Result<Self> {
+        netns::switch_into(ns, Handle::new)?
+    }
+
     fn next_seq(&mut self) -> u32 {
         self.seq = self.seq.wrapping_add(1);
         self.seq
@@ -70,7 +119,7 @@ impl Handle {
     /// Sends a batch and waits for every answer; the first failure is
     /// returned.
     pub fn commit(&mut self, batch: Batch) -> Result<()> {
-        self.apply(batch.ops)
+        self.apply(batch.ops.iter().map(BatchOp::to_op).collect())
     }
 
     fn send(&mut self, msg: RouteNetlinkMessage, flags: u16) -> Result<u32> {

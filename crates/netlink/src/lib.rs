@@ -16,10 +16,13 @@
 
 mod addr;
 mod error;
+#[cfg(feature = "test-util")]
+pub mod fake;
 mod handle;
 mod link;
 mod neigh;
 pub mod netns;
+mod ops;
 mod route;
 mod rule;
 pub mod sysctl;
@@ -28,9 +31,10 @@ pub mod sysctl;
 mod proptests;
 
 pub use error::{Error, Result};
-pub use handle::{Batch, Handle};
+pub use handle::{Batch, BatchOp, Handle};
 pub use link::{Link, MacAddr, VethSpec, VxlanSpec};
 pub use neigh::{FdbEntry, Neighbour};
+pub use ops::Netlink;
 pub use route::{Route, RouteKind, RouteScope};
 pub use rule::Rule;
 

@@ -8,7 +8,7 @@ use netlink_packet_route::link::{
 };
 use netlink_packet_route::RouteNetlinkMessage;
 
-use crate::handle::{Batch, Op};
+use crate::handle::{Batch, BatchOp, Op};
 use crate::{Error, Handle, Result};
 
 /// An Ethernet address.
@@ -274,7 +274,7 @@ impl Handle {
     }
 }
 
-fn set_up_op(index: u32) -> Op {
+pub(crate) fn set_up_op(index: u32) -> Op {
     let mut msg = LinkMessage::default();
     msg.header.index = index;
     msg.header.flags = LinkFlags::Up;
@@ -289,7 +289,7 @@ fn set_up_op(index: u32) -> Op {
 impl Batch {
     /// See [`Handle::set_up`].
     pub fn set_up(mut self, index: u32) -> Self {
-        self.ops.push(set_up_op(index));
+        self.ops.push(BatchOp::SetUp(index));
         self
     }
 }

@@ -7,7 +7,7 @@ use netlink_packet_route::neighbour::{
 use netlink_packet_route::route::RouteType;
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
-use crate::handle::{Batch, Op};
+use crate::handle::{Batch, BatchOp, Op};
 use crate::{Handle, MacAddr, Result};
 
 /// A permanent IPv4 neighbour entry (`ip neigh ... nud permanent`).
@@ -69,29 +69,17 @@ impl Handle {
 
     /// Deletes a neighbour entry.
     pub fn delete_neighbour(&mut self, n: &Neighbour) -> Result<()> {
-        self.request(
-            &format!("delete neighbour {}", n.ip),
-            RouteNetlinkMessage::DelNeighbour(n.to_message()),
-            0,
-        )
+        self.apply(vec![delete_neighbour_op(n)])
     }
 
     /// Adds or replaces a static FDB entry.
     pub fn replace_fdb(&mut self, e: &FdbEntry) -> Result<()> {
-        self.request(
-            &format!("add fdb {} dst {}", e.mac, e.dst),
-            RouteNetlinkMessage::NewNeighbour(e.to_message()),
-            NLM_F_CREATE | NLM_F_REPLACE,
-        )
+        self.apply(vec![replace_fdb_op(e)])
     }
 
     /// Deletes a static FDB entry.
     pub fn delete_fdb(&mut self, e: &FdbEntry) -> Result<()> {
-        self.request(
-            &format!("delete fdb {}", e.mac),
-            RouteNetlinkMessage::DelNeighbour(e.to_message()),
-            0,
-        )
+        self.apply(vec![delete_fdb_op(e)])
     }
 
     /// Static FDB entries of device `ifindex` that point at a remote VTEP.
@@ -178,7 +166,7 @@ pub(crate) fn neighbour_from_message(n: &NeighbourMessage) -> Option<Neighbour> 
     })
 }
 
-fn replace_neighbour_op(n: &Neighbour) -> Op {
+pub(crate) fn replace_neighbour_op(n: &Neighbour) -> Op {
     Op {
         name: format!("add neighbour {} lladdr {}", n.ip, n.mac),
         msg: RouteNetlinkMessage::NewNeighbour(n.to_message()),
@@ -186,40 +174,52 @@ fn replace_neighbour_op(n: &Neighbour) -> Op {
     }
 }
 
+pub(crate) fn delete_neighbour_op(n: &Neighbour) -> Op {
+    Op {
+        name: format!("delete neighbour {}", n.ip),
+        msg: RouteNetlinkMessage::DelNeighbour(n.to_message()),
+        flags: 0,
+    }
+}
+
+pub(crate) fn replace_fdb_op(e: &FdbEntry) -> Op {
+    Op {
+        name: format!("add fdb {} dst {}", e.mac, e.dst),
+        msg: RouteNetlinkMessage::NewNeighbour(e.to_message()),
+        flags: NLM_F_CREATE | NLM_F_REPLACE,
+    }
+}
+
+pub(crate) fn delete_fdb_op(e: &FdbEntry) -> Op {
+    Op {
+        name: format!("delete fdb {}", e.mac),
+        msg: RouteNetlinkMessage::DelNeighbour(e.to_message()),
+        flags: 0,
+    }
+}
+
 impl Batch {
     /// See [`Handle::replace_fdb`].
     pub fn replace_fdb(mut self, e: &FdbEntry) -> Self {
-        self.ops.push(Op {
-            name: format!("add fdb {} dst {}", e.mac, e.dst),
-            msg: RouteNetlinkMessage::NewNeighbour(e.to_message()),
-            flags: NLM_F_CREATE | NLM_F_REPLACE,
-        });
+        self.ops.push(BatchOp::ReplaceFdb(e.clone()));
         self
     }
 
     /// See [`Handle::delete_fdb`].
     pub fn delete_fdb(mut self, e: &FdbEntry) -> Self {
-        self.ops.push(Op {
-            name: format!("delete fdb {}", e.mac),
-            msg: RouteNetlinkMessage::DelNeighbour(e.to_message()),
-            flags: 0,
-        });
+        self.ops.push(BatchOp::DeleteFdb(e.clone()));
         self
     }
 
     /// See [`Handle::delete_neighbour`].
     pub fn delete_neighbour(mut self, n: &Neighbour) -> Self {
-        self.ops.push(Op {
-            name: format!("delete neighbour {}", n.ip),
-            msg: RouteNetlinkMessage::DelNeighbour(n.to_message()),
-            flags: 0,
-        });
+        self.ops.push(BatchOp::DeleteNeighbour(n.clone()));
         self
     }
 
     /// See [`Handle::replace_neighbour`].
     pub fn replace_neighbour(mut self, n: &Neighbour) -> Self {
-        self.ops.push(replace_neighbour_op(n));
+        self.ops.push(BatchOp::ReplaceNeighbour(n.clone()));
         self
     }
 }

@@ -76,8 +76,21 @@ pub fn enter(path: &Path) -> Result<()> {
 /// than [`run_in`] (no thread), for short work such as opening a socket; `f`
 /// must not start threads that expect the caller's namespace.
 pub fn switch_in<T>(path: &Path, f: impl FnOnce() -> T) -> Result<T> {
+    let file = open_netns(path)?;
+    switch_to(&file, &path.display().to_string(), f)
+}
+
+/// [`switch_in`] for a namespace already opened with [`open_netns`].
+pub fn switch_into<T>(ns: &File, f: impl FnOnce() -> T) -> Result<T> {
+    switch_to(ns, "(open namespace file)", f)
+}
+
+fn switch_to<T>(ns: &File, label: &str, f: impl FnOnce() -> T) -> Result<T> {
     let home = open_netns(Path::new("/proc/thread-self/ns/net"))?;
-    enter(path)?;
+    setns(ns, CloneFlags::CLONE_NEWNET).map_err(|source| Error::Netns {
+        path: label.to_string(),
+        source,
+    })?;
     struct Back(File);
     impl Drop for Back {
         fn drop(&mut self) {

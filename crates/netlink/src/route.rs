@@ -8,7 +8,7 @@ use netlink_packet_route::route::{
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
-use crate::handle::{Batch, Op};
+use crate::handle::{Batch, BatchOp, Op};
 use crate::{Handle, Result, TABLE_MAIN};
 
 /// Route scope, as `ip route` prints it.
@@ -221,7 +221,7 @@ impl Handle {
     }
 }
 
-fn add_route_op(route: &Route) -> Op {
+pub(crate) fn add_route_op(route: &Route) -> Op {
     Op {
         name: format!("add route {}", route.dst),
         msg: RouteNetlinkMessage::NewRoute(route.to_message(true)),
@@ -229,7 +229,7 @@ fn add_route_op(route: &Route) -> Op {
     }
 }
 
-fn replace_route_op(route: &Route) -> Op {
+pub(crate) fn replace_route_op(route: &Route) -> Op {
     Op {
         name: format!("replace route {}", route.dst),
         msg: RouteNetlinkMessage::NewRoute(route.to_message(true)),
@@ -237,7 +237,7 @@ fn replace_route_op(route: &Route) -> Op {
     }
 }
 
-fn delete_route_op(route: &Route) -> Op {
+pub(crate) fn delete_route_op(route: &Route) -> Op {
     let mut msg = route.to_message(false);
     msg.header.protocol = RouteProtocol::Unspec;
     msg.header.scope = NlScope::NoWhere;
@@ -251,19 +251,19 @@ fn delete_route_op(route: &Route) -> Op {
 impl Batch {
     /// See [`Handle::replace_route`].
     pub fn replace_route(mut self, route: &Route) -> Self {
-        self.ops.push(replace_route_op(route));
+        self.ops.push(BatchOp::ReplaceRoute(route.clone()));
         self
     }
 
     /// See [`Handle::delete_route`].
     pub fn delete_route(mut self, route: &Route) -> Self {
-        self.ops.push(delete_route_op(route));
+        self.ops.push(BatchOp::DeleteRoute(route.clone()));
         self
     }
 
     /// See [`Handle::add_route`].
     pub fn add_route(mut self, route: &Route) -> Self {
-        self.ops.push(add_route_op(route));
+        self.ops.push(BatchOp::AddRoute(route.clone()));
         self
     }
 }

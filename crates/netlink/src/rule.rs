@@ -5,7 +5,7 @@ use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
-use crate::handle::{Batch, Op};
+use crate::handle::{Batch, BatchOp, Op};
 use crate::{Handle, Result};
 
 /// An IPv4 policy-routing rule: `priority: from <src> to <dst> lookup <table>`.
@@ -109,7 +109,7 @@ impl Handle {
     }
 }
 
-fn add_rule_op(rule: &Rule) -> Op {
+pub(crate) fn add_rule_op(rule: &Rule) -> Op {
     Op {
         name: format!("add rule {rule:?}"),
         msg: RouteNetlinkMessage::NewRule(rule.to_message()),
@@ -120,7 +120,7 @@ fn add_rule_op(rule: &Rule) -> Op {
 impl Batch {
     /// See [`Handle::add_rule`].
     pub fn add_rule(mut self, rule: &Rule) -> Self {
-        self.ops.push(add_rule_op(rule));
+        self.ops.push(BatchOp::AddRule(rule.clone()));
         self
     }
 }

@@ -13,6 +13,8 @@
 )]
 
 mod agent;
+#[cfg(test)]
+mod fake_tests;
 mod netns;
 mod verbs;
 
@@ -53,6 +55,22 @@ where
     I: IntoIterator<Item = (K, V)>,
     K: AsRef<OsStr>,
     V: AsRef<OsStr>,
+{
+    run_with(env, stdin, &podwire_netlink::Handle::new)
+}
+
+/// [`run`] with the node's netlink connection opened by `open_host` (the
+/// seam root-free tests use to put the fake kernel in).
+pub(crate) fn run_with<I, K, V, N>(
+    env: I,
+    stdin: impl Read,
+    open_host: verbs::OpenHost<'_, N>,
+) -> Outcome
+where
+    I: IntoIterator<Item = (K, V)>,
+    K: AsRef<OsStr>,
+    V: AsRef<OsStr>,
+    N: podwire_netlink::Netlink,
 {
     // The call's one deadline counts from here.
     let started = std::time::Instant::now();
@@ -101,7 +119,7 @@ where
             ),
         )));
     }
-    match verbs::dispatch(&inv, &conf, started) {
+    match verbs::dispatch(&inv, &conf, started, open_host) {
         Ok(stdout) => Outcome::ok(stdout),
         Err(e) => Outcome::err(tag(e)),
     }

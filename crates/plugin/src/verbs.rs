@@ -10,7 +10,7 @@ use podwire_cni::result::{Interface, IpConfig, RouteEntry};
 use podwire_cni::{CniError, Code, Command, Invocation, NetConf};
 use podwire_dataplane::names::{self, fallback_veth_name, host_veth_name, owner_alias};
 use podwire_dataplane::{pod, DataplaneError};
-use podwire_netlink::{Handle, MacAddr};
+use podwire_netlink::{MacAddr, Netlink};
 use podwire_proto::{AddRequest, Allocation, AttachmentKey, Request, Response};
 
 use crate::agent::{self, Agent};
@@ -35,18 +35,24 @@ fn host_mac(mode: Mode) -> Option<MacAddr> {
     }
 }
 
-pub fn dispatch(
+/// Opens the netlink connection of the node's namespace; called only by
+/// the verbs that touch the kernel, at the point they do (the real one is
+/// `Handle::new`, tests pass the fake kernel's).
+pub type OpenHost<'a, N> = &'a dyn Fn() -> podwire_netlink::Result<N>;
+
+pub fn dispatch<N: Netlink>(
     inv: &Invocation,
     conf: &NetConf,
     started: std::time::Instant,
+    open_host: OpenHost<'_, N>,
 ) -> Result<String, CniError> {
     let agent = Agent::new(conf, started);
     match inv.command {
-        Command::Add => add(inv, conf, &agent),
-        Command::Del => del(inv, conf, &agent).map(|()| String::new()),
-        Command::Check => check(inv, conf, &agent).map(|()| String::new()),
+        Command::Add => add(inv, conf, &agent, open_host),
+        Command::Del => del(inv, conf, &agent, open_host).map(|()| String::new()),
+        Command::Check => check(inv, conf, &agent, open_host).map(|()| String::new()),
         Command::Status => status(&agent).map(|()| String::new()),
-        Command::Gc => gc(conf, &agent).map(|()| String::new()),
+        Command::Gc => gc(conf, &agent, open_host).map(|()| String::new()),
         Command::Version => Ok(String::new()),
     }
 }
@@ -95,8 +101,8 @@ fn veth_for(
     }
 }
 
-fn host_handle() -> Result<Handle, CniError> {
-    Handle::new().map_err(|e| CniError::new(Code::Kernel, format!("netlink: {e}")))
+fn host_handle<N: Netlink>(open_host: OpenHost<'_, N>) -> Result<N, CniError> {
+    open_host().map_err(|e| CniError::new(Code::Kernel, format!("netlink: {e}")))
 }
 
 fn kernel_error(e: DataplaneError) -> CniError {
@@ -113,11 +119,16 @@ fn kernel_error(e: DataplaneError) -> CniError {
     }
 }
 
-fn add(inv: &Invocation, conf: &NetConf, agent: &Agent) -> Result<String, CniError> {
+fn add<N: Netlink>(
+    inv: &Invocation,
+    conf: &NetConf,
+    agent: &Agent,
+    open_host: OpenHost<'_, N>,
+) -> Result<String, CniError> {
     let netns = inv.netns.as_deref().unwrap_or(Path::new(""));
     // Check the sandbox before taking an address, so a bad call changes nothing.
     netns::require(netns)?;
-    let mut host = host_handle()?;
+    let mut host = host_handle(open_host)?;
     let req = Request::Add(AddRequest {
         key: key(inv, conf),
         netns: netns.display().to_string(),
@@ -195,7 +206,12 @@ fn lookup(agent: &Agent, key: AttachmentKey) -> Result<Option<Allocation>, CniEr
     }
 }
 
-fn del(inv: &Invocation, conf: &NetConf, agent: &Agent) -> Result<(), CniError> {
+fn del<N: Netlink>(
+    inv: &Invocation,
+    conf: &NetConf,
+    agent: &Agent,
+    open_host: OpenHost<'_, N>,
+) -> Result<(), CniError> {
     // DEL must finish its work when the sandbox is gone or the path is no
     // namespace at all (never open a FIFO): such a path is ignored.
     let netns = inv.netns.as_deref().filter(|p| match netns::probe(p) {
@@ -205,7 +221,7 @@ fn del(inv: &Invocation, conf: &NetConf, agent: &Agent) -> Result<(), CniError> 
             false
         }
     });
-    let mut host = host_handle()?;
+    let mut host = host_handle(open_host)?;
     let veth = veth_for(
         conf,
         inv.pod.namespace.as_deref(),
@@ -252,7 +268,12 @@ fn del(inv: &Invocation, conf: &NetConf, agent: &Agent) -> Result<(), CniError> 
     Ok(())
 }
 
-fn check(inv: &Invocation, conf: &NetConf, agent: &Agent) -> Result<(), CniError> {
+fn check<N: Netlink>(
+    inv: &Invocation,
+    conf: &NetConf,
+    agent: &Agent,
+    open_host: OpenHost<'_, N>,
+) -> Result<(), CniError> {
     let netns = inv.netns.as_deref().unwrap_or(Path::new(""));
     netns::require(netns)?;
     let alloc = lookup(agent, key(inv, conf))?.ok_or_else(|| {
@@ -278,7 +299,7 @@ fn check(inv: &Invocation, conf: &NetConf, agent: &Agent) -> Result<(), CniError
         inv.pod.name.as_deref(),
         &key(inv, conf),
     );
-    let mut host = host_handle()?;
+    let mut host = host_handle(open_host)?;
     pod::check_pod(
         &mut host,
         &pod::PodSpec {
@@ -311,7 +332,11 @@ fn status(agent: &Agent) -> Result<(), CniError> {
     }
 }
 
-fn gc(conf: &NetConf, agent: &Agent) -> Result<(), CniError> {
+fn gc<N: Netlink>(
+    conf: &NetConf,
+    agent: &Agent,
+    open_host: OpenHost<'_, N>,
+) -> Result<(), CniError> {
     // No list is not an empty list: without it GC would release every pod
     // of the network.
     let Some(valid) = conf.valid_attachments.clone() else {
@@ -337,7 +362,7 @@ fn gc(conf: &NetConf, agent: &Agent) -> Result<(), CniError> {
         Response::Released { allocations } => allocations,
         other => return Err(agent::unexpected(other)),
     };
-    let mut host = host_handle()?;
+    let mut host = host_handle(open_host)?;
     let mut failures = Vec::new();
     for a in released {
         let veth = veth_for(

@@ -33,7 +33,7 @@ impl OverlayAgent {
         let d = model.desired(&self.node);
         let mut nl = self.nl.lock().unwrap_or_else(|p| p.into_inner());
         let vxlan = nl.link(VXLAN_DEV)?;
-        let c = overlay::converge(&mut nl, &vxlan, &d)?;
+        let c = overlay::converge(&mut *nl, &vxlan, &d)?;
         if c.added + c.removed > 0 {
             tracing::info!(
                 added = c.added,
@@ -65,7 +65,7 @@ impl OverlayAgent {
         }
         let mut nl = self.nl.lock().unwrap_or_else(|p| p.into_inner());
         let vxlan = nl.link(VXLAN_DEV)?;
-        let c = overlay::apply_delta(&mut nl, &vxlan, &model.applied, &d)?;
+        let c = overlay::apply_delta(&mut *nl, &vxlan, &model.applied, &d)?;
         model.applied = d;
         tracing::info!(
             added = c.added,

@@ -195,3 +195,197 @@ fn egress_of(got: &podwire_ipam::eni_pool::Assigned) -> Egress {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use podwire_ipam::EniPool;
+    use podwire_proto::{AddRequest, AttachmentKey, ErrorKind, Response};
+
+    use super::super::testing::{agent, state_dir, LIMITS};
+    use super::super::VpcAgent;
+
+    fn req(c: &str) -> AddRequest {
+        AddRequest {
+            key: AttachmentKey {
+                network: "pw".into(),
+                container_id: c.into(),
+                ifname: "eth0".into(),
+            },
+            netns: "/run/netns/pwt".into(),
+            pod_namespace: Some("default".into()),
+            pod_name: Some(c.into()),
+        }
+    }
+
+    fn ip(n: u8) -> Ipv4Addr {
+        Ipv4Addr::new(10, 0, 1, n)
+    }
+
+    /// A pool with the primary ENI and `free` addresses on it.
+    fn pool(free: u8) -> EniPool {
+        let mut p = EniPool::new(LIMITS, Duration::from_secs(30));
+        p.add_eni("eni-0", 0, podwire_proto::TABLE_MAIN);
+        p.add_ips("eni-0", &(1..=free).map(ip).collect::<Vec<_>>());
+        p
+    }
+
+    fn error(r: Response) -> (ErrorKind, String) {
+        match r {
+            Response::Error { kind, message } => (kind, message),
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn add_takes_a_free_address_and_checkpoints_it() {
+        let dir = state_dir();
+        let a = agent(pool(1), None, 0, &dir);
+        let r = a.add(req("c1"), Instant::now() + Duration::from_secs(5));
+        let Response::Allocated { allocation } = r else {
+            panic!("expected an allocation, got {r:?}");
+        };
+        assert_eq!(allocation.ip, ip(1));
+        assert_eq!(a.checkpoint.load().expect("load"), vec![allocation]);
+        // The same attachment again is refused, not given a second address.
+        let (kind, msg) = error(a.add(req("c1"), Instant::now() + Duration::from_secs(5)));
+        assert_eq!(kind, ErrorKind::AlreadyExists, "{msg}");
+    }
+
+    #[test]
+    fn an_empty_pool_waits_for_the_deadline_then_says_try_again_and_why() {
+        let dir = state_dir();
+        let a = agent(pool(0), None, 0, &dir);
+        let started = Instant::now();
+        let wait = Duration::from_millis(300);
+        let (kind, msg) = error(a.add(req("c1"), started + wait));
+        assert!(started.elapsed() >= wait, "gave up early");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "waited too long"
+        );
+        assert_eq!(kind, ErrorKind::TryAgain);
+        assert!(msg.contains("not delivered addresses yet"), "{msg}");
+        assert!(msg.contains("pod default/c1"), "{msg}");
+
+        // The last cloud failure is the reason given.
+        a.lock().cloud_error = Some((ErrorKind::TryAgain, "EC2 throttled the call".into()));
+        let (kind, msg) = error(a.add(req("c1"), Instant::now() + wait));
+        assert_eq!(kind, ErrorKind::TryAgain);
+        assert!(msg.contains("EC2 throttled"), "{msg}");
+    }
+
+    #[test]
+    fn an_add_waits_for_the_pool_manager_and_gets_what_it_adds() {
+        let dir = state_dir();
+        let a = Arc::new(agent(pool(0), None, 0, &dir));
+        // The pool manager's stand-in: wakes when an ADD signals it needs
+        // addresses, then adds one.
+        let manager = {
+            let a = a.clone();
+            std::thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                let mut st = a.lock();
+                while st.pool.free_total() == 0 {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let (g, timeout) = a
+                        .changed
+                        .wait_timeout(st, left)
+                        .unwrap_or_else(|p| p.into_inner());
+                    st = g;
+                    if timeout.timed_out() {
+                        // Never signalled: deliver nothing, the ADD fails.
+                        return;
+                    }
+                    st.pool.add_ips("eni-0", &[ip(9)]);
+                }
+                a.changed.notify_all();
+            })
+        };
+        let started = Instant::now();
+        let r = a.add(req("c1"), started + Duration::from_secs(20));
+        manager.join().expect("manager");
+        match r {
+            Response::Allocated { allocation } => assert_eq!(allocation.ip, ip(9)),
+            other => panic!("expected an allocation, got {other:?}"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the ADD was not woken when the address came"
+        );
+    }
+
+    #[test]
+    fn exhausted_at_the_limit_without_waiting() {
+        let dir = state_dir();
+        let mut p = EniPool::new(LIMITS, Duration::from_secs(30));
+        p.add_eni("eni-0", 0, podwire_proto::TABLE_MAIN);
+        p.add_eni("eni-1", 1, 2);
+        p.add_ips("eni-0", &[ip(1), ip(2), ip(3)]);
+        p.add_ips("eni-1", &[ip(4), ip(5), ip(6)]);
+        let a = agent(p, None, 0, &dir);
+        for n in 1..=6 {
+            let r = a.add(
+                req(&format!("c{n}")),
+                Instant::now() + Duration::from_secs(5),
+            );
+            assert!(matches!(r, Response::Allocated { .. }), "{r:?}");
+        }
+        let started = Instant::now();
+        let (kind, msg) = error(a.add(req("c7"), started + Duration::from_secs(30)));
+        assert!(started.elapsed() < Duration::from_secs(2), "it waited");
+        assert_eq!(kind, ErrorKind::Exhausted);
+        assert!(
+            msg.contains("2 ENIs x 3") && msg.contains("all 6 are in use"),
+            "{msg}"
+        );
+
+        // Released but cooling down: not exhausted, try again, and why.
+        let key = req("c1").key;
+        assert!(
+            matches!(a.del(&key), Response::Released { allocations } if allocations.len() == 1)
+        );
+        let (kind, msg) = error(a.add(req("c7"), Instant::now() + Duration::from_millis(200)));
+        assert_eq!(kind, ErrorKind::TryAgain);
+        assert!(msg.contains("cooling down"), "{msg}");
+    }
+
+    #[test]
+    fn a_cloud_limit_is_exhausted_at_once() {
+        let dir = state_dir();
+        let a = agent(pool(0), None, 0, &dir);
+        a.lock().cloud_error = Some((
+            ErrorKind::Exhausted,
+            "the subnet has no free addresses".into(),
+        ));
+        let started = Instant::now();
+        let (kind, msg) = error(a.add(req("c1"), started + Duration::from_secs(30)));
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert_eq!(kind, ErrorKind::Exhausted);
+        assert!(msg.contains("subnet has no free addresses"), "{msg}");
+    }
+
+    #[test]
+    fn gc_releases_only_the_network_s_attachments_not_listed() {
+        let dir = state_dir();
+        let a: VpcAgent = agent(pool(3), None, 0, &dir);
+        for c in ["c1", "c2"] {
+            a.add(req(c), Instant::now() + Duration::from_secs(5));
+        }
+        let mut other = req("c3");
+        other.key.network = "other".into();
+        a.add(other, Instant::now() + Duration::from_secs(5));
+        let r = a.gc("pw", &[req("c2").key]);
+        match r {
+            Response::Released { allocations } => {
+                assert_eq!(allocations.len(), 1);
+                assert_eq!(allocations[0].key.container_id, "c1");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(a.checkpoint.load().expect("load").len(), 2);
+    }
+}

@@ -212,3 +212,131 @@ impl Backend for VpcAgent {
         }
     }
 }
+
+#[cfg(test)]
+impl VpcAgent {
+    /// An agent over a given pool with no instance behind it: no IMDS, no
+    /// EC2 call, no kernel (the EC2 client points at a loopback port and is
+    /// never used by the handlers). For root-free tests of the ADD wait,
+    /// DEL/GC and the pool targets.
+    pub(crate) fn for_test(
+        node: NodeInfo,
+        config: VpcConfig,
+        pool: EniPool,
+        state_dir: &std::path::Path,
+    ) -> Result<VpcAgent, AgentError> {
+        let creds = Credentials {
+            access_key_id: "pwt".into(),
+            secret_access_key: "pwt".into(),
+            session_token: None,
+        };
+        Ok(VpcAgent {
+            node,
+            config,
+            ec2: Ec2Client::new("http://127.0.0.1:9", "pwt-region", creds),
+            checkpoint: Checkpoint::new(state_dir)?,
+            state: Mutex::new(State {
+                pool,
+                allocations: BTreeMap::new(),
+                last_plan: PoolPlan::Satisfied,
+                cloud_error: None,
+            }),
+            changed: Condvar::new(),
+        })
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! Shared by the vpc tests: a node, a config, a state dir.
+
+    use std::path::PathBuf;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use podwire_ipam::{EniPool, PoolLimits};
+
+    use super::{NodeInfo, VpcAgent};
+    use crate::VpcConfig;
+
+    pub const LIMITS: PoolLimits = PoolLimits {
+        max_enis: 2,
+        secondary_per_eni: 3,
+    };
+
+    pub fn config(warm: Option<u32>, minimum: u32) -> VpcConfig {
+        VpcConfig {
+            imds_endpoint: "http://127.0.0.1:9".into(),
+            ec2_endpoint: None,
+            warm_ip_target: warm,
+            minimum_ip_target: minimum,
+            ip_cooldown: Duration::from_secs(30),
+            pool_decrease_interval: Duration::from_secs(60),
+            eni_mtu: 9001,
+        }
+    }
+
+    /// A state directory removed when dropped.
+    pub struct StateDir(pub PathBuf);
+
+    impl Drop for StateDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    pub fn state_dir() -> StateDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        StateDir(std::env::temp_dir().join(format!(
+            "pwt-vpc-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        )))
+    }
+
+    pub fn agent(pool: EniPool, warm: Option<u32>, minimum: u32, dir: &StateDir) -> VpcAgent {
+        let node = NodeInfo {
+            name: "pwt-node".into(),
+            instance_id: "i-pwt".into(),
+            instance_type: "t3.pwt".into(),
+            subnet_id: "subnet-pwt".into(),
+            subnet: "10.0.0.0/16".parse().expect("subnet"),
+            security_groups: Vec::new(),
+            limits: pool.limits(),
+        };
+        VpcAgent::for_test(node, config(warm, minimum), pool, &dir.0).expect("agent")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use podwire_ipam::{EniPool, PoolTargets};
+    use std::time::Duration;
+
+    use super::testing::{agent, state_dir, LIMITS};
+
+    fn targets(warm: Option<u32>, minimum: u32) -> PoolTargets {
+        let dir = state_dir();
+        agent(EniPool::new(LIMITS, Duration::ZERO), warm, minimum, &dir).targets()
+    }
+
+    /// The VPC CNI's rules: a warm target means "that many free addresses,
+    /// grown by what is short"; neither target means one ENI's worth, grown
+    /// by whole ENIs; a minimum alone means no warm margin.
+    #[test]
+    fn targets_follow_warm_and_minimum_rules() {
+        let t = targets(Some(5), 0);
+        assert_eq!((t.warm, t.minimum, t.whole_enis), (5, 0, false));
+        let t = targets(None, 0);
+        assert_eq!(
+            (t.warm, t.minimum, t.whole_enis),
+            (LIMITS.secondary_per_eni, 0, true)
+        );
+        let t = targets(None, 10);
+        assert_eq!((t.warm, t.minimum, t.whole_enis), (0, 10, true));
+        let t = targets(Some(2), 10);
+        assert_eq!((t.warm, t.minimum, t.whole_enis), (2, 10, false));
+        let t = targets(Some(0), 0);
+        assert_eq!((t.warm, t.minimum, t.whole_enis), (0, 0, false));
+    }
+}
