@@ -60,9 +60,22 @@ struct Args {
     /// MTU of secondary ENIs.
     #[arg(long, default_value_t = 9001)]
     eni_mtu: u32,
-    /// overlay: the datastore (`sqlite:/path/file.db` or `etcd://host:port`).
+    /// overlay: the datastore: `sqlite:/path/file.db`, `etcd://host:port`
+    /// (plain HTTP) or `etcd+https://host:port` (TLS; needs
+    /// --etcd-ca-cert-file), several etcd endpoints comma-separated.
     #[arg(long, default_value = "sqlite:/var/lib/podwire/datastore.db")]
     datastore: String,
+    /// overlay, etcd+https: the CA certificate (PEM) that signed the etcd
+    /// servers' certificates.
+    #[arg(long, env = "ETCD_CA_CERT_FILE")]
+    etcd_ca_cert_file: Option<PathBuf>,
+    /// overlay, etcd+https: this node's client certificate (PEM), for an
+    /// etcd that requires one (--client-cert-auth).
+    #[arg(long, env = "ETCD_CERT_FILE", requires = "etcd_key_file")]
+    etcd_cert_file: Option<PathBuf>,
+    /// overlay, etcd+https: the client certificate's private key (PEM).
+    #[arg(long, env = "ETCD_KEY_FILE", requires = "etcd_cert_file")]
+    etcd_key_file: Option<PathBuf>,
     /// overlay: the pod CIDR.
     #[arg(long, default_value = "172.16.0.0/16")]
     pod_cidr: ipnet::Ipv4Net,
@@ -128,6 +141,11 @@ fn main() -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("--block-size: {e}"))?;
             ModeConfig::Overlay(OverlayConfig {
                 datastore: args.datastore,
+                etcd_tls: podwire_store::EtcdTls {
+                    ca_cert: args.etcd_ca_cert_file,
+                    cert: args.etcd_cert_file,
+                    key: args.etcd_key_file,
+                },
                 pool: args.pod_cidr,
                 block_prefix: args.block_size,
                 strict_affinity: args.strict_affinity,
@@ -146,4 +164,34 @@ fn main() -> anyhow::Result<()> {
         mode,
     })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etcd_tls_flags_parse_and_a_certificate_needs_its_key() {
+        let a = Args::try_parse_from([
+            "podwire-agent",
+            "--datastore",
+            "etcd+https://10.0.0.5:2379",
+            "--etcd-ca-cert-file",
+            "/etc/podwire/ca.pem",
+            "--etcd-cert-file",
+            "/etc/podwire/c.pem",
+            "--etcd-key-file",
+            "/etc/podwire/k.pem",
+        ])
+        .expect("parse");
+        assert_eq!(a.etcd_ca_cert_file, Some("/etc/podwire/ca.pem".into()));
+        assert_eq!(a.etcd_cert_file, Some("/etc/podwire/c.pem".into()));
+        assert_eq!(a.etcd_key_file, Some("/etc/podwire/k.pem".into()));
+        for lone in ["--etcd-cert-file", "--etcd-key-file"] {
+            assert!(
+                Args::try_parse_from(["podwire-agent", lone, "/x.pem"]).is_err(),
+                "{lone} alone"
+            );
+        }
+    }
 }

@@ -12,6 +12,19 @@ use std::time::{Duration, Instant};
 use common::*;
 use ipnet::Ipv4Net;
 
+/// Runs `f` on a thread of its own inside the named network namespace
+/// (what it spawns, a store's runtime threads, stays there too).
+fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let fd = std::fs::File::open(&path).expect("netns");
+        nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+    .join()
+    .expect("netns thread")
+}
+
 /// (block, tunnel address) of a node, read from its kernel.
 fn block_and_tunnel(lab: &Lab, i: usize) -> (Ipv4Net, Ipv4Addr) {
     let ns = lab.node_ns(i);
@@ -315,7 +328,7 @@ fn overlay_on_the_labs_etcd_converges_and_fails_cleanly_without_it() {
     }
     let lab = Lab::up("t-ovetcd", &["--mode", "overlay", "--datastore", "etcd"]);
     let st = lab.status();
-    assert_eq!(st["datastore"], "etcd://169.254.169.251:2379");
+    assert_eq!(st["datastore"], "etcd+https://169.254.169.251:2379");
     lab.pod_add("a", "node-1", true);
     lab.pod_add("b", "node-2", true);
     assert!(lab.ctl_ok(&["lab", "curl", "a", "b"]).contains("Welcome"));
@@ -343,6 +356,49 @@ fn overlay_on_the_labs_etcd_converges_and_fails_cleanly_without_it() {
         .join(&lab.name)
         .join("datastore.db");
     assert!(!stray.exists(), "a stray {} appeared", stray.display());
+
+    // The lab's etcd takes only TLS clients with a certificate of its CA:
+    // from a node, knowing the CA is not enough, and plain HTTP is refused.
+    let tls_dir = std::path::Path::new("/run/podwire/lab")
+        .join(&lab.name)
+        .join("etcd-tls");
+    for f in [
+        "ca.pem",
+        "server.pem",
+        "server-key.pem",
+        "client.pem",
+        "client-key.pem",
+    ] {
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(tls_dir.join(f))
+                .expect("tls file")
+                .permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600, "{f}");
+    }
+    let no_cert = podwire_store::EtcdTls {
+        ca_cert: Some(tls_dir.join("ca.pem")),
+        cert: None,
+        key: None,
+    };
+    let refused = in_netns(&ns1, move || {
+        podwire_store::EtcdStore::connect_with(
+            &["https://169.254.169.251:2379".to_string()],
+            &no_cert,
+        )
+        .map(|_| ())
+    });
+    assert!(
+        matches!(&refused, Err(podwire_store::StoreError::Tls(m)) if m.contains("requires a client certificate")),
+        "{refused:?}"
+    );
+    let plain = in_netns(&ns1, || {
+        podwire_store::EtcdStore::connect(&["http://169.254.169.251:2379".to_string()]).map(|_| ())
+    });
+    assert!(
+        matches!(&plain, Err(podwire_store::StoreError::Tls(m)) if m.contains("speaks TLS")),
+        "{plain:?}"
+    );
 
     // etcd dies: ADD is "try again later" (11) and changes nothing.
     let pid = i32::try_from(st["etcd_pid"].as_i64().expect("etcd pid")).expect("pid");

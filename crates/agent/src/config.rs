@@ -69,8 +69,10 @@ pub struct VpcConfig {
 /// overlay mode: a pod CIDR in blocks, VXLAN between nodes.
 #[derive(Debug, Clone)]
 pub struct OverlayConfig {
-    /// `sqlite:/path` or `etcd://host:port`.
+    /// `sqlite:/path`, `etcd://host:port` or `etcd+https://host:port`.
     pub datastore: String,
+    /// The CA, client certificate and key files for `etcd+https://`.
+    pub etcd_tls: podwire_store::EtcdTls,
     pub pool: ipnet::Ipv4Net,
     pub block_prefix: u8,
     pub strict_affinity: bool,

@@ -11,8 +11,10 @@ use etcd_client::{
 };
 use tokio::runtime::Runtime;
 
+use crate::etcd_tls::{diagnose, TlsMaterial};
 use crate::{
-    check_commit, Datastore, Entry, Event, Expect, Result, Revision, Snapshot, StoreError, Write,
+    check_commit, Datastore, Entry, EtcdTls, Event, Expect, Result, Revision, Snapshot, StoreError,
+    Write,
 };
 
 const DEADLINE: Duration = Duration::from_secs(3);
@@ -21,6 +23,8 @@ pub struct EtcdStore {
     rt: Runtime,
     client: Client,
     endpoints: Vec<String>,
+    /// With TLS: the files as read, for the diagnosis of a failure.
+    tls: Option<TlsMaterial>,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -41,18 +45,63 @@ fn key_of(kv: &etcd_client::KeyValue) -> Result<String> {
         .map_err(|e| StoreError::Backend(format!("key is not UTF-8: {e}")))
 }
 
+/// An etcd-client error in a line: for a gRPC status its message and its
+/// deepest cause (a status's own text repeats the cause's debug form).
+fn describe(e: &etcd_client::Error) -> String {
+    let etcd_client::Error::GRpcStatus(status) = e else {
+        return e.to_string();
+    };
+    let mut msg = status.message().to_string();
+    let mut deepest = None;
+    let mut cur = std::error::Error::source(status);
+    while let Some(err) = cur {
+        deepest = Some(err);
+        cur = err.source();
+    }
+    if let Some(d) = deepest.map(|d| d.to_string()) {
+        if !msg.contains(&d) {
+            msg = format!("{msg}: {d}");
+        }
+    }
+    msg
+}
+
 impl EtcdStore {
-    /// `endpoints` like `http://127.0.0.1:2379`.
+    /// `endpoints` like `http://127.0.0.1:2379`, without TLS.
     pub fn connect(endpoints: &[String]) -> Result<EtcdStore> {
+        EtcdStore::connect_with(endpoints, &EtcdTls::default())
+    }
+
+    /// `endpoints` like `https://10.0.0.1:2379` with `tls` (a CA file at
+    /// least), or `http://…` with an empty `tls`.
+    /// A server that cannot be reached is `Unavailable`; one we cannot
+    /// agree with on TLS (untrusted certificate, our certificate refused
+    /// or missing) is `Tls`; bad files are `Config`, before any dialling.
+    pub fn connect_with(endpoints: &[String], tls: &EtcdTls) -> Result<EtcdStore> {
+        let secure = !tls.is_empty();
+        if endpoints.is_empty() {
+            return Err(StoreError::Config("no etcd endpoint".into()));
+        }
+        let scheme = if secure { "https://" } else { "http://" };
+        if let Some(e) = endpoints.iter().find(|e| !e.starts_with(scheme)) {
+            return Err(StoreError::Config(format!(
+                "etcd endpoint {e}: with{} TLS files it must start with {scheme}",
+                if secure { "" } else { "out" }
+            )));
+        }
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("etcd")
             .enable_all()
             .build()
             .map_err(|e| StoreError::Backend(format!("runtime: {e}")))?;
-        let opts = ConnectOptions::new()
+        let material = secure.then(|| TlsMaterial::load(tls)).transpose()?;
+        let mut opts = ConnectOptions::new()
             .with_connect_timeout(DEADLINE)
             .with_timeout(DEADLINE);
+        if let Some(m) = &material {
+            opts = opts.with_tls(m.options());
+        }
         let client = rt
             .block_on(async {
                 tokio::time::timeout(DEADLINE, Client::connect(endpoints, Some(opts))).await
@@ -63,15 +112,40 @@ impl EtcdStore {
                     endpoints.join(",")
                 ))
             })?
-            .map_err(unavailable)?;
+            .map_err(|e| unavailable(describe(&e)))?;
         let store = EtcdStore {
             rt,
             client,
             endpoints: endpoints.to_vec(),
+            tls: material,
         };
-        // The client connects lazily: ask once so a dead endpoint fails here.
-        store.get("/podwire/probe")?;
-        Ok(store)
+        // The client connects lazily: ask once so a dead endpoint fails
+        // here, and if it does, find out whether TLS is why.
+        match store.get("/podwire/probe") {
+            Ok(_) => Ok(store),
+            Err(StoreError::Unavailable(msg)) => {
+                Err(store.diagnose().unwrap_or(StoreError::Unavailable(msg)))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The first TLS reason any endpoint gives for refusing us, found
+    /// within one more deadline in all.
+    fn diagnose(&self) -> Option<StoreError> {
+        let all = async {
+            for e in &self.endpoints {
+                if let Some(err) = diagnose(e, self.tls.as_ref(), DEADLINE).await {
+                    return Some(err);
+                }
+            }
+            None
+        };
+        // The timer is made inside the runtime, which it needs.
+        self.rt
+            .block_on(async { tokio::time::timeout(DEADLINE, all).await })
+            .ok()
+            .flatten()
     }
 
     fn run<T>(
@@ -86,7 +160,7 @@ impl EtcdStore {
                     self.endpoints.join(",")
                 ))
             })?
-            .map_err(unavailable)
+            .map_err(|e| unavailable(describe(&e)))
     }
 
     /// One etcd `Txn`: a compare per expectation, the writes if all hold,

@@ -13,19 +13,31 @@
 //!
 //! Each backend is a cargo feature (`sqlite`, `etcd`; both on by default),
 //! so a program that needs one does not build the other.
+//!
+//! etcd can be reached over TLS with a client certificate ([`EtcdTls`];
+//! spec `etcd+https://…`, see [`open_with`]): whoever can reach a plain
+//! etcd can rewrite every node's record, so a cluster's etcd should
+//! require client certificates.
 
 #[cfg(feature = "etcd")]
 mod etcd;
+#[cfg(feature = "etcd")]
+mod etcd_tls;
+#[cfg(feature = "pki")]
+pub mod pki;
+mod spec;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 #[cfg(feature = "test-util")]
 pub mod testing;
 
 use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::sync::mpsc::Receiver;
 
 #[cfg(feature = "etcd")]
 pub use etcd::EtcdStore;
+pub use spec::{parse_etcd_spec, EtcdSpec};
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
 
@@ -147,6 +159,31 @@ pub enum StoreError {
     /// The store answered with something we cannot use.
     #[error("datastore: {0}")]
     Backend(String),
+    /// How we were told to reach the store cannot work (a bad spec, a
+    /// certificate file missing or unreadable): fix the configuration.
+    #[error("datastore configuration: {0}")]
+    Config(String),
+    /// The TLS handshake with the store failed: its certificate is not
+    /// signed by our CA, or it refused our client certificate (or the
+    /// lack of one). Retrying will not help.
+    #[error("datastore TLS: {0}")]
+    Tls(String),
+}
+
+/// Client TLS for etcd, as file names: the CA that signed the servers'
+/// certificates, and this client's certificate and key (Calico's
+/// ETCD_CA_CERT_FILE, ETCD_CERT_FILE and ETCD_KEY_FILE). All None: no TLS.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EtcdTls {
+    pub ca_cert: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+impl EtcdTls {
+    pub fn is_empty(&self) -> bool {
+        self.ca_cert.is_none() && self.cert.is_none() && self.key.is_none()
+    }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -170,28 +207,46 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
     fn watch(&self, prefix: &str, after: Revision) -> Result<Receiver<Result<Event>>>;
 }
 
-/// Opens a store from a URL-ish spec: `sqlite:/path/file.db` (or a plain
-/// path) or `etcd://host:port[,host:port…]`.
+/// Opens a store from a URL-ish spec, without TLS: see [`open_with`].
 pub fn open(spec: &str) -> Result<Box<dyn Datastore>> {
-    if let Some(endpoints) = spec.strip_prefix("etcd://") {
-        return open_etcd(endpoints);
+    open_with(spec, &EtcdTls::default())
+}
+
+/// Opens a store from a URL-ish spec:
+///
+/// - `sqlite:/path/file.db` (or a plain path);
+/// - `etcd://host:port[,host:port…]`: etcd over plain HTTP;
+/// - `etcd+https://host:port[,host:port…]`: etcd over TLS, verified with
+///   `tls.ca_cert` (required: no system roots are trusted), presenting
+///   `tls.cert` and `tls.key` (both or neither) as client certificate.
+///
+/// TLS files given for a store that would not use them are an error, not
+/// ignored: the operator meant a TLS etcd.
+pub fn open_with(spec: &str, tls: &EtcdTls) -> Result<Box<dyn Datastore>> {
+    if let Some(etcd) = parse_etcd_spec(spec, tls)? {
+        return open_etcd(etcd);
+    }
+    if !tls.is_empty() {
+        return Err(StoreError::Config(format!(
+            "etcd TLS files were given but the datastore {spec} is SQLite"
+        )));
     }
     open_sqlite(spec.strip_prefix("sqlite:").unwrap_or(spec))
 }
 
 #[cfg(feature = "etcd")]
-fn open_etcd(endpoints: &str) -> Result<Box<dyn Datastore>> {
-    let eps: Vec<String> = endpoints
-        .split(',')
-        .map(|e| format!("http://{e}"))
-        .collect();
-    Ok(Box::new(EtcdStore::connect(&eps)?))
+fn open_etcd(etcd: EtcdSpec) -> Result<Box<dyn Datastore>> {
+    Ok(Box::new(EtcdStore::connect_with(
+        &etcd.endpoints,
+        &etcd.tls,
+    )?))
 }
 
 #[cfg(not(feature = "etcd"))]
-fn open_etcd(endpoints: &str) -> Result<Box<dyn Datastore>> {
-    Err(StoreError::Backend(format!(
-        "etcd://{endpoints}: this program was built without etcd support (feature `etcd`)"
+fn open_etcd(etcd: EtcdSpec) -> Result<Box<dyn Datastore>> {
+    Err(StoreError::Config(format!(
+        "etcd at {}: this program was built without etcd support (feature `etcd`)",
+        etcd.endpoints.join(",")
     )))
 }
 

@@ -1,5 +1,6 @@
 //! One behaviour, two backends: every test runs against SQLite and against
-//! a real etcd server that the test starts on loopback and stops afterwards.
+//! a real etcd server that the test starts on loopback and stops afterwards,
+//! once plain and once over TLS with a client certificate.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,6 +20,10 @@ fn both(test: impl Fn(Arc<dyn Datastore>)) {
     let etcd = Etcd::start();
     test(Arc::new(
         EtcdStore::connect(&etcd.endpoint()).expect("connect"),
+    ));
+    let etcd = Etcd::start_tls();
+    test(Arc::new(
+        EtcdStore::connect_with(&etcd.endpoint(), &etcd.client_tls()).expect("connect tls"),
     ));
 }
 

@@ -55,7 +55,8 @@ impl std::fmt::Debug for OverlayAgent {
 impl OverlayAgent {
     pub fn start(config: &AgentConfig, cfg: &OverlayConfig) -> Result<OverlayAgent, AgentError> {
         let node = config.node_name.clone();
-        let store: Arc<dyn Datastore> = Arc::from(podwire_store::open(&cfg.datastore)?);
+        let store: Arc<dyn Datastore> =
+            Arc::from(podwire_store::open_with(&cfg.datastore, &cfg.etcd_tls)?);
         let checkpoint = crate::checkpoint::Checkpoint::new(&config.state_dir)?;
         let state_file = checkpoint.path().display().to_string();
         let record = record::Record::load(checkpoint)?;

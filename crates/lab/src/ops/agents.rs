@@ -7,7 +7,7 @@ use serde_json::json;
 
 use super::binaries::bin;
 use crate::cloud;
-use crate::datastore::{datastore_spec, ETCD_ADDR};
+use crate::datastore::{datastore_spec, etcd_client_tls, ETCD_ADDR};
 use crate::state::{LabState, NodeRec};
 use crate::{procs, LabError};
 
@@ -107,6 +107,19 @@ pub(super) fn agent_args(st: &LabState, r: &NodeRec) -> Result<Vec<String>, LabE
             "--block-size".into(),
             st.block_size.to_string(),
         ]);
+        if st.datastore == "etcd" {
+            // The lab's etcd takes only clients with a certificate of its CA.
+            let tls = etcd_client_tls(st);
+            for (flag, file) in [
+                ("--etcd-ca-cert-file", tls.ca_cert),
+                ("--etcd-cert-file", tls.cert),
+                ("--etcd-key-file", tls.key),
+            ] {
+                if let Some(f) = file {
+                    args.extend([flag.into(), f.display().to_string()]);
+                }
+            }
+        }
     }
     if let Some(w) = st.warm_ip_target {
         args.push("--warm-ip-target".into());
@@ -177,5 +190,37 @@ mod tests {
         // Overlay without a pool is an error, not a silent vpc agent.
         st.pod_cidr = None;
         assert!(agent_args(&st, &node()).is_err());
+    }
+
+    fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+        args.windows(2)
+            .find(|w| w[0] == name)
+            .map(|w| w[1].as_str())
+    }
+
+    #[test]
+    fn agents_of_an_etcd_lab_get_its_tls_spec_and_client_files() {
+        let mut st = LabState::new("t", Mode::Overlay);
+        st.pod_cidr = Some("172.16.0.0/16".parse().expect("cidr"));
+        st.block_size = 26;
+        st.datastore = "etcd".into();
+        let args = agent_args(&st, &node()).expect("args");
+        assert_eq!(
+            flag(&args, "--datastore"),
+            Some("etcd+https://169.254.169.251:2379")
+        );
+        let tls = st.dir().join("etcd-tls");
+        for (name, file) in [
+            ("--etcd-ca-cert-file", "ca.pem"),
+            ("--etcd-cert-file", "client.pem"),
+            ("--etcd-key-file", "client-key.pem"),
+        ] {
+            let want = tls.join(file).display().to_string();
+            assert_eq!(flag(&args, name), Some(want.as_str()), "{name}");
+        }
+        // A SQLite lab's agents get no etcd files.
+        st.datastore = "sqlite".into();
+        let args = agent_args(&st, &node()).expect("args");
+        assert!(!args.iter().any(|a| a.starts_with("--etcd-")), "{args:?}");
     }
 }
