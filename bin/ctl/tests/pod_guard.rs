@@ -128,3 +128,177 @@ fn overlay_pods_reach_neither_the_datastore_nor_imds() {
         .ctl_ok(&["lab", "curl", "g1", "web"])
         .contains("Welcome"));
 }
+
+/// Internet checksum (RFC 1071).
+fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !u16::try_from(sum).expect("folded")
+}
+
+/// A VXLAN payload (VNI 4096, the agents' default) carrying an Ethernet
+/// frame to `vtep_mac` with a TCP SYN from `src` to `dst:port`.
+fn vxlan_syn(
+    vtep_mac: [u8; 6],
+    src: std::net::Ipv4Addr,
+    dst: std::net::Ipv4Addr,
+    port: u16,
+) -> Vec<u8> {
+    let mut tcp = vec![0u8; 20];
+    tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
+    tcp[2..4].copy_from_slice(&port.to_be_bytes());
+    tcp[4..8].copy_from_slice(&1u32.to_be_bytes());
+    tcp[12] = 5 << 4;
+    tcp[13] = 0x02; // SYN
+    tcp[14..16].copy_from_slice(&64240u16.to_be_bytes());
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&src.octets());
+    pseudo.extend_from_slice(&dst.octets());
+    pseudo.extend_from_slice(&[0, 6, 0, 20]);
+    pseudo.extend_from_slice(&tcp);
+    let c = checksum(&pseudo);
+    tcp[16..18].copy_from_slice(&c.to_be_bytes());
+    let mut ip = vec![0x45, 0, 0, 40, 0x12, 0x34, 0x40, 0, 64, 6, 0, 0];
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    let c = checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&vtep_mac);
+    frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x01, 0x08, 0x00]);
+    frame.extend_from_slice(&ip);
+    frame.extend_from_slice(&tcp);
+    let mut vx = vec![0x08, 0, 0, 0, 0x00, 0x10, 0x00, 0x00];
+    vx.extend_from_slice(&frame);
+    vx
+}
+
+fn vtep_mac(node_ns: &str) -> [u8; 6] {
+    let out = common::ip(&["-n", node_ns, "-o", "link", "show", "vxlan.podwire"]);
+    let mac = out
+        .split("link/ether ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .expect("vxlan mac");
+    let bytes: Vec<u8> = mac
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).expect("hex"))
+        .collect();
+    bytes.try_into().expect("6 bytes")
+}
+
+/// conntrack entries towards IMDS in `netns` (the node masquerades what it
+/// forwards, so a request that got through is tracked there).
+fn imds_flows(netns: &str) -> usize {
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            netns,
+            "conntrack",
+            "-L",
+            "-f",
+            "ipv4",
+            "--orig-dst",
+            "169.254.169.254",
+        ])
+        .output()
+        .expect("conntrack");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("169.254.169.254"))
+        .count()
+}
+
+/// An overlay pod sends a VXLAN packet to a node (its own, and another),
+/// carrying a SYN to IMDS: the inner packet would enter the node through
+/// the tunnel, past a guard that only looks at pod interfaces. Pods may not
+/// send VXLAN, and what comes out of the tunnel is guarded too.
+#[test]
+fn overlay_pods_cannot_tunnel_past_the_guard() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::up("t-vxinj", &["--mode", "overlay"]);
+    lab.pod_add("evil", "node-1", false);
+    let ns = pod_ns(&lab, "evil");
+    let pod_ip: std::net::Ipv4Addr = lab.status()["pods"]
+        .as_array()
+        .expect("pods")
+        .iter()
+        .find(|p| p["name"] == "evil")
+        .expect("pod")["ip"]
+        .as_str()
+        .expect("ip")
+        .parse()
+        .expect("ip");
+    let imds: std::net::Ipv4Addr = "169.254.169.254".parse().expect("ip");
+    for (i, node) in [(1usize, "node-1"), (2, "node-2")] {
+        let node_ns = lab.node_ns(i);
+        let target = lab.node_ip(node);
+        let payload = vxlan_syn(vtep_mac(&node_ns), pod_ip, imds, 80);
+        // Sent from inside the pod, with an ordinary UDP socket.
+        let path = format!("/run/netns/{ns}");
+        std::thread::spawn(move || {
+            let f = std::fs::File::open(&path).expect("pod netns");
+            nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            let s = std::net::UdpSocket::bind("0.0.0.0:0").expect("udp");
+            for _ in 0..3 {
+                let _ = s.send_to(&payload, format!("{target}:4789"));
+            }
+        })
+        .join()
+        .expect("sender");
+        // Give a forwarded SYN time to be tracked, then look.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert_eq!(
+            imds_flows(&node_ns),
+            0,
+            "a pod tunnelled a SYN to IMDS through {node}"
+        );
+    }
+}
+
+/// A conflist's `vethPrefix` renames the host veths; the guard still holds
+/// (pods are known by their veths' interface group, not their names).
+#[test]
+fn a_custom_veth_prefix_does_not_open_the_guard() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::up("t-vprefix", &["--nodes", "1"]);
+    let socket = lab.status()["nodes"][0]["agent_socket"]
+        .as_str()
+        .expect("socket")
+        .to_string();
+    let ns = common::Netns::new("pw-t-vprefix-x1");
+    let conf = serde_json::json!({"cniVersion": "1.0.0", "name": "podwire", "type": "podwire", "mode": "vpc", "agentSocket": socket, "vethPrefix": "cali"});
+    let env = |cmd: &'static str| {
+        vec![
+            ("CNI_COMMAND", cmd),
+            ("CNI_CONTAINERID", "vp1"),
+            ("CNI_IFNAME", "eth0"),
+        ]
+    };
+    let path = ns.path();
+    let mut add_env = env("ADD");
+    add_env.push(("CNI_NETNS", path.as_str()));
+    let add = common::run_plugin(&lab.node_ns(1), &add_env, &conf.to_string());
+    assert!(add.ok, "{} {}", add.stdout, add.stderr);
+    let veth = add.json["interfaces"][0]["name"].as_str().expect("veth");
+    assert!(veth.starts_with("cali"), "{veth}");
+    assert_eq!(
+        tcp_from(&ns.name, "169.254.169.254", 80),
+        None,
+        "a cali… pod reached IMDS"
+    );
+    let mut del_env = env("DEL");
+    del_env.push(("CNI_NETNS", path.as_str()));
+    let del = common::run_plugin(&lab.node_ns(1), &del_env, &conf.to_string());
+    assert!(del.ok, "{}", del.stdout);
+}

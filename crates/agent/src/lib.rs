@@ -100,10 +100,18 @@ fn node_rules(config: &AgentConfig) -> podwire_dataplane::nft::NodeRules {
         }),
         ModeConfig::Vpc(_) => None,
     };
+    let tunnel = match &config.mode {
+        ModeConfig::Overlay(o) => Some(podwire_dataplane::nft::Tunnel {
+            dev: podwire_dataplane::overlay::VXLAN_DEV.to_string(),
+            udp_port: o.port,
+        }),
+        ModeConfig::Vpc(_) => None,
+    };
     podwire_dataplane::nft::NodeRules {
         pod_iface_prefix: config.mode.veth_prefix().to_string(),
         guard: config.pod_guard.clone(),
         snat,
+        tunnel,
     }
 }
 

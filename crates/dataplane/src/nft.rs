@@ -93,6 +93,11 @@ impl std::fmt::Display for BlockedDestination {
     }
 }
 
+/// The interface group of pods' host veths (set by the plugin when it names
+/// the veth). Matching it, rather than a name prefix, keeps the guard on
+/// whatever `vethPrefix` a conflist chose. ("pw" in ASCII.)
+pub const POD_IFGROUP: u32 = 0x7077;
+
 /// The instance metadata service's address.
 pub const IMDS: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
 
@@ -107,13 +112,25 @@ pub struct PodEgressGuard {
 /// The node's whole podwire ruleset.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeRules {
-    /// Host-side interface names of pods start with this (`eni`, `pw`):
-    /// that is how a packet is known to come from a pod.
+    /// Host-side interface names of pods start with this (`eni`, `pw`).
+    /// Pods are known by [`POD_IFGROUP`]; the prefix also catches veths made
+    /// by a plugin from before the group was set.
     pub pod_iface_prefix: String,
+    /// overlay mode: what arrives decapsulated comes from other nodes' pods
+    /// (or from whoever sent a VXLAN packet) and is guarded like a pod's; and
+    /// pods may not send VXLAN themselves (an inner packet would enter the
+    /// node through the tunnel, past the guard).
+    pub tunnel: Option<Tunnel>,
     pub guard: PodEgressGuard,
     /// overlay mode: pods leaving the pod network are masqueraded as the
     /// node, except towards other pods (through `snat_keep_dev`).
     pub snat: Option<Snat>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tunnel {
+    pub dev: String,
+    pub udp_port: u16,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,6 +148,13 @@ impl NodeRules {
     /// The guard chain's rules (pods → forbidden destinations).
     fn guard_rules(&self) -> String {
         let mut r = String::new();
+        if let Some(t) = &self.tunnel {
+            let _ = writeln!(
+                r,
+                "udp dport {} counter reject with icmp type admin-prohibited comment \"pods do not send VXLAN\"",
+                t.udp_port
+            );
+        }
         if self.guard.deny_imds {
             let _ = writeln!(
                 r,
@@ -197,13 +221,26 @@ impl NodeRules {
         );
         let _ = writeln!(s, "flush chain ip {TABLE} postrouting");
         // Guard: from pods, whether the destination is routed on (forward)
-        // or answered by the node itself (input).
+        // or answered by the node itself (input); and what comes out of the
+        // tunnel.
+        let mut from_pods = vec![format!("iifgroup {POD_IFGROUP}"), format!("iifname {pods}")];
+        if let Some(t) = &self.tunnel {
+            if !valid_iface_prefix(&t.dev) {
+                return Err(DataplaneError::Nft(format!(
+                    "device {:?} is not a usable interface name",
+                    t.dev
+                )));
+            }
+            from_pods.push(format!("iifname \"{}\"", t.dev));
+        }
         for base in ["forward", "input"] {
-            let _ = writeln!(
-                s,
-                "add rule ip {TABLE} {base} iifname {pods} jump {}",
-                Concern::PodEgressGuard.chain()
-            );
+            for m in &from_pods {
+                let _ = writeln!(
+                    s,
+                    "add rule ip {TABLE} {base} {m} jump {}",
+                    Concern::PodEgressGuard.chain()
+                );
+            }
         }
         for c in [Concern::ExternalPosture, Concern::NetworkPolicy] {
             let _ = writeln!(s, "add rule ip {TABLE} forward jump {}", c.chain());
@@ -294,6 +331,7 @@ mod tests {
                 blocked: vec!["169.254.169.251:2379".parse().expect("b")],
             },
             snat: None,
+            tunnel: None,
         }
     }
 
@@ -316,6 +354,12 @@ mod tests {
     fn names_that_could_inject_rules_are_refused() {
         let mut r = rules();
         r.pod_iface_prefix = "eni\" accept #".into();
+        assert!(r.script().is_err());
+        let mut r = rules();
+        r.tunnel = Some(Tunnel {
+            dev: "vx\" accept".into(),
+            udp_port: 4789,
+        });
         assert!(r.script().is_err());
         let mut r = rules();
         r.snat = Some(Snat {

@@ -22,6 +22,11 @@ use sha1::{Digest, Sha1};
 use crate::routing::{host_route as host32, RULE_FROM_POD_PRIORITY, RULE_TO_POD_PRIORITY};
 use crate::{DataplaneError, Result};
 
+/// The interface group of every pod's host veth (`ip link set … group`):
+/// what podwire's nftables rules match to know a packet comes from a pod,
+/// whatever the veth's name (the conflist's `vethPrefix` can change that).
+pub const POD_LINK_GROUP: u32 = crate::nft::POD_IFGROUP;
+
 /// The pod's default gateway; nothing owns it, the neighbour entry answers.
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 
@@ -142,7 +147,7 @@ fn temporary_name(owner: &str) -> String {
 fn claim_name<N: Netlink>(host: &mut N, index: u32, hv: &HostVeth<'_>) -> Result<String> {
     for name in [hv.name, hv.fallback] {
         for _attempt in 0..2 {
-            match host.rename_with_alias(index, name, hv.owner) {
+            match host.rename_with_alias(index, name, hv.owner, POD_LINK_GROUP) {
                 Ok(()) => return Ok(name.to_string()),
                 Err(e) if e.is_exists() => {}
                 Err(e) => return Err(e.into()),

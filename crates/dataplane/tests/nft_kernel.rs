@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use podwire_dataplane::nft::{NodeRules, PodEgressGuard, Snat};
+use podwire_dataplane::nft::{NodeRules, PodEgressGuard, Snat, Tunnel};
 
 fn private_netns() -> bool {
     if !nix::unistd::Uid::effective().is_root() {
@@ -38,6 +38,10 @@ fn rules(blocked: &[&str]) -> NodeRules {
             pod_cidr: "172.16.0.0/16".parse().expect("net"),
             keep_dev: "vxlan.podwire".into(),
         }),
+        tunnel: Some(Tunnel {
+            dev: "vxlan.podwire".into(),
+            udp_port: 4789,
+        }),
     }
 }
 
@@ -70,9 +74,11 @@ fn reapplying_replaces_podwire_chains_and_keeps_what_others_put_there() {
         "the old guard must be replaced:\n{listed}"
     );
     // Once each: refilled, not appended to.
+    // forward and input, each for the pod group, the legacy prefix and the
+    // tunnel.
     assert_eq!(
         listed.matches("jump pod-egress-guard").count(),
-        2,
+        6,
         "{listed}"
     );
     assert_eq!(listed.matches("masquerade").count(), 1, "{listed}");

@@ -190,6 +190,7 @@ impl FakeKernel {
             up: true,
             kind: None,
             alias: alias.map(str::to_string),
+            group: 0,
         };
         if let Some(st) = w.namespaces.get_mut(ns) {
             st.links.insert(
@@ -443,6 +444,7 @@ impl Netlink for FakeNetlink {
                 up: false,
                 kind: Some("veth".into()),
                 alias: None,
+                group: 0,
             };
             ns_mut(w, ns)?.links.insert(
                 a,
@@ -484,6 +486,7 @@ impl Netlink for FakeNetlink {
                         up: false,
                         kind: Some("vxlan".into()),
                         alias: None,
+                        group: 0,
                     },
                     peer: None,
                 },
@@ -509,8 +512,8 @@ impl Netlink for FakeNetlink {
         })
     }
 
-    fn rename_with_alias(&mut self, index: u32, name: &str, alias: &str) -> Result<()> {
-        let op = format!("rename_with_alias {index} {name} {alias:?}");
+    fn rename_with_alias(&mut self, index: u32, name: &str, alias: &str, group: u32) -> Result<()> {
+        let op = format!("rename_with_alias {index} {name} {alias:?} group {group}");
         self.op(op, true, |w, ns| {
             check_name(name)?;
             if alias.len() > MAX_ALIAS {
@@ -526,6 +529,7 @@ impl Netlink for FakeNetlink {
             }
             l.link.name = name.to_string();
             l.link.alias = (!alias.is_empty()).then(|| alias.to_string());
+            l.link.group = group;
             Ok(())
         })
     }

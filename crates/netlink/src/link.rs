@@ -60,6 +60,9 @@ pub struct Link {
     /// `ip link set … alias`: podwire records which attachment owns a
     /// pod's host interface here.
     pub alias: Option<String>,
+    /// `ip link set … group`: podwire marks pods' host interfaces with one
+    /// group, which its nftables rules match whatever the interface's name.
+    pub group: u32,
 }
 
 impl Link {
@@ -72,11 +75,13 @@ impl Link {
             up: msg.header.flags.contains(LinkFlags::Up),
             kind: None,
             alias: None,
+            group: 0,
         };
         for attr in &msg.attributes {
             match attr {
                 LinkAttribute::IfName(n) => link.name = n.clone(),
                 LinkAttribute::IfAlias(a) if !a.is_empty() => link.alias = Some(a.clone()),
+                LinkAttribute::Group(g) => link.group = *g,
                 LinkAttribute::Address(a) => link.mac = MacAddr::from_slice(a),
                 LinkAttribute::Mtu(m) => link.mtu = *m,
                 LinkAttribute::LinkInfo(infos) => {
@@ -234,15 +239,22 @@ impl Handle {
         self.request("set link mtu", RouteNetlinkMessage::SetLink(msg), 0)
     }
 
-    /// Renames link `index` to `name` and sets its alias, in one request:
-    /// the link never shows under its new name without the alias. Fails
+    /// Renames link `index` to `name` and sets its alias and group, in one
+    /// request: the link never shows under its new name without them. Fails
     /// with "exists" when another link has the name (nothing changes then).
-    pub fn rename_with_alias(&mut self, index: u32, name: &str, alias: &str) -> Result<()> {
+    pub fn rename_with_alias(
+        &mut self,
+        index: u32,
+        name: &str,
+        alias: &str,
+        group: u32,
+    ) -> Result<()> {
         let mut msg = LinkMessage::default();
         msg.header.index = index;
         msg.attributes.push(LinkAttribute::IfName(name.to_string()));
         msg.attributes
             .push(LinkAttribute::IfAlias(alias.to_string()));
+        msg.attributes.push(LinkAttribute::Group(group));
         self.request(
             &format!("rename link {index} to {name}"),
             RouteNetlinkMessage::SetLink(msg),

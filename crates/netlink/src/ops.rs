@@ -44,9 +44,9 @@ pub trait Netlink: Sized {
     fn add_vxlan(&mut self, spec: &VxlanSpec<'_>) -> Result<()>;
     fn set_up(&mut self, index: u32) -> Result<()>;
     fn set_mtu(&mut self, index: u32, mtu: u32) -> Result<()>;
-    /// Renames a link and sets its alias in one request; "exists" when
+    /// Renames a link and sets its alias and group in one request; "exists" when
     /// another link has the name (nothing changes then).
-    fn rename_with_alias(&mut self, index: u32, name: &str, alias: &str) -> Result<()>;
+    fn rename_with_alias(&mut self, index: u32, name: &str, alias: &str, group: u32) -> Result<()>;
     fn delete_link(&mut self, index: u32) -> Result<()>;
     /// Ok(false) when there was no such link.
     fn delete_link_by_name(&mut self, name: &str) -> Result<bool>;
@@ -114,8 +114,8 @@ impl Netlink for Handle {
     fn set_mtu(&mut self, index: u32, mtu: u32) -> Result<()> {
         Handle::set_mtu(self, index, mtu)
     }
-    fn rename_with_alias(&mut self, index: u32, name: &str, alias: &str) -> Result<()> {
-        Handle::rename_with_alias(self, index, name, alias)
+    fn rename_with_alias(&mut self, index: u32, name: &str, alias: &str, group: u32) -> Result<()> {
+        Handle::rename_with_alias(self, index, name, alias, group)
     }
     fn delete_link(&mut self, index: u32) -> Result<()> {
         Handle::delete_link(self, index)

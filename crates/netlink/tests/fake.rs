@@ -71,11 +71,13 @@ fn kernel_rules_rename_needs_down_route_needs_up_and_gateway() {
         h.add_route(&gw).expect_err("no way to gw").errno(),
         Some(Errno::ENETUNREACH)
     );
-    let e = h.rename_with_alias(a.index, "pwt-c", "x").expect_err("up");
+    let e = h
+        .rename_with_alias(a.index, "pwt-c", "x", 0)
+        .expect_err("up");
     assert_eq!(e.errno(), Some(Errno::EBUSY));
     let b = h.link("pwt-b").expect("b");
     assert!(h
-        .rename_with_alias(b.index, "pwt-a", "x")
+        .rename_with_alias(b.index, "pwt-a", "x", 0)
         .expect_err("taken")
         .is_exists());
 }
