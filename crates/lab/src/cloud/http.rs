@@ -1,14 +1,16 @@
 //! The lab cloud's HTTP/1.1 server (EC2 Query API and IMDS). Hand-written
 //! because every byte comes from pods and nodes, who may be hostile: one
-//! request per connection, a thread per connection up to a cap, a bounded
+//! request per connection, a thread per connection up to a cap (and a
+//! smaller cap per source address, so one client cannot starve the nodes), a bounded
 //! head and body (413 before a byte of an oversized body is read), and one
 //! deadline for the whole request, so a client that holds its body open
 //! delays nobody but itself.
 
+use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Bounds of one server.
@@ -23,6 +25,9 @@ pub struct Limits {
     pub write_timeout: Duration,
     /// Connections served at once; more are answered 503 and closed.
     pub max_connections: usize,
+    /// Connections one source address may hold at once, so that one client
+    /// (a pod, a host in the VPC) cannot take every slot from the nodes.
+    pub max_per_peer: usize,
 }
 
 impl Default for Limits {
@@ -33,6 +38,7 @@ impl Default for Limits {
             read_deadline: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
             max_connections: 64,
+            max_per_peer: 8,
         }
     }
 }
@@ -82,6 +88,7 @@ pub type Handler = Arc<dyn Fn(&Request) -> Response + Send + Sync>;
 /// Accepts and serves connections until the listener fails.
 pub fn serve(listener: TcpListener, limits: Limits, handler: Handler) -> std::io::Result<()> {
     let active = Arc::new(AtomicUsize::new(0));
+    let per_peer: PerPeer = Arc::new(Mutex::new(HashMap::new()));
     loop {
         let (stream, peer) = match listener.accept() {
             Ok(c) => c,
@@ -94,12 +101,28 @@ pub fn serve(listener: TcpListener, limits: Limits, handler: Handler) -> std::io
             }
             Err(e) => return Err(e),
         };
+        let ip = peer.ip();
+        let admitted = {
+            let mut m = per_peer.lock().unwrap_or_else(|p| p.into_inner());
+            let n = m.entry(ip).or_insert(0);
+            if *n >= limits.max_per_peer {
+                false
+            } else {
+                *n += 1;
+                true
+            }
+        };
+        if !admitted {
+            refuse_busy(&stream);
+            continue;
+        }
+        let peer_slot = PeerSlot(Arc::clone(&per_peer), ip);
         if active.fetch_add(1, Ordering::SeqCst) >= limits.max_connections {
             active.fetch_sub(1, Ordering::SeqCst);
             refuse_busy(&stream);
             continue;
         }
-        let slot = Slot(Arc::clone(&active));
+        let slot = (Slot(Arc::clone(&active)), peer_slot);
         let h = Arc::clone(&handler);
         let spawned = std::thread::Builder::new()
             .name("lab-http".into())
@@ -110,6 +133,23 @@ pub fn serve(listener: TcpListener, limits: Limits, handler: Handler) -> std::io
         if let Err(e) = spawned {
             // The closure (and its slot) was dropped with the error.
             tracing::warn!("no thread for a connection: {e}");
+        }
+    }
+}
+
+type PerPeer = Arc<Mutex<HashMap<IpAddr, usize>>>;
+
+/// Frees a source address's connection slot when its connection ends.
+struct PeerSlot(PerPeer, IpAddr);
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.1) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.1);
+            }
         }
     }
 }
@@ -465,5 +505,62 @@ mod tests {
             }
             assert!(Instant::now() < deadline, "slots never came back: {out}");
         }
+    }
+
+    /// A connection from `src` (a loopback address other than 127.0.0.1).
+    fn connect_from(src: &str, to: SocketAddr) -> TcpStream {
+        use nix::sys::socket::{
+            bind, connect, socket, AddressFamily, SockFlag, SockType, SockaddrIn,
+        };
+        let fd = socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .expect("socket");
+        let src: std::net::SocketAddrV4 = format!("{src}:0").parse().expect("src");
+        bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(src)).expect("bind");
+        let SocketAddr::V4(to) = to else {
+            panic!("v4 only")
+        };
+        connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(to)).expect("connect");
+        TcpStream::from(fd)
+    }
+
+    #[test]
+    fn one_source_cannot_take_every_slot() {
+        let addr = start(Limits {
+            max_connections: 16,
+            max_per_peer: 2,
+            read_deadline: Duration::from_secs(30),
+            ..Limits::default()
+        });
+        // 127.0.0.1 holds its two slots with bodies it never sends...
+        let hold: Vec<TcpStream> = (0..2)
+            .map(|_| {
+                let mut s = TcpStream::connect(addr).expect("connect");
+                s.write_all(b"POST / HTTP/1.1\r\nContent-Length: 9\r\n\r\n")
+                    .expect("write");
+                s
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let out = exchange(addr, b"GET / HTTP/1.1\r\n\r\n");
+            if out.starts_with("HTTP/1.1 503 ") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "never at the peer cap: {out}");
+        }
+        // ...and another source is served all the same.
+        let mut other = connect_from("127.0.0.2", addr);
+        other
+            .write_all(b"GET /other HTTP/1.1\r\n\r\n")
+            .expect("write");
+        let mut out = String::new();
+        other.read_to_string(&mut out).expect("read");
+        assert!(out.ends_with("GET /other 0"), "{out}");
+        drop(hold);
     }
 }

@@ -129,7 +129,15 @@ fn launch(
 /// every other node drops its routes.
 pub fn node_del(lab: &str, node: &str) -> Result<(), LabError> {
     let st = LabState::load(lab)?;
-    st.node(node)?;
+    let n = st.node(node)?;
+    // Pods go first, through the node's agent (as a drain would); without a
+    // running agent nothing is changed and the operator is told what to do.
+    if n.agent_pid.is_none() && st.pods.values().any(|p| p.node == node) {
+        return Err(LabError::Usage(format!(
+            "node {node}'s agent is stopped and it still has pods: start it first \
+             (podwirectl lab agent start {node} --name {lab}), then delete the node"
+        )));
+    }
     for p in st.pods.values().filter(|p| p.node == node) {
         pod_del(lab, &p.name)?;
     }
@@ -166,6 +174,17 @@ pub fn node_del(lab: &str, node: &str) -> Result<(), LabError> {
         &[("InstanceId.1".into(), rec.instance_id.clone())],
     )?;
     procs::netns_del(&rec.netns)?;
+    // The node's directory (its log, socket and state): a later node of the
+    // same name must not find this one's state.
+    let node_dir = st.dir().join(&rec.name);
+    if let Err(e) = std::fs::remove_dir_all(&node_dir) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            return Err(LabError::State(format!(
+                "removing {}: {e}",
+                node_dir.display()
+            )));
+        }
+    }
     st.nodes.remove(idx);
     st.namespaces.retain(|n| *n != rec.netns);
     st.save()
