@@ -31,6 +31,7 @@ status=${PIPESTATUS[0]}
 set -e
 # Each suite's time, slowest first, then one closing line for the whole run.
 echo "suite times:"
-awk '/Running / { suite = $2 } /^test result:/ { sub(/s$/, "", $NF); printf "  %8.1fs  %s\n", $NF, suite }' "$log" | sort -rn
+awk '/Running / { d = $NF; gsub(/[()]/, "", d); sub(/.*\//, "", d); sub(/-[0-9a-f]+$/, "", d); suite = $2 " (" d ")" }
+     /^test result:/ { sub(/s$/, "", $NF); printf "  %8.1fs  %s\n", $NF, suite }' "$log" | sort -rn
 awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
 exit "$status"

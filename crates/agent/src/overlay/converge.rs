@@ -7,8 +7,27 @@ use std::time::{Duration, Instant};
 
 use podwire_dataplane::overlay::{self, VXLAN_DEV};
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+
 use super::OverlayAgent;
 use crate::AgentError;
+
+type WatchItem = Result<podwire_store::Event, podwire_store::StoreError>;
+
+/// The merged changes of every followed prefix; dropping it stops the
+/// forwarding threads.
+struct Following {
+    rx: Receiver<WatchItem>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+    }
+}
 
 /// A full resync (read everything, diff against the kernel) this often.
 const RESYNC: Duration = Duration::from_secs(30);
@@ -21,13 +40,17 @@ fn millis(d: Duration) -> u64 {
 
 impl OverlayAgent {
     /// Reads everything and makes the kernel match (start-up, resync).
-    pub(super) fn converge_once(&self) -> Result<i64, AgentError> {
+    /// Returns the revision each followed prefix was read at, to watch from.
+    pub(super) fn converge_once(&self) -> Result<Vec<i64>, AgentError> {
         let started = Instant::now();
-        let snap = self.store.list(super::WATCHED)?;
+        let snaps = super::WATCHED
+            .iter()
+            .map(|p| self.store.list(p))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut model = self.model.lock().unwrap_or_else(|p| p.into_inner());
         model.nodes.clear();
         model.blocks.clear();
-        for e in &snap.entries {
+        for e in snaps.iter().flat_map(|s| &s.entries) {
             model.update(&e.key, Some(&e.value));
         }
         let d = model.desired(&self.node);
@@ -45,7 +68,36 @@ impl OverlayAgent {
             );
         }
         model.applied = d;
-        Ok(snap.revision)
+        Ok(snaps.iter().map(|s| s.revision).collect())
+    }
+
+    /// One stream of the changes under every followed prefix, each watched
+    /// from the revision it was read at (so nothing between the read and
+    /// the watch is missed). A forwarding thread per prefix ends when its
+    /// watch ends or the returned [`Following`] is dropped (it looks twice a
+    /// second: a quiet etcd watch sends nothing to wake it).
+    fn watch_all(&self, revs: &[i64]) -> Result<Following, AgentError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        for (prefix, rev) in super::WATCHED.iter().zip(revs) {
+            let inner = self.store.watch(prefix, *rev)?;
+            let tx = tx.clone();
+            let stop = Arc::clone(&stop);
+            crate::spawn("watch", move || {
+                while !stop.load(Ordering::Acquire) {
+                    match inner.recv_timeout(Duration::from_millis(500)) {
+                        Ok(item) => {
+                            if tx.send(item).is_err() {
+                                break;
+                            }
+                        }
+                        Err(RecvTimeoutError::Timeout) => {}
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+            })?;
+        }
+        Ok(Following { rx, stop })
     }
 
     /// Applies one batch of datastore changes to the model and the kernel.
@@ -81,7 +133,7 @@ impl OverlayAgent {
     pub fn converge_forever(&self) {
         let mut last_gc = Instant::now();
         loop {
-            let rev = match self.converge_once() {
+            let revs = match self.converge_once() {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::warn!("converge: {e}");
@@ -89,14 +141,15 @@ impl OverlayAgent {
                     continue;
                 }
             };
-            let rx = match self.store.watch(super::WATCHED, rev) {
-                Ok(rx) => rx,
+            let following = match self.watch_all(&revs) {
+                Ok(f) => f,
                 Err(e) => {
                     tracing::warn!("watch: {e}");
                     std::thread::sleep(Duration::from_secs(1));
                     continue;
                 }
             };
+            let rx = &following.rx;
             let resync_at = Instant::now() + RESYNC;
             loop {
                 match rx.recv_timeout(Duration::from_secs(5)) {

@@ -26,8 +26,10 @@ use podwire_store::Datastore;
 use crate::{AgentConfig, AgentError, Backend, OverlayConfig};
 use model::Model;
 
-/// Everything under it is followed: node records and IPAM blocks.
-const WATCHED: &str = podwire_ipam::ROOT;
+/// What the agent follows: node records and IPAM blocks, and nothing else
+/// of the datastore (the IPAM's indexes hold an entry per pod of the
+/// cluster, which no agent needs to read or hear about).
+const WATCHED: [&str; 2] = [podwire_ipam::nodes::NODES, podwire_ipam::keys::BLOCKS];
 
 pub struct OverlayAgent {
     node: String,
