@@ -4,7 +4,11 @@
 //! agent takes from its start to having every route, neighbour and FDB entry
 //! in the kernel, then how long one added or removed node takes to show.
 //!
-//! Run as root: `overlay-converge --peers 5000 --agent target/release/podwire-agent`.
+//! Run as root: `overlay-converge --peers 5000 --agent target/release/podwire-agent
+//! [--datastore sqlite|etcd]`. With etcd, this program moves into its
+//! namespace first and starts etcd there on loopback, so the agent (which
+//! runs in the namespace) and the program reach the same server; nothing
+//! listens outside the namespace.
 
 #![deny(
     clippy::cast_possible_truncation,
@@ -38,6 +42,66 @@ struct Args {
     /// Single changes to time.
     #[arg(long, default_value_t = 20)]
     changes: usize,
+    /// `sqlite` or `etcd`.
+    #[arg(long, default_value = "sqlite")]
+    datastore: String,
+}
+
+/// etcd inside the bench namespace, stopped when dropped.
+struct Etcd {
+    child: Child,
+    endpoint: String,
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts etcd on the calling thread's namespace's loopback.
+fn start_etcd(dir: &Path) -> anyhow::Result<Etcd> {
+    let client = "http://127.0.0.1:23790".to_string();
+    let peer = "http://127.0.0.1:23800";
+    let child = Command::new("etcd")
+        .args(["--name", "pwbench", "--data-dir"])
+        .arg(dir.join("etcd"))
+        .args([
+            "--listen-client-urls",
+            &client,
+            "--advertise-client-urls",
+            &client,
+        ])
+        .args([
+            "--listen-peer-urls",
+            peer,
+            "--initial-advertise-peer-urls",
+            peer,
+        ])
+        .args(["--initial-cluster", &format!("pwbench={peer}")])
+        .args(["--quota-backend-bytes", "4294967296"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("etcd (Debian package etcd-server) must be installed")?;
+    let mut e = Etcd {
+        child,
+        endpoint: client,
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if e.child.try_wait()?.is_some() {
+            bail!("etcd exited at start");
+        }
+        if podwire_store::EtcdStore::connect(std::slice::from_ref(&e.endpoint)).is_ok() {
+            return Ok(e);
+        }
+        if Instant::now() > deadline {
+            bail!("etcd did not answer within 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 const NS: &str = "pw-bench-conv";
@@ -158,7 +222,30 @@ fn main() -> anyhow::Result<()> {
         std::fs::canonicalize(&a.agent).with_context(|| format!("{}", a.agent.display()))?;
     let dir = tempfile::tempdir()?;
     let db = dir.path().join("store.db");
-    let store: Arc<dyn Datastore> = Arc::new(SqliteStore::open(&db)?);
+    let mut guard = Guard { agent: None };
+    Command::new("ip").args(["netns", "add", NS]).status()?;
+    let ns_path = Path::new("/run/netns").join(NS);
+    // Everything from here runs in the bench namespace (this thread, the
+    // processes it starts, the datastore client's threads).
+    podwire_netlink::netns::enter(&ns_path)?;
+    let mut h = Handle::new()?;
+    let lo = h.link("lo")?;
+    h.set_up(lo.index)?;
+    let (store, spec, _etcd): (Arc<dyn Datastore>, String, Option<Etcd>) =
+        match a.datastore.as_str() {
+            "sqlite" => (
+                Arc::new(SqliteStore::open(&db)?),
+                format!("sqlite:{}", db.display()),
+                None,
+            ),
+            "etcd" => {
+                let e = start_etcd(dir.path())?;
+                let s = podwire_store::EtcdStore::connect(std::slice::from_ref(&e.endpoint))?;
+                let spec = format!("etcd://{}", e.endpoint.trim_start_matches("http://"));
+                (Arc::new(s), spec, Some(e))
+            }
+            other => bail!("--datastore {other:?}: sqlite or etcd"),
+        };
     let pool: Ipv4Net = POOL.parse()?;
     let ipam = BlockIpam::open(
         Arc::clone(&store),
@@ -175,9 +262,6 @@ fn main() -> anyhow::Result<()> {
     }
     eprintln!("seeded {} fake nodes in {:?}", a.peers, t.elapsed());
 
-    let mut guard = Guard { agent: None };
-    Command::new("ip").args(["netns", "add", NS]).status()?;
-    let mut h = Handle::in_netns(&Path::new("/run/netns").join(NS))?;
     h.add_veth(&VethSpec {
         name: "eth0",
         peer_name: "peer0",
@@ -189,7 +273,7 @@ fn main() -> anyhow::Result<()> {
     let eth0 = h.link("eth0")?;
     h.add_address(eth0.index, "10.200.0.1/16".parse()?)?;
     h.set_up(eth0.index)?;
-    for name in ["peer0", "lo"] {
+    for name in ["peer0"] {
         let l = h.link(name)?;
         h.set_up(l.index)?;
     }
@@ -197,9 +281,7 @@ fn main() -> anyhow::Result<()> {
     let log = std::fs::File::create(dir.path().join("agent.log"))?;
     let started = Instant::now();
     guard.agent = Some(
-        Command::new("ip")
-            .args(["netns", "exec", NS])
-            .arg(&agent_bin)
+        Command::new(&agent_bin)
             .args([
                 "--mode",
                 "overlay",
@@ -211,7 +293,9 @@ fn main() -> anyhow::Result<()> {
                 "eth0",
             ])
             .arg("--datastore")
-            .arg(format!("sqlite:{}", db.display()))
+            .arg(&spec)
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
             .arg("--socket")
             .arg(dir.path().join("agent.sock"))
             .env("PODWIRE_LOG", "warn")
@@ -226,6 +310,7 @@ fn main() -> anyhow::Result<()> {
         Duration::from_millis(10),
     )?;
     let _ = started;
+    println!("datastore: {}", a.datastore);
     println!("start-up: agent started → {n} routes + {n} neighbours + {n} FDB entries in the kernel: {:.0} ms", startup.as_secs_f64() * 1e3);
 
     let mut adds = Vec::new();
