@@ -273,10 +273,8 @@ fn main() -> anyhow::Result<()> {
     let eth0 = h.link("eth0")?;
     h.add_address(eth0.index, "10.200.0.1/16".parse()?)?;
     h.set_up(eth0.index)?;
-    for name in ["peer0"] {
-        let l = h.link(name)?;
-        h.set_up(l.index)?;
-    }
+    let peer0 = h.link("peer0")?;
+    h.set_up(peer0.index)?;
 
     let log = std::fs::File::create(dir.path().join("agent.log"))?;
     let started = Instant::now();
