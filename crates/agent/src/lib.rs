@@ -15,6 +15,7 @@
 mod checkpoint;
 mod config;
 mod overlay;
+mod retry;
 mod server;
 mod vpc;
 

@@ -35,6 +35,30 @@ impl Ec2Error {
             _ => None,
         }
     }
+
+    /// Worth asking again later: throttling, EC2's own failures, and
+    /// transport errors (a timeout, a refused or reset connection). Not:
+    /// what EC2 refused on the merits, or an answer that made no sense.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Ec2Error::Api { code, status, .. } => {
+                *status >= 500
+                    || *status == 429
+                    || matches!(
+                        code.as_str(),
+                        "RequestLimitExceeded"
+                            | "Throttling"
+                            | "ThrottlingException"
+                            | "InternalError"
+                            | "InternalFailure"
+                            | "ServiceUnavailable"
+                            | "Unavailable"
+                    )
+            }
+            Ec2Error::Http { .. } => true,
+            Ec2Error::Parse { .. } | Ec2Error::Sign(_) => false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -22,6 +22,18 @@ pub enum ImdsError {
     Parse { path: String, msg: String },
 }
 
+impl ImdsError {
+    /// Worth asking again later: transport errors, throttling (429) and the
+    /// service's own failures (5xx).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ImdsError::Http { .. } => true,
+            ImdsError::Status { status, .. } => *status == 429 || *status >= 500,
+            ImdsError::Parse { .. } => false,
+        }
+    }
+}
+
 /// One ENI as the instance sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MetadataEni {

@@ -77,15 +77,33 @@ impl VpcAgent {
     /// Learns the instance, rebuilds the pool from the cloud and the
     /// checkpoint, and prepares the kernel.
     pub fn start(agent: &AgentConfig, config: &VpcConfig) -> Result<VpcAgent, AgentError> {
-        let imds = Imds::connect(&config.imds_endpoint)?;
-        let id: InstanceIdentity = imds.identity()?;
-        let creds = credentials(&imds)?;
+        use crate::retry::{transient, STARTUP_BUDGET};
+        let imds_transient = |e: &podwire_cloud::ImdsError| e.is_transient();
+        let ec2_transient = |e: &podwire_cloud::Ec2Error| e.is_transient();
+        let imds = transient("IMDS token", STARTUP_BUDGET, imds_transient, || {
+            Imds::connect(&config.imds_endpoint)
+        })?;
+        let id: InstanceIdentity =
+            transient("IMDS identity", STARTUP_BUDGET, imds_transient, || {
+                imds.identity()
+            })?;
+        let creds = transient(
+            "IMDS credentials",
+            STARTUP_BUDGET,
+            |e: &AgentError| matches!(e, AgentError::Imds(i) if i.is_transient()),
+            || credentials(&imds),
+        )?;
         let endpoint = config
             .ec2_endpoint
             .clone()
             .unwrap_or_else(|| format!("https://ec2.{}.amazonaws.com", id.region));
         let ec2 = Ec2Client::new(&endpoint, &id.region, creds);
-        let it = ec2.describe_instance_type(&id.instance_type)?;
+        let it = transient(
+            "DescribeInstanceTypes",
+            STARTUP_BUDGET,
+            ec2_transient,
+            || ec2.describe_instance_type(&id.instance_type),
+        )?;
         let limits = PoolLimits {
             max_enis: it.max_enis,
             secondary_per_eni: it.ipv4_per_eni.saturating_sub(1),
@@ -114,7 +132,13 @@ impl VpcAgent {
         }
 
         let mut pool = EniPool::new(limits, config.ip_cooldown);
-        for e in ec2.describe_instance_enis(&id.instance_id)? {
+        let enis = transient(
+            "DescribeNetworkInterfaces",
+            STARTUP_BUDGET,
+            ec2_transient,
+            || ec2.describe_instance_enis(&id.instance_id),
+        )?;
+        for e in enis {
             let device = e.attachment.as_ref().map(|a| a.device_index).unwrap_or(0);
             pool.add_eni(&e.id, device, route_table_for(device));
             pool.add_ips(&e.id, &e.secondary_ips().collect::<Vec<_>>());
