@@ -2,6 +2,14 @@
 //! cloud for more, attaching and configuring ENIs when the attached ones are
 //! full. Runs on its own thread; never holds the state lock across a cloud
 //! call.
+//!
+//! It also deletes this instance's ENIs that are not attached (a failed
+//! attach whose delete failed too, or an agent killed between create and
+//! attach): at start and every [`SWEEP_EVERY`]. ENIs are found by the
+//! description podwire gives them (`podwire-<instance id>`); ENIs podwire
+//! did not create are never touched. The sweep runs on this thread only,
+//! never while this thread is between creating and attaching one, so it
+//! needs no grace period for this agent's own ENIs.
 
 use std::time::{Duration, Instant};
 
@@ -20,10 +28,51 @@ const BACKOFF: Duration = Duration::from_secs(2);
 /// How long an attached ENI may take to show up as a link (AWS documents
 /// attachments of up to 10 s).
 pub const ENI_LINK_WAIT: Duration = Duration::from_secs(30);
+/// Unattached ENIs of this instance are looked for this often.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(30);
+
+/// The description of every ENI podwire creates for `instance_id`.
+pub fn eni_description(instance_id: &str) -> String {
+    format!("podwire-{instance_id}")
+}
+
+/// Deletes this instance's unattached podwire ENIs. Returns how many are
+/// left (a delete that failed is tried again at the next sweep).
+fn sweep_unattached(shared: &Shared) -> Result<usize, Ec2Error> {
+    let desc = eni_description(&shared.node.instance_id);
+    let found = shared
+        .ec2
+        .describe_network_interfaces(&[("description", &desc), ("status", "available")], &[])?;
+    let mut left = 0;
+    for e in found {
+        // The filters are the cloud's word; check what the reply says too.
+        if e.description != desc || e.attachment.is_some() {
+            continue;
+        }
+        match shared.ec2.delete_network_interface(&e.id) {
+            Ok(()) => tracing::info!(eni = %e.id, "deleted an unattached ENI of this instance"),
+            Err(err) => {
+                left += 1;
+                tracing::warn!(eni = %e.id, error = %err, "unattached ENI not deleted yet");
+            }
+        }
+    }
+    Ok(left)
+}
 
 pub fn run(shared: &Shared) {
     let mut last_release = Instant::now();
+    // At start: whatever a crash between create and attach left.
+    let mut next_sweep = Instant::now();
     loop {
+        if Instant::now() >= next_sweep {
+            next_sweep = Instant::now()
+                + match sweep_unattached(shared) {
+                    Ok(0) => SWEEP_EVERY,
+                    // Something is left: look again soon.
+                    Ok(_) | Err(_) => BACKOFF,
+                };
+        }
         let plan = {
             let mut st = shared.lock();
             let plan = st.pool.plan(shared.targets());
@@ -130,7 +179,7 @@ fn assign(shared: &Shared, eni_id: &str, count: u32) -> Result<(), PoolError> {
 
 fn attach(shared: &Shared, device_index: u32, count: u32) -> Result<(), PoolError> {
     let node = &shared.node;
-    let description = format!("podwire-{}", node.instance_id);
+    let description = eni_description(&node.instance_id);
     let created = shared.ec2.create_network_interface(
         &node.subnet_id,
         &description,
@@ -144,7 +193,7 @@ fn attach(shared: &Shared, device_index: u32, count: u32) -> Result<(), PoolErro
     {
         // Do not leak an unattached ENI (it holds subnet addresses).
         if let Err(d) = shared.ec2.delete_network_interface(&created.id) {
-            tracing::warn!(eni = %created.id, error = %d, "could not delete the ENI that failed to attach");
+            tracing::warn!(eni = %created.id, error = %d, "could not delete the ENI that failed to attach; the next sweep deletes it");
         }
         return Err(e.into());
     }
