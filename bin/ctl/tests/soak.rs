@@ -33,6 +33,8 @@ const DEFAULT_STEPS: usize = 250;
 const PLUGIN_TIMEOUT_SECS: u64 = 8;
 /// A plugin still running this long after its start overran its deadline.
 const PLUGIN_GRACE: Duration = Duration::from_secs(PLUGIN_TIMEOUT_SECS + 7);
+/// A DaemonSet restarts a crashing agent for ever; the soak gives up here.
+const MAX_AGENT_STARTS: usize = 20;
 /// The modes run one after the other: CI has two cores.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -149,6 +151,9 @@ struct Soak {
     log: Vec<String>,
     findings: Vec<String>,
     stats: BTreeMap<&'static str, usize>,
+    /// Nodes whose agent was seen exiting on a transient EC2 error (one
+    /// finding per node, not per exit).
+    agent_exits_on_transient_ec2: BTreeSet<String>,
 }
 
 impl Soak {
@@ -236,9 +241,14 @@ impl Soak {
     }
 
     /// `lab agent start`, retried as a DaemonSet restarts a crashing pod.
+    /// An agent that exits at start-up because one EC2 request failed
+    /// transiently (500 InternalError, 503 RequestLimitExceeded) is a
+    /// finding: EC2 clients retry those (the AWS SDKs do, with backoff);
+    /// on a node, each such exit is a CrashLoopBackOff delay during which
+    /// no pod can be added.
     fn start_agent(&mut self, node: usize) {
         let name = self.nodes[node].name.clone();
-        for attempt in 1..=8 {
+        for attempt in 1..=MAX_AGENT_STARTS {
             let o = self.lab.ctl(&["lab", "agent", "start", &name]);
             if o.status.success() {
                 if attempt > 1 {
@@ -247,18 +257,34 @@ impl Soak {
                 return;
             }
             self.count("agent start failures");
-            // The agent's own error line, not its backtrace.
-            let err = String::from_utf8_lossy(&o.stderr).into_owned();
-            let why = err
+            // The agent's own words (its log), without backtrace frames.
+            let log = Path::new("/run/podwire/lab")
+                .join(&self.lab.name)
+                .join(&name)
+                .join("agent.log");
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            let stderr = String::from_utf8_lossy(&o.stderr);
+            let why = log
                 .lines()
-                .find(|l| l.contains("Error"))
-                .or(err.lines().next())
+                .rev()
+                .find(|l| l.starts_with("Error:"))
+                .or_else(|| stderr.lines().next())
                 .unwrap_or_default()
-                .trim()
                 .to_string();
             self.note(format!("  agent {name} start {attempt} failed: {why}"));
+            if why.contains("InternalError") || why.contains("RequestLimitExceeded") {
+                self.count("agent exits on a transient EC2 error");
+                if !self.agent_exits_on_transient_ec2.contains(&name) {
+                    self.agent_exits_on_transient_ec2.insert(name.clone());
+                    self.finding(format!(
+                        "the agent of {name} exits at start-up on one transient EC2 error instead of retrying it: {why}"
+                    ));
+                }
+            }
         }
-        self.finding(format!("the agent of {name} did not start in 8 attempts"));
+        self.finding(format!(
+            "the agent of {name} did not start in {MAX_AGENT_STARTS} attempts"
+        ));
         panic!("{}", self.report());
     }
 
@@ -466,7 +492,7 @@ impl Soak {
             match self.rng.below(kinds) {
                 0 => (
                     Some(Fault::KillPlugin(self.rng.below(plan.len()))),
-                    self.rng.millis(0, 120),
+                    self.rng.millis(5, 50),
                 ),
                 1 => (
                     Some(Fault::KillAgent(self.rng.below(2))),
@@ -972,6 +998,7 @@ fn soak(mode: &str) {
         log: Vec::new(),
         findings: Vec::new(),
         stats: BTreeMap::new(),
+        agent_exits_on_transient_ec2: BTreeSet::new(),
     };
     let t_up = t0.elapsed();
 
