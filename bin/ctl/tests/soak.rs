@@ -28,7 +28,7 @@ use nix::unistd::Pid;
 use serde_json::{json, Value};
 
 /// Rounds per mode unless PODWIRE_SOAK_STEPS says otherwise.
-const DEFAULT_STEPS: usize = 250;
+const DEFAULT_STEPS: usize = 500;
 /// The plugin's one deadline (conflist `timeoutSeconds`).
 const PLUGIN_TIMEOUT_SECS: u64 = 8;
 /// A plugin still running this long after its start overran its deadline.
