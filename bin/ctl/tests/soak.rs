@@ -154,6 +154,8 @@ struct Soak {
     /// Nodes whose agent was seen exiting on a transient EC2 error (one
     /// finding per node, not per exit).
     agent_exits_on_transient_ec2: BTreeSet<String>,
+    /// ENI lines of agent logs that restarts truncated.
+    agent_history: Vec<String>,
 }
 
 impl Soak {
@@ -249,6 +251,7 @@ impl Soak {
     fn start_agent(&mut self, node: usize) {
         let name = self.nodes[node].name.clone();
         for attempt in 1..=MAX_AGENT_STARTS {
+            self.keep_agent_log(node);
             let o = self.lab.ctl(&["lab", "agent", "start", &name]);
             if o.status.success() {
                 if attempt > 1 {
@@ -286,6 +289,23 @@ impl Soak {
             "the agent of {name} did not start in {MAX_AGENT_STARTS} attempts"
         ));
         panic!("{}", self.report());
+    }
+
+    /// `lab agent start` begins a new agent.log: keep what the agent said
+    /// about ENIs, for the evidence of a leak.
+    fn keep_agent_log(&mut self, node: usize) {
+        let name = &self.nodes[node].name;
+        let log = Path::new("/run/podwire/lab")
+            .join(&self.lab.name)
+            .join(name)
+            .join("agent.log");
+        let log = std::fs::read_to_string(log).unwrap_or_default();
+        let lines: Vec<String> = log
+            .lines()
+            .filter(|l| l.contains("eni-"))
+            .map(|l| format!("{name}: {l}"))
+            .collect();
+        self.agent_history.extend(lines);
     }
 
     fn new_attachment(&mut self, busy: &BTreeSet<String>) -> String {
@@ -824,7 +844,27 @@ impl Soak {
                 .map(|e| &e.id)
                 .collect();
             if !detached.is_empty() {
-                bad.push(format!("{phase}: unattached podwire ENIs: {detached:?}"));
+                // What the agents said about them (create, attach, delete).
+                let now: Vec<String> = self
+                    .nodes
+                    .iter()
+                    .flat_map(|n| {
+                        let log = dir.join(&n.name).join("agent.log");
+                        let log = std::fs::read_to_string(log).unwrap_or_default();
+                        log.lines()
+                            .map(|l| format!("{}: {l}", n.name))
+                            .collect::<Vec<_>>()
+                    })
+                    .collect();
+                let said: Vec<&String> = self
+                    .agent_history
+                    .iter()
+                    .chain(now.iter())
+                    .filter(|l| detached.iter().any(|id| l.contains(id.as_str())))
+                    .collect();
+                bad.push(format!(
+                    "{phase}: unattached podwire ENIs: {detached:?} (no grace period: nothing deletes them later); agent logs: {said:?}"
+                ));
             }
             if bad.is_empty() || Instant::now() >= deadline {
                 return bad;
@@ -999,6 +1039,7 @@ fn soak(mode: &str) {
         findings: Vec::new(),
         stats: BTreeMap::new(),
         agent_exits_on_transient_ec2: BTreeSet::new(),
+        agent_history: Vec::new(),
     };
     let t_up = t0.elapsed();
 
