@@ -8,9 +8,12 @@
 //! nothing leaked in the kernel, the agents, the datastore or the cloud;
 //! after every pod is gone, the nodes and the IPAM look as before.
 //!
-//! Bounded: a fixed number of rounds (PODWIRE_SOAK_STEPS, default below).
-//! It prints its seed; PODWIRE_SOAK_SEED=N replays the same decisions (the
-//! timing of processes can differ from run to run).
+//! Bounded: a fixed number of rounds (PODWIRE_SOAK_STEPS, default below),
+//! a quiet moment with the books every 100 rounds. It prints its seed;
+//! PODWIRE_SOAK_SEED=N replays the same random choices, and the cloud's
+//! injected errors come from the same dice. Processes keep their own timing:
+//! where an outcome depends on it (a kill that lands before or after a call
+//! ends), a replay can part ways from there on.
 
 mod common;
 
@@ -35,6 +38,8 @@ const PLUGIN_TIMEOUT_SECS: u64 = 3;
 const PLUGIN_GRACE: Duration = Duration::from_secs(PLUGIN_TIMEOUT_SECS + 5);
 /// A DaemonSet restarts a crashing agent for ever; the soak gives up here.
 const MAX_AGENT_STARTS: usize = 20;
+/// Rounds between quiet moments with the books checked.
+const CHECKPOINT_EVERY: usize = 100;
 /// After this many failed starts the cloud's injected errors stop.
 const CALM_AFTER: usize = 11;
 /// The modes run one after the other: CI has two cores.
@@ -161,6 +166,10 @@ struct Soak {
     agent_exits_on_transient_ec2: BTreeSet<String>,
     /// ENI lines of agent logs that restarts truncated.
     agent_history: Vec<String>,
+    /// vpc: the cloud's injected error and throttle rates, and their seed.
+    cloud_rates: Option<(f64, f64, u64)>,
+    /// Leaked ENIs already reported (a leak stays; one finding each).
+    leaked_enis: BTreeSet<String>,
 }
 
 impl Soak {
@@ -311,6 +320,86 @@ impl Soak {
         panic!("{}", self.report());
     }
 
+    /// The runtime's clean-up with the faults over: every agent up, a DEL
+    /// (until it succeeds) of every attachment started and not live, GC
+    /// with the live list, CHECK of every live pod; then the books.
+    fn settle(&mut self, phase: &str, baseline: &[Baseline]) {
+        if !self.overlay {
+            self.set_cloud_faults(0.0, 0.0, 0);
+        }
+        for n in 0..2 {
+            if self.agent_status(n).is_none() {
+                self.note(format!("{phase}: agent of node-{} not answering", n + 1));
+                self.start_agent(n);
+            }
+        }
+        let dirty: Vec<String> = self
+            .atts
+            .values()
+            .filter(|a| a.state == AttState::Dirty)
+            .map(|a| a.id.clone())
+            .collect();
+        self.note(format!(
+            "{phase}: DEL of {} attachments not live",
+            dirty.len()
+        ));
+        for id in dirty {
+            let child = self.spawn(Verb::Del, &self.atts[&id]);
+            let run = finish_plugin(child, Some(Instant::now() + PLUGIN_GRACE));
+            if run.as_ref().is_some_and(|r| r.ok) {
+                self.atts.remove(&id);
+            } else {
+                self.finding(format!(
+                    "{phase}: DEL of {id} failed without faults: {:?}",
+                    run.map(|r| r.stdout)
+                ));
+            }
+        }
+        for n in 0..2 {
+            if !self.gc(n).is_some_and(|r| r.ok) {
+                self.finding(format!("{phase}: GC on node-{} failed", n + 1));
+            }
+        }
+        let live: Vec<String> = self.live().iter().map(|a| a.id.clone()).collect();
+        for id in &live {
+            let child = self.spawn(Verb::Check, &self.atts[id]);
+            let run = finish_plugin(child, Some(Instant::now() + PLUGIN_GRACE));
+            if !run.as_ref().is_some_and(|r| r.ok) {
+                self.finding(format!(
+                    "{phase}: CHECK of live {id} failed: {:?}",
+                    run.map(|r| r.stdout)
+                ));
+            }
+        }
+        for b in self.books(phase, baseline) {
+            self.finding(b);
+        }
+        self.remember_leaked_enis();
+    }
+
+    /// Unattached podwire ENIs stay leaked: each is reported once.
+    fn remember_leaked_enis(&mut self) {
+        if self.overlay {
+            return;
+        }
+        let dir = Path::new("/run/podwire/lab").join(&self.lab.name);
+        let cloud = podwire_lab::cloud::load(&dir).expect("cloud.json");
+        self.leaked_enis.extend(
+            cloud
+                .enis
+                .values()
+                .filter(|e| e.attachment.is_none() && e.description.contains("podwire"))
+                .map(|e| e.id.clone()),
+        );
+    }
+
+    /// The cloud's injected errors as they were before a quiet moment.
+    fn restore_cloud_faults(&mut self) {
+        if let Some((e, t, seed)) = self.cloud_rates {
+            self.set_cloud_faults(e, t, seed);
+        }
+    }
+
     fn set_cloud_faults(&mut self, error: f64, throttle: f64, seed: u64) {
         self.lab.ctl_ok(&[
             "lab",
@@ -386,7 +475,7 @@ impl Soak {
     }
 
     /// Applies a finished call to the books.
-    fn settle(
+    fn record(
         &mut self,
         round: usize,
         verb: Verb,
@@ -504,6 +593,7 @@ impl Soak {
             let (e, t) = [(0.0, 0.0), (0.1, 0.1), (0.2, 0.1), (0.3, 0.2)][self.rng.below(4)];
             let seed = self.rng.next() % 1_000_000;
             self.set_cloud_faults(e, t, seed);
+            self.cloud_rates = Some((e, t, seed));
             self.note(format!(
                 "round {round}: cloud faults now error {e} throttle {t} (seed {seed})"
             ));
@@ -626,7 +716,7 @@ impl Soak {
             .is_some_and(|f| !matches!(f, Fault::KillPlugin(_)));
         for fl in flights {
             let run = finish_plugin(fl.child, Some(start + PLUGIN_GRACE));
-            self.settle(round, fl.verb, &fl.id, run, fl.killed, faulty);
+            self.record(round, fl.verb, &fl.id, run, fl.killed, faulty);
         }
         if let Some(n) = killed_agent {
             self.start_agent(n);
@@ -884,6 +974,7 @@ impl Soak {
                 .enis
                 .values()
                 .filter(|e| e.attachment.is_none() && e.description.contains("podwire"))
+                .filter(|e| !self.leaked_enis.contains(&e.id))
                 .map(|e| &e.id)
                 .collect();
             if !detached.is_empty() {
@@ -1033,7 +1124,8 @@ fn soak(mode: &str) {
     eprintln!("soak {mode}: seed {seed}, {steps} rounds (replay: PODWIRE_SOAK_SEED={seed})");
     let t0 = Instant::now();
     let mut rng = Rng(seed ^ if overlay { 0x6f76_6572 } else { 0x7670_6300 });
-    let fault_seed = (rng.next() % 1_000_000).to_string();
+    let fault_seed = rng.next() % 1_000_000;
+    let fault_seed_arg = fault_seed.to_string();
     let mut extra = vec!["--mode", mode, "--nodes", "2"];
     if overlay {
         extra.extend(["--datastore", "etcd"]);
@@ -1044,7 +1136,7 @@ fn soak(mode: &str) {
             "--throttle-rate",
             "0.1",
             "--fault-seed",
-            &fault_seed,
+            &fault_seed_arg,
         ]);
     }
     let lab = Lab::up(name, &extra);
@@ -1083,69 +1175,25 @@ fn soak(mode: &str) {
         stats: BTreeMap::new(),
         agent_exits_on_transient_ec2: BTreeSet::new(),
         agent_history: Vec::new(),
+        cloud_rates: (!overlay).then_some((0.1, 0.1, fault_seed)),
+        leaked_enis: BTreeSet::new(),
     };
     let t_up = t0.elapsed();
 
     for round in 0..steps {
         s.round(round);
+        // Now and then a quiet moment, with the books checked in whatever
+        // state the pool is in; then the faults go on.
+        if round % CHECKPOINT_EVERY == CHECKPOINT_EVERY - 1 && round + 1 < steps {
+            s.settle(&format!("checkpoint after round {round}"), &baseline);
+            s.restore_cloud_faults();
+        }
     }
     let t_rounds = t0.elapsed();
 
-    // The runtime's clean-up, with the faults over.
-    if !overlay {
-        s.lab
-            .ctl_ok(&["lab", "faults", "--error-rate", "0", "--throttle-rate", "0"]);
-    }
-    for n in 0..2 {
-        if s.agent_status(n).is_none() {
-            s.note(format!(
-                "agent of node-{} not answering before clean-up",
-                n + 1
-            ));
-            s.start_agent(n);
-        }
-    }
-    let dirty: Vec<String> = s
-        .atts
-        .values()
-        .filter(|a| a.state == AttState::Dirty)
-        .map(|a| a.id.clone())
-        .collect();
-    s.note(format!(
-        "clean-up: DEL of {} attachments not live",
-        dirty.len()
-    ));
-    for id in dirty {
-        let child = s.spawn(Verb::Del, &s.atts[&id]);
-        let run = finish_plugin(child, Some(Instant::now() + PLUGIN_GRACE));
-        if run.as_ref().is_some_and(|r| r.ok) {
-            s.atts.remove(&id);
-        } else {
-            s.finding(format!(
-                "clean-up: DEL of {id} failed without faults: {:?}",
-                run.map(|r| r.stdout)
-            ));
-        }
-    }
-    for n in 0..2 {
-        if !s.gc(n).is_some_and(|r| r.ok) {
-            s.finding(format!("clean-up: GC on node-{} failed", n + 1));
-        }
-    }
+    // The runtime's clean-up, with the faults over, and the books.
+    s.settle("settled", &baseline);
     let live: Vec<String> = s.live().iter().map(|a| a.id.clone()).collect();
-    for id in &live {
-        let child = s.spawn(Verb::Check, &s.atts[id]);
-        let run = finish_plugin(child, Some(Instant::now() + PLUGIN_GRACE));
-        if !run.as_ref().is_some_and(|r| r.ok) {
-            s.finding(format!(
-                "settled: CHECK of live {id} failed: {:?}",
-                run.map(|r| r.stdout)
-            ));
-        }
-    }
-    for b in s.books("settled", &baseline) {
-        s.finding(b);
-    }
     let t_settled = t0.elapsed();
 
     // Every pod goes: the nodes and the IPAM look as before the soak.
