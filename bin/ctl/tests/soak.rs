@@ -140,7 +140,7 @@ enum Fault {
     PauseEtcd(Duration),
 }
 
-/// SIGCONT for a paused etcd, also when the test fails while it is paused.
+/// SIGCONT for a paused agent or etcd, also when the test fails meanwhile.
 struct Paused(i32);
 
 impl Drop for Paused {
