@@ -1120,7 +1120,6 @@ fn soak(mode: &str) {
     let seed = soak_seed();
     let steps = soak_steps();
     let name = if overlay { "t-soako" } else { "t-soakv" };
-    println!("soak {mode}: seed {seed}, {steps} rounds (replay: PODWIRE_SOAK_SEED={seed})");
     eprintln!("soak {mode}: seed {seed}, {steps} rounds (replay: PODWIRE_SOAK_SEED={seed})");
     let t0 = Instant::now();
     let mut rng = Rng(seed ^ if overlay { 0x6f76_6572 } else { 0x7670_6300 });
@@ -1252,7 +1251,6 @@ fn soak(mode: &str) {
         t_end - t_settled,
         s.stats
     );
-    println!("{summary}");
     eprintln!("{summary}");
     assert!(s.findings.is_empty(), "{}", s.report());
 }
