@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use podwire_cni::config::Mode;
+use podwire_lab::cloud::faults::CloudFaults;
 use podwire_lab::{demo, names, ops, probe, state::LabState};
 
 #[derive(Debug, Parser)]
@@ -65,6 +66,15 @@ enum LabCmd {
         /// an etcd server on the fabric; nodes reach it as a VPC service).
         #[arg(long, default_value = "sqlite", value_parser = ["sqlite", "etcd"])]
         datastore: String,
+        #[command(flatten)]
+        faults: FaultArgs,
+    },
+    /// Make the running lab's cloud fail a share of EC2 requests (0 0: none).
+    Faults {
+        #[arg(long, default_value = names::DEFAULT_LAB)]
+        name: String,
+        #[command(flatten)]
+        faults: FaultArgs,
     },
     /// Nodes, ENIs, addresses, pods and namespace names.
     Status {
@@ -158,6 +168,38 @@ enum LabCmd {
     },
 }
 
+/// EC2 failures the lab cloud injects (fault tests): shares of requests
+/// answered as EC2 does under trouble, without serving them.
+#[derive(Debug, clap::Args)]
+struct FaultArgs {
+    /// Share (0..1) of EC2 requests answered 500 `InternalError`.
+    #[arg(long, default_value_t = 0.0)]
+    error_rate: f64,
+    /// Share (0..1) of EC2 requests answered 503 `RequestLimitExceeded`.
+    #[arg(long, default_value_t = 0.0)]
+    throttle_rate: f64,
+    /// Seed of the cloud's dice (default: random); the same seed fails the
+    /// same n-th requests.
+    #[arg(long)]
+    fault_seed: Option<u64>,
+}
+
+impl FaultArgs {
+    fn faults(&self) -> anyhow::Result<CloudFaults> {
+        let seed = self.fault_seed.unwrap_or_else(rand_seed);
+        Ok(CloudFaults::new(self.error_rate, self.throttle_rate, seed)?)
+    }
+}
+
+/// A seed nobody chose: the clock's nanoseconds mixed with the process id.
+fn rand_seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    (u64::from(nanos) << 32) ^ u64::from(std::process::id())
+}
+
 #[derive(Debug, Subcommand)]
 enum NodeCmd {
     /// Launch, boot and join the next node (`node-3`, ...); prints its name.
@@ -237,7 +279,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             pod_cidr,
             block_size,
             datastore,
+            faults,
         } => {
+            let cloud_faults = faults.faults()?;
             let st = ops::up(&ops::UpOptions {
                 name,
                 mode,
@@ -255,6 +299,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 pod_cidr,
                 block_size,
                 datastore,
+                cloud_faults,
             })?;
             println!(
                 "lab {} is up (mode {}, {} x {})",
@@ -326,6 +371,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         LabCmd::Curl { name, from, to } => {
             print!("{}", probe::curl(&LabState::load(&name)?, &from, &to)?)
         }
+        LabCmd::Faults { name, faults } => ops::set_cloud_faults(&name, faults.faults()?)?,
         LabCmd::AllowExternal { name, state } => ops::set_allow_external(&name, state == "on")?,
         LabCmd::Ec2 {
             name,

@@ -39,6 +39,7 @@ fn demo_options(lab: &str, mode: Mode, allow_external: bool) -> Result<UpOptions
         pod_cidr: parse("172.16.0.0/16")?,
         block_size: 26,
         datastore: "sqlite".into(),
+        cloud_faults: Default::default(),
     })
 }
 

@@ -13,6 +13,7 @@ use nix::fcntl::{Flock, FlockArg};
 pub use podwire_cni::config::Mode;
 use serde::{Deserialize, Serialize};
 
+use crate::cloud::faults::CloudFaults;
 use crate::{names, LabError};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -69,6 +70,9 @@ pub struct LabState {
     pub datastore: String,
     #[serde(default)]
     pub etcd_pid: Option<i32>,
+    /// EC2 failures the cloud injects (fault tests); read at every request.
+    #[serde(default)]
+    pub cloud_faults: CloudFaults,
     /// Every namespace created, in creation order (recorded before creation).
     pub namespaces: Vec<String>,
     pub cloud_pid: Option<i32>,
@@ -138,6 +142,7 @@ impl LabState {
             block_size: 0,
             datastore: String::new(),
             etcd_pid: None,
+            cloud_faults: CloudFaults::default(),
             namespaces: Vec::new(),
             cloud_pid: None,
             node_sg: String::new(),

@@ -198,6 +198,14 @@ pub struct PluginRun {
 
 /// Runs the plugin inside `netns` as a runtime does.
 pub fn run_plugin(netns: &str, env: &[(&str, &str)], stdin: &str) -> PluginRun {
+    let child = spawn_plugin(netns, env, stdin);
+    finish_plugin(child, None).expect("no deadline, so an outcome")
+}
+
+/// Starts the plugin inside `netns` as a runtime does (env + config on
+/// stdin) and returns the process, to wait for or to kill mid-call. `ip
+/// netns exec` execs the plugin, so the child's PID is the plugin's.
+pub fn spawn_plugin(netns: &str, env: &[(&str, &str)], stdin: &str) -> std::process::Child {
     let mut cmd = Command::new("ip");
     let plugin = plugin();
     cmd.args(["netns", "exec", netns, plugin.as_str()])
@@ -212,20 +220,45 @@ pub fn run_plugin(netns: &str, env: &[(&str, &str)], stdin: &str) -> PluginRun {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn plugin");
-    child
+    // A plugin killed before it read its stdin closes the pipe: not an error.
+    let _ = child
         .stdin
         .take()
         .expect("stdin")
-        .write_all(stdin.as_bytes())
-        .expect("write stdin");
+        .write_all(stdin.as_bytes());
+    child
+}
+
+/// The outcome of a plugin started with [`spawn_plugin`]; `None` when it
+/// was still running at `deadline` (it is then killed and reaped). A plugin
+/// killed by a signal is an outcome: `ok` false, empty output.
+pub fn finish_plugin(
+    mut child: std::process::Child,
+    deadline: Option<std::time::Instant>,
+) -> Option<PluginRun> {
+    if let Some(deadline) = deadline {
+        // The plugin's answer is small and fits the pipes: polling for the
+        // exit cannot deadlock on a full pipe.
+        loop {
+            if child.try_wait().expect("wait plugin").is_some() {
+                break;
+            }
+            if std::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
     let o = child.wait_with_output().expect("plugin");
     let stdout = text(&o);
-    PluginRun {
+    Some(PluginRun {
         ok: o.status.success(),
         json: serde_json::from_str(&stdout).unwrap_or(Value::Null),
         stdout,
         stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-    }
+    })
 }
 
 /// A network namespace the test creates and removes.

@@ -636,6 +636,7 @@ mod tests {
             namespaces: ["pw-t-fabric".to_string(), "pw-t-node-3".to_string()]
                 .into_iter()
                 .collect(),
+            faults: Default::default(),
         };
         let mut c = lab_cloud();
         for (host, netns) in [

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod fabric;
+pub mod faults;
 pub mod http;
 pub mod imds;
 pub mod model;
@@ -55,6 +56,8 @@ struct Proc {
     tokens: imds::Tokens,
     /// The nftables ruleset last applied (re-applied only when it changes).
     nft: Option<String>,
+    /// Decides which requests fail on purpose (lab.json's `cloud_faults`).
+    dice: faults::Dice,
 }
 
 fn fabric_basics(nl: &mut Handle, cloud: &Cloud) -> Result<(), LabError> {
@@ -124,6 +127,7 @@ pub fn serve(dir: &Path) -> Result<(), LabError> {
         nl,
         tokens: imds::Tokens::default(),
         nft,
+        dice: faults::Dice::default(),
     }));
     let bind = |addr: Ipv4Addr, what: &str| {
         TcpListener::bind((addr, 80)).map_err(|e| LabError::Fabric(format!("{what} listener: {e}")))
@@ -215,6 +219,11 @@ fn handle_ec2(s: &Mutex<Proc>, req: &http::Request) -> http::Response {
                 message: e.to_string(),
                 status: 500,
             })?;
+            // Injected failures come after authentication, as EC2's own
+            // 5xx answers do, and change nothing.
+            if let Some(e) = p.dice.roll(&scope.faults) {
+                return Err(e);
+            }
             let before = p.cloud.clone();
             let (xml_body, effect) = api::dispatch(&mut p.cloud, &p.limits, &scope, &q.params)?;
             if effect == api::Effect::Changed {
@@ -266,6 +275,7 @@ mod tests {
             nl: Handle::new().expect("netlink socket"),
             tokens: imds::Tokens::default(),
             nft: None,
+            dice: faults::Dice::default(),
         }));
         let l = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = l.local_addr().expect("addr");
@@ -303,6 +313,69 @@ mod tests {
         );
         assert!(huge.starts_with("HTTP/1.1 413 "), "{huge}");
         drop(slow);
+    }
+
+    /// lab.json of a lab `t` in `dir` with these faults (the cloud reads
+    /// it at every request).
+    fn set_faults(dir: &Path, faults: faults::CloudFaults) {
+        let mut st = crate::state::LabState::new("t", crate::Mode::Vpc);
+        st.cloud_faults = faults;
+        crate::state::write_atomic(
+            &dir.join("lab.json"),
+            &serde_json::to_vec(&st).expect("json"),
+        )
+        .expect("lab.json");
+    }
+
+    #[test]
+    fn injected_faults_are_read_per_request() {
+        // Only read-only actions here: a served change would reconcile the
+        // fabric, and this test's "fabric" is the host's own namespace.
+        let (addr, dir) = ec2_on_loopback();
+        let client = podwire_cloud::Ec2Client::new(
+            &format!("http://{addr}"),
+            "us-east-1",
+            podwire_cloud::Credentials {
+                access_key_id: "AKIALAB".into(),
+                secret_access_key: "secret".into(),
+                session_token: None,
+            },
+        );
+        let answer = || match client.call("DescribeInstances", &[]) {
+            Ok(_) => (200, "served".to_string()),
+            Err(podwire_cloud::Ec2Error::Api { status, code, .. }) => (status, code),
+            Err(e) => panic!("{e}"),
+        };
+        set_faults(dir.path(), faults::CloudFaults::default());
+        assert_eq!(answer(), (200, "served".into()));
+        set_faults(
+            dir.path(),
+            faults::CloudFaults::new(0.0, 1.0, 1).expect("rates"),
+        );
+        for _ in 0..3 {
+            assert_eq!(answer(), (503, "RequestLimitExceeded".into()));
+        }
+        set_faults(
+            dir.path(),
+            faults::CloudFaults::new(1.0, 0.0, 1).expect("rates"),
+        );
+        assert_eq!(answer(), (500, "InternalError".into()));
+        // Half and half: both kinds and served requests, as the seed says.
+        set_faults(
+            dir.path(),
+            faults::CloudFaults::new(0.3, 0.3, 5).expect("rates"),
+        );
+        let seen: BTreeMap<u16, usize> = (0..60).fold(BTreeMap::new(), |mut m, _| {
+            *m.entry(answer().0).or_default() += 1;
+            m
+        });
+        assert_eq!(
+            seen.keys().copied().collect::<Vec<_>>(),
+            [200, 500, 503],
+            "{seen:?}"
+        );
+        set_faults(dir.path(), faults::CloudFaults::default());
+        assert_eq!(answer(), (200, "served".into()));
     }
 
     #[test]

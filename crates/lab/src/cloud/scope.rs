@@ -7,6 +7,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
+use super::faults::CloudFaults;
 use super::model::{api_err, ApiError};
 use crate::names;
 use crate::state::LabState;
@@ -17,6 +18,8 @@ pub struct LabScope {
     pub lab: String,
     /// Every namespace the lab recorded (recorded before it is created).
     pub namespaces: BTreeSet<String>,
+    /// The EC2 failures to inject, as lab.json says now.
+    pub faults: CloudFaults,
 }
 
 impl LabScope {
@@ -26,6 +29,7 @@ impl LabScope {
         Ok(LabScope {
             lab: st.name,
             namespaces: st.namespaces.into_iter().collect(),
+            faults: st.cloud_faults,
         })
     }
 
@@ -86,6 +90,7 @@ mod tests {
                 .into_iter()
                 .map(String::from)
                 .collect(),
+            faults: CloudFaults::default(),
         }
     }
 

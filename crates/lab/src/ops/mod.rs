@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use ipnet::Ipv4Net;
 
+use crate::cloud::faults::CloudFaults;
 use crate::cloud::model::{Cloud, IngressSource, SecurityGroup, Subnet};
 use crate::cloud::{self, READY_FILE};
 use crate::datastore;
@@ -26,7 +27,7 @@ pub use agents::{agent_ready, restart_agent, stop_agent};
 pub use binaries::bin_dir;
 pub use nodes::{node_add, node_del};
 pub use pods::{pod_add, pod_del, run_plugin};
-pub use status::{ec2_call, format_status, set_allow_external, status_json};
+pub use status::{ec2_call, format_status, set_allow_external, set_cloud_faults, status_json};
 
 /// Options of `lab up`.
 #[derive(Debug, Clone)]
@@ -51,6 +52,9 @@ pub struct UpOptions {
     /// overlay: `sqlite` (one file all nodes share) or `etcd` (a server the
     /// lab runs on the fabric).
     pub datastore: String,
+    /// EC2 failures the cloud injects once the lab is up (its own start-up
+    /// is served cleanly, so `lab up` itself does not fail of them).
+    pub cloud_faults: CloudFaults,
 }
 
 /// Brings a lab up; on failure removes whatever it had made.
@@ -124,7 +128,11 @@ pub fn up(opts: &UpOptions) -> Result<LabState, LabError> {
     };
     st.save()?;
     match build(&mut st, opts) {
-        Ok(()) => Ok(st),
+        Ok(()) => {
+            st.cloud_faults = opts.cloud_faults;
+            st.save()?;
+            Ok(st)
+        }
         Err(e) => {
             let _ = st.save();
             let _ = teardown(&st);

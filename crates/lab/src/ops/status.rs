@@ -8,6 +8,7 @@ use serde_json::json;
 
 use super::agents::agent_status;
 use crate::cloud;
+use crate::cloud::faults::CloudFaults;
 use crate::datastore::datastore_spec;
 use crate::state::{self, LabState, Mode};
 use crate::{names, procs, LabError};
@@ -93,6 +94,7 @@ pub fn status_json(lab: &str) -> Result<serde_json::Value, LabError> {
         "name": st.name, "mode": st.mode, "subnet": st.subnet, "subnets": st.subnets, "allow_external": st.allow_external,
         "pod_cidr": overlay.then_some(st.pod_cidr).flatten(), "block_size": overlay.then_some(st.block_size),
         "datastore": overlay.then(|| datastore_spec(&st)), "etcd_pid": st.etcd_pid,
+        "cloud_faults": st.cloud_faults,
         "vpc_id": c.as_ref().map(|c| c.vpc_id.clone()), "node_security_group": st.node_sg, "external_security_group": st.external_sg,
         "fabric_netns": names::ns_fabric(&st.name),
         "nodes": nodes,
@@ -124,6 +126,16 @@ pub fn set_allow_external(lab: &str, allow: bool) -> Result<(), LabError> {
         ],
     )?;
     st.allow_external = allow;
+    st.save()
+}
+
+/// `lab faults`: the EC2 failures the running lab's cloud injects from its
+/// next request on (lab.json is what the cloud reads at every request).
+pub fn set_cloud_faults(lab: &str, faults: CloudFaults) -> Result<(), LabError> {
+    let mut st = LabState::load(lab)?;
+    let _lock = state::lock(&st.dir())?;
+    st = LabState::load(lab)?;
+    st.cloud_faults = faults;
     st.save()
 }
 
