@@ -37,3 +37,101 @@ fn deleting_a_node_whose_agent_is_stopped_says_what_to_do() {
         .join("node-2");
     assert!(!dir.exists(), "{} was left behind", dir.display());
 }
+
+/// A pod CIDR inside the VPC would shadow nodes: the lab refuses it before
+/// creating anything, and so does an agent told to use one.
+#[test]
+fn a_pod_cidr_overlapping_the_node_network_is_refused() {
+    if !require_root() {
+        return;
+    }
+    let o = common::ctl(&[
+        "lab",
+        "up",
+        "--name",
+        "t-overlap",
+        "--mode",
+        "overlay",
+        "--pod-cidr",
+        "10.0.0.0/16",
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("overlaps the node subnet"), "{err}");
+    assert!(
+        !std::path::Path::new("/run/podwire/lab/t-overlap").exists(),
+        "a refused lab left state behind"
+    );
+
+    // The agent's own check, on a node of a good lab.
+    let lab = Lab::up("t-overlap2", &["--mode", "overlay", "--nodes", "1"]);
+    let dir = tempfile::Builder::new()
+        .prefix("pwt-overlap")
+        .tempdir()
+        .expect("dir");
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.node_ns(1)])
+        .arg(common::sibling("podwire-agent"))
+        .args([
+            "--mode",
+            "overlay",
+            "--node-name",
+            "intruder",
+            "--pod-cidr",
+            "10.0.0.0/8",
+        ])
+        .arg("--datastore")
+        .arg(format!("sqlite:{}", dir.path().join("db").display()))
+        .arg("--socket")
+        .arg(dir.path().join("agent.sock"))
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .output()
+        .expect("agent");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("overlaps the node network"), "{err}");
+}
+
+/// A datastore spec that is a typo is refused, not taken for a SQLite file.
+#[test]
+fn a_datastore_typo_is_refused() {
+    if !require_root() {
+        return;
+    }
+    // In a namespace of the test's own: whatever the agent does before it
+    // fails stays there.
+    let ns = common::Netns::new("pw-t-typo");
+    let dir = tempfile::Builder::new()
+        .prefix("pwt-typo")
+        .tempdir()
+        .expect("dir");
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns.name])
+        .arg(common::sibling("podwire-agent"))
+        .current_dir(dir.path())
+        .args([
+            "--mode",
+            "overlay",
+            "--node-name",
+            "n",
+            "--datastore",
+            "etcd:10.0.0.10:2379",
+        ])
+        .arg("--socket")
+        .arg(dir.path().join("agent.sock"))
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .output()
+        .expect("agent");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not understood"), "{err}");
+    assert!(
+        std::fs::read_dir(dir.path()).expect("dir").all(|e| {
+            let n = e.expect("entry").file_name();
+            n == "state" || n == "agent.sock"
+        }),
+        "a file was created for the typo"
+    );
+}

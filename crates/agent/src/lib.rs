@@ -118,15 +118,23 @@ fn node_rules(config: &AgentConfig) -> podwire_dataplane::nft::NodeRules {
 
 /// Starts the agent and serves until the process is stopped.
 pub fn run(config: AgentConfig) -> Result<(), AgentError> {
-    node_rules(&config).apply()?;
-    tracing::info!(
-        deny_imds = config.pod_guard.deny_imds,
-        blocked = ?config.pod_guard.blocked.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        "pod egress guard in place"
-    );
+    // After the mode has started (a configuration error stops the agent
+    // before it changes the node's firewall) and before the socket is bound
+    // (no pod is wired without its guard). The rules of an earlier run stay
+    // in force until these replace them.
+    let guard = || -> Result<(), AgentError> {
+        node_rules(&config).apply()?;
+        tracing::info!(
+            deny_imds = config.pod_guard.deny_imds,
+            blocked = ?config.pod_guard.blocked.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "pod egress guard in place"
+        );
+        Ok(())
+    };
     match &config.mode {
         ModeConfig::Overlay(overlay) => {
             let agent = Arc::new(overlay::OverlayAgent::start(&config, overlay)?);
+            guard()?;
             let listener = server::bind(&config.socket)?;
             tracing::info!(socket = %config.socket.display(), node = %config.node_name, "overlay agent ready");
             let converger = Arc::clone(&agent);
@@ -135,6 +143,7 @@ pub fn run(config: AgentConfig) -> Result<(), AgentError> {
         }
         ModeConfig::Vpc(vpc) => {
             let agent = Arc::new(vpc::VpcAgent::start(&config, vpc)?);
+            guard()?;
             let listener = server::bind(&config.socket)?;
             tracing::info!(socket = %config.socket.display(), node = %agent.node_name(), "vpc agent ready");
             let manager = Arc::clone(&agent);

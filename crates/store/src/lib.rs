@@ -214,7 +214,9 @@ pub fn open(spec: &str) -> Result<Box<dyn Datastore>> {
 
 /// Opens a store from a URL-ish spec:
 ///
-/// - `sqlite:/path/file.db` (or a plain path);
+/// - `sqlite:/path/file.db` (an absolute path: the agent's working
+///   directory is nobody's choice, and a typo must not become a private
+///   one-node datastore);
 /// - `etcd://host:port[,host:port…]`: etcd over plain HTTP;
 /// - `etcd+https://host:port[,host:port…]`: etcd over TLS, verified with
 ///   `tls.ca_cert` (required: no system roots are trusted), presenting
@@ -231,7 +233,21 @@ pub fn open_with(spec: &str, tls: &EtcdTls) -> Result<Box<dyn Datastore>> {
             "etcd TLS files were given but the datastore {spec} is SQLite"
         )));
     }
-    open_sqlite(spec.strip_prefix("sqlite:").unwrap_or(spec))
+    open_sqlite(sqlite_path(spec)?)
+}
+
+/// The file of a `sqlite:/absolute/path` spec; anything else is refused
+/// with the forms that are understood.
+fn sqlite_path(spec: &str) -> Result<&str> {
+    match spec.strip_prefix("sqlite:") {
+        Some(path) if path.starts_with('/') && path.len() > 1 => Ok(path),
+        Some(path) => Err(StoreError::Config(format!(
+            "datastore {spec:?}: the SQLite file {path:?} must be an absolute path (sqlite:/var/lib/podwire/datastore.db)"
+        ))),
+        None => Err(StoreError::Config(format!(
+            "datastore {spec:?} is not understood: use sqlite:/absolute/path.db, etcd://host:port[,host:port…] or etcd+https://host:port[,…]"
+        ))),
+    }
 }
 
 #[cfg(feature = "etcd")]
@@ -260,4 +276,35 @@ fn open_sqlite(path: &str) -> Result<Box<dyn Datastore>> {
     Err(StoreError::Backend(format!(
         "{path}: this program was built without SQLite support (feature `sqlite`)"
     )))
+}
+
+#[cfg(test)]
+mod spec_tests {
+    use super::*;
+
+    #[test]
+    fn only_known_forms_and_absolute_sqlite_paths_are_datastores() {
+        assert_eq!(
+            sqlite_path("sqlite:/var/lib/x.db").ok(),
+            Some("/var/lib/x.db")
+        );
+        for bad in [
+            "bogus",
+            "sqlite:relative.db",
+            "sqlite:",
+            "etcd:host:2379",
+            "10.0.0.10:2379",
+            "/abs/but/no/scheme.db",
+        ] {
+            let e = match open(bad) {
+                Ok(_) => panic!("{bad:?} was opened"),
+                Err(e) => e.to_string(),
+            };
+            assert!(e.contains("sqlite:/"), "{bad}: {e}");
+        }
+        assert!(
+            !std::path::Path::new("bogus").exists(),
+            "no file may be created for a typo"
+        );
+    }
 }

@@ -67,6 +67,26 @@ impl OverlayAgent {
         if record.len() > 0 && store.get(podwire_ipam::keys::CONFIG)?.is_none() {
             record.verify_against(None, &cfg.datastore, &state_file)?;
         }
+        let mut nl = Handle::new()?;
+        let underlay = nl.link(&cfg.underlay_dev)?;
+        let underlay_net = nl
+            .addresses(Some(underlay.index))?
+            .first()
+            .map(|(_, a)| *a)
+            .ok_or_else(|| {
+                AgentError::Config(format!("{} has no IPv4 address", cfg.underlay_dev))
+            })?;
+        let underlay_ip = underlay_net.addr();
+        // Pod addresses inside the node network would shadow nodes (and
+        // SNAT, which spares the pod CIDR, would spare traffic to them).
+        if cfg.pool.contains(&underlay_net.trunc()) || underlay_net.trunc().contains(&cfg.pool) {
+            return Err(AgentError::Config(format!(
+                "--pod-cidr {} overlaps the node network {} of {}: choose a pod CIDR outside the VPC",
+                cfg.pool,
+                underlay_net.trunc(),
+                cfg.underlay_dev
+            )));
+        }
         let ipam = BlockIpam::open(
             Arc::clone(&store),
             PoolConfig {
@@ -76,15 +96,6 @@ impl OverlayAgent {
             },
         )?;
         record.verify_against(Some(&ipam), &cfg.datastore, &state_file)?;
-        let mut nl = Handle::new()?;
-        let underlay = nl.link(&cfg.underlay_dev)?;
-        let underlay_ip = nl
-            .addresses(Some(underlay.index))?
-            .first()
-            .map(|(_, a)| a.addr())
-            .ok_or_else(|| {
-                AgentError::Config(format!("{} has no IPv4 address", cfg.underlay_dev))
-            })?;
         let mtu = underlay.mtu.saturating_sub(VXLAN_OVERHEAD);
         // The tunnel address: the first address of the node's first block.
         let tunnel_handle = podwire_ipam::Handle::tunnel(&node);

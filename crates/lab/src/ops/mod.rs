@@ -64,6 +64,17 @@ pub fn up(opts: &UpOptions) -> Result<LabState, LabError> {
         // The agents' rule, so the lab never starts agents that would refuse.
         podwire_ipam::block::check_block_size(opts.pod_cidr, opts.block_size)
             .map_err(|e| LabError::Usage(format!("--block-size: {e}")))?;
+        // The agents refuse it too; saying so here changes nothing yet.
+        if let Some(s) = opts
+            .subnets
+            .iter()
+            .find(|s| s.contains(&opts.pod_cidr) || opts.pod_cidr.contains(*s))
+        {
+            return Err(LabError::Usage(format!(
+                "--pod-cidr {} overlaps the node subnet {s}: choose a pod CIDR outside the VPC (the default is 172.16.0.0/16)",
+                opts.pod_cidr
+            )));
+        }
     }
     if opts.nodes == 0 || opts.nodes > 16 {
         return Err(LabError::Usage("--nodes must be 1 to 16".into()));
