@@ -139,7 +139,9 @@ enum LabCmd {
         action: String,
         node: String,
     },
-    /// The article's vpc-mode experiment, narrated, in its own lab `demo`.
+    /// The article's two experiments, narrated: vpc mode (lab `demo-vpc`),
+    /// then overlay mode (lab `demo-ovl`), then a comparison. Labs of those
+    /// names are replaced.
     Demo {
         #[arg(long, default_value = "demo")]
         name: String,
