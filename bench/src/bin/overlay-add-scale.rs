@@ -8,8 +8,6 @@
 //!
 //! `cargo run --release -p podwire-bench --bin overlay-add-scale -- --nodes 5000 --adds 200`
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,6 +18,7 @@ use podwire_ipam::block::{blocks_of, Block, Holder};
 use podwire_ipam::block_store::{BlockIpam, PoolConfig};
 use podwire_ipam::nodes::{self, NodeRecord};
 use podwire_ipam::Handle;
+use podwire_store::testing::Etcd;
 use podwire_store::{Datastore, EtcdStore, SqliteStore};
 
 #[derive(Debug, Parser)]
@@ -37,70 +36,6 @@ struct Args {
 
 const POOL: &str = "172.16.0.0/12";
 const NODE: &str = "bench-node";
-
-/// An etcd of our own on loopback, stopped (by its PID) when dropped.
-struct Etcd {
-    child: Child,
-    _dir: tempfile::TempDir,
-    endpoint: String,
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn start_etcd() -> anyhow::Result<Etcd> {
-    let dir = tempfile::tempdir()?;
-    let (c, p) = (free_port()?, free_port()?);
-    let client = format!("http://127.0.0.1:{c}");
-    let peer = format!("http://127.0.0.1:{p}");
-    let child = Command::new("etcd")
-        .args(["--name", "pwbench", "--data-dir"])
-        .arg(dir.path().join("data"))
-        .args([
-            "--listen-client-urls",
-            &client,
-            "--advertise-client-urls",
-            &client,
-        ])
-        .args([
-            "--listen-peer-urls",
-            &peer,
-            "--initial-advertise-peer-urls",
-            &peer,
-        ])
-        .args(["--initial-cluster", &format!("pwbench={peer}")])
-        .args(["--quota-backend-bytes", "4294967296"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("etcd (Debian package etcd-server) must be installed")?;
-    let mut e = Etcd {
-        child,
-        _dir: dir,
-        endpoint: client,
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if e.child.try_wait()?.is_some() {
-            bail!("etcd exited at start");
-        }
-        if EtcdStore::connect(std::slice::from_ref(&e.endpoint)).is_ok() {
-            return Ok(e);
-        }
-        if Instant::now() > deadline {
-            bail!("etcd did not answer within 20 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// N other nodes as overlay-converge seeds them: a record and a block with
 /// the tunnel address, from the top of the pool down.
@@ -206,17 +141,13 @@ fn main() -> anyhow::Result<()> {
     report("SQLite", alone, crowd, a.nodes);
     if !a.no_etcd {
         let alone = {
-            let e = start_etcd()?;
-            run(
-                Arc::new(EtcdStore::connect(std::slice::from_ref(&e.endpoint))?),
-                0,
-                a.adds,
-            )?
+            let e = Etcd::start();
+            run(Arc::new(EtcdStore::connect(&e.endpoint())?), 0, a.adds)?
         };
         let crowd = {
-            let e = start_etcd()?;
+            let e = Etcd::start();
             run(
-                Arc::new(EtcdStore::connect(std::slice::from_ref(&e.endpoint))?),
+                Arc::new(EtcdStore::connect(&e.endpoint())?),
                 a.nodes,
                 a.adds,
             )?

@@ -47,63 +47,6 @@ struct Args {
     datastore: String,
 }
 
-/// etcd inside the bench namespace, stopped when dropped.
-struct Etcd {
-    child: Child,
-    endpoint: String,
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts etcd on the calling thread's namespace's loopback.
-fn start_etcd(dir: &Path) -> anyhow::Result<Etcd> {
-    let client = "http://127.0.0.1:23790".to_string();
-    let peer = "http://127.0.0.1:23800";
-    let child = Command::new("etcd")
-        .args(["--name", "pwbench", "--data-dir"])
-        .arg(dir.join("etcd"))
-        .args([
-            "--listen-client-urls",
-            &client,
-            "--advertise-client-urls",
-            &client,
-        ])
-        .args([
-            "--listen-peer-urls",
-            peer,
-            "--initial-advertise-peer-urls",
-            peer,
-        ])
-        .args(["--initial-cluster", &format!("pwbench={peer}")])
-        .args(["--quota-backend-bytes", "4294967296"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("etcd (Debian package etcd-server) must be installed")?;
-    let mut e = Etcd {
-        child,
-        endpoint: client,
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if e.child.try_wait()?.is_some() {
-            bail!("etcd exited at start");
-        }
-        if podwire_store::EtcdStore::connect(std::slice::from_ref(&e.endpoint)).is_ok() {
-            return Ok(e);
-        }
-        if Instant::now() > deadline {
-            bail!("etcd did not answer within 20 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 const NS: &str = "pw-bench-conv";
 const POOL: &str = "172.16.0.0/12";
 
@@ -231,21 +174,25 @@ fn main() -> anyhow::Result<()> {
     let mut h = Handle::new()?;
     let lo = h.link("lo")?;
     h.set_up(lo.index)?;
-    let (store, spec, _etcd): (Arc<dyn Datastore>, String, Option<Etcd>) =
-        match a.datastore.as_str() {
-            "sqlite" => (
-                Arc::new(SqliteStore::open(&db)?),
-                format!("sqlite:{}", db.display()),
-                None,
-            ),
-            "etcd" => {
-                let e = start_etcd(dir.path())?;
-                let s = podwire_store::EtcdStore::connect(std::slice::from_ref(&e.endpoint))?;
-                let spec = format!("etcd://{}", e.endpoint.trim_start_matches("http://"));
-                (Arc::new(s), spec, Some(e))
-            }
-            other => bail!("--datastore {other:?}: sqlite or etcd"),
-        };
+    let (store, spec, _etcd): (
+        Arc<dyn Datastore>,
+        String,
+        Option<podwire_store::testing::Etcd>,
+    ) = match a.datastore.as_str() {
+        "sqlite" => (
+            Arc::new(SqliteStore::open(&db)?),
+            format!("sqlite:{}", db.display()),
+            None,
+        ),
+        "etcd" => {
+            // Started from this thread, so inside the bench namespace.
+            let e = podwire_store::testing::Etcd::start();
+            let s = podwire_store::EtcdStore::connect(&e.endpoint())?;
+            let spec = format!("etcd://{}", e.host_port());
+            (Arc::new(s), spec, Some(e))
+        }
+        other => bail!("--datastore {other:?}: sqlite or etcd"),
+    };
     let pool: Ipv4Net = POOL.parse()?;
     let ipam = BlockIpam::open(
         Arc::clone(&store),

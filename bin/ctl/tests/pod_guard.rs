@@ -192,29 +192,6 @@ fn vtep_mac(node_ns: &str) -> [u8; 6] {
     bytes.try_into().expect("6 bytes")
 }
 
-/// conntrack entries towards IMDS in `netns` (the node masquerades what it
-/// forwards, so a request that got through is tracked there).
-fn imds_flows(netns: &str) -> usize {
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            netns,
-            "conntrack",
-            "-L",
-            "-f",
-            "ipv4",
-            "--orig-dst",
-            "169.254.169.254",
-        ])
-        .output()
-        .expect("conntrack");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains("169.254.169.254"))
-        .count()
-}
-
 /// An overlay pod sends a VXLAN packet to a node (its own, and another),
 /// carrying a SYN to IMDS: the inner packet would enter the node through
 /// the tunnel, past a guard that only looks at pod interfaces. Pods may not
@@ -227,16 +204,7 @@ fn overlay_pods_cannot_tunnel_past_the_guard() {
     let lab = Lab::up("t-vxinj", &["--mode", "overlay"]);
     lab.pod_add("evil", "node-1", false);
     let ns = pod_ns(&lab, "evil");
-    let pod_ip: std::net::Ipv4Addr = lab.status()["pods"]
-        .as_array()
-        .expect("pods")
-        .iter()
-        .find(|p| p["name"] == "evil")
-        .expect("pod")["ip"]
-        .as_str()
-        .expect("ip")
-        .parse()
-        .expect("ip");
+    let pod_ip: std::net::Ipv4Addr = lab.pod_ip("evil").parse().expect("ip");
     let imds: std::net::Ipv4Addr = "169.254.169.254".parse().expect("ip");
     for (i, node) in [(1usize, "node-1"), (2, "node-2")] {
         let node_ns = lab.node_ns(i);
@@ -257,7 +225,7 @@ fn overlay_pods_cannot_tunnel_past_the_guard() {
         // Give a forwarded SYN time to be tracked, then look.
         std::thread::sleep(std::time::Duration::from_millis(300));
         assert_eq!(
-            imds_flows(&node_ns),
+            Lab::conntrack_entries(&node_ns, "169.254.169.254"),
             0,
             "a pod tunnelled a SYN to IMDS through {node}"
         );

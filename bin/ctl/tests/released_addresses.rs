@@ -7,45 +7,6 @@ use std::process::Command;
 
 use common::{require_root, Lab};
 
-fn pod_ip(lab: &Lab, pod: &str) -> String {
-    lab.status()["pods"]
-        .as_array()
-        .expect("pods")
-        .iter()
-        .find(|p| p["name"] == pod)
-        .expect("pod")["ip"]
-        .as_str()
-        .expect("ip")
-        .to_string()
-}
-
-/// conntrack entries of `ip` in `netns` (original source or destination).
-fn entries(netns: &str, ip: &str) -> usize {
-    ["--orig-src", "--orig-dst"]
-        .iter()
-        .map(|f| {
-            let out = Command::new("ip")
-                .args([
-                    "netns",
-                    "exec",
-                    netns,
-                    "conntrack",
-                    "-L",
-                    "-f",
-                    "ipv4",
-                    f,
-                    ip,
-                ])
-                .output()
-                .expect("conntrack -L");
-            String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .filter(|l| l.contains(ip))
-                .count()
-        })
-        .sum()
-}
-
 /// Makes the node track connections, as any node running kube-proxy does
 /// (conntrack is per namespace and idle until a rule needs it).
 fn track_connections(netns: &str) {
@@ -65,13 +26,20 @@ fn released_address_forgets_its_flows(lab: &Lab) {
     track_connections(&lab.node_ns(1));
     lab.pod_add("web", "node-1", true);
     lab.pod_add("c", "node-1", false);
-    let ip = pod_ip(lab, "c");
+    let ip = lab.pod_ip("c");
     assert!(lab.ctl_ok(&["lab", "curl", "c", "web"]).contains("Welcome"));
     let node = lab.node_ns(1);
     // The flow passed through the node: it is tracked there (TIME_WAIT).
-    assert!(entries(&node, &ip) > 0, "no flow of {ip} tracked on {node}");
+    assert!(
+        Lab::conntrack_entries(&node, &ip) > 0,
+        "no flow of {ip} tracked on {node}"
+    );
     lab.ctl_ok(&["lab", "pod", "del", "c"]);
-    assert_eq!(entries(&node, &ip), 0, "flows of released {ip} remain");
+    assert_eq!(
+        Lab::conntrack_entries(&node, &ip),
+        0,
+        "flows of released {ip} remain"
+    );
     // Only the released address's flows go: the node's own flow to web
     // stays tracked.
     assert!(lab

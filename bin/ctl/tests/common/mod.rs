@@ -153,6 +153,47 @@ impl Lab {
             .to_string()
     }
 
+    /// A pod's address, from `lab status`.
+    pub fn pod_ip(&self, pod: &str) -> String {
+        self.status()["pods"]
+            .as_array()
+            .expect("pods")
+            .iter()
+            .find(|p| p["name"] == pod)
+            .expect("pod")["ip"]
+            .as_str()
+            .expect("ip")
+            .to_string()
+    }
+
+    /// conntrack entries in `netns` whose original source or destination
+    /// is `ip`.
+    pub fn conntrack_entries(netns: &str, ip: &str) -> usize {
+        ["--orig-src", "--orig-dst"]
+            .iter()
+            .map(|f| {
+                let out = Command::new("ip")
+                    .args([
+                        "netns",
+                        "exec",
+                        netns,
+                        "conntrack",
+                        "-L",
+                        "-f",
+                        "ipv4",
+                        f,
+                        ip,
+                    ])
+                    .output()
+                    .expect("conntrack -L");
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .filter(|l| l.contains(ip))
+                    .count()
+            })
+            .sum()
+    }
+
     pub fn trace(&self, from: &str, to: &str) -> Value {
         let o = self.ctl(&["lab", "trace", from, to, "--json"]);
         serde_json::from_str(&text(&o)).expect("trace json")
