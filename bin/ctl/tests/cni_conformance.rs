@@ -631,16 +631,30 @@ fn sandboxes_of_one_pod_never_unwire_each_other() {
     if !require_root() {
         return;
     }
-    let lab = Lab::up("t-sbx", &["--nodes", "1"]);
+    sandboxes_in("vpc");
+}
+
+#[test]
+fn sandboxes_of_one_pod_never_unwire_each_other_in_overlay_mode() {
+    if !require_root() {
+        return;
+    }
+    sandboxes_in("overlay");
+}
+
+fn sandboxes_in(mode: &str) {
+    let name = format!("t-sbx-{}", &mode[..2]);
+    let lab = Lab::up(&name, &["--nodes", "1", "--mode", mode]);
     let (node_ns, socket) = lab_call(&lab);
     let call = Call {
         node_ns: &node_ns,
         socket,
     };
-    let conf = call.conf("1.1.0");
+    let mut conf = call.conf("1.1.0");
+    conf["mode"] = json!(mode);
     let before = pod_wiring_snapshot(&node_ns);
     let ns: Vec<Netns> = (0..3)
-        .map(|i| Netns::new(&format!("pw-t-sbx-s{i}")))
+        .map(|i| Netns::new(&format!("pw-{name}-s{i}")))
         .collect();
     let ok = |r: PluginRun, what: &str| {
         assert!(r.ok, "{what}: {} {}", r.stdout, r.stderr);
@@ -693,6 +707,10 @@ fn sandboxes_of_one_pod_never_unwire_each_other() {
     ok(check("sbx2", &ns[2]), "attempt 2");
     let alias = ip(&["-n", &node_ns, "-d", "link", "show", &usual]);
     assert!(alias.contains("podwire podwire sbx1 eth0"), "{alias}");
+    assert!(
+        alias.contains("group 28791") || alias.contains("group 0x7077"),
+        "{alias}"
+    );
 
     // GC that keeps only attempt 2 removes attempt 1's interface, not 2's.
     let mut gc_conf = conf.clone();
