@@ -270,3 +270,65 @@ fn a_custom_veth_prefix_does_not_open_the_guard() {
     let del = common::run_plugin(&lab.node_ns(1), &del_env, &conf.to_string());
     assert!(del.ok, "{}", del.stdout);
 }
+
+/// Sends `payload` to `to:4789` from inside `netns`.
+fn send_vxlan(netns: &str, to: &str, payload: Vec<u8>) {
+    let path = format!("/run/netns/{netns}");
+    let to = format!("{to}:4789");
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(&path).expect("netns");
+        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").expect("udp");
+        for _ in 0..3 {
+            let _ = s.send_to(&payload, &to);
+        }
+    })
+    .join()
+    .expect("sender");
+}
+
+/// A node takes VXLAN only from the cluster's nodes: a host elsewhere in
+/// the VPC cannot tunnel forged packets to pods. The same packet from a
+/// known node gets through (so the check can see a delivery).
+#[test]
+fn vxlan_from_outside_the_cluster_is_dropped() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::up("t-vxext", &["--mode", "overlay"]);
+    lab.pod_add("victim", "node-1", true);
+    let victim: std::net::Ipv4Addr = lab.pod_ip("victim").parse().expect("ip");
+    let node1 = lab.node_ns(1);
+    let target = lab.node_ip("node-1");
+    let mac = vtep_mac(&node1);
+    // The node security group admits the external host (as a VPC-wide
+    // group would): only podwire's rule stands between it and the tunnel.
+    lab.ctl_ok(&["lab", "allow-external", "on"]);
+    let forged: std::net::Ipv4Addr = "172.31.99.99".parse().expect("ip");
+    send_vxlan(
+        &format!("pw-{}-external", lab.name),
+        &target,
+        vxlan_syn(mac, forged, victim, 80),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(
+        Lab::conntrack_entries(&node1, "172.31.99.99"),
+        0,
+        "a host outside the cluster tunnelled a packet to a pod"
+    );
+    // The control: from node-2 (a peer) the same kind of packet is delivered.
+    let forged2: std::net::Ipv4Addr = "172.31.99.98".parse().expect("ip");
+    send_vxlan(
+        &lab.node_ns(2),
+        &target,
+        vxlan_syn(mac, forged2, victim, 80),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while Lab::conntrack_entries(&node1, "172.31.99.98") == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a packet from a known node was not delivered: the check above proves nothing"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

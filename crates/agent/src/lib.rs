@@ -135,6 +135,7 @@ pub fn run(config: AgentConfig) -> Result<(), AgentError> {
         ModeConfig::Overlay(overlay) => {
             let agent = Arc::new(overlay::OverlayAgent::start(&config, overlay)?);
             guard()?;
+            agent.sync_vxlan_peers();
             let listener = server::bind(&config.socket)?;
             tracing::info!(socket = %config.socket.display(), node = %config.node_name, "overlay agent ready");
             let converger = Arc::clone(&agent);

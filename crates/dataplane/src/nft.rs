@@ -242,6 +242,17 @@ impl NodeRules {
                 );
             }
         }
+        if let Some(t) = &self.tunnel {
+            // VXLAN only from the cluster's nodes: the set is kept by the
+            // agent from the datastore (never flushed here, so a restart
+            // keeps accepting the known nodes).
+            let _ = writeln!(s, "add set ip {TABLE} {VXLAN_PEERS} {{ type ipv4_addr; }}");
+            let _ = writeln!(
+                s,
+                "add rule ip {TABLE} input udp dport {} ip saddr != @{VXLAN_PEERS} counter drop comment \"VXLAN only from known nodes\"",
+                t.udp_port
+            );
+        }
         for c in [Concern::ExternalPosture, Concern::NetworkPolicy] {
             let _ = writeln!(s, "add rule ip {TABLE} forward jump {}", c.chain());
         }
@@ -273,6 +284,23 @@ impl NodeRules {
     pub fn apply(&self) -> Result<()> {
         apply(&self.script()?)
     }
+}
+
+/// The set of the other nodes' underlay addresses (overlay mode).
+pub const VXLAN_PEERS: &str = "vxlan-peers";
+
+/// Makes the VXLAN peer set exactly `peers`, in one transaction.
+pub fn set_vxlan_peers(peers: &std::collections::BTreeSet<Ipv4Addr>) -> Result<()> {
+    let mut s = format!("flush set ip {TABLE} {VXLAN_PEERS}\n");
+    if !peers.is_empty() {
+        let list: Vec<String> = peers.iter().map(ToString::to_string).collect();
+        let _ = writeln!(
+            s,
+            "add element ip {TABLE} {VXLAN_PEERS} {{ {} }}",
+            list.join(", ")
+        );
+    }
+    apply(&s)
 }
 
 /// Applies `rules` (nft syntax) atomically in the caller's network namespace.

@@ -83,6 +83,23 @@ fn reapplying_replaces_podwire_chains_and_keeps_what_others_put_there() {
     );
     assert_eq!(listed.matches("masquerade").count(), 1, "{listed}");
     assert_eq!(listed.matches("169.254.169.254").count(), 1, "{listed}");
+    // The VXLAN peer set is the agent's: filled, then kept by a re-apply.
+    let peers = [
+        "10.0.0.5".parse().expect("ip"),
+        "10.0.0.6".parse().expect("ip"),
+    ]
+    .into_iter()
+    .collect();
+    podwire_dataplane::nft::set_vxlan_peers(&peers).expect("peers");
+    rules(&[]).apply().expect("third apply");
+    let set = nft(&["list", "set", "ip", "podwire", "vxlan-peers"]);
+    assert!(
+        set.contains("10.0.0.5") && set.contains("10.0.0.6"),
+        "{set}"
+    );
+    podwire_dataplane::nft::set_vxlan_peers(&std::collections::BTreeSet::new()).expect("none");
+    let set = nft(&["list", "set", "ip", "podwire", "vxlan-peers"]);
+    assert!(!set.contains("10.0.0.5"), "{set}");
 }
 
 #[test]

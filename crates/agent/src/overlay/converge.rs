@@ -38,7 +38,35 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// Makes the node accept VXLAN from exactly the known nodes' underlay
+/// addresses. A failure is logged and retried at the next change or resync
+/// (before the agent's nftables exist at start-up, the set is not there yet).
+fn sync_vxlan_peers(model: &mut super::model::Model) {
+    let want: std::collections::BTreeSet<std::net::Ipv4Addr> =
+        model.applied.peers.iter().map(|p| p.underlay_ip).collect();
+    if model.vxlan_peers.as_ref() == Some(&want) {
+        return;
+    }
+    match podwire_dataplane::nft::set_vxlan_peers(&want) {
+        Ok(()) => model.vxlan_peers = Some(want),
+        Err(e) => {
+            model.vxlan_peers = None;
+            tracing::debug!("VXLAN peer set not updated yet: {e}");
+        }
+    }
+}
+
 impl OverlayAgent {
+    /// Puts the known nodes into the VXLAN peer set now (right after the
+    /// agent's nftables were applied).
+    pub(crate) fn sync_vxlan_peers(&self) {
+        let mut model = self.model.lock().unwrap_or_else(|p| p.into_inner());
+        sync_vxlan_peers(&mut model);
+        if model.vxlan_peers.is_none() {
+            tracing::warn!("VXLAN peer set could not be filled; retried at the next change");
+        }
+    }
+
     /// Reads everything and makes the kernel match (start-up, resync).
     /// Returns the revision each followed prefix was read at, to watch from.
     pub(super) fn converge_once(&self) -> Result<Vec<i64>, AgentError> {
@@ -68,6 +96,7 @@ impl OverlayAgent {
             );
         }
         model.applied = d;
+        sync_vxlan_peers(&mut model);
         Ok(snaps.iter().map(|s| s.revision).collect())
     }
 
@@ -119,6 +148,7 @@ impl OverlayAgent {
         let vxlan = nl.link(VXLAN_DEV)?;
         let c = overlay::apply_delta(&mut *nl, &vxlan, &model.applied, &d)?;
         model.applied = d;
+        sync_vxlan_peers(&mut model);
         tracing::info!(
             added = c.added,
             removed = c.removed,

@@ -15,6 +15,9 @@ pub(super) struct Model {
     pub(super) nodes: BTreeMap<String, NodeRecord>,
     pub(super) blocks: BTreeMap<String, podwire_ipam::block::Block>,
     pub(super) applied: Desired,
+    /// The underlay addresses last put in the VXLAN peer set (None: not
+    /// known to be in the kernel yet).
+    pub(super) vxlan_peers: Option<std::collections::BTreeSet<std::net::Ipv4Addr>>,
 }
 
 impl Model {
