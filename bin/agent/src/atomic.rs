@@ -7,7 +7,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context;
@@ -97,7 +97,7 @@ pub fn read_bounded(path: &Path, limit: u64) -> anyhow::Result<Option<Vec<u8>>> 
 /// Temporary files of ours left in `dir` (by a write that was killed
 /// midway); tests use it to check a write leaves none.
 #[cfg(test)]
-pub fn leftover_temps(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+pub fn leftover_temps(dir: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
     let mut found = Vec::new();
     for entry in fs::read_dir(dir)? {
         let entry = entry?;

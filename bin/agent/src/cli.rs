@@ -135,6 +135,11 @@ pub struct DaemonArgs {
     /// overlay: seconds an empty block is kept before it goes back to the pool.
     #[arg(long, env = "PODWIRE_BLOCK_GRACE_SECS", default_value_t = 300)]
     pub block_grace_secs: u64,
+    /// Once the agent is ready, write 10-podwire.conflist into this CNI conf
+    /// dir (as the VPC CNI does: a node never turns Ready with a network
+    /// that answers "try again"). Not given: the agent writes no conflist.
+    #[arg(long, env = "PODWIRE_CNI_CONF_DIR")]
+    pub cni_conf_dir: Option<PathBuf>,
     /// Print the settings the agent would run with (flags, environment and
     /// defaults resolved) and exit without touching the node.
     #[arg(long)]
@@ -171,6 +176,10 @@ pub struct InstallArgs {
     /// Replace a 10-podwire.conflist this command did not write.
     #[arg(long)]
     pub force: bool,
+    /// Copy the plugin only; the agent writes the conflist once it is
+    /// ready (its --cni-conf-dir).
+    #[arg(long)]
+    pub skip_conflist: bool,
 }
 
 #[derive(Debug, Args)]

@@ -34,9 +34,12 @@ const MAX_CONFIG_BYTES: u64 = 1 << 20;
 #[derive(Debug, Clone)]
 pub struct Install {
     pub mode: Mode,
-    pub plugin: PathBuf,
+    /// The plugin binary to copy into `bin_dir`; `None`: leave the bin dir.
+    pub plugin: Option<PathBuf>,
     pub bin_dir: PathBuf,
-    pub conf_dir: PathBuf,
+    /// Where the conflist goes; `None`: no conflist (the agent writes it
+    /// once it is ready).
+    pub conf_dir: Option<PathBuf>,
     pub agent_socket: PathBuf,
     pub state_dir: PathBuf,
     pub force: bool,
@@ -102,43 +105,40 @@ pub fn conflist(mode: Mode, agent_socket: &Path) -> Vec<u8> {
     bytes
 }
 
-/// Installs the plugin binary and the conflist; returns each file's path
-/// and outcome (the binary first).
+/// Installs the plugin binary and the conflist (each if asked); returns
+/// each file's path and outcome (the binary first).
 pub fn install(plan: &Install) -> anyhow::Result<Vec<(PathBuf, Outcome)>> {
-    let plugin = atomic::read_bounded(&plan.plugin, MAX_PLUGIN_BYTES)?.with_context(|| {
-        format!(
-            "the plugin binary {} does not exist (give it with --plugin)",
-            plan.plugin.display()
-        )
-    })?;
-    let conf = conflist(plan.mode, &plan.agent_socket);
-    let bin_target = plan.bin_dir.join(PLUGIN_NAME);
-    let conf_target = plan.conf_dir.join(CONFLIST_NAME);
+    let mut files: Vec<(PathBuf, Vec<u8>, u32)> = Vec::new();
+    if let Some(plugin) = &plan.plugin {
+        let bytes = atomic::read_bounded(plugin, MAX_PLUGIN_BYTES)?.with_context(|| {
+            format!(
+                "the plugin binary {} does not exist (give it with --plugin)",
+                plugin.display()
+            )
+        })?;
+        files.push((plan.bin_dir.join(PLUGIN_NAME), bytes, 0o755));
+    }
     let mut record = load_record(&plan.state_dir)?;
-
-    // Decide everything before writing anything: a refusal changes nothing.
-    let conf_existing = atomic::read_bounded(&conf_target, MAX_CONFIG_BYTES)?;
-    if let Some(existing) = &conf_existing {
-        let ours = existing == &conf || record.holds(&conf_target, &atomic::sha256_hex(existing));
-        if !ours && !plan.force {
-            return Err(NotOurs(conf_target).into());
+    if let Some(conf_dir) = &plan.conf_dir {
+        let conf = conflist(plan.mode, &plan.agent_socket);
+        let target = conf_dir.join(CONFLIST_NAME);
+        // Decide before writing anything: a refusal changes nothing.
+        if let Some(existing) = atomic::read_bounded(&target, MAX_CONFIG_BYTES)? {
+            let ours = existing == conf || record.holds(&target, &atomic::sha256_hex(&existing));
+            if !ours && !plan.force {
+                return Err(NotOurs(target).into());
+            }
         }
+        files.push((target, conf, 0o644));
     }
 
-    for dir in [&plan.bin_dir, &plan.conf_dir, &plan.state_dir] {
-        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
     let mut done = Vec::new();
-    for (target, bytes, mode) in [
-        (bin_target, plugin.as_slice(), 0o755),
-        (conf_target, conf.as_slice(), 0o644),
-    ] {
-        let limit = if mode == 0o755 {
-            MAX_PLUGIN_BYTES
-        } else {
-            MAX_CONFIG_BYTES
-        };
-        // A bigger file than we would ever write is simply not equal.
+    for (target, bytes, mode) in files {
+        if let Some(dir) = target.parent() {
+            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        // Anything bigger than what we write is simply not equal.
+        let limit = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
         let same = atomic::read_bounded(&target, limit)
             .ok()
             .flatten()
@@ -146,15 +146,17 @@ pub fn install(plan: &Install) -> anyhow::Result<Vec<(PathBuf, Outcome)>> {
         let outcome = if same {
             Outcome::Unchanged
         } else {
-            atomic::write(&target, bytes, mode)?;
+            atomic::write(&target, &bytes, mode)?;
             Outcome::Written
         };
         record.set(Written {
             path: target.clone(),
-            sha256: atomic::sha256_hex(bytes),
+            sha256: atomic::sha256_hex(&bytes),
         });
         done.push((target, outcome));
     }
+    fs::create_dir_all(&plan.state_dir)
+        .with_context(|| format!("creating {}", plan.state_dir.display()))?;
     save_record(&plan.state_dir, &record)?;
     warn_about_neighbours(plan);
     Ok(done)
@@ -232,7 +234,8 @@ fn save_record(state_dir: &Path, record: &Record) -> anyhow::Result<()> {
 /// Runtimes load the first configuration of the conf dir by name, and the
 /// chain needs `portmap`: say so when either will get in the way.
 fn warn_about_neighbours(plan: &Install) {
-    if let Ok(entries) = fs::read_dir(&plan.conf_dir) {
+    let entries = plan.conf_dir.as_ref().and_then(|d| fs::read_dir(d).ok());
+    if let Some(entries) = entries {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             let config = [".conf", ".conflist", ".json"]
@@ -246,7 +249,7 @@ fn warn_about_neighbours(plan: &Install) {
             }
         }
     }
-    if !plan.bin_dir.join("portmap").exists() {
+    if plan.plugin.is_some() && !plan.bin_dir.join("portmap").exists() {
         tracing::warn!(
             bin_dir = %plan.bin_dir.display(),
             "no portmap plugin there: the chain fails until the reference plugins are installed"
@@ -270,9 +273,9 @@ mod tests {
         fs::write(&plugin, b"\x7fELF plugin v1").expect("plugin");
         let plan = Install {
             mode: Mode::Vpc,
-            plugin,
+            plugin: Some(plugin),
             bin_dir: root.path().join("opt/cni/bin"),
-            conf_dir: root.path().join("etc/cni/net.d"),
+            conf_dir: Some(root.path().join("etc/cni/net.d")),
             agent_socket: PathBuf::from("/run/podwire/agent.sock"),
             state_dir: root.path().join("run/podwire"),
             force: false,
@@ -280,8 +283,12 @@ mod tests {
         Node { _root: root, plan }
     }
 
+    fn conf_dir(n: &Node) -> PathBuf {
+        n.plan.conf_dir.clone().expect("conf dir")
+    }
+
     fn conf_path(n: &Node) -> PathBuf {
-        n.plan.conf_dir.join(CONFLIST_NAME)
+        conf_dir(n).join(CONFLIST_NAME)
     }
 
     #[test]
@@ -322,7 +329,7 @@ mod tests {
 
         let second = install(&n.plan).expect("again");
         assert!(second.iter().all(|(_, o)| *o == Outcome::Unchanged));
-        for dir in [&n.plan.bin_dir, &n.plan.conf_dir, &n.plan.state_dir] {
+        for dir in [&n.plan.bin_dir, &conf_dir(&n), &n.plan.state_dir] {
             assert!(atomic::leftover_temps(dir).expect("list").is_empty());
         }
     }
@@ -341,7 +348,7 @@ mod tests {
     #[test]
     fn a_foreign_conflist_is_refused_without_force_and_nothing_is_written() {
         let mut n = node();
-        fs::create_dir_all(&n.plan.conf_dir).expect("mkdir");
+        fs::create_dir_all(conf_dir(&n)).expect("mkdir");
         fs::write(conf_path(&n), b"{\"someone\":\"else\"}").expect("foreign");
         let err = install(&n.plan).expect_err("refused");
         assert!(err.downcast_ref::<NotOurs>().is_some(), "{err:#}");
@@ -371,11 +378,27 @@ mod tests {
     }
 
     #[test]
+    fn the_plugin_and_the_conflist_install_separately_into_one_record() {
+        let mut n = node();
+        let conf = n.plan.conf_dir.take();
+        let only_bin = install(&n.plan).expect("plugin only");
+        assert_eq!(only_bin.len(), 1);
+        assert!(!conf.as_ref().expect("dir").join(CONFLIST_NAME).exists());
+        n.plan.conf_dir = conf;
+        let plugin = n.plan.plugin.take();
+        let only_conf = install(&n.plan).expect("conflist only");
+        assert_eq!(only_conf, vec![(conf_path(&n), Outcome::Written)]);
+        n.plan.plugin = plugin;
+        let out = uninstall(&n.plan.state_dir).expect("uninstall");
+        assert_eq!(out.removed.len(), 2, "{out:?}");
+    }
+
+    #[test]
     fn uninstall_removes_exactly_what_was_written() {
         let n = node();
-        fs::create_dir_all(&n.plan.conf_dir).expect("mkdir");
+        fs::create_dir_all(conf_dir(&n)).expect("mkdir");
         fs::create_dir_all(&n.plan.bin_dir).expect("mkdir");
-        let other_conf = n.plan.conf_dir.join("20-other.conflist");
+        let other_conf = conf_dir(&n).join("20-other.conflist");
         let other_bin = n.plan.bin_dir.join("portmap");
         fs::write(&other_conf, b"{}").expect("other");
         fs::write(&other_bin, b"portmap").expect("other");
@@ -424,7 +447,7 @@ mod tests {
         );
         assert!(uninstall(&n.plan.state_dir).is_err());
 
-        n.plan.plugin = n.plan.plugin.with_file_name("nope");
+        n.plan.plugin = n.plan.plugin.map(|p| p.with_file_name("nope"));
         let err = install(&n.plan).expect_err("no plugin");
         assert!(format!("{err:#}").contains("--plugin"), "{err:#}");
     }

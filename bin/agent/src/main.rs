@@ -31,11 +31,12 @@ fn main() -> anyhow::Result<()> {
                     .context("locating this binary (give the plugin with --plugin)")?
                     .with_file_name(install::PLUGIN_NAME),
             };
+            let conf_dir = (!a.skip_conflist).then_some(a.conf_dir);
             let plan = install::Install {
                 mode: a.mode,
-                plugin,
+                plugin: Some(plugin),
                 bin_dir: a.bin_dir,
-                conf_dir: a.conf_dir,
+                conf_dir,
                 agent_socket: a.agent_socket,
                 state_dir: a.state_dir,
                 force: a.force,
