@@ -105,13 +105,16 @@ fn cli() -> Cli {
     Cli { commands }
 }
 
+/// Environment variables by name; `None`: the value comes from a Secret.
+type Env = BTreeMap<String, Option<String>>;
+
 /// One invocation a manifest makes, with the environment and mounts it
 /// runs with.
 #[derive(Debug)]
 struct Invocation {
     origin: String,
     argv: Vec<String>,
-    env: BTreeMap<String, Option<String>>,
+    env: Env,
     /// `None`: the host's filesystem (systemd), no mount check.
     mounts: Option<Vec<String>>,
 }
@@ -320,8 +323,7 @@ fn check_manifest(cli: &Cli, file: &str, mode: &str, problems: &mut Vec<String>)
         daemonsets += 1;
         let mut ran = BTreeSet::new();
         // Per container (the probe shares its env): what its flags read.
-        let mut read: BTreeMap<String, (BTreeMap<String, Option<String>>, BTreeSet<String>)> =
-            BTreeMap::new();
+        let mut read: BTreeMap<String, (Env, BTreeSet<String>)> = BTreeMap::new();
         for inv in daemonset_invocations(file, &doc, problems) {
             let c = cli.check(&inv, problems);
             if (c.sub.is_empty() || c.sub == "install-cni") && c.mode.as_deref() != Some(mode) {
