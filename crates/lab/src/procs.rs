@@ -62,7 +62,18 @@ pub fn spawn_in(netns: &str, program: &Path, args: &[String], log: &Path) -> Res
     let err = out
         .try_clone()
         .map_err(|e| LabError::State(e.to_string()))?;
-    let child = Command::new("ip")
+    let mut cmd = Command::new("ip");
+    // A clean environment: the lab's processes take their settings from
+    // their flags, never from whatever the operator's shell holds (agents
+    // read WARM_IP_TARGET, AWS_ACCESS_KEY_ID, ETCD_* and the like).
+    cmd.env_clear().env(
+        "PATH",
+        std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into()),
+    );
+    if let Some(level) = std::env::var_os("PODWIRE_LOG") {
+        cmd.env("PODWIRE_LOG", level);
+    }
+    let child = cmd
         .args(["netns", "exec", netns])
         .arg(program)
         .args(args)
