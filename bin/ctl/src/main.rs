@@ -56,16 +56,17 @@ enum LabCmd {
         /// default, like the agents', is to keep them away from it).
         #[arg(long)]
         pod_imds_access: bool,
-        /// overlay: the pod network.
-        #[arg(long, default_value = "172.16.0.0/16")]
-        pod_cidr: ipnet::Ipv4Net,
-        /// overlay: block prefix length.
-        #[arg(long, default_value_t = 26)]
-        block_size: u8,
+        /// overlay: the pod network [default: 172.16.0.0/16].
+        #[arg(long)]
+        pod_cidr: Option<ipnet::Ipv4Net>,
+        /// overlay: block prefix length [default: 26].
+        #[arg(long)]
+        block_size: Option<u8>,
         /// overlay: `sqlite` (one file all nodes share) or `etcd` (the lab runs
-        /// an etcd server on the fabric; nodes reach it as a VPC service).
-        #[arg(long, default_value = "sqlite", value_parser = ["sqlite", "etcd"])]
-        datastore: String,
+        /// an etcd server on the fabric; nodes reach it as a VPC service)
+        /// [default: sqlite].
+        #[arg(long, value_parser = ["sqlite", "etcd"])]
+        datastore: Option<String>,
         #[command(flatten)]
         faults: FaultArgs,
     },
@@ -284,6 +285,36 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             faults,
         } => {
             let cloud_faults = faults.faults()?;
+            // A setting of the other mode is a mistake, not something to ignore.
+            let misplaced: Vec<&str> = match mode {
+                Mode::Vpc => [
+                    ("--pod-cidr", pod_cidr.is_some()),
+                    ("--block-size", block_size.is_some()),
+                    ("--datastore", datastore.is_some()),
+                ]
+                .into_iter()
+                .filter_map(|(f, given)| given.then_some(f))
+                .collect(),
+                Mode::Overlay => [
+                    ("--warm-ip-target", warm_ip_target.is_some()),
+                    ("--minimum-ip-target", minimum_ip_target.is_some()),
+                ]
+                .into_iter()
+                .filter_map(|(f, given)| given.then_some(f))
+                .collect(),
+            };
+            if !misplaced.is_empty() {
+                anyhow::bail!(
+                    "{} do(es) not apply to --mode {mode}: leave it out, or choose the other mode",
+                    misplaced.join(", ")
+                );
+            }
+            let pod_cidr = pod_cidr.unwrap_or(ipnet::Ipv4Net::new_assert(
+                std::net::Ipv4Addr::new(172, 16, 0, 0),
+                16,
+            ));
+            let block_size = block_size.unwrap_or(26);
+            let datastore = datastore.unwrap_or_else(|| "sqlite".into());
             let st = ops::up(&ops::UpOptions {
                 name,
                 mode,

@@ -135,3 +135,32 @@ fn a_datastore_typo_is_refused() {
         "a file was created for the typo"
     );
 }
+
+/// A setting of the other mode is refused, not silently ignored.
+#[test]
+fn settings_of_the_other_mode_are_refused() {
+    for (mode, flag, value) in [
+        ("vpc", "--datastore", "etcd"),
+        ("vpc", "--pod-cidr", "172.20.0.0/16"),
+        ("overlay", "--warm-ip-target", "3"),
+    ] {
+        let o = common::ctl(&[
+            "lab",
+            "up",
+            "--name",
+            "t-wrongmode",
+            "--mode",
+            mode,
+            flag,
+            value,
+        ]);
+        assert!(!o.status.success(), "{mode} {flag}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains(flag) && err.contains("does not apply")
+                || err.contains("do(es) not apply"),
+            "{err}"
+        );
+        assert!(!std::path::Path::new("/run/podwire/lab/t-wrongmode").exists());
+    }
+}
