@@ -166,10 +166,17 @@ pub fn format_status(v: &serde_json::Value) -> String {
             ))
             .unwrap_or_default()
     );
+    // What the security group admits; whether pods are reached also
+    // depends on the mode (overlay pod addresses are not routed by the VPC).
     let _ = writeln!(
         out,
-        "external host reachable to pods: {}",
-        v["allow_external"]
+        "node security group open to the external host: {}{}",
+        v["allow_external"],
+        if v["pod_cidr"].is_string() {
+            " (overlay: pods are not routed from outside the cluster)"
+        } else {
+            ""
+        }
     );
     for n in v["nodes"].as_array().into_iter().flatten() {
         let _ = writeln!(
