@@ -297,6 +297,10 @@ fn vxlan_from_outside_the_cluster_is_dropped() {
     }
     let lab = Lab::up("t-vxext", &["--mode", "overlay"]);
     lab.pod_add("victim", "node-1", true);
+    // Inner packets carry a real remote pod's address (anything else would
+    // fail the guard's reverse-path check whoever sent the VXLAN).
+    lab.pod_add("peer", "node-2", false);
+    let peer = lab.pod_ip("peer");
     let victim: std::net::Ipv4Addr = lab.pod_ip("victim").parse().expect("ip");
     let node1 = lab.node_ns(1);
     let target = lab.node_ip("node-1");
@@ -304,7 +308,8 @@ fn vxlan_from_outside_the_cluster_is_dropped() {
     // The node security group admits the external host (as a VPC-wide
     // group would): only podwire's rule stands between it and the tunnel.
     lab.ctl_ok(&["lab", "allow-external", "on"]);
-    let forged: std::net::Ipv4Addr = "172.31.99.99".parse().expect("ip");
+    let forged: std::net::Ipv4Addr = peer.parse().expect("ip");
+    let victim_s = victim.to_string();
     send_vxlan(
         &format!("pw-{}-external", lab.name),
         &target,
@@ -312,23 +317,88 @@ fn vxlan_from_outside_the_cluster_is_dropped() {
     );
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert_eq!(
-        Lab::conntrack_entries(&node1, "172.31.99.99"),
+        common::flows_between(&node1, &peer, &victim_s),
         0,
         "a host outside the cluster tunnelled a packet to a pod"
     );
-    // The control: from node-2 (a peer) the same kind of packet is delivered.
-    let forged2: std::net::Ipv4Addr = "172.31.99.98".parse().expect("ip");
-    send_vxlan(
-        &lab.node_ns(2),
-        &target,
-        vxlan_syn(mac, forged2, victim, 80),
-    );
+    // The control: from node-2 (a peer) the same packet is delivered.
+    send_vxlan(&lab.node_ns(2), &target, vxlan_syn(mac, forged, victim, 80));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while Lab::conntrack_entries(&node1, "172.31.99.98") == 0 {
+    while common::flows_between(&node1, &peer, &victim_s) == 0 {
         assert!(
             std::time::Instant::now() < deadline,
             "a packet from a known node was not delivered: the check above proves nothing"
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Connects from inside `netns` to `to:80` with `src` as source address;
+/// true when the connection is established within a second.
+fn connect_from_in(netns: &str, src: &str, to: &str) -> bool {
+    use nix::sys::socket::{
+        bind, connect, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn,
+    };
+    let path = format!("/run/netns/{netns}");
+    let src: std::net::SocketAddrV4 = format!("{src}:0").parse().expect("src");
+    let to: std::net::SocketAddrV4 = format!("{to}:80").parse().expect("to");
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(&path).expect("netns");
+        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        let fd = socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .expect("socket");
+        setsockopt(
+            &fd,
+            sockopt::SendTimeout,
+            &nix::sys::time::TimeVal::new(1, 0),
+        )
+        .expect("timeout");
+        bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(src)).expect("bind");
+        connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(to)).is_ok()
+    })
+    .join()
+    .expect("connector")
+}
+
+/// A pod that puts another pod's address (or the node's) on its interface
+/// cannot send with it: its packets do not leave its veth. In both modes.
+#[test]
+fn pods_send_only_from_their_own_address() {
+    if !require_root() {
+        return;
+    }
+    for (mode, lab_name) in [("vpc", "t-spoofv"), ("overlay", "t-spoofo")] {
+        let lab = Lab::up(lab_name, &["--mode", mode]);
+        let node = lab.node_ns(1);
+        common::track_connections(&node);
+        lab.pod_add("liar", "node-1", false);
+        lab.pod_add("victim", "node-1", false);
+        lab.pod_add("web", "node-2", true);
+        let ns = pod_ns(&lab, "liar");
+        let own = lab.pod_ip("liar");
+        let web = lab.pod_ip("web");
+        assert!(
+            connect_from_in(&ns, &own, &web),
+            "{mode}: the control failed"
+        );
+        assert!(
+            common::flows_between(&node, &own, &web) > 0,
+            "{mode}: no flow seen"
+        );
+        for stolen in [lab.pod_ip("victim"), lab.node_ip("node-1")] {
+            let addr = format!("{stolen}/32");
+            common::ip(&["-n", &ns, "addr", "add", &addr, "dev", "eth0"]);
+            assert!(!connect_from_in(&ns, &stolen, &web));
+            assert_eq!(
+                common::flows_between(&node, &stolen, &web),
+                0,
+                "{mode}: a pod's packet passed the node as {stolen}"
+            );
+        }
     }
 }

@@ -3,27 +3,10 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::{require_root, Lab};
 
-/// Makes the node track connections, as any node running kube-proxy does
-/// (conntrack is per namespace and idle until a rule needs it).
-fn track_connections(netns: &str) {
-    let rules = "table ip pwt_ct {\n chain f {\n type filter hook forward priority 0; policy accept;\n ct state established counter\n }\n}\n";
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", netns, "nft", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .expect("nft");
-    std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), rules.as_bytes())
-        .expect("rules");
-    drop(child.stdin.take());
-    assert!(child.wait().expect("nft").success());
-}
-
 fn released_address_forgets_its_flows(lab: &Lab) {
-    track_connections(&lab.node_ns(1));
+    common::track_connections(&lab.node_ns(1));
     lab.pod_add("web", "node-1", true);
     lab.pod_add("c", "node-1", false);
     let ip = lab.pod_ip("c");

@@ -148,6 +148,15 @@ impl NodeRules {
     /// The guard chain's rules (pods → forbidden destinations).
     fn guard_rules(&self) -> String {
         let mut r = String::new();
+        // A pod speaks only with its own address: the source must route back
+        // through the interface the packet came in on (a strict reverse-path
+        // check in nftables, whatever the node's rp_filter sysctls say). It
+        // also holds for what leaves the tunnel: a remote pod's address
+        // routes back through it.
+        let _ = writeln!(
+            r,
+            "fib saddr . iif oif missing counter drop comment \"pods send only from their own address\""
+        );
         if let Some(t) = &self.tunnel {
             let _ = writeln!(
                 r,

@@ -393,3 +393,48 @@ pub fn hop_ips(trace: &Value) -> Vec<String> {
         .map(|h| h["ip"].as_str().unwrap_or("*").to_string())
         .collect()
 }
+
+/// Makes a node track connections, as any node running kube-proxy does
+/// (conntrack is per namespace and idle until a rule needs it). The table is
+/// the test's own (`pwt_ct`) and goes with the namespace.
+pub fn track_connections(netns: &str) {
+    let rules = "table ip pwt_ct {\n chain f {\n type filter hook forward priority 0; policy accept;\n ct state established counter\n }\n}\n";
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", netns, "nft", "-f", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("nft");
+    child
+        .stdin
+        .as_mut()
+        .expect("stdin")
+        .write_all(rules.as_bytes())
+        .expect("rules");
+    drop(child.stdin.take());
+    assert!(child.wait().expect("nft").success());
+}
+
+/// Confirmed conntrack entries in `netns` from `src` to `dst` (a packet
+/// dropped on its way through the node never confirms one).
+pub fn flows_between(netns: &str, src: &str, dst: &str) -> usize {
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            netns,
+            "conntrack",
+            "-L",
+            "-f",
+            "ipv4",
+            "--orig-src",
+            src,
+            "--orig-dst",
+            dst,
+        ])
+        .output()
+        .expect("conntrack -L");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(src) && l.contains(dst))
+        .count()
+}
