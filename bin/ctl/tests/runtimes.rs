@@ -25,11 +25,7 @@ fn podman(lab_name: &str, mode: &str) {
     let pm = Podman::new(&lab.node_ns(1), mode, &agent_socket(&lab));
     let name = format!("pwt-{lab_name}");
     rt::exercise(&lab, mode, |script| Box::new(pm.run(&name, script)));
-    assert_eq!(
-        pm.containers().trim(),
-        "",
-        "podman still lists containers"
-    );
+    assert_eq!(pm.containers().trim(), "", "podman still lists containers");
 }
 
 fn containerd(lab_name: &str, mode: &str) {

@@ -150,9 +150,7 @@ impl Ctr {
             .arg(format!("--net=/run/netns/{}", self.netns))
             .args(["unshare", "-m", "--propagation", "private", "sh", "-ec"])
             // Positional parameters keep the paths out of the shell text.
-            .arg(
-                "mount --bind \"$1\" /opt; mount --bind \"$2\" /etc/cni; shift 2; exec ctr \"$@\"",
-            )
+            .arg("mount --bind \"$1\" /opt; mount --bind \"$2\" /etc/cni; shift 2; exec ctr \"$@\"")
             .arg("pwt-ctr")
             .arg(d.join("cni-opt"))
             .arg(d.join("cni-etc"))

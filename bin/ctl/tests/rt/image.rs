@@ -12,7 +12,7 @@ use super::super::common::run;
 pub const IMAGE: &str = "localhost/pwt-busybox:latest";
 
 /// The busybox applets the container script uses.
-const APPLETS: &[&str] = &["sh", "nc", "ip", "sleep", "grep", "sed", "cat"];
+const APPLETS: &[&str] = &["sh", "nc", "ip", "sleep", "grep", "sed", "cat", "mkfifo"];
 
 /// The host's static busybox (Debian's `busybox-static`): a dynamic one
 /// would need the host's libraries inside the image.
@@ -28,7 +28,10 @@ fn busybox() -> PathBuf {
 /// Whether a 64-bit little-endian ELF executable names a program
 /// interpreter (a PT_INTERP header): a dynamically linked one does.
 fn has_interpreter(elf: &[u8]) -> bool {
-    let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize);
+    let u16_at = |o: usize| {
+        elf.get(o..o + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
+    };
     let Some(phoff) = elf
         .get(0x20..0x28)
         .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()) as usize)
@@ -70,7 +73,11 @@ pub fn rootfs_tar(dir: &Path) -> PathBuf {
         .arg("-cf")
         .arg(&tar)
         .arg("."));
-    assert!(o.status.success(), "tar: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "tar: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     tar
 }
 
@@ -123,8 +130,11 @@ pub fn oci_tar(dir: &Path) -> PathBuf {
         }],
     });
     std::fs::write(layout.join("index.json"), index.to_string()).expect("index");
-    std::fs::write(layout.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)
-        .expect("oci-layout");
+    std::fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .expect("oci-layout");
     let tar = dir.join("oci.tar");
     let o = run(Command::new("tar")
         .arg("-C")
@@ -132,6 +142,10 @@ pub fn oci_tar(dir: &Path) -> PathBuf {
         .arg("-cf")
         .arg(&tar)
         .args(["oci-layout", "index.json", "blobs"]));
-    assert!(o.status.success(), "tar: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "tar: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     tar
 }

@@ -31,6 +31,9 @@ const HELLO: &str = "pwt-hello-from-web";
 /// The container's program (busybox sh). The runtime may wire the network
 /// after the process starts (`ctr run --cni` does), so it first waits for
 /// its address; then an HTTP GET to the web pod, then one connection in.
+/// The listener's stdin is a FIFO the shell holds open: the runtime's stdin
+/// is at EOF, and busybox nc answers EOF on stdin by closing its side of
+/// the connection, which let the client quit before it had sent a byte.
 pub fn script(web_ip: &str) -> String {
     format!(
         r#"i=0
@@ -39,8 +42,11 @@ until ip -4 -o addr show dev eth0 2>/dev/null | grep -q inet; do
 done
 echo "ADDR $(ip -4 -o addr show dev eth0)"
 printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 10 {web_ip} 80 | grep answered | sed 's/^/OUT /'
+mkfifo /tmp/hold
+nc -l -p {PORT} < /tmp/hold | sed 's/^/IN /' &
+exec 3> /tmp/hold
 echo LISTEN
-nc -l -p {PORT} | sed 's/^/IN /'
+wait
 echo DONE
 "#
     )
@@ -128,7 +134,10 @@ fn check_address(lab: &Lab, mode: &str, addr: Ipv4Addr) {
             .expect("pod_cidr")
             .parse()
             .expect("cidr");
-        assert!(cidr.contains(&addr), "{addr} is outside the pod CIDR {cidr}");
+        assert!(
+            cidr.contains(&addr),
+            "{addr} is outside the pod CIDR {cidr}"
+        );
         // The node's block: its blackhole route.
         let routes = ip(&["-n", &lab.node_ns(1), "route"]);
         let blocks: Vec<Ipv4Net> = routes
@@ -164,6 +173,12 @@ pub fn exercise(lab: &Lab, mode: &str, start: impl FnOnce(&str) -> Box<dyn Conta
         .and_then(|a| a.parse().ok())
         .unwrap_or_else(|| panic!("no address in {addr_line:?}"));
     check_address(lab, mode, addr);
+    // The node's side of the container's wiring, which must go again.
+    let wiring_during = pod_wiring_snapshot(&node_ns);
+    assert!(
+        wiring_during != wiring_before && wiring_during.contains(&addr.to_string()),
+        "no route to {addr} on node-1:\n{wiring_during}"
+    );
     assert!(
         eventually(deadline, || assigned(lab, "node-1") == assigned_before + 1),
         "the agent does not count {addr} as assigned (before: {assigned_before}, now: {})",
@@ -181,11 +196,21 @@ pub fn exercise(lab: &Lab, mode: &str, start: impl FnOnce(&str) -> Box<dyn Conta
     // listener is up).
     wait_line(c.as_mut(), "LISTEN", deadline);
     let send = format!("echo {HELLO} | busybox nc -w 3 {addr} {PORT}");
+    let mut attempts = Vec::new();
     let got = eventually(deadline, || {
-        let _ = lab.ctl(&["lab", "exec", "web", "--", "sh", "-c", &send]);
+        let o = lab.ctl(&["lab", "exec", "web", "--", "sh", "-c", &send]);
+        attempts.push(format!(
+            "{} {}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr).trim()
+        ));
         line_with(&c.output(), "IN ").is_some_and(|l| l == HELLO)
     });
-    assert!(got, "the container was not reached from the web pod:\n{}", c.output());
+    assert!(
+        got,
+        "the container was not reached from the web pod:\n{}\nattempts: {attempts:#?}",
+        c.output()
+    );
     wait_line(c.as_mut(), "DONE", deadline);
     eprintln!("container {addr} on node-1:\n{}", c.output());
 
@@ -193,8 +218,7 @@ pub fn exercise(lab: &Lab, mode: &str, start: impl FnOnce(&str) -> Box<dyn Conta
     // the agent.
     c.remove(deadline);
     let settled = eventually(deadline, || {
-        pod_wiring_snapshot(&node_ns) == wiring_before
-            && assigned(lab, "node-1") == assigned_before
+        pod_wiring_snapshot(&node_ns) == wiring_before && assigned(lab, "node-1") == assigned_before
     });
     assert!(
         settled,

@@ -85,7 +85,8 @@ impl Podman {
             _dir: dir,
         };
         let tar = image::rootfs_tar(&pm.cli.dir);
-        pm.cli.ok(&["import", &tar.display().to_string(), image::IMAGE]);
+        pm.cli
+            .ok(&["import", &tar.display().to_string(), image::IMAGE]);
         pm
     }
 
@@ -98,7 +99,16 @@ impl Podman {
             removed: false,
         };
         self.cli.ok(&[
-            "run", "-d", "--name", name, "--network", NETWORK, image::IMAGE, "sh", "-c", script,
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            NETWORK,
+            image::IMAGE,
+            "sh",
+            "-c",
+            script,
         ]);
         c
     }
@@ -130,7 +140,6 @@ impl Cli {
         );
         text(&o)
     }
-
 }
 
 impl Drop for Podman {
@@ -164,7 +173,9 @@ impl Container for PodmanContainer {
         // The script has ended (or ends now): podman tears the network
         // down when the container stops, and `rm` then forgets it.
         loop {
-            let state = self.cli.ok(&["inspect", "-f", "{{.State.Status}}", &self.name]);
+            let state = self
+                .cli
+                .ok(&["inspect", "-f", "{{.State.Status}}", &self.name]);
             if state.trim() == "exited" {
                 break;
             }
