@@ -4,7 +4,7 @@
 //! namespace through `nsenter --net` (`ip netns exec` remounts /sys, and
 //! runc then finds no cgroup mount).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -38,7 +38,7 @@ impl Podman {
             .tempdir()
             .expect("temp dir");
         let d = dir.path();
-        for sub in ["cni-bin", "cni-conf", "root", "runroot", "tmp"] {
+        for sub in ["cni-bin", "cni-conf", "root", "runroot", "tmp", "var-lib"] {
             std::fs::create_dir(d.join(sub)).expect("podman dir");
         }
         // Copied, not linked: podman runs what is in its plugin dir.
@@ -85,8 +85,7 @@ impl Podman {
             _dir: dir,
         };
         let tar = image::rootfs_tar(&pm.cli.dir);
-        pm.cli
-            .ok(&["import", &tar.display().to_string(), image::IMAGE]);
+        pm.cli.import(&tar);
         pm
     }
 
@@ -120,14 +119,47 @@ impl Podman {
 }
 
 impl Cli {
-    pub fn cmd(&self, args: &[&str]) -> Output {
-        let d = &self.dir;
-        run(Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.netns))
+    /// `podman` inside the node's namespace, with this configuration.
+    fn podman(&self) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", self.netns))
             .arg("podman")
-            .args(args)
-            .env("CONTAINERS_CONF", d.join("containers.conf"))
-            .env("CONTAINERS_STORAGE_CONF", d.join("storage.conf")))
+            .env("CONTAINERS_CONF", self.dir.join("containers.conf"))
+            .env("CONTAINERS_STORAGE_CONF", self.dir.join("storage.conf"));
+        c
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Output {
+        run(self.podman().args(args))
+    }
+
+    /// `podman import`. It keeps a blob cache in /var/lib/containers/cache
+    /// whatever the storage root (podman 4.3), so it runs in a mount
+    /// namespace of its own where a private directory hides
+    /// /var/lib/containers (or /var/lib, where that does not exist yet):
+    /// the host's cache is neither read nor written, nor created.
+    fn import(&self, tar: &Path) {
+        let over = if Path::new("/var/lib/containers").is_dir() {
+            "/var/lib/containers"
+        } else {
+            "/var/lib"
+        };
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", self.netns))
+            .args(["unshare", "-m", "--propagation", "private", "sh", "-ec"])
+            .arg("mount --bind \"$1\" \"$2\"; shift 2; exec podman \"$@\"")
+            .arg("pwt-import")
+            .arg(self.dir.join("var-lib"))
+            .arg(over)
+            .env("CONTAINERS_CONF", self.dir.join("containers.conf"))
+            .env("CONTAINERS_STORAGE_CONF", self.dir.join("storage.conf"));
+        let o = run(c.arg("import").arg(tar).arg(image::IMAGE));
+        assert!(
+            o.status.success(),
+            "podman import failed:\nstdout: {}\nstderr: {}",
+            text(&o),
+            String::from_utf8_lossy(&o.stderr)
+        );
     }
 
     pub fn ok(&self, args: &[&str]) -> String {
