@@ -196,8 +196,10 @@ pub fn ensure_etc_cni() {
 
 impl Drop for Containerd {
     fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.daemon.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        if let Ok(pid) = i32::try_from(self.daemon.id()) {
+            let pid = nix::unistd::Pid::from_raw(pid);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        }
         let deadline = Instant::now() + Duration::from_secs(10);
         while matches!(self.daemon.try_wait(), Ok(None)) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));

@@ -34,7 +34,7 @@ fn has_interpreter(elf: &[u8]) -> bool {
     };
     let Some(phoff) = elf
         .get(0x20..0x28)
-        .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()) as usize)
+        .and_then(|b| usize::try_from(u64::from_le_bytes(b.try_into().ok()?)).ok())
     else {
         return true;
     };
