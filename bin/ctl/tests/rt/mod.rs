@@ -1,7 +1,8 @@
 //! Real container runtimes driving podwire in a lab: the same scenario for
 //! each runtime and mode. A container on node-1 gets its address, reaches a
-//! lab pod on node-2 over TCP, is reached back from it, and once the runtime
-//! has removed it nothing of it is left on the node or in the agent.
+//! lab pod on node-2 over TCP, is reached back from it, traces like a lab
+//! pod on its node, and once the runtime has removed it nothing of it is
+//! left on the node or in the agent.
 
 pub mod containerd;
 pub mod image;
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
 
-use super::common::{ip, pod_wiring_snapshot, Lab};
+use super::common::{hop_ips, ip, pod_wiring_snapshot, Lab};
 
 /// A container started by a runtime, running [`script`].
 pub trait Container {
@@ -156,6 +157,8 @@ fn check_address(lab: &Lab, mode: &str, addr: Ipv4Addr) {
 /// script on node-1 of `lab` (two nodes, `mode`).
 pub fn exercise(lab: &Lab, mode: &str, start: impl FnOnce(&str) -> Box<dyn Container>) {
     let web = lab.pod_add("web", "node-2", true);
+    // A lab pod beside the container, to compare traces with.
+    let peer = lab.pod_add("peer", "node-1", false);
     let node_ns = lab.node_ns(1);
     let wiring_before = pod_wiring_snapshot(&node_ns);
     let assigned_before = assigned(lab, "node-1");
@@ -185,6 +188,22 @@ pub fn exercise(lab: &Lab, mode: &str, start: impl FnOnce(&str) -> Box<dyn Conta
         assigned(lab, "node-1")
     );
 
+    // The container traces like a lab pod on the same node: the same hops
+    // from the web pod, up to the destination itself.
+    let to_peer = hop_ips(&lab.trace("web", &peer));
+    let to_container = hop_ips(&lab.trace("web", &addr.to_string()));
+    assert_eq!(to_peer.last(), Some(&peer), "web -> peer: {to_peer:?}");
+    assert_eq!(
+        to_container.last(),
+        Some(&addr.to_string()),
+        "web -> container: {to_container:?}"
+    );
+    assert_eq!(
+        to_container[..to_container.len() - 1],
+        to_peer[..to_peer.len() - 1],
+        "the container traces unlike the lab pod {peer}"
+    );
+
     // Out: the web pod saw the container's own address (no NAT on the way).
     let answer = wait_line(c.as_mut(), "OUT ", deadline);
     assert!(
@@ -212,7 +231,10 @@ pub fn exercise(lab: &Lab, mode: &str, start: impl FnOnce(&str) -> Box<dyn Conta
         c.output()
     );
     wait_line(c.as_mut(), "DONE", deadline);
-    eprintln!("container {addr} on node-1:\n{}", c.output());
+    eprintln!(
+        "container {addr} on node-1, traced from web via {to_container:?}:\n{}",
+        c.output()
+    );
 
     // Gone: the runtime removed it; nothing of it stays on the node or in
     // the agent.
