@@ -18,6 +18,14 @@ have protoc || need+=(protobuf-compiler)
 # protoc's well-known types (google/protobuf/*.proto) come with the -dev package.
 [ -f /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
 have etcd || need+=(etcd-server)
+# Real runtimes drive podwire (bin/ctl/tests/runtimes.rs): podman with its
+# CNI backend and runc, containerd with ctr; their image is made from a
+# static busybox. (nsenter and unshare come with util-linux.)
+have podman || need+=(podman)
+have runc || need+=(runc)
+{ have containerd && have ctr; } || need+=(containerd)
+have tar || need+=(tar)
+dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' || need+=(busybox-static)
 if [ "${PODWIRE_BENCH_DEPS:-0}" = 1 ]; then
   [ -x /usr/lib/cni/ptp ] || need+=(containernetworking-plugins)
   have iperf3 || need+=(iperf3)
