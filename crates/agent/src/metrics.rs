@@ -434,7 +434,7 @@ mod tests {
         m.converged("delta", Duration::from_millis(5), 2);
         let text = m.render(&NodeState::default());
         for fam in m.registry.gather() {
-            let name = fam.get_name();
+            let name = fam.name();
             assert!(name.starts_with("podwire_"), "{name}");
             match fam.get_field_type() {
                 prometheus::proto::MetricType::COUNTER => {
@@ -466,12 +466,14 @@ mod tests {
         let _ = m.datastore("x", || Ok::<_, String>(()));
         m.reconcile("x", &[("x", 1)]);
         m.converged("x", Duration::ZERO, 0);
-        let mut st = NodeState::default();
-        st.eni_limit = Some(3);
-        st.enis.push(crate::introspect::EniState::default());
+        let st = NodeState {
+            eni_limit: Some(3),
+            enis: vec![crate::introspect::EniState::default()],
+            ..NodeState::default()
+        };
         let _ = m.render(&st);
         for fam in m.registry.gather() {
-            let row = format!("| `{}` |", fam.get_name());
+            let row = format!("| `{}` |", fam.name());
             assert!(doc.contains(&row), "docs/METRICS.md has no row {row}");
         }
     }

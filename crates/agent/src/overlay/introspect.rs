@@ -57,14 +57,11 @@ impl OverlayAgent {
         let own = |b: &&BlockState| b.affinity.as_deref() == Some(self.node.as_str());
         let free_ips = blocks.iter().filter(own).map(|b| b.counts.free).sum();
         // Pods' addresses only (the tunnel address is the node's own).
+        let tunnel = Handle::tunnel(&self.node).to_string();
         let assigned_ips = blocks
             .iter()
             .flat_map(|b| &b.addresses)
-            .filter(|a| {
-                !a.holder
-                    .as_deref()
-                    .is_some_and(|h| h == Handle::tunnel(&self.node).to_string())
-            })
+            .filter(|a| a.holder.as_deref() != Some(tunnel.as_str()))
             .count();
         NodeState {
             node: self.node.clone(),
