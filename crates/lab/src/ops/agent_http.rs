@@ -51,11 +51,10 @@ pub fn http_get(endpoint: &str, path: &str, timeout: Duration) -> Result<HttpAns
     };
     let mut s = TcpStream::connect_timeout(&addr, left()).map_err(io)?;
     s.set_write_timeout(Some(left())).map_err(io)?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(io)?;
+    // One write: a server that reads one segment and closes must not
+    // meet the rest of the request (it would answer with a reset).
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(request.as_bytes()).map_err(io)?;
     let mut raw = Vec::new();
     let mut chunk = [0u8; 16 * 1024];
     loop {
@@ -110,8 +109,15 @@ mod tests {
         let addr = l.local_addr().expect("addr");
         let server = std::thread::spawn(move || {
             let (mut c, _) = l.accept().expect("accept");
+            // The whole head first: closing with unread bytes would reset.
+            let mut head = Vec::new();
             let mut buf = [0u8; 1024];
-            let _ = c.read(&mut buf);
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match c.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
             let _ = c.write_all(
                 b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 10\r\n\r\nnot ready\n",
             );
