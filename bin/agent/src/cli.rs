@@ -140,10 +140,28 @@ pub struct DaemonArgs {
     /// that answers "try again"). Not given: the agent writes no conflist.
     #[arg(long, env = "PODWIRE_CNI_CONF_DIR")]
     pub cni_conf_dir: Option<PathBuf>,
+    /// Where `/metrics` (Prometheus), `/healthz` and `/v1/state` are served
+    /// (`IP:PORT`; loopback by default), or `off`.
+    #[arg(long, env = "PODWIRE_METRICS_ADDRESS", default_value = podwire_agent_core::DEFAULT_METRICS_ADDRESS,
+          value_parser = parse_metrics_address)]
+    pub metrics_address: MetricsAddress,
     /// Print the settings the agent would run with (flags, environment and
     /// defaults resolved) and exit without touching the node.
     #[arg(long)]
     pub print_config: bool,
+}
+
+/// `--metrics-address`: an address, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsAddress(pub Option<std::net::SocketAddr>);
+
+fn parse_metrics_address(s: &str) -> Result<MetricsAddress, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(MetricsAddress(None));
+    }
+    s.parse()
+        .map(|a| MetricsAddress(Some(a)))
+        .map_err(|e| format!("{e}: want IP:PORT (127.0.0.1:61678) or `off`"))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -233,6 +251,27 @@ mod tests {
         assert_eq!(c.daemon.socket, PathBuf::from("/run/podwire/lab/a.sock"));
         assert_eq!(c.daemon.block_size, 24);
         assert!(c.daemon.strict_affinity);
+    }
+
+    #[test]
+    fn the_metrics_address_defaults_to_loopback_and_can_be_turned_off() {
+        let d = parse(&[]).daemon.metrics_address;
+        assert_eq!(d.0, Some("127.0.0.1:61678".parse().expect("addr")));
+        assert_eq!(
+            parse(&["--metrics-address", "off"])
+                .daemon
+                .metrics_address
+                .0,
+            None
+        );
+        assert_eq!(
+            parse(&["--metrics-address", "0.0.0.0:9100"])
+                .daemon
+                .metrics_address
+                .0,
+            Some("0.0.0.0:9100".parse().expect("addr"))
+        );
+        assert!(Cli::try_parse_from(["podwire-agent", "--metrics-address", "localhost"]).is_err());
     }
 
     #[test]

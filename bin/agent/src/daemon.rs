@@ -120,6 +120,7 @@ fn config(args: DaemonArgs) -> anyhow::Result<AgentConfig> {
         state_dir: args.state_dir,
         pod_guard,
         mode,
+        metrics_address: args.metrics_address.0,
     })
 }
 

@@ -23,6 +23,28 @@ enum Top {
         #[command(subcommand)]
         cmd: LabCmd,
     },
+    /// A live agent on this node (outside the lab too).
+    Node {
+        #[command(subcommand)]
+        cmd: NodeTop,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum NodeTop {
+    /// What the agent says: STATUS over its socket, or its /v1/state over
+    /// HTTP with --endpoint. Exits 1 when the agent is not ready.
+    Status {
+        /// The agent's socket (its --socket).
+        #[arg(long, default_value = podwire_cni::config::DEFAULT_AGENT_SOCKET, conflicts_with = "endpoint")]
+        socket: PathBuf,
+        /// The agent's metrics endpoint, `http://IP:PORT` (its
+        /// --metrics-address, e.g. http://127.0.0.1:61678).
+        #[arg(long)]
+        endpoint: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -265,8 +287,159 @@ fn main() -> ExitCode {
     }
 }
 
+/// `node status`: the agent's answer, printed; exit 1 when not ready.
+fn node_status(
+    socket: &std::path::Path,
+    endpoint: Option<&str>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let v = match endpoint {
+        Some(ep) => {
+            let a = ops::http_get(ep, "/v1/state", std::time::Duration::from_secs(5))?;
+            if a.status != 200 {
+                anyhow::bail!("{ep}/v1/state answered {}: {}", a.status, a.body.trim());
+            }
+            serde_json::from_str::<serde_json::Value>(&a.body)
+                .with_context(|| format!("{ep}/v1/state is not JSON"))?
+        }
+        None => {
+            let v = ops::agent_status(socket);
+            if v.is_null() {
+                anyhow::bail!("no agent answers on {}", socket.display());
+            }
+            v
+        }
+    };
+    let ready = v["ready"].as_bool().unwrap_or(false);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print!("{}", format_node_status(&v));
+    }
+    Ok(if ready {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// The human form of a STATUS answer or a /v1/state document.
+fn format_node_status(v: &serde_json::Value) -> String {
+    use std::fmt::Write;
+    let s = |k: &str| v[k].as_str().unwrap_or("").to_string();
+    let mut out = String::new();
+    let node = v["node"]
+        .as_str()
+        .map(|n| format!("node {n}: "))
+        .unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "{node}{} ({} free, {} assigned){}",
+        if v["ready"].as_bool().unwrap_or(false) {
+            "ready"
+        } else {
+            "not ready"
+        },
+        v["free_ips"],
+        v["assigned_ips"],
+        if s("message").is_empty() {
+            String::new()
+        } else {
+            format!(": {}", s("message"))
+        }
+    );
+    if let Some(mode) = v["mode"].as_str() {
+        let _ = writeln!(out, "mode {mode}");
+    }
+    if let Some(t) = v.get("targets").filter(|t| !t.is_null()) {
+        let _ = writeln!(
+            out,
+            "targets: warm {} minimum {} whole ENIs {}",
+            t["warm_ip_target"], t["minimum_ip_target"], t["whole_enis"]
+        );
+    }
+    let count = |addrs: &serde_json::Value, state: &str| {
+        addrs
+            .as_array()
+            .map_or(0, |a| a.iter().filter(|x| x["state"] == state).count())
+    };
+    for e in v["enis"].as_array().into_iter().flatten() {
+        let a = &e["addresses"];
+        let _ = writeln!(
+            out,
+            "eni {} (device {}): {} addresses, {} assigned, {} free, {} cooling",
+            e["id"].as_str().unwrap_or("?"),
+            e["device_index"],
+            a.as_array().map_or(0, Vec::len),
+            count(a, "assigned"),
+            count(a, "free"),
+            count(a, "cooling")
+        );
+        for x in a
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|x| !x["holder"].is_null())
+        {
+            let _ = writeln!(
+                out,
+                "  {} {}",
+                x["ip"].as_str().unwrap_or("?"),
+                x["holder"].as_str().unwrap_or("")
+            );
+        }
+    }
+    if let Some(limit) = v["eni_limit"].as_u64() {
+        let n = v["enis"].as_array().map_or(0, Vec::len);
+        let _ = writeln!(out, "ENIs: {n} attached of {limit} allowed");
+    }
+    for b in v["blocks"].as_array().into_iter().flatten() {
+        let c = &b["counts"];
+        let _ = writeln!(
+            out,
+            "block {} (affinity {}): {} addresses, {} held, {} free",
+            b["cidr"].as_str().unwrap_or("?"),
+            b["affinity"].as_str().unwrap_or("none"),
+            c["total"],
+            c["assigned"],
+            c["free"]
+        );
+        for x in b["addresses"].as_array().into_iter().flatten() {
+            let _ = writeln!(
+                out,
+                "  {} {}",
+                x["ip"].as_str().unwrap_or("?"),
+                x["holder"].as_str().unwrap_or("")
+            );
+        }
+    }
+    if let Some(p) = v["peers"].as_u64() {
+        let _ = writeln!(out, "peers: {p}");
+    }
+    for e in v["last_errors"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "error at {}: {}: {}",
+            e["at"],
+            e["what"].as_str().unwrap_or("?"),
+            e["message"].as_str().unwrap_or("")
+        );
+    }
+    out
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let Top::Lab { cmd } = cli.cmd;
+    let cmd = match cli.cmd {
+        Top::Lab { cmd } => cmd,
+        Top::Node {
+            cmd:
+                NodeTop::Status {
+                    socket,
+                    endpoint,
+                    json,
+                },
+        } => return node_status(&socket, endpoint.as_deref(), json),
+    };
     match cmd {
         LabCmd::Up {
             name,

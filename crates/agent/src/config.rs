@@ -22,7 +22,14 @@ pub struct AgentConfig {
     /// cloud API), enforced with nftables before the first pod is served.
     pub pod_guard: PodEgressGuard,
     pub mode: ModeConfig,
+    /// Where `/metrics`, `/healthz` and `/v1/state` are served; `None`: not
+    /// at all.
+    pub metrics_address: Option<std::net::SocketAddr>,
 }
+
+/// The metrics endpoint when nothing else is said: loopback, the Amazon VPC
+/// CNI's metrics port.
+pub const DEFAULT_METRICS_ADDRESS: &str = "127.0.0.1:61678";
 
 /// The per-mode half of the configuration.
 #[derive(Debug, Clone)]

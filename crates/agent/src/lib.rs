@@ -14,6 +14,9 @@
 
 mod checkpoint;
 mod config;
+mod endpoint;
+pub mod introspect;
+pub mod metrics;
 mod overlay;
 mod retry;
 mod server;
@@ -21,7 +24,7 @@ mod vpc;
 
 pub use config::{
     AgentConfig, BlockedDestination, ModeConfig, OverlayConfig, PodEgressGuard, VpcConfig,
-    DEFAULT_SOCKET,
+    DEFAULT_METRICS_ADDRESS, DEFAULT_SOCKET,
 };
 
 use std::sync::Arc;
@@ -63,6 +66,10 @@ pub(crate) trait Backend: Send + Sync {
     /// Answers one request. `deadline` is when the caller stops waiting: work
     /// that cannot finish by then (waiting for the cloud) gives up before.
     fn handle(&self, req: podwire_proto::Request, deadline: Instant) -> podwire_proto::Response;
+
+    /// The agent's view of its node from memory (no remote call): what
+    /// `/v1/state`, `/healthz` and the metrics' gauges show.
+    fn state(&self) -> introspect::NodeState;
 }
 
 /// Forgets the connection tracking entries of released addresses, so a pod
@@ -131,25 +138,40 @@ pub fn run(config: AgentConfig) -> Result<(), AgentError> {
         );
         Ok(())
     };
+    let metrics = Arc::new(metrics::Metrics::new());
+    // Served from the moment the plugin socket is: a probe sees the agent
+    // as it starts answering.
+    let endpoint = |backend: Arc<dyn Backend>| -> Result<(), AgentError> {
+        if let Some(addr) = config.metrics_address {
+            endpoint::start(addr, backend, Arc::clone(&metrics))?;
+        }
+        Ok(())
+    };
     match &config.mode {
         ModeConfig::Overlay(overlay) => {
-            let agent = Arc::new(overlay::OverlayAgent::start(&config, overlay)?);
+            let agent = Arc::new(overlay::OverlayAgent::start(
+                &config,
+                overlay,
+                Arc::clone(&metrics),
+            )?);
             guard()?;
             agent.sync_vxlan_peers();
             let listener = server::bind(&config.socket)?;
+            endpoint(Arc::clone(&agent) as Arc<dyn Backend>)?;
             tracing::info!(socket = %config.socket.display(), node = %config.node_name, "overlay agent ready");
             let converger = Arc::clone(&agent);
             spawn("converge", move || converger.converge_forever())?;
-            server::serve(listener, agent);
+            server::serve(listener, agent, metrics);
         }
         ModeConfig::Vpc(vpc) => {
-            let agent = Arc::new(vpc::VpcAgent::start(&config, vpc)?);
+            let agent = Arc::new(vpc::VpcAgent::start(&config, vpc, Arc::clone(&metrics))?);
             guard()?;
             let listener = server::bind(&config.socket)?;
+            endpoint(Arc::clone(&agent) as Arc<dyn Backend>)?;
             tracing::info!(socket = %config.socket.display(), node = %agent.node_name(), "vpc agent ready");
             let manager = Arc::clone(&agent);
             spawn("pool", move || vpc::pool::run(&manager))?;
-            server::serve(listener, agent);
+            server::serve(listener, agent, metrics);
         }
     }
     Ok(())

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use podwire_proto::{read_request, write_response, ErrorKind, Request, Response};
 
+use crate::metrics::Metrics;
 use crate::{AgentError, Backend};
 
 /// Connections served at once; more are answered "busy" and closed.
@@ -71,7 +72,7 @@ impl Drop for Slot {
     }
 }
 
-pub fn serve(listener: UnixListener, backend: Arc<dyn Backend>) {
+pub fn serve(listener: UnixListener, backend: Arc<dyn Backend>, metrics: Arc<Metrics>) {
     let active = Arc::new(AtomicUsize::new(0));
     for conn in listener.incoming() {
         let stream = match conn {
@@ -88,11 +89,12 @@ pub fn serve(listener: UnixListener, backend: Arc<dyn Backend>) {
         }
         let slot = Slot(Arc::clone(&active));
         let backend = Arc::clone(&backend);
+        let metrics = Arc::clone(&metrics);
         let spawned = std::thread::Builder::new()
             .name("conn".into())
             .spawn(move || {
                 let _slot = slot;
-                handle(&stream, backend.as_ref());
+                handle(&stream, backend.as_ref(), &metrics);
             });
         if let Err(e) = spawned {
             tracing::warn!("cannot start a connection thread: {e}");
@@ -110,7 +112,7 @@ fn refuse_busy(stream: &UnixStream) {
     let _ = write_response(stream, &busy, Instant::now() + Duration::from_millis(100));
 }
 
-fn handle(stream: &UnixStream, backend: &dyn Backend) {
+fn handle(stream: &UnixStream, backend: &dyn Backend, metrics: &Metrics) {
     let received = Instant::now();
     let incoming = match read_request(stream, received + REQUEST_READ) {
         Ok(i) => i,
@@ -139,7 +141,14 @@ fn handle(stream: &UnixStream, backend: &dyn Backend) {
         Request::Add(a) => Some(a.key.clone()),
         _ => None,
     };
+    let verb = crate::metrics::verb_label(&incoming.request);
     let response = backend.handle(incoming.request, work_by);
+    // Timed from the request's arrival: what the plugin waited for.
+    metrics.cni_request(
+        verb,
+        &crate::metrics::result_label(&response),
+        received.elapsed(),
+    );
     let delivered =
         Instant::now() < answer_by && write_response(stream, &response, answer_by).is_ok();
     if !delivered {
@@ -200,6 +209,9 @@ mod tests {
                 },
             }
         }
+        fn state(&self) -> crate::introspect::NodeState {
+            crate::introspect::NodeState::default()
+        }
     }
 
     fn socket_dir(tag: &str) -> std::path::PathBuf {
@@ -212,7 +224,7 @@ mod tests {
         let dir = socket_dir(tag);
         let sock = dir.join("agent.sock");
         let listener = bind(&sock).expect("bind");
-        std::thread::spawn(move || serve(listener, backend));
+        std::thread::spawn(move || serve(listener, backend, Arc::new(Metrics::new())));
         (dir, sock)
     }
 
@@ -252,6 +264,35 @@ mod tests {
                 Instant::now() < deadline,
                 "no release after the undelivered ADD: {calls:?}"
             );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn every_answer_is_counted_by_verb_and_result() {
+        let backend = Arc::new(Recorder::default());
+        let dir = socket_dir("count");
+        let sock = dir.join("agent.sock");
+        let listener = bind(&sock).expect("bind");
+        let metrics = Arc::new(Metrics::new());
+        let m = Arc::clone(&metrics);
+        std::thread::spawn(move || serve(listener, backend, m));
+        let soon = || Instant::now() + Duration::from_secs(10);
+        let r = podwire_proto::call(&sock, &add_request(), soon());
+        assert!(matches!(r, Ok(Response::Allocated { .. })), "{r:?}");
+        let _ = podwire_proto::call(&sock, &Request::Del { key: key() }, soon());
+        // The answer reaches the caller before the count moves: poll.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = metrics.render(&crate::introspect::NodeState::default());
+            let add = "podwire_cni_requests_total{result=\"ok\",verb=\"add\"} 1";
+            let del = "podwire_cni_requests_total{result=\"ok\",verb=\"del\"} 1";
+            let hist = "podwire_cni_request_duration_seconds_count{result=\"ok\",verb=\"add\"} 1";
+            if text.contains(add) && text.contains(del) && text.contains(hist) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{text}");
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = fs::remove_dir_all(dir);

@@ -16,10 +16,11 @@ use crate::AgentError;
 
 type WatchItem = Result<podwire_store::Event, podwire_store::StoreError>;
 
-/// The merged changes of every followed prefix; dropping it stops the
-/// forwarding threads.
+/// The merged changes of every followed prefix, each with when it reached
+/// the agent (for the convergence lag); dropping it stops the forwarding
+/// threads.
 struct Following {
-    rx: Receiver<WatchItem>,
+    rx: Receiver<(Instant, WatchItem)>,
     stop: Arc<AtomicBool>,
 }
 
@@ -33,6 +34,15 @@ impl Drop for Following {
 const RESYNC: Duration = Duration::from_secs(30);
 /// Empty blocks are looked for this often.
 const BLOCK_GC_EVERY: Duration = Duration::from_secs(60);
+
+/// What a convergence changed in the kernel, as metric labels.
+fn changes(c: overlay::Changes) -> [(&'static str, u64); 2] {
+    let n = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
+    [
+        ("kernel_added", n(c.added)),
+        ("kernel_removed", n(c.removed)),
+    ]
+}
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -73,7 +83,7 @@ impl OverlayAgent {
         let started = Instant::now();
         let snaps = super::WATCHED
             .iter()
-            .map(|p| self.store.list(p))
+            .map(|p| self.metrics.datastore("list", || self.store.list(p)))
             .collect::<Result<Vec<_>, _>>()?;
         let mut model = self.model.lock().unwrap_or_else(|p| p.into_inner());
         model.nodes.clear();
@@ -97,6 +107,9 @@ impl OverlayAgent {
         }
         model.applied = d;
         sync_vxlan_peers(&mut model);
+        self.metrics.reconcile("resync", &changes(c));
+        self.metrics
+            .converged("resync", started.elapsed(), model.applied.peers.len());
         Ok(snaps.iter().map(|s| s.revision).collect())
     }
 
@@ -109,14 +122,16 @@ impl OverlayAgent {
         let (tx, rx) = std::sync::mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
         for (prefix, rev) in super::WATCHED.iter().zip(revs) {
-            let inner = self.store.watch(prefix, *rev)?;
+            let inner = self
+                .metrics
+                .datastore("watch", || self.store.watch(prefix, *rev))?;
             let tx = tx.clone();
             let stop = Arc::clone(&stop);
             crate::spawn("watch", move || {
                 while !stop.load(Ordering::Acquire) {
                     match inner.recv_timeout(Duration::from_millis(500)) {
                         Ok(item) => {
-                            if tx.send(item).is_err() {
+                            if tx.send((Instant::now(), item)).is_err() {
                                 break;
                             }
                         }
@@ -129,8 +144,13 @@ impl OverlayAgent {
         Ok(Following { rx, stop })
     }
 
-    /// Applies one batch of datastore changes to the model and the kernel.
-    fn apply_events(&self, events: &[podwire_store::Event]) -> Result<(), AgentError> {
+    /// Applies one batch of datastore changes, the first of which reached
+    /// the agent at `first_seen`, to the model and the kernel.
+    fn apply_events(
+        &self,
+        events: &[podwire_store::Event],
+        first_seen: Instant,
+    ) -> Result<(), AgentError> {
         let started = Instant::now();
         let mut model = self.model.lock().unwrap_or_else(|p| p.into_inner());
         for ev in events {
@@ -142,6 +162,7 @@ impl OverlayAgent {
         }
         let d = model.desired(&self.node);
         if d == model.applied {
+            self.metrics.reconcile("delta", &[]);
             return Ok(());
         }
         let mut nl = self.nl.lock().unwrap_or_else(|p| p.into_inner());
@@ -149,6 +170,9 @@ impl OverlayAgent {
         let c = overlay::apply_delta(&mut *nl, &vxlan, &model.applied, &d)?;
         model.applied = d;
         sync_vxlan_peers(&mut model);
+        self.metrics.reconcile("delta", &changes(c));
+        self.metrics
+            .converged("delta", first_seen.elapsed(), model.applied.peers.len());
         tracing::info!(
             added = c.added,
             removed = c.removed,
@@ -166,6 +190,7 @@ impl OverlayAgent {
             let revs = match self.converge_once() {
                 Ok(r) => r,
                 Err(e) => {
+                    self.metrics.note_error("converge", &e.to_string());
                     tracing::warn!("converge: {e}");
                     std::thread::sleep(Duration::from_secs(1));
                     continue;
@@ -183,18 +208,20 @@ impl OverlayAgent {
             let resync_at = Instant::now() + RESYNC;
             loop {
                 match rx.recv_timeout(Duration::from_secs(5)) {
-                    Ok(Ok(ev)) => {
+                    Ok((first_seen, Ok(ev))) => {
                         // Take whatever else arrived with it, apply once.
                         let mut batch = vec![ev];
-                        while let Ok(Ok(more)) = rx.try_recv() {
+                        while let Ok((_, Ok(more))) = rx.try_recv() {
                             batch.push(more);
                         }
-                        if let Err(e) = self.apply_events(&batch) {
+                        if let Err(e) = self.apply_events(&batch, first_seen) {
+                            self.metrics.note_error("converge", &e.to_string());
                             tracing::warn!("applying changes: {e}");
                             break;
                         }
                     }
-                    Ok(Err(e)) => {
+                    Ok((_, Err(e))) => {
+                        self.metrics.datastore_error("watch", &e.to_string());
                         tracing::warn!("watch: {e}");
                         break;
                     }
@@ -203,10 +230,16 @@ impl OverlayAgent {
                 }
                 if last_gc.elapsed() > BLOCK_GC_EVERY {
                     last_gc = Instant::now();
-                    match self
-                        .ipam
-                        .release_empty_blocks(&self.node, self.cfg.block_grace.as_secs())
-                    {
+                    let released = self.metrics.datastore("release_empty_blocks", || {
+                        self.ipam
+                            .release_empty_blocks(&self.node, self.cfg.block_grace.as_secs())
+                    });
+                    let n = released.as_ref().map(Vec::len).unwrap_or(0);
+                    self.metrics.reconcile(
+                        "block_gc",
+                        &[("blocks_released", u64::try_from(n).unwrap_or(u64::MAX))],
+                    );
+                    match released {
                         Ok(v) if !v.is_empty() => {
                             tracing::info!(blocks = ?v, "released empty blocks")
                         }

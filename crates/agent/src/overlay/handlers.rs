@@ -46,7 +46,7 @@ impl OverlayAgent {
 
     pub(super) fn add(&self, req: AddRequest) -> Response {
         let handle = handle_of(&req.key);
-        match self.ipam.find(&handle) {
+        match self.metrics.datastore("find", || self.ipam.find(&handle)) {
             Ok(Some((ip, _))) => {
                 return Response::Error {
                     kind: ErrorKind::AlreadyExists,
@@ -67,13 +67,18 @@ impl OverlayAgent {
         if let Some(n) = &req.pod_name {
             holder.attrs.insert("pod_name".into(), n.clone());
         }
-        match self.ipam.allocate_for(&holder) {
+        match self
+            .metrics
+            .datastore("allocate", || self.ipam.allocate_for(&holder))
+        {
             Ok(a) => {
                 let allocation = self.allocation(&req.key, a.ip, &holder);
                 // Recorded locally before the plugin hears of it; a record
                 // that cannot be written undoes the allocation.
                 if let Err(e) = self.record.add(&allocation) {
-                    let _ = self.ipam.release(&handle);
+                    let _ = self
+                        .metrics
+                        .datastore("release", || self.ipam.release(&handle));
                     return Response::Error {
                         kind: ErrorKind::Internal,
                         message: e.to_string(),
@@ -82,12 +87,20 @@ impl OverlayAgent {
                 tracing::info!(ip = %a.ip, block = %a.block, borrowed = a.borrowed, %handle, "address assigned");
                 Response::Allocated { allocation }
             }
-            Err(e) => ipam_error(e),
+            Err(e) => {
+                if matches!(e, IpamError::Exhausted { .. }) {
+                    self.metrics.no_address("exhausted");
+                }
+                ipam_error(e)
+            }
         }
     }
 
     pub(super) fn get(&self, key: &AttachmentKey) -> Response {
-        match self.ipam.find(&handle_of(key)) {
+        match self
+            .metrics
+            .datastore("find", || self.ipam.find(&handle_of(key)))
+        {
             Ok(Some((ip, b))) => {
                 let holder = b
                     .find(&handle_of(key))
@@ -116,7 +129,10 @@ impl OverlayAgent {
         }
         // Before the address is free again: no later pod inherits its flows.
         crate::forget_flows(found.as_ref().map(|a| a.ip));
-        match self.ipam.release(&handle_of(key)) {
+        match self
+            .metrics
+            .datastore("release", || self.ipam.release(&handle_of(key)))
+        {
             Ok(_) => Response::Released {
                 allocations: found.into_iter().collect(),
             },
@@ -128,7 +144,9 @@ impl OverlayAgent {
         let keep: Vec<Handle> = valid.iter().map(handle_of).collect();
         // Exactly this network's attachments on this node (never `pw.x`'s
         // for `pw`): the ipam answers from its handle index.
-        let held = match self.ipam.allocations_on(&self.node, network) {
+        let held = match self.metrics.datastore("list_allocations", || {
+            self.ipam.allocations_on(&self.node, network)
+        }) {
             Ok(v) => v,
             Err(e) => return ipam_error(e),
         };
@@ -157,7 +175,10 @@ impl OverlayAgent {
                 };
             }
             crate::forget_flows([a.ip]);
-            if let Err(e) = self.ipam.release(&a.holder.handle) {
+            if let Err(e) = self
+                .metrics
+                .datastore("release", || self.ipam.release(&a.holder.handle))
+            {
                 return ipam_error(e);
             }
             released.push(self.allocation(&key, a.ip, &a.holder));
@@ -168,14 +189,17 @@ impl OverlayAgent {
     }
 
     pub(super) fn status(&self) -> Response {
-        let (ready, message) = match self.store.get(&nodes::node_key(&self.node)) {
+        let (ready, message) = match self
+            .metrics
+            .datastore("get", || self.store.get(&nodes::node_key(&self.node)))
+        {
             Ok(_) => (true, format!("datastore reachable; pod MTU {}", self.mtu)),
             Err(e) => (false, e.to_string()),
         };
         // Addresses in this node's own blocks (more blocks can be claimed).
         let (free, assigned) = self
-            .ipam
-            .blocks()
+            .metrics
+            .datastore("list_blocks", || self.ipam.blocks())
             .map(|bs| {
                 bs.iter()
                     .filter(|(b, _)| b.affinity.as_deref() == Some(self.node.as_str()))

@@ -10,6 +10,7 @@
 
 mod converge;
 mod handlers;
+mod introspect;
 mod model;
 mod record;
 
@@ -23,6 +24,7 @@ use podwire_netlink::{sysctl, Handle};
 use podwire_proto::{Request, Response};
 use podwire_store::Datastore;
 
+use crate::metrics::Metrics;
 use crate::{AgentConfig, AgentError, Backend, OverlayConfig};
 use model::Model;
 
@@ -43,6 +45,7 @@ pub struct OverlayAgent {
     model: Mutex<Model>,
     /// This node's live pods, to recognise a datastore that lost them.
     record: record::Record,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for OverlayAgent {
@@ -55,7 +58,11 @@ impl std::fmt::Debug for OverlayAgent {
 }
 
 impl OverlayAgent {
-    pub fn start(config: &AgentConfig, cfg: &OverlayConfig) -> Result<OverlayAgent, AgentError> {
+    pub fn start(
+        config: &AgentConfig,
+        cfg: &OverlayConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<OverlayAgent, AgentError> {
         let node = config.node_name.clone();
         let store: Arc<dyn Datastore> =
             Arc::from(podwire_store::open_with(&cfg.datastore, &cfg.etcd_tls)?);
@@ -137,6 +144,7 @@ impl OverlayAgent {
             nl: Mutex::new(nl),
             model: Mutex::new(Model::default()),
             record,
+            metrics,
         };
         agent.converge_once()?;
         Ok(agent)
@@ -152,5 +160,9 @@ impl Backend for OverlayAgent {
             Request::Status => self.status(),
             Request::Gc { network, valid } => self.gc(&network, &valid),
         }
+    }
+
+    fn state(&self) -> crate::introspect::NodeState {
+        self.introspect()
     }
 }

@@ -37,9 +37,15 @@ impl VpcAgent {
                 ),
             };
         }
+        // Whether this ADD found the pool empty (counted once, by outcome).
+        let mut waited = false;
         loop {
             let now = Instant::now();
             if let Some(got) = st.pool.allocate(&owner(&req.key), now) {
+                st.ledger.released.remove(&got.ip);
+                if waited {
+                    self.metrics.no_address("waited");
+                }
                 let alloc = Allocation {
                     key: req.key.clone(),
                     ip: got.ip,
@@ -51,7 +57,7 @@ impl VpcAgent {
                 st.allocations.insert(req.key.clone(), alloc.clone());
                 if let Err(e) = self.save(&st) {
                     st.allocations.remove(&req.key);
-                    st.pool.release(got.ip, now);
+                    st.release(got.ip, now);
                     return Response::Error {
                         kind: ErrorKind::Internal,
                         message: e.to_string(),
@@ -63,6 +69,7 @@ impl VpcAgent {
                 return Response::Allocated { allocation: alloc };
             }
             if st.pool.at_limit() && st.pool.free_total() == 0 {
+                self.metrics.no_address("exhausted");
                 return Response::Error {
                     kind: ErrorKind::Exhausted,
                     message: self.exhausted_message(&st, &who),
@@ -70,6 +77,7 @@ impl VpcAgent {
             }
             if let Some((kind, msg)) = &st.cloud_error {
                 if *kind == ErrorKind::Exhausted {
+                    self.metrics.no_address("exhausted");
                     return Response::Error {
                         kind: *kind,
                         message: format!("node {}: {msg}", self.node.name),
@@ -77,6 +85,7 @@ impl VpcAgent {
                 }
             }
             if now >= deadline {
+                self.metrics.no_address("timed_out");
                 let why = if st.pool.free_total() > 0 {
                     "every free address is still cooling down after release".to_string()
                 } else {
@@ -90,6 +99,7 @@ impl VpcAgent {
                     message: format!("node {}: no address ready for {who}: {why}", self.node.name),
                 };
             }
+            waited = true;
             self.changed.notify_all();
             let wait = deadline
                 .saturating_duration_since(now)
@@ -104,7 +114,7 @@ impl VpcAgent {
 
     fn release_locked(&self, st: &mut State, key: &AttachmentKey) -> Option<Allocation> {
         let a = st.allocations.remove(key)?;
-        st.pool.release(a.ip, Instant::now());
+        st.release(a.ip, Instant::now());
         Some(a)
     }
 

@@ -4,10 +4,12 @@
 //! filled in [`pool`]. It ends with the mode's [`Backend`] implementation.
 
 mod handlers;
+mod introspect;
 pub mod pool;
 
-use std::collections::BTreeMap;
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
 use ipnet::Ipv4Net;
@@ -20,6 +22,7 @@ use podwire_netlink::{sysctl, Handle, MacAddr};
 use podwire_proto::{Allocation, AttachmentKey, ErrorKind, Request, Response};
 
 use crate::checkpoint::Checkpoint;
+use crate::metrics::Metrics;
 use crate::{AgentConfig, AgentError, Backend, VpcConfig};
 
 /// Facts about this node that do not change while the agent runs.
@@ -42,6 +45,52 @@ pub struct State {
     pub last_plan: PoolPlan,
     /// The last cloud failure, cleared by the next success.
     pub cloud_error: Option<(ErrorKind, String)>,
+    /// Which address is on which ENI, and when free ones were released:
+    /// the pool keeps these privately; introspection shows them per ENI.
+    pub ledger: Ledger,
+}
+
+/// The agent's record of the pool's layout, changed only through the
+/// [`State`] methods below together with the pool.
+#[derive(Debug, Default)]
+pub struct Ledger {
+    /// ENI id → (device index, its secondary addresses).
+    pub enis: BTreeMap<String, (u32, BTreeSet<Ipv4Addr>)>,
+    /// Free addresses released since start (they may be cooling down).
+    pub released: BTreeMap<Ipv4Addr, Instant>,
+}
+
+impl State {
+    pub fn add_eni(&mut self, id: &str, device: u32, route_table: u32) {
+        self.pool.add_eni(id, device, route_table);
+        self.ledger
+            .enis
+            .entry(id.to_string())
+            .or_insert((device, BTreeSet::new()));
+    }
+
+    pub fn add_ips(&mut self, eni_id: &str, ips: &[Ipv4Addr]) {
+        self.pool.add_ips(eni_id, ips);
+        if let Some((_, set)) = self.ledger.enis.get_mut(eni_id) {
+            set.extend(ips.iter().copied());
+        }
+    }
+
+    /// Addresses given back to the cloud.
+    pub fn forget_ips(&mut self, eni_id: &str, ips: &[Ipv4Addr]) {
+        if let Some((_, set)) = self.ledger.enis.get_mut(eni_id) {
+            for ip in ips {
+                set.remove(ip);
+                self.ledger.released.remove(ip);
+            }
+        }
+    }
+
+    pub fn release(&mut self, ip: Ipv4Addr, now: Instant) {
+        if self.pool.release(ip, now) {
+            self.ledger.released.insert(ip, now);
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -50,6 +99,7 @@ pub struct VpcAgent {
     pub config: VpcConfig,
     pub ec2: Ec2Client,
     pub checkpoint: Checkpoint,
+    pub metrics: Arc<Metrics>,
     state: Mutex<State>,
     /// Signalled when the pool changes or an ADD needs addresses.
     pub changed: Condvar,
@@ -76,22 +126,27 @@ fn owner(key: &AttachmentKey) -> String {
 impl VpcAgent {
     /// Learns the instance, rebuilds the pool from the cloud and the
     /// checkpoint, and prepares the kernel.
-    pub fn start(agent: &AgentConfig, config: &VpcConfig) -> Result<VpcAgent, AgentError> {
+    pub fn start(
+        agent: &AgentConfig,
+        config: &VpcConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<VpcAgent, AgentError> {
         use crate::retry::{transient, STARTUP_BUDGET};
         let imds_transient = |e: &podwire_cloud::ImdsError| e.is_transient();
         let ec2_transient = |e: &podwire_cloud::Ec2Error| e.is_transient();
+        let m = &metrics;
         let imds = transient("IMDS token", STARTUP_BUDGET, imds_transient, || {
-            Imds::connect(&config.imds_endpoint)
+            m.imds("token", || Imds::connect(&config.imds_endpoint))
         })?;
         let id: InstanceIdentity =
             transient("IMDS identity", STARTUP_BUDGET, imds_transient, || {
-                imds.identity()
+                m.imds("identity", || imds.identity())
             })?;
         let creds = transient(
             "IMDS credentials",
             STARTUP_BUDGET,
             |e: &AgentError| matches!(e, AgentError::Imds(i) if i.is_transient()),
-            || credentials(&imds),
+            || m.imds("credentials", || credentials(&imds)),
         )?;
         let endpoint = config
             .ec2_endpoint
@@ -102,7 +157,11 @@ impl VpcAgent {
             "DescribeInstanceTypes",
             STARTUP_BUDGET,
             ec2_transient,
-            || ec2.describe_instance_type(&id.instance_type),
+            || {
+                m.ec2("DescribeInstanceTypes", || {
+                    ec2.describe_instance_type(&id.instance_type)
+                })
+            },
         )?;
         let limits = PoolLimits {
             max_enis: it.max_enis,
@@ -136,12 +195,21 @@ impl VpcAgent {
             "DescribeNetworkInterfaces",
             STARTUP_BUDGET,
             ec2_transient,
-            || ec2.describe_instance_enis(&id.instance_id),
+            || {
+                m.ec2("DescribeNetworkInterfaces", || {
+                    ec2.describe_instance_enis(&id.instance_id)
+                })
+            },
         )?;
+        let mut ledger = Ledger::default();
         for e in enis {
             let device = e.attachment.as_ref().map(|a| a.device_index).unwrap_or(0);
             pool.add_eni(&e.id, device, route_table_for(device));
-            pool.add_ips(&e.id, &e.secondary_ips().collect::<Vec<_>>());
+            let ips: Vec<Ipv4Addr> = e.secondary_ips().collect();
+            pool.add_ips(&e.id, &ips);
+            ledger
+                .enis
+                .insert(e.id.clone(), (device, ips.into_iter().collect()));
             if device > 0 {
                 let mac: MacAddr = e.mac.parse().map_err(AgentError::Config)?;
                 let link = eni::wait_for_link(&mut nl, mac, pool::ENI_LINK_WAIT)?;
@@ -182,11 +250,13 @@ impl VpcAgent {
             config: config.clone(),
             ec2,
             checkpoint,
+            metrics,
             state: Mutex::new(State {
                 pool,
                 allocations,
                 last_plan: PoolPlan::Satisfied,
                 cloud_error: None,
+                ledger,
             }),
             changed: Condvar::new(),
         })
@@ -235,6 +305,10 @@ impl Backend for VpcAgent {
             Request::Gc { network, valid } => self.gc(&network, &valid),
         }
     }
+
+    fn state(&self) -> crate::introspect::NodeState {
+        self.introspect(Instant::now())
+    }
 }
 
 #[cfg(test)]
@@ -259,11 +333,13 @@ impl VpcAgent {
             config,
             ec2: Ec2Client::new("http://127.0.0.1:9", "pwt-region", creds),
             checkpoint: Checkpoint::new(state_dir)?,
+            metrics: Arc::new(Metrics::new()),
             state: Mutex::new(State {
                 pool,
                 allocations: BTreeMap::new(),
                 last_plan: PoolPlan::Satisfied,
                 cloud_error: None,
+                ledger: Ledger::default(),
             }),
             changed: Condvar::new(),
         })

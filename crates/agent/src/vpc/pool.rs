@@ -40,23 +40,34 @@ pub fn eni_description(instance_id: &str) -> String {
 /// left (a delete that failed is tried again at the next sweep).
 fn sweep_unattached(shared: &Shared) -> Result<usize, Ec2Error> {
     let desc = eni_description(&shared.node.instance_id);
-    let found = shared
-        .ec2
-        .describe_network_interfaces(&[("description", &desc), ("status", "available")], &[])?;
+    let found = shared.metrics.ec2("DescribeNetworkInterfaces", || {
+        shared
+            .ec2
+            .describe_network_interfaces(&[("description", &desc), ("status", "available")], &[])
+    })?;
     let mut left = 0;
+    let mut deleted = 0;
     for e in found {
         // The filters are the cloud's word; check what the reply says too.
         if e.description != desc || e.attachment.is_some() {
             continue;
         }
-        match shared.ec2.delete_network_interface(&e.id) {
-            Ok(()) => tracing::info!(eni = %e.id, "deleted an unattached ENI of this instance"),
+        match shared.metrics.ec2("DeleteNetworkInterface", || {
+            shared.ec2.delete_network_interface(&e.id)
+        }) {
+            Ok(()) => {
+                deleted += 1;
+                tracing::info!(eni = %e.id, "deleted an unattached ENI of this instance")
+            }
             Err(err) => {
                 left += 1;
                 tracing::warn!(eni = %e.id, error = %err, "unattached ENI not deleted yet");
             }
         }
     }
+    shared
+        .metrics
+        .reconcile("sweep", &[("eni_deleted", deleted)]);
     Ok(left)
 }
 
@@ -95,9 +106,16 @@ pub fn run(shared: &Shared) {
                 count,
             } => attach(shared, *device_index, *count),
         };
+        let changed: Vec<(&str, u64)> = match (&plan, &outcome) {
+            (_, Err(_)) => vec![("failed", 1)],
+            (PoolPlan::AssignIps { .. }, Ok(n)) => vec![("ips_assigned", *n)],
+            (PoolPlan::AttachEni { .. }, Ok(n)) => vec![("eni_attached", 1), ("ips_assigned", *n)],
+            (_, Ok(n)) => vec![("ips_released", *n)],
+        };
+        shared.metrics.reconcile("pool", &changed);
         let mut st = shared.lock();
         match outcome {
-            Ok(()) => st.cloud_error = None,
+            Ok(_) => st.cloud_error = None,
             Err(e) => {
                 let kind = match e.code() {
                     Some("InsufficientFreeAddressesInSubnet")
@@ -144,55 +162,68 @@ impl PoolError {
 /// Gives addresses above the warm target back to the cloud, at most once
 /// per `pool_decrease_interval` (only with an explicit `--warm-ip-target`:
 /// the default keeps whole ENIs, as the VPC CNI's WARM_ENI_TARGET does).
-fn release_surplus(shared: &Shared, last: &mut Instant) -> Option<Result<(), PoolError>> {
+fn release_surplus(shared: &Shared, last: &mut Instant) -> Option<Result<u64, PoolError>> {
     shared.config.warm_ip_target?;
     if last.elapsed() < shared.config.pool_decrease_interval {
         return None;
     }
-    let (eni_id, ips) = shared
-        .lock()
-        .pool
-        .take_surplus(shared.targets(), Instant::now())?;
+    let (eni_id, ips) = {
+        let mut st = shared.lock();
+        let (eni_id, ips) = st.pool.take_surplus(shared.targets(), Instant::now())?;
+        st.forget_ips(&eni_id, &ips);
+        (eni_id, ips)
+    };
     *last = Instant::now();
-    match shared.ec2.unassign_private_ip_addresses(&eni_id, &ips) {
+    match shared.metrics.ec2("UnassignPrivateIpAddresses", || {
+        shared.ec2.unassign_private_ip_addresses(&eni_id, &ips)
+    }) {
         Ok(()) => {
             tracing::info!(eni = %eni_id, count = ips.len(), "surplus addresses returned");
-            Some(Ok(()))
+            Some(Ok(u64::try_from(ips.len()).unwrap_or(u64::MAX)))
         }
         Err(e) => {
-            shared.lock().pool.add_ips(&eni_id, &ips);
+            shared.lock().add_ips(&eni_id, &ips);
             Some(Err(e.into()))
         }
     }
 }
 
-fn assign(shared: &Shared, eni_id: &str, count: u32) -> Result<(), PoolError> {
-    let ips = shared.ec2.assign_private_ip_addresses(eni_id, count)?;
+/// Returns how many addresses arrived.
+fn assign(shared: &Shared, eni_id: &str, count: u32) -> Result<u64, PoolError> {
+    let ips = shared.metrics.ec2("AssignPrivateIpAddresses", || {
+        shared.ec2.assign_private_ip_addresses(eni_id, count)
+    })?;
     tracing::info!(
         eni = eni_id,
         count = ips.len(),
         "secondary addresses assigned"
     );
-    shared.lock().pool.add_ips(eni_id, &ips);
-    Ok(())
+    shared.lock().add_ips(eni_id, &ips);
+    Ok(u64::try_from(ips.len()).unwrap_or(u64::MAX))
 }
 
-fn attach(shared: &Shared, device_index: u32, count: u32) -> Result<(), PoolError> {
+/// Returns how many secondary addresses the new ENI brought.
+fn attach(shared: &Shared, device_index: u32, count: u32) -> Result<u64, PoolError> {
     let node = &shared.node;
+    let m = &shared.metrics;
     let description = eni_description(&node.instance_id);
-    let created = shared.ec2.create_network_interface(
-        &node.subnet_id,
-        &description,
-        &node.security_groups,
-        count,
-    )?;
-    if let Err(e) =
+    let created = m.ec2("CreateNetworkInterface", || {
+        shared.ec2.create_network_interface(
+            &node.subnet_id,
+            &description,
+            &node.security_groups,
+            count,
+        )
+    })?;
+    if let Err(e) = m.ec2("AttachNetworkInterface", || {
         shared
             .ec2
             .attach_network_interface(&created.id, &node.instance_id, device_index)
-    {
+    }) {
         // Do not leak an unattached ENI (it holds subnet addresses).
-        if let Err(d) = shared.ec2.delete_network_interface(&created.id) {
+        if let Err(d) = m.ec2("DeleteNetworkInterface", || {
+            shared.ec2.delete_network_interface(&created.id)
+        }) {
             tracing::warn!(eni = %created.id, error = %d, "could not delete the ENI that failed to attach; the next sweep deletes it");
         }
         return Err(e.into());
@@ -213,10 +244,9 @@ fn attach(shared: &Shared, device_index: u32, count: u32) -> Result<(), PoolErro
     let link = eni::wait_for_link(&mut nl, mac, ENI_LINK_WAIT)?;
     eni::configure_secondary(&mut nl, &spec, &link)?;
     tracing::info!(eni = %created.id, device_index, link = %link.name, "ENI attached and configured");
+    let ips: Vec<std::net::Ipv4Addr> = created.secondary_ips().collect();
     let mut st = shared.lock();
-    st.pool
-        .add_eni(&created.id, device_index, route_table_for(device_index));
-    st.pool
-        .add_ips(&created.id, &created.secondary_ips().collect::<Vec<_>>());
-    Ok(())
+    st.add_eni(&created.id, device_index, route_table_for(device_index));
+    st.add_ips(&created.id, &ips);
+    Ok(u64::try_from(ips.len()).unwrap_or(u64::MAX))
 }

@@ -19,8 +19,13 @@ pub fn agent_ready(socket: &Path) -> bool {
     )
 }
 
-/// The agent's own STATUS answer, or null when it does not answer.
-pub(super) fn agent_status(socket: &Path) -> serde_json::Value {
+/// Where the lab's agents serve metrics: the default, inside each node's
+/// own namespace.
+pub const AGENT_METRICS_ADDRESS: &str = "127.0.0.1:61678";
+
+/// The agent's own STATUS answer, or null when it does not answer (`lab
+/// status` and `podwirectl node status` both show it).
+pub fn agent_status(socket: &Path) -> serde_json::Value {
     match podwire_proto::call(
         socket,
         &podwire_proto::Request::Status,
@@ -97,6 +102,8 @@ pub(super) fn agent_args(st: &LabState, r: &NodeRec) -> Result<Vec<String>, LabE
         format!("{}:80,{}:2379", cloud::EC2_ADDR, ETCD_ADDR),
         "--pod-imds-access".into(),
         if st.pod_imds_access { "allow" } else { "deny" }.into(),
+        "--metrics-address".into(),
+        AGENT_METRICS_ADDRESS.into(),
     ];
     if let Some(cidr) = st.overlay_pool()? {
         args.extend([

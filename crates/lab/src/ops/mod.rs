@@ -16,6 +16,7 @@ use crate::datastore;
 use crate::state::{self, LabState, Mode, NodeRec};
 use crate::{names, procs, LabError};
 
+mod agent_http;
 mod agents;
 mod binaries;
 mod boot;
@@ -23,7 +24,8 @@ mod nodes;
 mod pods;
 mod status;
 
-pub use agents::{agent_ready, restart_agent, stop_agent};
+pub use agent_http::{http_get, HttpAnswer};
+pub use agents::{agent_ready, agent_status, restart_agent, stop_agent, AGENT_METRICS_ADDRESS};
 pub use binaries::bin_dir;
 pub use nodes::{node_add, node_del};
 pub use pods::{pod_add, pod_del, run_plugin};

@@ -72,7 +72,8 @@ pub fn status_json(lab: &str) -> Result<serde_json::Value, LabError> {
                 "name": n.name, "netns": n.netns, "instance_id": n.instance_id, "instance_type": st.instance_type,
                 "primary_ip": n.primary_ip, "subnet": n.subnet, "dns_name": cloud::xml::dns_name(n.primary_ip),
                 "agent_pid": n.agent_pid,
-                "agent": agent_status(&n.socket), "agent_socket": n.socket, "enis": enis_of(&n.instance_id),
+                "agent": agent_status(&n.socket), "agent_socket": n.socket,
+                "agent_metrics": super::agents::AGENT_METRICS_ADDRESS, "enis": enis_of(&n.instance_id),
                 "pods": pods_by_node.get(n.name.as_str()).cloned().unwrap_or_default(),
             })
         })

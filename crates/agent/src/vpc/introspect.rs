@@ -1,0 +1,174 @@
+//! vpc mode's view of the node for `/v1/state`, `/healthz` and the gauges:
+//! every attached ENI with each address's state and holder, the pool's
+//! targets and what the pool manager is doing. Read under the state lock,
+//! from memory only.
+
+use std::time::Instant;
+
+use crate::introspect::{AddressState, EniState, NodeState, Targets};
+
+use super::VpcAgent;
+
+impl VpcAgent {
+    pub(super) fn introspect(&self, now: Instant) -> NodeState {
+        let (ready, message, free, assigned) = match self.status() {
+            podwire_proto::Response::Status { status } => (
+                status.ready,
+                status.message,
+                status.free_ips,
+                status.assigned_ips,
+            ),
+            _ => (false, "no status".into(), 0, 0),
+        };
+        let st = self.lock();
+        let cooldown = self.config.ip_cooldown;
+        let mut enis: Vec<EniState> = st
+            .ledger
+            .enis
+            .iter()
+            .map(|(id, (device, ips))| EniState {
+                id: id.clone(),
+                device_index: *device,
+                addresses: ips
+                    .iter()
+                    .map(|ip| {
+                        let holder = st.pool.owner(*ip).map(str::to_string);
+                        let state = match (&holder, st.ledger.released.get(ip)) {
+                            (Some(_), _) => "assigned",
+                            (None, Some(t)) if now.saturating_duration_since(*t) < cooldown => {
+                                "cooling"
+                            }
+                            (None, _) => "free",
+                        };
+                        AddressState {
+                            ip: *ip,
+                            state,
+                            holder,
+                        }
+                    })
+                    .collect(),
+            })
+            .collect();
+        enis.sort_by_key(|e| e.device_index);
+        let t = self.targets();
+        NodeState {
+            node: self.node.name.clone(),
+            mode: "vpc".into(),
+            ready,
+            message,
+            free_ips: free,
+            assigned_ips: assigned,
+            eni_limit: Some(self.node.limits.max_enis),
+            enis,
+            blocks: Vec::new(),
+            targets: Some(Targets {
+                warm_ip_target: t.warm,
+                minimum_ip_target: t.minimum,
+                whole_enis: t.whole_enis,
+            }),
+            last_plan: Some(format!("{:?}", st.last_plan)),
+            peers: None,
+            last_errors: Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+    use std::time::{Duration, Instant};
+
+    use podwire_ipam::EniPool;
+    use podwire_proto::{AddRequest, AttachmentKey, Response};
+
+    use super::super::testing::{agent, state_dir, LIMITS};
+
+    fn req(c: &str) -> AddRequest {
+        AddRequest {
+            key: AttachmentKey {
+                network: "pw".into(),
+                container_id: c.into(),
+                ifname: "eth0".into(),
+            },
+            netns: "/run/netns/pwt".into(),
+            pod_namespace: None,
+            pod_name: None,
+        }
+    }
+
+    /// The per-ENI view adds up to the pool's own counts, through ADD,
+    /// DEL (cooling) and the cool-down's end.
+    #[test]
+    fn the_per_eni_view_matches_the_pool_through_add_and_del() {
+        let dir = state_dir();
+        let a = agent(
+            EniPool::new(LIMITS, Duration::from_secs(30)),
+            Some(0),
+            0,
+            &dir,
+        );
+        {
+            let mut st = a.lock();
+            st.add_eni("eni-0", 0, podwire_proto::TABLE_MAIN);
+            st.add_ips(
+                "eni-0",
+                &[Ipv4Addr::new(10, 0, 1, 1), Ipv4Addr::new(10, 0, 1, 2)],
+            );
+            st.add_eni("eni-1", 1, 2);
+            st.add_ips("eni-1", &[Ipv4Addr::new(10, 0, 2, 1)]);
+        }
+        let r = a.add(req("c1"), Instant::now() + Duration::from_secs(5));
+        assert!(matches!(r, Response::Allocated { .. }), "{r:?}");
+        let s = a.introspect(Instant::now());
+        assert_eq!((s.free_ips, s.assigned_ips), (2, 1));
+        let counts: Vec<_> = s.enis.iter().map(|e| (e.id.as_str(), e.counts())).collect();
+        assert_eq!(counts[0].0, "eni-0");
+        assert_eq!(
+            (counts[0].1.total, counts[0].1.assigned, counts[0].1.free),
+            (2, 1, 1)
+        );
+        assert_eq!((counts[1].1.total, counts[1].1.free), (1, 1));
+        let held = &s.enis[0].addresses[0];
+        assert_eq!(held.holder.as_deref(), Some("pw/c1/eth0"));
+        assert_eq!(s.eni_limit, Some(LIMITS.max_enis));
+
+        // DEL: the address cools down (30 s), then is free again.
+        let _ = a.del(&req("c1").key);
+        let c = a.introspect(Instant::now()).enis[0].counts();
+        assert_eq!((c.assigned, c.cooling, c.free), (0, 1, 1));
+        let later = a.introspect(Instant::now() + Duration::from_secs(31));
+        let c = later.enis[0].counts();
+        assert_eq!((c.assigned, c.cooling, c.free), (0, 0, 2));
+
+        // The gauges show the same.
+        let text = a.metrics.render(&a.introspect(Instant::now()));
+        assert!(
+            text.contains("podwire_addresses{id=\"eni-0\",scope=\"eni\",state=\"cooling\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("podwire_enis_attached 2"), "{text}");
+        assert!(text.contains("podwire_enis_allowed 2"), "{text}");
+    }
+
+    #[test]
+    fn an_add_that_finds_no_address_is_counted() {
+        let dir = state_dir();
+        let a = agent(
+            EniPool::new(LIMITS, Duration::from_secs(30)),
+            Some(0),
+            0,
+            &dir,
+        );
+        {
+            let mut st = a.lock();
+            st.add_eni("eni-0", 0, podwire_proto::TABLE_MAIN);
+        }
+        let r = a.add(req("c1"), Instant::now() + Duration::from_millis(50));
+        assert!(matches!(r, Response::Error { .. }), "{r:?}");
+        let text = a.metrics.render(&a.introspect(Instant::now()));
+        assert!(
+            text.contains("podwire_no_address_available_total{outcome=\"timed_out\"} 1"),
+            "{text}"
+        );
+    }
+}
