@@ -25,6 +25,9 @@ have podman || need+=(podman)
 have runc || need+=(runc)
 { have containerd && have ctr; } || need+=(containerd)
 have tar || need+=(tar)
+# containerd's CRI plugin sets up a pod's lo with the reference `loopback`
+# plugin (bin/ctl/tests/cri.rs).
+[ -x /usr/lib/cni/loopback ] || need+=(containernetworking-plugins)
 dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' || need+=(busybox-static)
 if [ "${PODWIRE_BENCH_DEPS:-0}" = 1 ]; then
   [ -x /usr/lib/cni/ptp ] || need+=(containernetworking-plugins)

@@ -100,6 +100,13 @@ fn blob(dir: &Path, bytes: &[u8]) -> (String, usize) {
 /// Writes an OCI image layout tarball of the rootfs into `dir` (named
 /// [`IMAGE`] through containerd's name annotation) and returns its path.
 pub fn oci_tar(dir: &Path) -> PathBuf {
+    oci_tar_named(dir, IMAGE, &["sh"])
+}
+
+/// Writes an OCI image layout tarball of the rootfs into `dir`, named
+/// `name` and running `cmd` by default (a CRI sandbox image runs only its
+/// own command), and returns its path.
+pub fn oci_tar_named(dir: &Path, name: &str, cmd: &[&str]) -> PathBuf {
     let layer = std::fs::read(rootfs_tar(dir)).expect("rootfs tar");
     let layout = dir.join("oci");
     std::fs::create_dir_all(layout.join("blobs/sha256")).expect("layout");
@@ -107,7 +114,7 @@ pub fn oci_tar(dir: &Path) -> PathBuf {
     // An uncompressed layer: its diff id is its digest.
     let config = serde_json::json!({
         "architecture": oci_arch(), "os": "linux",
-        "config": { "Cmd": ["sh"] },
+        "config": { "Cmd": cmd },
         "rootfs": { "type": "layers", "diff_ids": [layer_digest] },
     });
     let (config_digest, config_size) = blob(&layout, config.to_string().as_bytes());
@@ -126,7 +133,7 @@ pub fn oci_tar(dir: &Path) -> PathBuf {
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
             "digest": manifest_digest, "size": manifest_size,
             "platform": { "architecture": oci_arch(), "os": "linux" },
-            "annotations": { "io.containerd.image.name": IMAGE },
+            "annotations": { "io.containerd.image.name": name },
         }],
     });
     std::fs::write(layout.join("index.json"), index.to_string()).expect("index");

@@ -80,7 +80,7 @@ fn wait_line(c: &mut dyn Container, tag: &str, deadline: Instant) -> String {
 }
 
 /// The agent's count of assigned addresses on `node`, from `lab status`.
-fn assigned(lab: &Lab, node: &str) -> u64 {
+pub fn assigned(lab: &Lab, node: &str) -> u64 {
     let st = lab.status();
     let n = st["nodes"]
         .as_array()
@@ -94,7 +94,7 @@ fn assigned(lab: &Lab, node: &str) -> u64 {
 }
 
 /// Polls until `f` holds or `deadline` passes; returns whether it held.
-fn eventually(deadline: Instant, mut f: impl FnMut() -> bool) -> bool {
+pub fn eventually(deadline: Instant, mut f: impl FnMut() -> bool) -> bool {
     loop {
         if f() {
             return true;
@@ -109,7 +109,7 @@ fn eventually(deadline: Instant, mut f: impl FnMut() -> bool) -> bool {
 /// The container's address is podwire's: a secondary address of node-1's
 /// ENIs (vpc), or an address of node-1's block inside the pod CIDR
 /// (overlay).
-fn check_address(lab: &Lab, mode: &str, addr: Ipv4Addr) {
+pub fn check_address(lab: &Lab, mode: &str, addr: Ipv4Addr) {
     let st = lab.status();
     let node = st["nodes"]
         .as_array()
