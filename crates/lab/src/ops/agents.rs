@@ -103,7 +103,11 @@ pub(super) fn agent_args(st: &LabState, r: &NodeRec) -> Result<Vec<String>, LabE
         "--pod-imds-access".into(),
         if st.pod_imds_access { "allow" } else { "deny" }.into(),
         "--metrics-address".into(),
-        AGENT_METRICS_ADDRESS.into(),
+        // Benchmarks compare with the endpoint off (bench/metrics-ab.sh).
+        match std::env::var("PODWIRE_LAB_AGENT_METRICS").as_deref() {
+            Ok("off") => "off".into(),
+            _ => AGENT_METRICS_ADDRESS.into(),
+        },
     ];
     if let Some(cidr) = st.overlay_pool()? {
         args.extend([
