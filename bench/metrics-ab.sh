@@ -38,7 +38,7 @@ done
 python3 - "$OUT" "$RUNS" <<'PY'
 import json, statistics, sys
 out, runs = sys.argv[1], int(sys.argv[2])
-for op in ("ADD", "DEL"):
+for op in ("add", "del"):
     med = {}
     for m in ("on", "off"):
         vals = [json.load(open(f"{out}/{m}-{r}.json"))["summary"][op]["wall_ns"]["p50"] / 1e6 for r in range(1, runs + 1)]
