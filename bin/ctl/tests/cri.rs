@@ -88,12 +88,62 @@ impl Drop for RemoveAll<'_> {
     }
 }
 
+/// From the sandbox's own network namespace (the pod's): TCP to the web pod
+/// on the other node (which sees the pod's own address), TCP back from it,
+/// and a trace from the web pod shaped like one to a lab pod on node-1.
+fn talks_like_a_pod(lab: &Lab, pid: &i32, addr: Ipv4Addr, deadline: Instant) {
+    let netns = format!("--net=/proc/{pid}/ns/net");
+    let web = lab.pod_ip("web");
+    let out = std::process::Command::new("nsenter")
+        .args([&netns, "sh", "-c"])
+        .arg(format!(
+            "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | busybox nc -w 10 {web} 80"
+        ))
+        .output()
+        .expect("nc out");
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        page.contains(&format!("from {addr}")),
+        "the web pod did not answer the sandbox {addr} directly: {page}"
+    );
+    // In: a listener in the sandbox, reached from the web pod.
+    let mut listener = std::process::Command::new("nsenter")
+        .args([&netns, "busybox", "nc", "-l", "-p", "7777"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("listener");
+    let send = format!("echo pwt-hello | busybox nc -w 3 {addr} 7777");
+    let reached = eventually(deadline, || {
+        lab.ctl(&["lab", "exec", "web", "--", "sh", "-c", &send])
+            .status
+            .success()
+    });
+    let _ = listener.kill();
+    let got = listener.wait_with_output().expect("listener output");
+    assert!(
+        reached && String::from_utf8_lossy(&got.stdout).contains("pwt-hello"),
+        "the sandbox {addr} was not reached from the web pod"
+    );
+    // Traced like a lab pod on the same node.
+    let peer = lab.pod_ip("peer");
+    let to_peer = hop_ips(&lab.trace("web", &peer));
+    let to_sandbox = hop_ips(&lab.trace("web", &addr.to_string()));
+    assert_eq!(to_sandbox.last(), Some(&addr.to_string()), "{to_sandbox:?}");
+    assert_eq!(
+        to_sandbox[..to_sandbox.len() - 1],
+        to_peer[..to_peer.len() - 1],
+        "the sandbox traces unlike the lab pod"
+    );
+}
+
 fn cri(lab_name: &str, mode: &str) {
     if !require_root() {
         return;
     }
     let lab = Lab::up(lab_name, &["--mode", mode, "--nodes", "2"]);
     lab.pod_add("web", "node-2", true);
+    lab.pod_add("peer", "node-1", false);
     let node = lab.node_ns(1);
     let wiring_before = pod_wiring_snapshot(&node);
     let assigned_before = assigned(&lab, "node-1");
@@ -131,6 +181,7 @@ fn cri(lab_name: &str, mode: &str) {
     let ip1 = sandbox_ip(&cri, &id1);
     check_address(&lab, mode, ip1);
     reachable(&lab, "web", ip1, deadline);
+    talks_like_a_pod(&lab, &ctd.sandbox_pid(&id1), ip1, deadline);
     let (dev, alias) = host_link_alias(&node, ip1);
     assert_eq!(
         alias,

@@ -118,6 +118,20 @@ impl CriContainerd {
         ctd
     }
 
+    /// The PID of a sandbox's task (its pause process), whose network
+    /// namespace is the pod's.
+    pub fn sandbox_pid(&self, id: &str) -> i32 {
+        let out = self.ok(&["-n", "k8s.io", "task", "ls"]);
+        out.lines()
+            .find_map(|l| {
+                let mut f = l.split_whitespace();
+                (f.next() == Some(id))
+                    .then(|| f.next().and_then(|p| p.parse().ok()))
+                    .flatten()
+            })
+            .unwrap_or_else(|| panic!("no task for sandbox {id}:\n{out}"))
+    }
+
     pub fn sock(&self) -> PathBuf {
         self.dir.join("sock")
     }
