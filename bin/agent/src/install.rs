@@ -135,28 +135,35 @@ pub fn install(plan: &Install) -> anyhow::Result<Vec<(PathBuf, Outcome)>> {
     let mut done = Vec::new();
     for (target, bytes, mode) in files {
         if let Some(dir) = target.parent() {
-            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            create_dir(dir, 0o755)?;
         }
-        // Anything bigger than what we write is simply not equal.
+        // Anything bigger than what we write is simply not equal; and a file
+        // of the right bytes with another owner or mode (writable by others,
+        // set-uid) is rewritten, not trusted.
         let limit = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
         let same = atomic::read_bounded(&target, limit)
             .ok()
             .flatten()
-            .is_some_and(|old| old == bytes);
+            .is_some_and(|old| old == bytes)
+            && has_mode_of_ours(&target, mode);
+        let sha256 = atomic::sha256_hex(&bytes);
         let outcome = if same {
             Outcome::Unchanged
         } else {
             atomic::write(&target, &bytes, mode)?;
             Outcome::Written
         };
-        record.set(Written {
-            path: target.clone(),
-            sha256: atomic::sha256_hex(&bytes),
-        });
+        // Recorded only when this tool wrote it (now or before): uninstall
+        // must never remove a file someone else put there.
+        if outcome == Outcome::Written || record.holds(&target, &sha256) {
+            record.set(Written {
+                path: target.clone(),
+                sha256,
+            });
+        }
         done.push((target, outcome));
     }
-    fs::create_dir_all(&plan.state_dir)
-        .with_context(|| format!("creating {}", plan.state_dir.display()))?;
+    create_dir(&plan.state_dir, 0o700)?;
     save_record(&plan.state_dir, &record)?;
     warn_about_neighbours(plan);
     Ok(done)
@@ -177,6 +184,20 @@ pub struct Removal {
 pub fn uninstall(state_dir: &Path) -> anyhow::Result<Removal> {
     let record = load_record(state_dir)?;
     let mut out = Removal::default();
+    // Only the two names install-cni ever writes: a record that names
+    // anything else was not written by it.
+    if let Some(w) = record.files.iter().find(|w| {
+        !matches!(
+            w.path.file_name().and_then(|n| n.to_str()),
+            Some(PLUGIN_NAME | CONFLIST_NAME)
+        )
+    }) {
+        anyhow::bail!(
+            "{} names {}, which install-cni never writes: not removing anything",
+            state_dir.join(RECORD_NAME).display(),
+            w.path.display()
+        );
+    }
     for w in record.files {
         // Files ours never exceed the plugin limit; bigger = changed.
         match atomic::read_bounded(&w.path, MAX_PLUGIN_BYTES) {
@@ -212,8 +233,49 @@ impl Record {
     }
 }
 
+/// Creates `dir` (and missing parents) with `mode`, whatever the umask;
+/// a directory that exists is left as it is.
+fn create_dir(dir: &Path, mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if dir.is_dir() {
+        return Ok(());
+    }
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    // The umask may have taken bits the mode asked for: set it exactly.
+    fs::set_permissions(dir, fs::Permissions::from_mode(mode))
+        .with_context(|| format!("setting the mode of {}", dir.display()))
+}
+
+/// The file is owned by us and has exactly `mode` (no set-uid, not
+/// writable by others).
+fn has_mode_of_ours(path: &Path, mode: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    fs::symlink_metadata(path).is_ok_and(|m| {
+        m.file_type().is_file()
+            && m.uid() == nix::unistd::Uid::effective().as_raw()
+            && m.mode() & 0o7777 == mode
+    })
+}
+
 fn load_record(state_dir: &Path) -> anyhow::Result<Record> {
     let path = state_dir.join(RECORD_NAME);
+    // Trusted only if nobody else could have written it.
+    if let Ok(m) = fs::symlink_metadata(&path) {
+        use std::os::unix::fs::MetadataExt;
+        if !m.file_type().is_file()
+            || m.uid() != nix::unistd::Uid::effective().as_raw()
+            || m.mode() & 0o022 != 0
+        {
+            anyhow::bail!(
+                "{} is not a file owned by this user and writable only by it: not trusting it (remove it to start afresh)",
+                path.display()
+            );
+        }
+    }
     match atomic::read_bounded(&path, MAX_CONFIG_BYTES)? {
         None => Ok(Record::default()),
         Some(bytes) => serde_json::from_slice(&bytes).with_context(|| {
@@ -450,5 +512,68 @@ mod tests {
         n.plan.plugin = n.plan.plugin.map(|p| p.with_file_name("nope"));
         let err = install(&n.plan).expect_err("no plugin");
         assert!(format!("{err:#}").contains("--plugin"), "{err:#}");
+    }
+
+    #[test]
+    fn a_record_naming_other_files_or_writable_by_others_is_not_trusted() {
+        use std::os::unix::fs::PermissionsExt;
+        let n = node();
+        install(&n.plan).expect("install");
+        let rec = n.plan.state_dir.join(RECORD_NAME);
+        // A record edited to name a file install-cni never writes.
+        let victim = n.plan.state_dir.join("precious");
+        fs::write(&victim, b"keep me").expect("victim");
+        let mut r = load_record(&n.plan.state_dir).expect("record");
+        r.files.push(Written {
+            path: victim.clone(),
+            sha256: atomic::sha256_hex(b"keep me"),
+        });
+        save_record(&n.plan.state_dir, &r).expect("save");
+        let e = uninstall(&n.plan.state_dir).expect_err("refused");
+        assert!(e.to_string().contains("never writes"), "{e}");
+        assert!(victim.exists(), "uninstall removed a file it never wrote");
+        // A record others could have written is not read at all.
+        fs::set_permissions(&rec, fs::Permissions::from_mode(0o666)).expect("chmod");
+        let e = uninstall(&n.plan.state_dir).expect_err("refused");
+        assert!(e.to_string().contains("not trusting"), "{e}");
+        assert!(install(&n.plan).is_err(), "install trusted it too");
+    }
+
+    #[test]
+    fn directories_get_their_modes_whatever_the_umask_and_foreign_files_are_not_recorded() {
+        use std::os::unix::fs::PermissionsExt;
+        let n = node();
+        // A plugin someone else put there, with our bytes but mode 0777.
+        fs::create_dir_all(&n.plan.bin_dir).expect("mkdir");
+        let bin = n.plan.bin_dir.join(PLUGIN_NAME);
+        fs::write(&bin, b"\x7fELF plugin v1").expect("plugin");
+        fs::set_permissions(&bin, fs::Permissions::from_mode(0o777)).expect("chmod");
+        let old = nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+        let done = install(&n.plan);
+        nix::sys::stat::umask(old);
+        let done = done.expect("install");
+        assert_eq!(
+            done[0].1,
+            Outcome::Written,
+            "a 0777 plugin must be rewritten, not kept"
+        );
+        let mode = |p: &Path| fs::metadata(p).expect("meta").permissions().mode() & 0o7777;
+        assert_eq!(mode(&bin), 0o755);
+        assert_eq!(mode(&conf_dir(&n)), 0o755);
+        assert_eq!(mode(&n.plan.state_dir), 0o700);
+        // A correct file that was there before is left, and not claimed.
+        let m = node();
+        fs::create_dir_all(&m.plan.bin_dir).expect("mkdir");
+        let theirs = m.plan.bin_dir.join(PLUGIN_NAME);
+        atomic::write(&theirs, b"\x7fELF plugin v1", 0o755).expect("theirs");
+        let mut plan = m.plan.clone();
+        plan.conf_dir = None;
+        let done = install(&plan).expect("install");
+        assert_eq!(done[0].1, Outcome::Unchanged);
+        uninstall(&plan.state_dir).expect("uninstall");
+        assert!(
+            theirs.exists(),
+            "uninstall removed a plugin it did not write"
+        );
     }
 }
