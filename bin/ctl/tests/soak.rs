@@ -997,7 +997,7 @@ impl Soak {
                     .filter(|l| detached.iter().any(|id| l.contains(id.as_str())))
                     .collect();
                 bad.push(format!(
-                    "{phase}: unattached podwire ENIs: {detached:?} (no grace period: nothing deletes them later); agent logs: {said:?}"
+                    "{phase}: unattached podwire ENIs: {detached:?} (not deleted by the agent's sweep within the check's 20 s); agent logs: {said:?}"
                 ));
             }
             if bad.is_empty() || Instant::now() >= deadline {

@@ -106,6 +106,11 @@ pub fn run(shared: &Shared) {
                 count,
             } => attach(shared, *device_index, *count),
         };
+        // A failed attach may have left its ENI behind (its delete can fail
+        // too): look for it soon rather than at the next regular sweep.
+        if matches!(plan, PoolPlan::AttachEni { .. }) && outcome.is_err() {
+            next_sweep = next_sweep.min(Instant::now() + BACKOFF);
+        }
         let changed: Vec<(&str, u64)> = match (&plan, &outcome) {
             (_, Err(_)) => vec![("failed", 1)],
             (PoolPlan::AssignIps { .. }, Ok(n)) => vec![("ips_assigned", *n)],
