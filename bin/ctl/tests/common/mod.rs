@@ -171,26 +171,7 @@ impl Lab {
     pub fn conntrack_entries(netns: &str, ip: &str) -> usize {
         ["--orig-src", "--orig-dst"]
             .iter()
-            .map(|f| {
-                let out = Command::new("ip")
-                    .args([
-                        "netns",
-                        "exec",
-                        netns,
-                        "conntrack",
-                        "-L",
-                        "-f",
-                        "ipv4",
-                        f,
-                        ip,
-                    ])
-                    .output()
-                    .expect("conntrack -L");
-                String::from_utf8_lossy(&out.stdout)
-                    .lines()
-                    .filter(|l| l.contains(ip))
-                    .count()
-            })
+            .map(|f| conntrack_lines(netns, &[f, ip], &[ip]))
             .sum()
     }
 
@@ -417,24 +398,19 @@ pub fn track_connections(netns: &str) {
 /// Confirmed conntrack entries in `netns` from `src` to `dst` (a packet
 /// dropped on its way through the node never confirms one).
 pub fn flows_between(netns: &str, src: &str, dst: &str) -> usize {
+    conntrack_lines(netns, &["--orig-src", src, "--orig-dst", dst], &[src, dst])
+}
+
+/// Lines of `conntrack -L -f ipv4 FILTER…` in `netns` that mention every
+/// one of `want`.
+fn conntrack_lines(netns: &str, filter: &[&str], want: &[&str]) -> usize {
     let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            netns,
-            "conntrack",
-            "-L",
-            "-f",
-            "ipv4",
-            "--orig-src",
-            src,
-            "--orig-dst",
-            dst,
-        ])
+        .args(["netns", "exec", netns, "conntrack", "-L", "-f", "ipv4"])
+        .args(filter)
         .output()
         .expect("conntrack -L");
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter(|l| l.contains(src) && l.contains(dst))
+        .filter(|l| want.iter().all(|w| l.contains(w)))
         .count()
 }

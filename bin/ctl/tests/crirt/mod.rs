@@ -10,7 +10,7 @@
 pub mod client;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
 use super::common::{plugin, run, text};
@@ -79,18 +79,7 @@ impl CriContainerd {
             bin = p("cni-bin"),
             cni_conf = p("cni-conf"),
         );
-        std::fs::write(d.join("config.toml"), conf).expect("config.toml");
-        let log = std::fs::File::create(d.join("containerd.log")).expect("log");
-        let daemon = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{netns}"))
-            .arg("containerd")
-            .arg("--config")
-            .arg(d.join("config.toml"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn containerd");
+        let daemon = crate::rt::containerd::spawn_daemon(netns, &d, &conf);
         let ctd = CriContainerd {
             dir: d.clone(),
             netns: netns.to_string(),

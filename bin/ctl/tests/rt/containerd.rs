@@ -32,6 +32,23 @@ pub struct Ctr {
     netns: String,
 }
 
+/// Writes `conf` as `dir/config.toml` and starts containerd with it inside
+/// the node's namespace, logging to `dir/containerd.log`.
+pub fn spawn_daemon(netns: &str, dir: &std::path::Path, conf: &str) -> std::process::Child {
+    std::fs::write(dir.join("config.toml"), conf).expect("config.toml");
+    let log = std::fs::File::create(dir.join("containerd.log")).expect("log");
+    Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{netns}"))
+        .arg("containerd")
+        .arg("--config")
+        .arg(dir.join("config.toml"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("spawn containerd")
+}
+
 impl Containerd {
     pub fn start(netns: &str, mode: &str, agent_socket: &str) -> Containerd {
         let dir = tempfile::Builder::new()
@@ -69,18 +86,7 @@ impl Containerd {
             sock = p("sock"),
             opt = p("opt"),
         );
-        std::fs::write(d.join("config.toml"), conf).expect("config.toml");
-        let log = std::fs::File::create(d.join("containerd.log")).expect("log");
-        let daemon = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{netns}"))
-            .arg("containerd")
-            .arg("--config")
-            .arg(d.join("config.toml"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn containerd");
+        let daemon = spawn_daemon(netns, d, &conf);
         let ctd = Containerd {
             cli: Ctr {
                 dir: d.to_path_buf(),
