@@ -1,0 +1,1 @@
+//! Cluster records: namespaces, pods, endpoints (filled in below).

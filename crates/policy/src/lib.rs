@@ -1,0 +1,1 @@
+//! Kubernetes NetworkPolicy: parsing, semantics and nftables rendering.
