@@ -10,6 +10,7 @@ use podwire_lab::cloud::faults::CloudFaults;
 use podwire_lab::{demo, names, ops, probe, state::LabState};
 
 mod labpods;
+mod policy;
 
 #[derive(Debug, Parser)]
 #[command(name = "podwirectl", version, about = "podwire operator CLI")]
@@ -24,6 +25,11 @@ enum Top {
     Lab {
         #[command(subcommand)]
         cmd: LabCmd,
+    },
+    /// Kubernetes NetworkPolicies in the datastore (a lab's, or any).
+    Policy {
+        #[command(subcommand)]
+        cmd: policy::PolicyCmd,
     },
     /// A live agent on this node (outside the lab too).
     Node {
@@ -491,6 +497,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     json,
                 },
         } => return node_status(&socket, endpoint.as_deref(), json),
+        Top::Policy { cmd } => {
+            policy::run(cmd)?;
+            return Ok(ExitCode::SUCCESS);
+        }
     };
     match cmd {
         LabCmd::Up {
