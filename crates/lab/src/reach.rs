@@ -31,7 +31,7 @@ impl Default for ProbeOptions {
         ProbeOptions {
             port: 80,
             timeout: Duration::from_secs(1),
-            parallel: 32,
+            parallel: 81,
         }
     }
 }
