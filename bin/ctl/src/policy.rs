@@ -276,8 +276,8 @@ fn format_list(v: &serde_json::Value) -> String {
             p["namespace"].as_str().unwrap_or(""),
             p["name"].as_str().unwrap_or(""),
             types.join(","),
-            p["ingressRules"],
-            p["egressRules"]
+            p["ingressRules"].as_u64().unwrap_or(0),
+            p["egressRules"].as_u64().unwrap_or(0)
         );
     }
     for i in v["invalid"].as_array().into_iter().flatten() {
