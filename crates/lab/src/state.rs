@@ -367,6 +367,59 @@ mod tests {
         assert_eq!(fs::read(&old).expect("read"), b"{\"x\":1}");
     }
 
+    fn pod(namespace: &str, name: &str) -> PodRec {
+        PodRec {
+            name: name.into(),
+            namespace: namespace.into(),
+            node: "node-1".into(),
+            netns: names::ns_pod("t", namespace, name),
+            container_id: names::container_id("t", namespace, name),
+            ip: Ipv4Addr::new(10, 0, 0, 9),
+            result: serde_json::Value::Null,
+            http_pid: None,
+            labels: Labels::new(),
+            ports: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn pods_are_found_by_name_or_namespace_and_name_whatever_their_key() {
+        let mut st = LabState::new("t", Mode::Vpc);
+        // A pod of an older lab, filed under its bare name.
+        st.pods.insert("web".into(), pod("default", "web"));
+        let xa = pod("x", "a");
+        st.pods.insert(xa.key(), xa);
+        st.pods.insert("y/a".into(), pod("y", "a"));
+        assert_eq!(st.pod_by_arg("web").expect("web").name, "web");
+        assert_eq!(st.pod_by_arg("default/web").expect("web").name, "web");
+        assert_eq!(st.pod_by_arg("x/a").expect("x/a").namespace, "x");
+        assert_eq!(st.pod_by_arg("y/a").expect("y/a").namespace, "y");
+        assert!(
+            st.pod_by_arg("a").is_err(),
+            "a is default/a, which does not exist"
+        );
+        assert!(st.pod_by_arg("X/a").is_err());
+        let r = PodRef::new("default", "web").expect("valid");
+        assert_eq!(st.pod_entry_key(&r).as_deref(), Some("web"));
+    }
+
+    #[test]
+    fn older_lab_json_reads_with_the_defaults_of_issue_10() {
+        let mut v = serde_json::to_value(LabState::new("t", Mode::Vpc)).expect("json");
+        let o = v.as_object_mut().expect("object");
+        o.remove("kube_namespaces");
+        o.remove("external_pod_access");
+        let mut p = serde_json::to_value(pod("default", "web")).expect("json");
+        let po = p.as_object_mut().expect("object");
+        po.remove("labels");
+        po.remove("ports");
+        o.insert("pods".into(), serde_json::json!({ "web": p }));
+        let st: LabState = serde_json::from_value(v).expect("older lab.json");
+        assert_eq!(st.external_pod_access, ExternalPodAccess::Deny);
+        assert!(st.kube_namespaces.is_empty());
+        assert!(st.pod_by_arg("web").expect("web").labels.is_empty());
+    }
+
     #[test]
     fn lab_json_spells_the_mode_as_before() {
         for (mode, word) in [(Mode::Vpc, "\"vpc\""), (Mode::Overlay, "\"overlay\"")] {
