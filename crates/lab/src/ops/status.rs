@@ -185,6 +185,11 @@ pub fn format_status(v: &serde_json::Value) -> String {
             ""
         }
     );
+    let _ = writeln!(
+        out,
+        "agents' external pod access: {}",
+        v["external_pod_access"].as_str().unwrap_or("deny")
+    );
     for n in v["nodes"].as_array().into_iter().flatten() {
         let _ = writeln!(
             out,
@@ -229,14 +234,25 @@ pub fn format_status(v: &serde_json::Value) -> String {
             (Some(d), Some(eni)) => format!("eth{d} ({eni})"),
             _ => "pod CIDR".to_string(),
         };
+        let labels: Vec<String> = p["labels"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+            .collect();
         let _ = writeln!(
             out,
-            "pod {}/{}  on {}  {}  {home}  netns {}",
+            "pod {}/{}  on {}  {}  {home}  netns {}{}",
             p["namespace"].as_str().unwrap_or(""),
             p["name"].as_str().unwrap_or(""),
             p["node"].as_str().unwrap_or(""),
             p["ip"].as_str().unwrap_or(""),
-            p["netns"].as_str().unwrap_or("")
+            p["netns"].as_str().unwrap_or(""),
+            if labels.is_empty() {
+                String::new()
+            } else {
+                format!("  labels {}", labels.join(","))
+            }
         );
     }
     out
