@@ -120,6 +120,8 @@ fn node_rules(config: &AgentConfig) -> podwire_dataplane::nft::NodeRules {
         guard: config.pod_guard.clone(),
         snat,
         tunnel,
+        external_pod_access: podwire_dataplane::nft::ExternalPodAccess::Allow,
+        policy: None,
     }
 }
 
