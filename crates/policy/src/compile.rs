@@ -1,0 +1,383 @@
+//! What one node enforces: for each local endpoint, the chain of its
+//! ingress and egress checks (shared between pods whose checks are the
+//! same), and the address sets those chains match. Named ports are
+//! resolved here: ingress against the local pod, egress against each
+//! destination pod (as address . port pairs).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+
+use podwire_cluster::Protocol;
+
+use crate::model::{PortRef, Rule};
+use crate::view::{Index, Party, PodInfo};
+use crate::{ClusterView, NetworkPolicy, PolicyType};
+
+/// An inclusive range of addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AddrRange {
+    pub first: Ipv4Addr,
+    pub last: Ipv4Addr,
+}
+
+/// Which far ends a rule matches.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PeerMatch {
+    Any,
+    /// Index into [`NodeRules::addr_sets`].
+    Set(usize),
+}
+
+/// Which ports a rule matches.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PortMatch {
+    Any,
+    /// (protocol, first, last); `None` = every port of the protocol.
+    Ports(Vec<(Protocol, Option<(u16, u16)>)>),
+    /// Egress to named ports: (destination address, port) pairs, index
+    /// into [`NodeRules::pair_sets`], for one protocol.
+    Pairs(Protocol, usize),
+}
+
+/// One allow rule of a chain: the far end and the ports.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RuleMatch {
+    pub peer: PeerMatch,
+    pub ports: PortMatch,
+    /// `namespace/name ingress[i]`.
+    pub comment: String,
+}
+
+/// The checks of one direction for the pods that share them: each rule
+/// allows (returns); what no rule allows is dropped.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ChainRules {
+    pub isolated_by: Vec<String>,
+    pub rules: Vec<RuleMatch>,
+}
+
+/// What one node enforces for its local endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NodeRules {
+    pub node: String,
+    /// Drop traffic to and from a pod interface whose address is not a
+    /// known local endpoint (a pod whose rules do not exist yet).
+    pub closed_until_known: bool,
+    /// Every local endpoint address.
+    pub local: BTreeSet<Ipv4Addr>,
+    /// Local pod address → index into `ingress_chains` (isolated pods only).
+    pub ingress: BTreeMap<Ipv4Addr, usize>,
+    pub egress: BTreeMap<Ipv4Addr, usize>,
+    pub ingress_chains: Vec<ChainRules>,
+    pub egress_chains: Vec<ChainRules>,
+    /// Address sets, merged and sorted ranges, none empty.
+    pub addr_sets: Vec<Vec<AddrRange>>,
+    /// (address, port) sets, sorted, none empty.
+    pub pair_sets: Vec<Vec<(Ipv4Addr, u16)>>,
+}
+
+struct Interner<T: std::hash::Hash + Eq + Clone> {
+    items: Vec<T>,
+    index: HashMap<T, usize>,
+}
+
+impl<T: std::hash::Hash + Eq + Clone> Default for Interner<T> {
+    fn default() -> Self {
+        Interner {
+            items: Vec::new(),
+            index: HashMap::new(),
+        }
+    }
+}
+
+impl<T: std::hash::Hash + Eq + Clone> Interner<T> {
+    fn get(&mut self, t: T) -> usize {
+        if let Some(i) = self.index.get(&t) {
+            return *i;
+        }
+        self.items.push(t.clone());
+        self.index.insert(t, self.items.len() - 1);
+        self.items.len() - 1
+    }
+}
+
+/// Compiles what `node` enforces for its endpoints.
+pub fn compile(view: &ClusterView, node: &str) -> NodeRules {
+    let idx = Index::new(view);
+    let mut c = Compiler {
+        idx: &idx,
+        addr_sets: Interner::default(),
+        pair_sets: Interner::default(),
+        peer_cache: HashMap::new(),
+    };
+    let mut ingress_chains = Interner::default();
+    let mut egress_chains = Interner::default();
+    let mut out = NodeRules {
+        node: node.to_string(),
+        closed_until_known: true,
+        ..NodeRules::default()
+    };
+    for e in view.endpoints.iter().filter(|e| e.node == node) {
+        out.local.insert(e.ip);
+        let Some(pod) = e
+            .pod
+            .as_ref()
+            .and_then(|r| idx.by_ref.get(r))
+            .and_then(|i| idx.pod(*i))
+        else {
+            continue;
+        };
+        if let Some(ch) = c.chain(pod, PolicyType::Ingress) {
+            out.ingress.insert(e.ip, ingress_chains.get(ch));
+        }
+        if let Some(ch) = c.chain(pod, PolicyType::Egress) {
+            out.egress.insert(e.ip, egress_chains.get(ch));
+        }
+    }
+    out.ingress_chains = ingress_chains.items;
+    out.egress_chains = egress_chains.items;
+    out.addr_sets = c.addr_sets.items;
+    out.pair_sets = c.pair_sets.items;
+    out
+}
+
+struct Compiler<'i, 'a> {
+    idx: &'i Index<'a>,
+    addr_sets: Interner<Vec<AddrRange>>,
+    pair_sets: Interner<Vec<(Ipv4Addr, u16)>>,
+    /// (policy index, direction, rule index) → peer match: computed once.
+    peer_cache: HashMap<(usize, PolicyType, usize), Option<PeerMatch>>,
+}
+
+impl Compiler<'_, '_> {
+    fn chain(&mut self, pod: &PodInfo, t: PolicyType) -> Option<ChainRules> {
+        let view = self.idx.view;
+        let mut chain = ChainRules {
+            isolated_by: Vec::new(),
+            rules: Vec::new(),
+        };
+        for (pi, p) in view.policies.iter().enumerate() {
+            if p.namespace != pod.r.namespace
+                || !p.applies_to(t)
+                || !p.pod_selector.matches(&pod.labels)
+            {
+                continue;
+            }
+            chain.isolated_by.push(p.key());
+            let rules = match t {
+                PolicyType::Ingress => &p.ingress,
+                PolicyType::Egress => &p.egress,
+            };
+            for (ri, r) in rules.iter().enumerate() {
+                let dir = match t {
+                    PolicyType::Ingress => "ingress",
+                    PolicyType::Egress => "egress",
+                };
+                let comment = format!("{} {dir}[{ri}]", p.key());
+                let Some(peer) = self.peer(pi, p, t, ri, r) else {
+                    continue; // matches no address
+                };
+                self.rule_ports(pod, p, t, r, peer, comment, &mut chain.rules);
+            }
+        }
+        if chain.isolated_by.is_empty() {
+            None
+        } else {
+            Some(chain)
+        }
+    }
+
+    /// The addresses a rule's peers match; `None` when none.
+    fn peer(
+        &mut self,
+        pi: usize,
+        p: &NetworkPolicy,
+        t: PolicyType,
+        ri: usize,
+        r: &Rule,
+    ) -> Option<PeerMatch> {
+        if let Some(m) = self.peer_cache.get(&(pi, t, ri)) {
+            return m.clone();
+        }
+        let m = if r.peers.is_empty() {
+            Some(PeerMatch::Any)
+        } else {
+            let ranges = merge(self.rule_ranges(p, r));
+            if ranges.is_empty() {
+                None
+            } else {
+                Some(PeerMatch::Set(self.addr_sets.get(ranges)))
+            }
+        };
+        self.peer_cache.insert((pi, t, ri), m.clone());
+        m
+    }
+
+    fn rule_ranges(&self, p: &NetworkPolicy, r: &Rule) -> Vec<AddrRange> {
+        let mut out = Vec::new();
+        for peer in &r.peers {
+            if let Some(b) = &peer.ip_block {
+                out.extend(block_ranges(&b.cidr, &b.except));
+                continue;
+            }
+            for pod in &self.idx.pods {
+                for (ip, node) in &pod.addrs {
+                    let party = Party {
+                        ip: Some(*ip),
+                        pod: Some(pod),
+                        node: Some(node),
+                    };
+                    if self.idx.peer_matches(p, peer, &party) {
+                        out.push(AddrRange {
+                            first: *ip,
+                            last: *ip,
+                        });
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Adds the rule's allow entries (one per kind of port match).
+    #[allow(clippy::too_many_arguments)]
+    fn rule_ports(
+        &mut self,
+        pod: &PodInfo,
+        p: &NetworkPolicy,
+        t: PolicyType,
+        r: &Rule,
+        peer: PeerMatch,
+        comment: String,
+        out: &mut Vec<RuleMatch>,
+    ) {
+        if r.ports.is_empty() {
+            out.push(RuleMatch {
+                peer,
+                ports: PortMatch::Any,
+                comment,
+            });
+            return;
+        }
+        let mut plain = Vec::new();
+        let mut named: BTreeMap<Protocol, BTreeSet<&str>> = BTreeMap::new();
+        for pp in &r.ports {
+            match &pp.port {
+                None => plain.push((pp.protocol, None)),
+                Some(PortRef::Number(n)) => {
+                    plain.push((pp.protocol, Some((*n, pp.end_port.unwrap_or(*n)))))
+                }
+                Some(PortRef::Name(name)) => match t {
+                    // Ingress: the port is this pod's.
+                    PolicyType::Ingress => {
+                        if let Some(n) = pod.named_port(name, pp.protocol) {
+                            plain.push((pp.protocol, Some((n, n))));
+                        }
+                    }
+                    PolicyType::Egress => {
+                        named.entry(pp.protocol).or_default().insert(name);
+                    }
+                },
+            }
+        }
+        plain.sort();
+        plain.dedup();
+        if !plain.is_empty() {
+            out.push(RuleMatch {
+                peer: peer.clone(),
+                ports: PortMatch::Ports(plain),
+                comment: comment.clone(),
+            });
+        }
+        for (proto, names) in named {
+            // Every destination pod the peers match that names the port.
+            let mut pairs = BTreeSet::new();
+            let ranges = match &peer {
+                PeerMatch::Any => None,
+                PeerMatch::Set(i) => self.addr_sets.items.get(*i).cloned(),
+            };
+            for dst in &self.idx.pods {
+                for (ip, _) in &dst.addrs {
+                    let inside = ranges
+                        .as_ref()
+                        .is_none_or(|rs| rs.iter().any(|r| r.first <= *ip && *ip <= r.last));
+                    if !inside {
+                        continue;
+                    }
+                    for n in &names {
+                        if let Some(port) = dst.named_port(n, proto) {
+                            pairs.insert((*ip, port));
+                        }
+                    }
+                }
+            }
+            let _ = p;
+            if !pairs.is_empty() {
+                let set = self.pair_sets.get(pairs.into_iter().collect());
+                out.push(RuleMatch {
+                    peer: peer.clone(),
+                    ports: PortMatch::Pairs(proto, set),
+                    comment: comment.clone(),
+                });
+            }
+        }
+    }
+}
+
+/// A v4 block minus its exceptions, as ranges (v6 blocks: none).
+pub(crate) fn block_ranges(cidr: &str, except: &[String]) -> Vec<AddrRange> {
+    let v4 = |s: &str| match crate::validate::cidr(s) {
+        Some(ipnet::IpNet::V4(n)) => {
+            let n = n.trunc();
+            Some((u32::from(n.network()), u32::from(n.broadcast())))
+        }
+        _ => None,
+    };
+    let Some(block) = v4(cidr) else {
+        return Vec::new();
+    };
+    let mut parts = vec![block];
+    for e in except.iter().filter_map(|e| v4(e)) {
+        let mut next = Vec::new();
+        for (a, b) in parts {
+            if e.1 < a || e.0 > b {
+                next.push((a, b));
+                continue;
+            }
+            if e.0 > a {
+                next.push((a, e.0 - 1));
+            }
+            if e.1 < b {
+                next.push((e.1 + 1, b));
+            }
+        }
+        parts = next;
+    }
+    parts
+        .into_iter()
+        .map(|(a, b)| AddrRange {
+            first: Ipv4Addr::from(a),
+            last: Ipv4Addr::from(b),
+        })
+        .collect()
+}
+
+/// Sorts and merges overlapping or adjacent ranges (nft interval sets
+/// refuse overlaps).
+pub(crate) fn merge(mut v: Vec<AddrRange>) -> Vec<AddrRange> {
+    v.sort();
+    let mut out: Vec<AddrRange> = Vec::with_capacity(v.len());
+    for r in v {
+        if let Some(last) = out.last_mut() {
+            let end = u32::from(last.last);
+            if u32::from(r.first) <= end.saturating_add(1) {
+                if r.last > last.last {
+                    last.last = r.last;
+                }
+                continue;
+            }
+        }
+        out.push(r);
+    }
+    out
+}
