@@ -125,7 +125,7 @@ fn policy_helpers_are_replaced_in_one_transaction_and_old_ones_deleted() {
         return;
     }
     let ruleset = |n: &str, ip: &str| PolicyRuleset {
-        rules: vec![format!("ip daddr {ip} jump np-in-{n}")],
+        rules: vec![format!("ip daddr vmap @np-map-{n}")],
         chains: vec![HelperChain {
             name: format!("np-in-{n}"),
             rules: vec![
@@ -133,12 +133,20 @@ fn policy_helpers_are_replaced_in_one_transaction_and_old_ones_deleted() {
                 "counter drop".into(),
             ],
         }],
-        sets: vec![HelperSet {
-            name: format!("np-src-{n}"),
-            kind: "ipv4_addr".into(),
-            interval: true,
-            elements: vec!["10.1.0.0/16".into(), "10.2.0.7".into()],
-        }],
+        sets: vec![
+            HelperSet {
+                name: format!("np-src-{n}"),
+                map: false,
+                decl: "type ipv4_addr; flags interval;".into(),
+                elements: vec!["10.1.0.0/16".into(), "10.2.0.7".into()],
+            },
+            HelperSet {
+                name: format!("np-map-{n}"),
+                map: true,
+                decl: "type ipv4_addr : verdict;".into(),
+                elements: vec![format!("{ip} : jump np-in-{n}")],
+            },
+        ],
     };
     // The node's rules first, then the policies, then a restart's re-apply
     // without policies: the policies stay.
@@ -146,12 +154,15 @@ fn policy_helpers_are_replaced_in_one_transaction_and_old_ones_deleted() {
     apply_policy(&ruleset("a", "10.0.0.5")).expect("first");
     rules(&[]).apply().expect("re-apply");
     let listed = nft(&["list", "table", "ip", "podwire"]);
-    assert!(listed.contains("jump np-in-a"), "{listed}");
+    assert!(
+        listed.contains("jump np-in-a") && listed.contains("vmap @np-map-a"),
+        "{listed}"
+    );
     apply_policy(&ruleset("b", "10.0.0.6")).expect("second");
     let listed = nft(&["list", "table", "ip", "podwire"]);
     assert!(listed.contains("jump np-in-b"), "{listed}");
     assert!(
-        !listed.contains("np-in-a") && !listed.contains("np-src-a"),
+        !listed.contains("np-in-a") && !listed.contains("np-src-a") && !listed.contains("np-map-a"),
         "old helpers must be deleted:\n{listed}"
     );
     apply_policy(&PolicyRuleset::default()).expect("none");

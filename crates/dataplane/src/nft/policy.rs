@@ -36,12 +36,24 @@ pub struct HelperChain {
 pub struct HelperSet {
     /// `np-…`
     pub name: String,
-    /// The set's type, e.g. `ipv4_addr` or `ipv4_addr . inet_service`.
-    pub kind: String,
-    /// An interval set (elements may be networks and ranges).
-    pub interval: bool,
-    /// Elements in nft syntax (`10.0.0.5`, `10.1.0.0/16`, `10.0.0.5 . 80`).
+    /// A verdict map rather than a set.
+    pub map: bool,
+    /// What goes between the declaration's braces, e.g. `type ipv4_addr;
+    /// flags interval;` or `type ipv4_addr : verdict;`.
+    pub decl: String,
+    /// Elements in nft syntax (`10.0.0.5`, `10.1.0.0/16`, `10.0.0.5 . 80`,
+    /// `10.0.0.5 : jump np-in-0`).
     pub elements: Vec<String>,
+}
+
+impl HelperSet {
+    fn keyword(&self) -> &'static str {
+        if self.map {
+            "map"
+        } else {
+            "set"
+        }
+    }
 }
 
 /// The existing helpers of the table, by kind.
@@ -49,6 +61,7 @@ pub struct HelperSet {
 pub struct Helpers {
     pub chains: BTreeSet<String>,
     pub sets: BTreeSet<String>,
+    pub maps: BTreeSet<String>,
 }
 
 fn bad(what: &str, v: &str) -> DataplaneError {
@@ -86,14 +99,15 @@ fn check_element(e: &str) -> Result<()> {
     }
 }
 
-fn check_kind(k: &str) -> Result<()> {
-    let ok = !k.is_empty()
+/// Inside the declaration's braces: no brace, so nothing can close them.
+fn check_decl(k: &str) -> Result<()> {
+    let ok = k.contains("type ")
         && k.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ' '));
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ' ' | ';' | ':'));
     if ok {
         Ok(())
     } else {
-        Err(bad("set type", k))
+        Err(bad("set declaration", k))
     }
 }
 
@@ -112,7 +126,7 @@ impl PolicyRuleset {
             if !names.insert(s.name.as_str()) {
                 return Err(bad("duplicate helper", &s.name));
             }
-            check_kind(&s.kind)?;
+            check_decl(&s.decl)?;
             s.elements.iter().try_for_each(|e| check_element(e))?;
         }
         self.rules.iter().try_for_each(|r| check_rule(r))
@@ -126,43 +140,55 @@ impl PolicyRuleset {
         let mut s = String::new();
         let _ = writeln!(s, "add chain ip {TABLE} {chain}");
         let _ = writeln!(s, "flush chain ip {TABLE} {chain}");
-        // Every old helper chain emptied first: no rule refers to anything
-        // once these have run, so deleting what is gone cannot fail.
+        // Every old helper chain and map emptied first: nothing refers to a
+        // helper once these have run, so deleting what is gone cannot fail.
         for c in &existing.chains {
             let _ = writeln!(s, "flush chain ip {TABLE} {c}");
         }
-        let new_chains: BTreeSet<&str> = self.chains.iter().map(|c| c.name.as_str()).collect();
-        let new_sets: BTreeSet<&str> = self.sets.iter().map(|c| c.name.as_str()).collect();
+        for m in &existing.maps {
+            let _ = writeln!(s, "flush map ip {TABLE} {m}");
+        }
         for set in &self.sets {
-            let flags = if set.interval { " flags interval;" } else { "" };
-            let _ = writeln!(
-                s,
-                "add set ip {TABLE} {} {{ type {};{flags} }}",
-                set.name, set.kind
-            );
-            let _ = writeln!(s, "flush set ip {TABLE} {}", set.name);
-            if !set.elements.is_empty() {
+            let kw = set.keyword();
+            let _ = writeln!(s, "add {kw} ip {TABLE} {} {{ {} }}", set.name, set.decl);
+            let _ = writeln!(s, "flush {kw} ip {TABLE} {}", set.name);
+        }
+        // All chains exist before any rule or map element jumps to one.
+        for c in &self.chains {
+            let _ = writeln!(s, "add chain ip {TABLE} {}", c.name);
+            let _ = writeln!(s, "flush chain ip {TABLE} {}", c.name);
+        }
+        for set in self.sets.iter().filter(|x| !x.map) {
+            for chunk in set.elements.chunks(1000) {
                 let _ = writeln!(
                     s,
                     "add element ip {TABLE} {} {{ {} }}",
                     set.name,
-                    set.elements.join(", ")
+                    chunk.join(", ")
                 );
             }
-        }
-        // All chains exist before any rule jumps to one.
-        for c in &self.chains {
-            let _ = writeln!(s, "add chain ip {TABLE} {}", c.name);
-            let _ = writeln!(s, "flush chain ip {TABLE} {}", c.name);
         }
         for c in &self.chains {
             for r in &c.rules {
                 let _ = writeln!(s, "add rule ip {TABLE} {} {r}", c.name);
             }
         }
+        for set in self.sets.iter().filter(|x| x.map) {
+            for chunk in set.elements.chunks(1000) {
+                let _ = writeln!(
+                    s,
+                    "add element ip {TABLE} {} {{ {} }}",
+                    set.name,
+                    chunk.join(", ")
+                );
+            }
+        }
         for r in &self.rules {
             let _ = writeln!(s, "add rule ip {TABLE} {chain} {r}");
         }
+        let new_chains: BTreeSet<&str> = self.chains.iter().map(|c| c.name.as_str()).collect();
+        let new_sets: BTreeSet<(bool, &str)> =
+            self.sets.iter().map(|c| (c.map, c.name.as_str())).collect();
         for c in existing
             .chains
             .iter()
@@ -170,10 +196,17 @@ impl PolicyRuleset {
         {
             let _ = writeln!(s, "delete chain ip {TABLE} {c}");
         }
+        for m in existing
+            .maps
+            .iter()
+            .filter(|m| !new_sets.contains(&(true, m.as_str())))
+        {
+            let _ = writeln!(s, "delete map ip {TABLE} {m}");
+        }
         for c in existing
             .sets
             .iter()
-            .filter(|c| !new_sets.contains(c.as_str()))
+            .filter(|c| !new_sets.contains(&(false, c.as_str())))
         {
             let _ = writeln!(s, "delete set ip {TABLE} {c}");
         }
@@ -217,6 +250,9 @@ pub fn parse_helpers(listing: &str) -> Helpers {
             "set" => {
                 h.sets.insert(name.to_string());
             }
+            "map" => {
+                h.maps.insert(name.to_string());
+            }
             _ => {}
         }
     }
@@ -245,8 +281,8 @@ mod tests {
             }],
             sets: vec![HelperSet {
                 name: "np-src-1".into(),
-                kind: "ipv4_addr".into(),
-                interval: true,
+                map: false,
+                decl: "type ipv4_addr; flags interval;".into(),
                 elements: vec!["10.0.0.0/24".into()],
             }],
         }
@@ -257,6 +293,7 @@ mod tests {
         let existing = Helpers {
             chains: ["np-in-x-a".to_string(), "np-old".to_string()].into(),
             sets: ["np-gone".to_string()].into(),
+            maps: ["np-map".to_string()].into(),
         };
         let s = ruleset().script(&existing).expect("script");
         let pos = |needle: &str| s.find(needle).unwrap_or_else(|| panic!("{needle}:\n{s}"));
@@ -265,6 +302,8 @@ mod tests {
         assert!(pos("add chain ip podwire np-in-x-a") < pos("add rule ip podwire network-policy"));
         assert!(pos("add rule ip podwire network-policy") < pos("delete chain ip podwire np-old"));
         assert!(s.contains("delete set ip podwire np-gone"), "{s}");
+        assert!(pos("flush map ip podwire np-map") < pos("delete chain ip podwire np-old"));
+        assert!(s.contains("delete map ip podwire np-map"), "{s}");
         assert!(!s.contains("delete chain ip podwire np-in-x-a"), "{s}");
         assert!(!s.contains("delete table"), "{s}");
     }
@@ -281,15 +320,19 @@ mod tests {
         r.sets[0].elements.push("1.2.3.4 } ; flush ruleset".into());
         assert!(r.script(&Helpers::default()).is_err());
         let mut r = ruleset();
+        r.sets[0].decl = "type ipv4_addr; } ; flush ruleset ; add set ip podwire x {".into();
+        assert!(r.script(&Helpers::default()).is_err());
+        let mut r = ruleset();
         r.rules.push("counter; flush ruleset".into());
         assert!(r.script(&Helpers::default()).is_err());
     }
 
     #[test]
     fn helpers_are_read_from_a_listing() {
-        let listing = "table ip podwire {\n\tset np-a {\n\t\ttype ipv4_addr\n\t}\n\tset cluster-nets {\n\t}\n\tchain np-b {\n\t}\n\tchain forward {\n\t}\n}\n";
+        let listing = "table ip podwire {\n\tmap np-m {\n\t}\n\tset np-a {\n\t\ttype ipv4_addr\n\t}\n\tset cluster-nets {\n\t}\n\tchain np-b {\n\t}\n\tchain forward {\n\t}\n}\n";
         let h = parse_helpers(listing);
         assert_eq!(h.sets, ["np-a".to_string()].into());
         assert_eq!(h.chains, ["np-b".to_string()].into());
+        assert_eq!(h.maps, ["np-m".to_string()].into());
     }
 }
