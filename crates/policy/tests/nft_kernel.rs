@@ -138,7 +138,7 @@ fn rendered_policy_of_every_case_passes_nft_check_and_updates_in_place() {
     )
     .expect("json");
     let mut previous: Option<NftPolicy> = None;
-    for case in &cases {
+    for (n, case) in cases.iter().enumerate() {
         let list =
             serde_json::json!({"apiVersion": "v1", "kind": "List", "items": case["policies"]});
         let mut view = common::view(&case["extraLabels"]);
@@ -146,31 +146,55 @@ fn rendered_policy_of_every_case_passes_nft_check_and_updates_in_place() {
             parse_documents(&common::fill_placeholders(list.to_string())).expect("policies");
         for node in common::NODES {
             let p = render_nft(&compile(&view, node));
-            let script = p.script(previous.as_ref());
+            // Every other update as after an agent restart: what was there
+            // is known only from the table's listing.
+            let known = if n % 2 == 0 {
+                previous.clone()
+            } else {
+                Some(NftPolicy::existing_from_listing(&list_table(&ns)))
+            };
+            let script = p.script(known.as_ref());
             nft_in(&ns, &["-c"], &script)
                 .unwrap_or_else(|e| panic!("{}: nft -c: {e}\n{script}", case["name"]));
             nft_in(&ns, &[], &script)
                 .unwrap_or_else(|e| panic!("{}: nft: {e}\n{script}", case["name"]));
+            assert_helpers_are_exactly(&list_table(&ns), &p);
             previous = Some(p);
         }
     }
     // Back to no policy: every helper chain and set of the last one is gone.
     let empty = render_nft(&compile(&ClusterView::default(), NODE));
     nft_in(&ns, &[], &empty.script(previous.as_ref())).expect("to empty");
-    let out = Command::new("ip")
-        .args([
-            "netns", "exec", &ns, "nft", "list", "table", "ip", "podwire",
-        ])
-        .output()
-        .expect("list");
-    let listed = String::from_utf8_lossy(&out.stdout);
+    let listed = list_table(&ns);
     assert!(
-        !listed.contains("np-in-") && !listed.contains("np-eg-") && !listed.contains("np-a"),
+        !listed.contains("np-c") && !listed.contains("np-s"),
         "{listed}"
     );
     assert!(listed.contains("chain network-policy"), "{listed}");
     // The dataplane's own ruleset can be applied again on top (agent restart).
     nft_in(&ns, &[], &base_ruleset()).expect("base again");
+}
+
+fn list_table(ns: &str) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "list", "table", "ip", "podwire"])
+        .output()
+        .expect("list");
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The table holds the helper chains and sets of `p` and no others.
+fn assert_helpers_are_exactly(listing: &str, p: &NftPolicy) {
+    let mut listed: Vec<String> = NftPolicy::existing_from_listing(listing)
+        .objects
+        .iter()
+        .map(|o| o.name().to_string())
+        .collect();
+    let mut want: Vec<String> = p.objects.iter().map(|o| o.name().to_string()).collect();
+    listed.sort();
+    want.sort();
+    assert_eq!(listed, want, "{listing}");
 }
 
 struct Lab {
