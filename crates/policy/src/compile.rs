@@ -109,6 +109,7 @@ pub fn compile(view: &ClusterView, node: &str) -> NodeRules {
         addr_sets: Interner::default(),
         pair_sets: Interner::default(),
         peer_cache: HashMap::new(),
+        pair_cache: HashMap::new(),
     };
     let mut ingress_chains = Interner::default();
     let mut egress_chains = Interner::default();
@@ -147,6 +148,9 @@ struct Compiler<'i, 'a> {
     pair_sets: Interner<Vec<(Ipv4Addr, u16)>>,
     /// (policy index, direction, rule index) → peer match: computed once.
     peer_cache: HashMap<(usize, PolicyType, usize), Option<PeerMatch>>,
+    /// (policy index, egress rule index, protocol) → the pair set of its
+    /// named ports (independent of the source pod): computed once.
+    pair_cache: HashMap<(usize, usize, Protocol), Option<usize>>,
 }
 
 impl Compiler<'_, '_> {
@@ -177,7 +181,7 @@ impl Compiler<'_, '_> {
                 let Some(peer) = self.peer(pi, p, t, ri, r) else {
                     continue; // matches no address
                 };
-                self.rule_ports(pod, p, t, r, peer, comment, &mut chain.rules);
+                self.rule_ports(pod, (pi, ri), t, r, peer, comment, &mut chain.rules);
             }
         }
         if chain.isolated_by.is_empty() {
@@ -244,7 +248,7 @@ impl Compiler<'_, '_> {
     fn rule_ports(
         &mut self,
         pod: &PodInfo,
-        p: &NetworkPolicy,
+        (pi, ri): (usize, usize),
         t: PolicyType,
         r: &Rule,
         peer: PeerMatch,
@@ -290,36 +294,56 @@ impl Compiler<'_, '_> {
             });
         }
         for (proto, names) in named {
-            // Every destination pod the peers match that names the port.
-            let mut pairs = BTreeSet::new();
-            let ranges = match &peer {
-                PeerMatch::Any => None,
-                PeerMatch::Set(i) => self.addr_sets.items.get(*i).cloned(),
-            };
-            for dst in &self.idx.pods {
-                for (ip, _) in &dst.addrs {
-                    let inside = ranges
-                        .as_ref()
-                        .is_none_or(|rs| rs.iter().any(|r| r.first <= *ip && *ip <= r.last));
-                    if !inside {
-                        continue;
-                    }
-                    for n in &names {
-                        if let Some(port) = dst.named_port(n, proto) {
-                            pairs.insert((*ip, port));
-                        }
-                    }
+            let set = match self.pair_cache.get(&(pi, ri, proto)) {
+                Some(set) => *set,
+                None => {
+                    let set = self.pairs(&peer, proto, &names);
+                    self.pair_cache.insert((pi, ri, proto), set);
+                    set
                 }
-            }
-            let _ = p;
-            if !pairs.is_empty() {
-                let set = self.pair_sets.get(pairs.into_iter().collect());
+            };
+            if let Some(set) = set {
                 out.push(RuleMatch {
                     peer: peer.clone(),
                     ports: PortMatch::Pairs(proto, set),
                     comment: comment.clone(),
                 });
             }
+        }
+    }
+
+    /// (address, port) of every pod the peers match that names one of
+    /// `names` for `proto`; `None` when there is none.
+    fn pairs(
+        &mut self,
+        peer: &PeerMatch,
+        proto: Protocol,
+        names: &BTreeSet<&str>,
+    ) -> Option<usize> {
+        let ranges = match peer {
+            PeerMatch::Any => None,
+            PeerMatch::Set(i) => self.addr_sets.items.get(*i).cloned(),
+        };
+        let mut pairs = BTreeSet::new();
+        for dst in &self.idx.pods {
+            for (ip, _) in &dst.addrs {
+                let inside = ranges
+                    .as_ref()
+                    .is_none_or(|rs| rs.iter().any(|r| r.first <= *ip && *ip <= r.last));
+                if !inside {
+                    continue;
+                }
+                for n in names {
+                    if let Some(port) = dst.named_port(n, proto) {
+                        pairs.insert((*ip, port));
+                    }
+                }
+            }
+        }
+        if pairs.is_empty() {
+            None
+        } else {
+            Some(self.pair_sets.get(pairs.into_iter().collect()))
         }
     }
 }
@@ -380,4 +404,62 @@ pub(crate) fn merge(mut v: Vec<AddrRange>) -> Vec<AddrRange> {
         out.push(r);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(a: &str, b: &str) -> AddrRange {
+        AddrRange {
+            first: a.parse().expect("ip"),
+            last: b.parse().expect("ip"),
+        }
+    }
+
+    #[test]
+    fn blocks_minus_exceptions_are_ranges() {
+        let v = block_ranges(
+            "10.0.0.0/24",
+            &[
+                "10.0.0.0/30".into(),
+                "10.0.0.128/25".into(),
+                "10.0.0.9/32".into(),
+            ],
+        );
+        assert_eq!(
+            v,
+            vec![r("10.0.0.4", "10.0.0.8"), r("10.0.0.10", "10.0.0.127")]
+        );
+        // Host bits in the cidr are ignored; everything of 0.0.0.0/0.
+        assert_eq!(
+            block_ranges("10.1.2.3/8", &[]),
+            vec![r("10.0.0.0", "10.255.255.255")]
+        );
+        assert_eq!(
+            block_ranges("0.0.0.0/0", &["255.255.255.255/32".into()]),
+            vec![r("0.0.0.0", "255.255.255.254")]
+        );
+        assert!(block_ranges("fd00::/8", &[]).is_empty());
+    }
+
+    #[test]
+    fn ranges_merge_when_they_touch_or_overlap() {
+        let v = merge(vec![
+            r("10.0.0.5", "10.0.0.5"),
+            r("10.0.0.1", "10.0.0.4"),
+            r("10.0.0.3", "10.0.0.3"),
+            r("10.0.0.9", "10.0.0.9"),
+            r("255.255.255.255", "255.255.255.255"),
+            r("255.255.255.0", "255.255.255.255"),
+        ]);
+        assert_eq!(
+            v,
+            vec![
+                r("10.0.0.1", "10.0.0.5"),
+                r("10.0.0.9", "10.0.0.9"),
+                r("255.255.255.0", "255.255.255.255")
+            ]
+        );
+    }
 }

@@ -28,10 +28,28 @@ pub struct Verdict {
     pub reasons: Vec<String>,
 }
 
-/// Evaluates one connection attempt, both directions.
+/// Evaluates one connection attempt, both directions. For many questions
+/// about one view, [`Evaluator`] indexes the view once.
 pub fn evaluate(view: &ClusterView, src: &Peer, dst: &Peer, port: u16, proto: Protocol) -> Verdict {
-    let idx = Index::new(view);
-    evaluate_in(&idx, src, dst, port, proto)
+    Evaluator::new(view).evaluate(src, dst, port, proto)
+}
+
+/// [`evaluate`] with the view indexed once (the audit asks for every pair).
+#[derive(Debug)]
+pub struct Evaluator<'a> {
+    idx: Index<'a>,
+}
+
+impl<'a> Evaluator<'a> {
+    pub fn new(view: &'a ClusterView) -> Evaluator<'a> {
+        Evaluator {
+            idx: Index::new(view),
+        }
+    }
+
+    pub fn evaluate(&self, src: &Peer, dst: &Peer, port: u16, proto: Protocol) -> Verdict {
+        evaluate_in(&self.idx, src, dst, port, proto)
+    }
 }
 
 fn resolve<'a>(idx: &'a Index<'a>, p: &Peer, holder: &'a mut Option<PodInfo>) -> Party<'a> {

@@ -8,6 +8,37 @@
 //!   evaluate(view, src, dst, port, proto) -> Verdict   (the audit, tests)
 //!   compile(view, node) -> NodeRules -> render_nft -> NftPolicy (the agent)
 //! ```
+//!
+//! # For the agent (integration)
+//!
+//! The policy part lives in podwire-dataplane's table `ip podwire`: the
+//! `network-policy` chain (jumped to from `forward` after the guard and the
+//! posture) plus helper chains and sets whose names start with `np-`.
+//! podwire-dataplane's `NodeRules::script()` flushes `network-policy`, so:
+//!
+//! 1. At start, before any pod traffic: `let known =
+//!    NftPolicy::existing_from_listing(&listing)` where `listing` is the
+//!    output of `nft list table ip podwire` (empty if the table is absent);
+//!    then apply `base.script()? + &policy.script(Some(&known))` as ONE
+//!    transaction (`podwire_dataplane::nft::apply`): the chain is never
+//!    seen empty, so no window of openness.
+//! 2. On any change of policies, pods, namespaces or endpoints:
+//!    `let next = render_nft(&compile(&view, node));
+//!    apply(&next.script(Some(&last)))`, then `last = next`. Only new
+//!    helper objects are written and the gone ones deleted, in the same
+//!    transaction.
+//! 3. Write the endpoint record (and recompile) before the pod's traffic
+//!    should flow: until its address is in `np-local`, a pod interface
+//!    (group 0x7077) neither sends nor receives forwarded traffic
+//!    ([`NodeRules::closed_until_known`]; clear it to turn this off).
+//! 4. Fill [`ClusterView::node_addresses`] with every node's addresses:
+//!    evaluation needs them (own-node traffic is always allowed; the node's
+//!    own traffic goes through `output`/`input`, which the policy chain does
+//!    not see).
+//!
+//! A pod reaching itself through its own address never leaves its network
+//! namespace, so no node rule sees it; [`evaluate`] still answers by the
+//! policies (as upstream's tables do for the diagonal).
 
 mod compile;
 mod eval;
@@ -21,9 +52,9 @@ mod view;
 use std::collections::BTreeMap;
 
 pub use compile::{compile, AddrRange, ChainRules, NodeRules, PeerMatch, PortMatch, RuleMatch};
-pub use eval::{evaluate, Peer, Verdict};
+pub use eval::{evaluate, Evaluator, Peer, Verdict};
 pub use model::{LabelSelector, Operator, PolicyPeer, PolicyPort, PolicyType, PortRef, Rule};
-pub use nft::{render_nft, NftPolicy};
+pub use nft::{render_nft, NftObject, NftPolicy, POLICY_CHAIN};
 pub use parse::{parse_documents, MAX_DOCUMENTS, MAX_INPUT_BYTES};
 pub use podwire_cluster::Protocol;
 pub use view::ClusterView;

@@ -38,7 +38,8 @@ pub fn ip_of(r: &PodRef) -> Ipv4Addr {
         .position(|n| *n == r.namespace)
         .unwrap_or(0);
     let p = PODS.iter().position(|n| *n == r.name).unwrap_or(0);
-    Ipv4Addr::new(10, 1, 1 + ns as u8, 10 + p as u8)
+    let small = |i: usize| u8::try_from(i).expect("a few pods");
+    Ipv4Addr::new(10, 1, 1 + small(ns), 10 + small(p))
 }
 
 /// Pods spread over the nodes so that every node has one of each namespace.
@@ -53,7 +54,7 @@ pub fn node_of(r: &PodRef) -> &'static str {
 
 pub fn node_ip(node: &str) -> Ipv4Addr {
     let i = NODES.iter().position(|n| *n == node).unwrap_or(0);
-    Ipv4Addr::new(192, 168, 0, 10 + i as u8)
+    Ipv4Addr::new(192, 168, 0, 10 + u8::try_from(i).expect("three nodes"))
 }
 
 /// The 9-pod view, with `extra` labels on top (the case's extraLabels).
