@@ -158,7 +158,7 @@ fn exposure(
     let x = Arc::new(exposure::Exposure::new(
         settings,
         store,
-        Box::new(exposure::firewall::Nft),
+        Box::<exposure::firewall::Nft>::default(),
         Arc::clone(metrics),
     ));
     x.set_own_addresses(exposure::records::node_addresses()?)?;

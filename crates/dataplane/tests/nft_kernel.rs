@@ -128,6 +128,7 @@ fn policy_helpers_are_replaced_in_one_transaction_and_old_ones_deleted() {
         rules: vec![format!("ip daddr vmap @np-map-{n}")],
         chains: vec![HelperChain {
             name: format!("np-in-{n}"),
+            fixed: true,
             rules: vec![
                 format!("ip saddr @np-src-{n} return"),
                 "counter drop".into(),
@@ -137,12 +138,14 @@ fn policy_helpers_are_replaced_in_one_transaction_and_old_ones_deleted() {
             HelperSet {
                 name: format!("np-src-{n}"),
                 map: false,
+                fixed: true,
                 decl: "type ipv4_addr; flags interval;".into(),
                 elements: vec!["10.1.0.0/16".into(), "10.2.0.7".into()],
             },
             HelperSet {
                 name: format!("np-map-{n}"),
                 map: true,
+                fixed: false,
                 decl: "type ipv4_addr : verdict;".into(),
                 elements: vec![format!("{ip} : jump np-in-{n}")],
             },
@@ -152,6 +155,8 @@ fn policy_helpers_are_replaced_in_one_transaction_and_old_ones_deleted() {
     // without policies: the policies stay.
     rules(&[]).apply().expect("node rules");
     apply_policy(&ruleset("a", "10.0.0.5")).expect("first");
+    // Applying the same again keeps the content-named helpers as they are.
+    apply_policy(&ruleset("a", "10.0.0.5")).expect("again");
     rules(&[]).apply().expect("re-apply");
     let listed = nft(&["list", "table", "ip", "podwire"]);
     assert!(

@@ -1,8 +1,10 @@
 //! The network-policy concern's content: the chain's rules plus the helper
-//! chains and sets they use (rendered by podwire-policy), replaced in one
-//! transaction. Helpers are named `np-…`; the ones a new ruleset no longer
-//! has are deleted in the same transaction, after every chain that could
-//! refer to them has been flushed.
+//! chains, sets and verdict maps they use (rendered by podwire-policy),
+//! replaced in one transaction. Helpers are named `np-…`; the ones a new
+//! ruleset no longer has are deleted in the same transaction, once nothing
+//! refers to them. A helper marked `fixed` is named by its content (an
+//! object of that name in the table is this very object): it is written
+//! only if missing, so a change rewrites only what changed.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -29,6 +31,8 @@ pub struct PolicyRuleset {
 pub struct HelperChain {
     /// `np-…`
     pub name: String,
+    /// Named by its content: kept as it is when the table has it.
+    pub fixed: bool,
     pub rules: Vec<String>,
 }
 
@@ -38,6 +42,8 @@ pub struct HelperSet {
     pub name: String,
     /// A verdict map rather than a set.
     pub map: bool,
+    /// Named by its content: kept as it is when the table has it.
+    pub fixed: bool,
     /// What goes between the declaration's braces, e.g. `type ipv4_addr;
     /// flags interval;` or `type ipv4_addr : verdict;`.
     pub decl: String,
@@ -137,28 +143,50 @@ impl PolicyRuleset {
     pub fn script(&self, existing: &Helpers) -> Result<String> {
         self.validate()?;
         let chain = Concern::NetworkPolicy.chain();
+        let kept_chain = |c: &HelperChain| c.fixed && existing.chains.contains(&c.name);
+        let kept_set = |x: &HelperSet| {
+            x.fixed
+                && if x.map {
+                    existing.maps.contains(&x.name)
+                } else {
+                    existing.sets.contains(&x.name)
+                }
+        };
+        let new_chains: BTreeSet<&str> = self.chains.iter().map(|c| c.name.as_str()).collect();
+        let new_sets: BTreeSet<(bool, &str)> =
+            self.sets.iter().map(|c| (c.map, c.name.as_str())).collect();
         let mut s = String::new();
         let _ = writeln!(s, "add chain ip {TABLE} {chain}");
         let _ = writeln!(s, "flush chain ip {TABLE} {chain}");
-        // Every old helper chain and map emptied first: nothing refers to a
-        // helper once these have run, so deleting what is gone cannot fail.
-        for c in &existing.chains {
+        // Old helper chains and maps that go are emptied first: nothing
+        // refers to a helper that goes once these have run (the chain above
+        // and every map and chain that stays are rewritten or hold only
+        // what stays), so deleting them at the end cannot fail.
+        for c in existing
+            .chains
+            .iter()
+            .filter(|c| !new_chains.contains(c.as_str()))
+        {
             let _ = writeln!(s, "flush chain ip {TABLE} {c}");
         }
-        for m in &existing.maps {
+        for m in existing
+            .maps
+            .iter()
+            .filter(|m| !new_sets.contains(&(true, m.as_str())))
+        {
             let _ = writeln!(s, "flush map ip {TABLE} {m}");
         }
-        for set in &self.sets {
+        for set in self.sets.iter().filter(|x| !kept_set(x)) {
             let kw = set.keyword();
             let _ = writeln!(s, "add {kw} ip {TABLE} {} {{ {} }}", set.name, set.decl);
             let _ = writeln!(s, "flush {kw} ip {TABLE} {}", set.name);
         }
         // All chains exist before any rule or map element jumps to one.
-        for c in &self.chains {
+        for c in self.chains.iter().filter(|c| !kept_chain(c)) {
             let _ = writeln!(s, "add chain ip {TABLE} {}", c.name);
             let _ = writeln!(s, "flush chain ip {TABLE} {}", c.name);
         }
-        for set in self.sets.iter().filter(|x| !x.map) {
+        for set in self.sets.iter().filter(|x| !x.map && !kept_set(x)) {
             for chunk in set.elements.chunks(1000) {
                 let _ = writeln!(
                     s,
@@ -168,12 +196,12 @@ impl PolicyRuleset {
                 );
             }
         }
-        for c in &self.chains {
+        for c in self.chains.iter().filter(|c| !kept_chain(c)) {
             for r in &c.rules {
                 let _ = writeln!(s, "add rule ip {TABLE} {} {r}", c.name);
             }
         }
-        for set in self.sets.iter().filter(|x| x.map) {
+        for set in self.sets.iter().filter(|x| x.map && !kept_set(x)) {
             for chunk in set.elements.chunks(1000) {
                 let _ = writeln!(
                     s,
@@ -186,9 +214,6 @@ impl PolicyRuleset {
         for r in &self.rules {
             let _ = writeln!(s, "add rule ip {TABLE} {chain} {r}");
         }
-        let new_chains: BTreeSet<&str> = self.chains.iter().map(|c| c.name.as_str()).collect();
-        let new_sets: BTreeSet<(bool, &str)> =
-            self.sets.iter().map(|c| (c.map, c.name.as_str())).collect();
         for c in existing
             .chains
             .iter()
@@ -212,13 +237,31 @@ impl PolicyRuleset {
         }
         Ok(s)
     }
+
+    /// The helpers the table holds once this ruleset is applied.
+    pub fn helpers(&self) -> Helpers {
+        let mut h = Helpers::default();
+        for c in &self.chains {
+            h.chains.insert(c.name.clone());
+        }
+        for x in &self.sets {
+            if x.map {
+                h.maps.insert(x.name.clone());
+            } else {
+                h.sets.insert(x.name.clone());
+            }
+        }
+        h
+    }
 }
 
 /// The helper chains and sets in podwire's table now (none if there is no
 /// table yet).
 pub fn existing_helpers() -> Result<Helpers> {
+    // Terse: names without the sets' elements (a large policy's listing
+    // would otherwise cost more than applying it).
     let out = Command::new("nft")
-        .args(["list", "table", "ip", TABLE])
+        .args(["-t", "list", "table", "ip", TABLE])
         .stdin(Stdio::null())
         .output()
         .map_err(|e| DataplaneError::Nft(format!("running nft: {e} (is nftables installed?)")))?;
@@ -274,6 +317,7 @@ mod tests {
             rules: vec!["ip daddr 10.0.0.5 jump np-in-x-a".into()],
             chains: vec![HelperChain {
                 name: "np-in-x-a".into(),
+                fixed: false,
                 rules: vec![
                     "ip saddr @np-src-1 tcp dport 80 return".into(),
                     "counter drop".into(),
@@ -282,6 +326,7 @@ mod tests {
             sets: vec![HelperSet {
                 name: "np-src-1".into(),
                 map: false,
+                fixed: false,
                 decl: "type ipv4_addr; flags interval;".into(),
                 elements: vec!["10.0.0.0/24".into()],
             }],
@@ -306,6 +351,31 @@ mod tests {
         assert!(s.contains("delete map ip podwire np-map"), "{s}");
         assert!(!s.contains("delete chain ip podwire np-in-x-a"), "{s}");
         assert!(!s.contains("delete table"), "{s}");
+    }
+
+    #[test]
+    fn content_named_helpers_in_the_table_are_kept_as_they_are() {
+        let mut r = ruleset();
+        r.chains[0].fixed = true;
+        r.sets[0].fixed = true;
+        let existing = Helpers {
+            chains: ["np-in-x-a".to_string(), "np-old".to_string()].into(),
+            sets: ["np-src-1".to_string()].into(),
+            maps: Default::default(),
+        };
+        let s = r.script(&existing).expect("script");
+        assert!(
+            !s.contains("add rule ip podwire np-in-x-a"),
+            "kept chain rewritten:\n{s}"
+        );
+        assert!(!s.contains("flush chain ip podwire np-in-x-a"), "{s}");
+        assert!(!s.contains("flush set ip podwire np-src-1"), "{s}");
+        assert!(s.contains("delete chain ip podwire np-old"), "{s}");
+        assert!(s.contains("add rule ip podwire network-policy"), "{s}");
+        // Missing from the table: written.
+        let s = r.script(&Helpers::default()).expect("script");
+        assert!(s.contains("add rule ip podwire np-in-x-a"), "{s}");
+        assert_eq!(r.helpers().chains, ["np-in-x-a".to_string()].into());
     }
 
     #[test]
