@@ -9,8 +9,8 @@ use std::net::Ipv4Addr;
 
 use podwire_cluster::Protocol;
 
-use crate::model::{PortRef, Rule};
-use crate::view::{Index, Party, PodInfo};
+use crate::model::{PolicyPeer, PortRef, Rule};
+use crate::view::{Index, PodInfo};
 use crate::{ClusterView, NetworkPolicy, PolicyType};
 
 /// An inclusive range of addresses.
@@ -109,7 +109,10 @@ pub fn compile(view: &ClusterView, node: &str) -> NodeRules {
         addr_sets: Interner::default(),
         pair_sets: Interner::default(),
         peer_cache: HashMap::new(),
+        peers_cache: HashMap::new(),
         pair_cache: HashMap::new(),
+        pairs_cache: HashMap::new(),
+        range_cache: HashMap::new(),
     };
     let mut ingress_chains = Interner::default();
     let mut egress_chains = Interner::default();
@@ -142,15 +145,24 @@ pub fn compile(view: &ClusterView, node: &str) -> NodeRules {
     out
 }
 
+type PeersCache = HashMap<(Option<String>, Vec<PolicyPeer>), Option<PeerMatch>>;
+
 struct Compiler<'i, 'a> {
     idx: &'i Index<'a>,
     addr_sets: Interner<Vec<AddrRange>>,
     pair_sets: Interner<Vec<(Ipv4Addr, u16)>>,
     /// (policy index, direction, rule index) → peer match: computed once.
     peer_cache: HashMap<(usize, PolicyType, usize), Option<PeerMatch>>,
+    /// (namespace if it matters, peer list) → peer match.
+    peers_cache: PeersCache,
     /// (policy index, egress rule index, protocol) → the pair set of its
     /// named ports (independent of the source pod): computed once.
     pair_cache: HashMap<(usize, usize, Protocol), Option<usize>>,
+    /// (peer match, protocol, port names) → pair set: rules repeat them.
+    pairs_cache: HashMap<(PeerMatch, Protocol, Vec<String>), Option<usize>>,
+    /// (the policy's namespace for a podSelector-only peer, peer) → its
+    /// addresses: policies repeat peers.
+    range_cache: HashMap<(Option<String>, PolicyPeer), Vec<AddrRange>>,
 }
 
 impl Compiler<'_, '_> {
@@ -203,6 +215,17 @@ impl Compiler<'_, '_> {
         if let Some(m) = self.peer_cache.get(&(pi, t, ri)) {
             return m.clone();
         }
+        // Policies repeat whole peer lists: the same list (in the same
+        // namespace, when a podSelector alone refers to it) is one set.
+        let ns_matters = r
+            .peers
+            .iter()
+            .any(|pe| pe.ip_block.is_none() && pe.namespace_selector.is_none());
+        let key = (ns_matters.then(|| p.namespace.clone()), r.peers.clone());
+        if let Some(m) = self.peers_cache.get(&key) {
+            self.peer_cache.insert((pi, t, ri), m.clone());
+            return m.clone();
+        }
         let m = if r.peers.is_empty() {
             Some(PeerMatch::Any)
         } else {
@@ -214,31 +237,38 @@ impl Compiler<'_, '_> {
             }
         };
         self.peer_cache.insert((pi, t, ri), m.clone());
+        self.peers_cache.insert(key, m.clone());
         m
     }
 
-    fn rule_ranges(&self, p: &NetworkPolicy, r: &Rule) -> Vec<AddrRange> {
+    fn rule_ranges(&mut self, p: &NetworkPolicy, r: &Rule) -> Vec<AddrRange> {
         let mut out = Vec::new();
         for peer in &r.peers {
-            if let Some(b) = &peer.ip_block {
-                out.extend(block_ranges(&b.cidr, &b.except));
+            // The policy's namespace matters only to a podSelector alone.
+            let ns = peer
+                .namespace_selector
+                .is_none()
+                .then(|| p.namespace.clone());
+            let key = (ns, peer.clone());
+            if let Some(v) = self.range_cache.get(&key) {
+                out.extend_from_slice(v);
                 continue;
             }
-            for pod in &self.idx.pods {
-                for (ip, node) in &pod.addrs {
-                    let party = Party {
-                        ip: Some(*ip),
-                        pod: Some(pod),
-                        node: Some(node),
-                    };
-                    if self.idx.peer_matches(p, peer, &party) {
-                        out.push(AddrRange {
-                            first: *ip,
-                            last: *ip,
-                        });
-                    }
-                }
-            }
+            let v: Vec<AddrRange> = match &peer.ip_block {
+                Some(b) => block_ranges(&b.cidr, &b.except),
+                None => self
+                    .idx
+                    .selected_pods(p, peer)
+                    .into_iter()
+                    .flat_map(|pod| pod.addrs.iter())
+                    .map(|(ip, _)| AddrRange {
+                        first: *ip,
+                        last: *ip,
+                    })
+                    .collect(),
+            };
+            out.extend_from_slice(&v);
+            self.range_cache.insert(key, v);
         }
         out
     }
@@ -320,6 +350,25 @@ impl Compiler<'_, '_> {
         proto: Protocol,
         names: &BTreeSet<&str>,
     ) -> Option<usize> {
+        let key = (
+            peer.clone(),
+            proto,
+            names.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+        );
+        if let Some(set) = self.pairs_cache.get(&key) {
+            return *set;
+        }
+        let set = self.pairs_uncached(peer, proto, names);
+        self.pairs_cache.insert(key, set);
+        set
+    }
+
+    fn pairs_uncached(
+        &mut self,
+        peer: &PeerMatch,
+        proto: Protocol,
+        names: &BTreeSet<&str>,
+    ) -> Option<usize> {
         let ranges = match peer {
             PeerMatch::Any => None,
             PeerMatch::Set(i) => self.addr_sets.items.get(*i).cloned(),
@@ -327,9 +376,7 @@ impl Compiler<'_, '_> {
         let mut pairs = BTreeSet::new();
         for dst in &self.idx.pods {
             for (ip, _) in &dst.addrs {
-                let inside = ranges
-                    .as_ref()
-                    .is_none_or(|rs| rs.iter().any(|r| r.first <= *ip && *ip <= r.last));
+                let inside = ranges.as_ref().is_none_or(|rs| in_ranges(rs, *ip));
                 if !inside {
                     continue;
                 }
@@ -384,6 +431,13 @@ pub(crate) fn block_ranges(cidr: &str, except: &[String]) -> Vec<AddrRange> {
             last: Ipv4Addr::from(b),
         })
         .collect()
+}
+
+/// Is `ip` in one of the sorted, disjoint `ranges`?
+pub(crate) fn in_ranges(ranges: &[AddrRange], ip: Ipv4Addr) -> bool {
+    // The last range starting at or before ip is the only candidate.
+    let i = ranges.partition_point(|r| r.first <= ip);
+    i > 0 && ranges.get(i - 1).is_some_and(|r| ip <= r.last)
 }
 
 /// Sorts and merges overlapping or adjacent ranges (nft interval sets
@@ -441,6 +495,22 @@ mod tests {
             vec![r("0.0.0.0", "255.255.255.254")]
         );
         assert!(block_ranges("fd00::/8", &[]).is_empty());
+    }
+
+    #[test]
+    fn membership_in_sorted_ranges() {
+        let v = vec![r("10.0.0.1", "10.0.0.5"), r("10.0.0.9", "10.0.0.9")];
+        for (ip, want) in [
+            ("10.0.0.0", false),
+            ("10.0.0.1", true),
+            ("10.0.0.5", true),
+            ("10.0.0.6", false),
+            ("10.0.0.9", true),
+            ("10.0.0.10", false),
+        ] {
+            assert_eq!(in_ranges(&v, ip.parse().expect("ip")), want, "{ip}");
+        }
+        assert!(!in_ranges(&[], "10.0.0.1".parse().expect("ip")));
     }
 
     #[test]

@@ -14,7 +14,10 @@
 //! The policy part lives in podwire-dataplane's table `ip podwire`: the
 //! `network-policy` chain (jumped to from `forward` after the guard and the
 //! posture) plus helper chains and sets whose names start with `np-`.
-//! podwire-dataplane's `NodeRules::script()` flushes `network-policy`, so:
+//! podwire-dataplane's `NodeRules::script()` flushes `network-policy`, so
+//! whenever it is applied, the policy script must follow in the SAME
+//! transaction (`base.script()? + &policy.script(Some(&known))`), or the
+//! chain is empty (open) in between:
 //!
 //! 1. At start, before any pod traffic: `let known =
 //!    NftPolicy::existing_from_listing(&listing)` where `listing` is the

@@ -82,8 +82,12 @@ pub struct NftPolicy {
 }
 
 fn comment(s: &str) -> String {
-    // Names are validated (no quotes); cut on a char boundary anyway.
-    let mut c: String = s.chars().filter(|c| *c != '"' && *c != '\\').collect();
+    // Names are validated, so this changes nothing today; it keeps a
+    // comment from ever ending the string or the line.
+    let mut c: String = s
+        .chars()
+        .filter(|c| (c.is_ascii_graphic() || *c == ' ') && *c != '"' && *c != '\\')
+        .collect();
     while c.len() > COMMENT_MAX {
         c.pop();
     }
@@ -423,9 +427,9 @@ mod tests {
 
     #[test]
     fn comments_are_bounded_and_unquotable() {
-        let c = comment(&format!("a\"b\\c{}", "x".repeat(300)));
+        let c = comment(&format!("a\"b\\c\n;é{}", "x".repeat(300)));
         assert!(c.len() <= COMMENT_MAX + 10, "{c}");
-        assert!(c.starts_with("comment \"abc"), "{c}");
+        assert!(c.starts_with("comment \"abc;x"), "{c}");
         assert_eq!(c.matches('"').count(), 2);
     }
 

@@ -62,6 +62,8 @@ pub(crate) struct Index<'a> {
     pub ns_labels: HashMap<String, Labels>,
     pub pods: Vec<PodInfo>,
     pub by_ref: HashMap<PodRef, usize>,
+    /// Namespace → its pods (indexes into `pods`).
+    pub by_ns: HashMap<String, Vec<usize>>,
     /// Endpoint address → (pod index if it has an identity, node).
     pub by_ip: HashMap<Ipv4Addr, (Option<usize>, &'a str)>,
 }
@@ -108,6 +110,10 @@ impl<'a> Index<'a> {
             }
             by_ip.entry(e.ip).or_insert((idx, e.node.as_str()));
         }
+        let mut by_ns: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, p) in pods.iter().enumerate() {
+            by_ns.entry(p.r.namespace.clone()).or_default().push(i);
+        }
         for p in &pods {
             ns_labels.entry(p.r.namespace.clone()).or_insert_with(|| {
                 Labels::from([(NAMESPACE_NAME_LABEL.to_string(), p.r.namespace.clone())])
@@ -118,6 +124,7 @@ impl<'a> Index<'a> {
             ns_labels,
             pods,
             by_ref,
+            by_ns,
             by_ip,
         }
     }
@@ -166,6 +173,39 @@ impl<'a> Index<'a> {
         self.view.policies.iter().filter(move |p| {
             p.namespace == pod.r.namespace && p.applies_to(t) && p.pod_selector.matches(&pod.labels)
         })
+    }
+
+    /// Every pod one selector peer of a rule of `policy` matches: the
+    /// namespaces first, then the pods in them (the same decision as
+    /// [`Index::peer_matches`], in bulk).
+    pub fn selected_pods(&self, policy: &NetworkPolicy, peer: &PolicyPeer) -> Vec<&PodInfo> {
+        if peer.ip_block.is_some() {
+            return Vec::new();
+        }
+        let namespaces: Vec<&str> = match &peer.namespace_selector {
+            None => vec![policy.namespace.as_str()],
+            Some(sel) => self
+                .ns_labels
+                .iter()
+                .filter(|(_, l)| sel.matches(l))
+                .map(|(n, _)| n.as_str())
+                .collect(),
+        };
+        let mut out = Vec::new();
+        for ns in namespaces {
+            for i in self.by_ns.get(ns).into_iter().flatten() {
+                if let Some(pod) = self.pods.get(*i) {
+                    if peer
+                        .pod_selector
+                        .as_ref()
+                        .is_none_or(|s| s.matches(&pod.labels))
+                    {
+                        out.push(pod);
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// Does one peer of a rule of `policy` match `party`?

@@ -171,8 +171,31 @@ fn rendered_policy_of_every_case_passes_nft_check_and_updates_in_place() {
         "{listed}"
     );
     assert!(listed.contains("chain network-policy"), "{listed}");
-    // The dataplane's own ruleset can be applied again on top (agent restart).
-    nft_in(&ns, &[], &base_ruleset()).expect("base again");
+    // An agent restart: the dataplane's ruleset and the policy part, in one
+    // transaction, over what the table holds; the policy is in force after
+    // it (and, the transaction being atomic, at every moment of it).
+    let case = cases
+        .iter()
+        .find(|c| c["name"] == "ingress-and-egress-same-policy-probe-80")
+        .expect("case");
+    let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": case["policies"]});
+    let mut view = common::view(&serde_json::Value::Null);
+    view.policies = parse_documents(&list.to_string()).expect("policies");
+    let p = render_nft(&compile(&view, NODE));
+    nft_in(&ns, &[], &p.script(None)).expect("before the restart");
+    let known = NftPolicy::existing_from_listing(&list_table(&ns));
+    let restart = format!("{}{}", base_ruleset(), p.script(Some(&known)));
+    assert!(
+        !restart.contains("add chain ip podwire np-c"),
+        "the table already has them"
+    );
+    nft_in(&ns, &[], &restart).expect("restart transaction");
+    let listed = list_table(&ns);
+    assert_helpers_are_exactly(&listed, &p);
+    assert!(
+        listed.contains("vmap @np-ingress") && listed.contains(" : jump np-c"),
+        "{listed}"
+    );
 }
 
 fn list_table(ns: &str) -> String {
