@@ -46,6 +46,10 @@ pub fn sync(
     let mut want: BTreeMap<String, (String, u32, MacAddr, Vec<Ipv4Addr>)> = BTreeMap::new();
     for e in cloud.enis.values() {
         let Some(a) = &e.attachment else { continue };
+        // Still attaching: no link in the instance yet.
+        if a.ready_at_ms.is_some() {
+            continue;
+        }
         let Some(inst) = cloud.instances.get(&a.instance_id) else {
             continue;
         };
@@ -56,7 +60,8 @@ pub fn sync(
                 inst.netns.clone(),
                 a.device_index,
                 mac,
-                e.all_ips().collect(),
+                // Addresses inside prefixes are delivered like secondaries.
+                e.owned_ips().collect(),
             ),
         );
     }
@@ -173,7 +178,7 @@ pub fn ruleset(cloud: &Cloud) -> String {
             .enis
             .values()
             .filter(|e| e.groups.iter().any(|x| x == g))
-            .flat_map(|e| e.all_ips().collect::<Vec<_>>())
+            .flat_map(|e| e.owned_ips().collect::<Vec<_>>())
             .collect()
     };
     let set = |ips: &BTreeSet<Ipv4Addr>| {
@@ -184,13 +189,21 @@ pub fn ruleset(cloud: &Cloud) -> String {
     };
     for e in cloud.enis.values() {
         let Some(a) = &e.attachment else { continue };
+        if a.ready_at_ms.is_some() {
+            continue;
+        }
         let Some(inst) = cloud.instances.get(&a.instance_id) else {
             continue;
         };
         let ifname = fabric_ifname(&inst.host, a.device_index);
         if e.source_dest_check {
-            let own: BTreeSet<Ipv4Addr> = e.all_ips().collect();
-            r.push_str(&format!("    iifname \"{ifname}\" ip saddr != {{ {} }} counter drop comment \"source/dest check {}\"\n", set(&own), e.id));
+            // The ENI's addresses and its whole prefixes.
+            let own: Vec<String> = e
+                .all_ips()
+                .map(|i| i.to_string())
+                .chain(e.prefixes.iter().map(|p| p.to_string()))
+                .collect();
+            r.push_str(&format!("    iifname \"{ifname}\" ip saddr != {{ {} }} counter drop comment \"source/dest check {}\"\n", own.join(", "), e.id));
         }
         let mut from_groups = BTreeSet::new();
         let mut cidrs = BTreeSet::new();

@@ -5,11 +5,17 @@
 pub mod api;
 pub mod fabric;
 pub mod faults;
+pub mod filter;
 pub mod http;
 pub mod imds;
 pub mod model;
+pub mod prefix;
 pub mod scope;
+pub mod tags;
 pub mod xml;
+
+#[cfg(test)]
+mod api_tests;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, TcpListener};
@@ -139,6 +145,11 @@ pub fn serve(dir: &Path) -> Result<(), LabError> {
         std::process::id().to_string().as_bytes(),
     )?;
     tracing::info!("lab cloud serving IMDS on {IMDS_ADDR}:80 and EC2 on {EC2_ADDR}:80");
+    let ticker = Arc::clone(&state);
+    std::thread::Builder::new()
+        .name("attach-ticker".into())
+        .spawn(move || attach_ticker(ticker))
+        .map_err(|e| LabError::Fabric(format!("attach ticker: {e}")))?;
     let imds_handler = imds_handler(Arc::clone(&state));
     let t = std::thread::spawn(move || http::serve(imds, http::Limits::default(), imds_handler));
     let served = http::serve(ec2, http::Limits::default(), ec2_handler(state));
@@ -146,6 +157,37 @@ pub fn serve(dir: &Path) -> Result<(), LabError> {
         tracing::warn!("IMDS server ended");
     }
     served.map_err(|e| LabError::Fabric(format!("EC2 server: {e}")))
+}
+
+/// Ends the `attaching` state of every attachment that is due: the fabric
+/// makes their links, cloud.json records it.
+fn settle(p: &mut Proc, scope: &scope::LabScope) {
+    if !p.cloud.settle_attachments(api::now_ms()) {
+        return;
+    }
+    let synced =
+        fabric::sync(&mut p.nl, &p.cloud, scope, &mut p.nft).and_then(|()| save(&p.dir, &p.cloud));
+    if let Err(e) = synced {
+        tracing::error!("completing attachments: {e}");
+    }
+}
+
+/// Completes delayed attachments on time, also when nobody calls.
+fn attach_ticker(s: Arc<Mutex<Proc>>) {
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let mut guard = lock(&s);
+        let p = &mut *guard;
+        if p.cloud
+            .next_attachment_due()
+            .is_some_and(|t| t <= api::now_ms())
+        {
+            match scope::LabScope::load(&p.dir) {
+                Ok(sc) => settle(p, &sc),
+                Err(e) => tracing::warn!("completing attachments: {e}"),
+            }
+        }
+    }
 }
 
 fn lock(s: &Mutex<Proc>) -> std::sync::MutexGuard<'_, Proc> {
@@ -209,23 +251,42 @@ fn handle_ec2(s: &Mutex<Proc>, req: &http::Request) -> http::Response {
         headers: req.headers.clone(),
         url: format!("http://{host}{}", req.target),
     };
+    // Read afresh (`lab node add` records a namespace before it asks, `lab
+    // faults` changes the timing), and before the lock: EC2's latency is
+    // spent by each call on its own, not in a queue behind the others.
+    let dir = lock(s).dir.clone();
+    let scope = scope::LabScope::load(&dir).map_err(|e| model::ApiError {
+        code: "InternalError".into(),
+        message: e.to_string(),
+        status: 500,
+    });
+    if let Ok(sc) = &scope {
+        if sc.faults.ec2_latency_ms > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(sc.faults.ec2_latency_ms));
+        }
+    }
     let result = {
         let mut guard = lock(s);
         let p = &mut *guard;
         api::verify(&p.cloud, &q).and_then(|()| {
-            // Read afresh: `lab node add` records a namespace before it asks.
-            let scope = scope::LabScope::load(&p.dir).map_err(|e| model::ApiError {
-                code: "InternalError".into(),
-                message: e.to_string(),
-                status: 500,
-            })?;
+            let scope = scope?;
             // Injected failures come after authentication, as EC2's own
             // 5xx answers do, and change nothing.
             if let Some(e) = p.dice.roll(&scope.faults) {
                 return Err(e);
             }
+            settle(p, &scope);
             let before = p.cloud.clone();
-            let (xml_body, effect) = api::dispatch(&mut p.cloud, &p.limits, &scope, &q.params)?;
+            let (xml_body, effect) = match api::dispatch(&mut p.cloud, &p.limits, &scope, &q.params)
+            {
+                Ok(x) => x,
+                Err(e) => {
+                    // All or nothing: an action that failed half-way
+                    // leaves no trace.
+                    p.cloud = before;
+                    return Err(e);
+                }
+            };
             if effect == api::Effect::Changed {
                 let synced = fabric::sync(&mut p.nl, &p.cloud, &scope, &mut p.nft)
                     .and_then(|()| save(&p.dir, &p.cloud));

@@ -58,8 +58,8 @@ pub fn eni(cloud: &Cloud, e: &Eni, tag: &str) -> String {
         .as_ref()
         .map(|a| {
             format!(
-                "<attachment><attachmentId>{}</attachmentId><instanceId>{}</instanceId><deviceIndex>{}</deviceIndex><status>attached</status><deleteOnTermination>{}</deleteOnTermination></attachment>",
-                a.attachment_id, a.instance_id, a.device_index, a.device_index == 0
+                "<attachment><attachmentId>{}</attachmentId><instanceId>{}</instanceId><deviceIndex>{}</deviceIndex><status>{}</status><deleteOnTermination>{}</deleteOnTermination></attachment>",
+                a.attachment_id, a.instance_id, a.device_index, a.status(), a.device_index == 0
             )
         })
         .unwrap_or_default();
@@ -67,19 +67,40 @@ pub fn eni(cloud: &Cloud, e: &Eni, tag: &str) -> String {
         .all_ips()
         .map(|ip| format!("<item><privateIpAddress>{ip}</privateIpAddress><privateDnsName>{}</privateDnsName><primary>{}</primary></item>", dns_name(ip), ip == e.primary_ip))
         .collect();
+    let prefixes: String = e
+        .prefixes
+        .iter()
+        .map(|p| format!("<item><ipv4Prefix>{p}</ipv4Prefix></item>"))
+        .collect();
     format!(
-        "<{tag}><networkInterfaceId>{}</networkInterfaceId><subnetId>{}</subnetId><vpcId>{}</vpcId><availabilityZone>{az}</availabilityZone><description>{}</description><ownerId>000000000000</ownerId><requesterManaged>false</requesterManaged><status>{}</status><macAddress>{}</macAddress><privateIpAddress>{}</privateIpAddress><privateDnsName>{}</privateDnsName><sourceDestCheck>{}</sourceDestCheck>{}{attachment}<privateIpAddressesSet>{ips}</privateIpAddressesSet><interfaceType>interface</interfaceType></{tag}>",
+        "<{tag}><networkInterfaceId>{}</networkInterfaceId><subnetId>{}</subnetId><vpcId>{}</vpcId><availabilityZone>{az}</availabilityZone><description>{}</description><ownerId>000000000000</ownerId><requesterManaged>false</requesterManaged><status>{}</status><macAddress>{}</macAddress><privateIpAddress>{}</privateIpAddress><privateDnsName>{}</privateDnsName><sourceDestCheck>{}</sourceDestCheck>{}{attachment}<privateIpAddressesSet>{ips}</privateIpAddressesSet><ipv4PrefixSet>{prefixes}</ipv4PrefixSet>{}<interfaceType>interface</interfaceType></{tag}>",
         e.id,
         e.subnet_id,
         cloud.vpc_id,
         esc(&e.description),
-        if e.attachment.is_some() { "in-use" } else { "available" },
+        e.status(),
         e.mac,
         e.primary_ip,
         dns_name(e.primary_ip),
         e.source_dest_check,
         group_set(cloud, &e.groups),
+        tag_set(&e.tags),
     )
+}
+
+/// `<tagSet>` of a resource's tags.
+pub fn tag_set(tags: &std::collections::BTreeMap<String, String>) -> String {
+    let items: String = tags
+        .iter()
+        .map(|(k, v)| {
+            format!(
+                "<item><key>{}</key><value>{}</value></item>",
+                esc(k),
+                esc(v)
+            )
+        })
+        .collect();
+    format!("<tagSet>{items}</tagSet>")
 }
 
 pub fn instance(cloud: &Cloud, i: &Instance) -> String {
