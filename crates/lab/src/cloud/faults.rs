@@ -132,6 +132,41 @@ impl CloudFaults {
     }
 }
 
+/// A change of the cloud's faults and timing (`lab up`, `lab faults`):
+/// what is not given stays as it was.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct FaultUpdate {
+    pub error_rate: Option<f64>,
+    pub throttle_rate: Option<f64>,
+    pub seed: Option<u64>,
+    pub ec2_latency_ms: Option<u64>,
+    pub attach_delay_ms: Option<u64>,
+    pub assign_reply: Option<AssignReply>,
+}
+
+impl FaultUpdate {
+    /// `current` with this update applied, checked as a whole; a rate
+    /// change without a seed draws `fresh_seed`.
+    pub fn apply(&self, current: CloudFaults, fresh_seed: u64) -> Result<CloudFaults, LabError> {
+        let rates_change = self.error_rate.is_some() || self.throttle_rate.is_some();
+        let seed = self.seed.unwrap_or(if rates_change {
+            fresh_seed
+        } else {
+            current.seed
+        });
+        CloudFaults::new(
+            self.error_rate.unwrap_or(current.error_rate),
+            self.throttle_rate.unwrap_or(current.throttle_rate),
+            seed,
+        )?
+        .with_timing(
+            self.ec2_latency_ms.unwrap_or(current.ec2_latency_ms),
+            self.attach_delay_ms.unwrap_or(current.attach_delay_ms),
+        )
+        .map(|f| f.with_assign_reply(self.assign_reply.unwrap_or(current.assign_reply)))
+    }
+}
+
 /// The cloud's dice: restarted from the seed whenever the rates change.
 #[derive(Debug, Default)]
 pub struct Dice {
@@ -210,6 +245,38 @@ mod tests {
         assert_eq!("all".parse::<AssignReply>().expect("all"), AssignReply::All);
         assert!("ALL".parse::<AssignReply>().is_err());
         assert!("".parse::<AssignReply>().is_err());
+    }
+
+    #[test]
+    fn an_update_keeps_what_it_does_not_name() {
+        let cur = CloudFaults::new(0.1, 0.2, 5)
+            .and_then(|f| f.with_timing(100, 2_000))
+            .expect("cur")
+            .with_assign_reply(AssignReply::All);
+        let only_latency = FaultUpdate {
+            ec2_latency_ms: Some(7),
+            ..Default::default()
+        };
+        let f = only_latency.apply(cur, 99).expect("apply");
+        assert_eq!((f.error_rate, f.throttle_rate, f.seed), (0.1, 0.2, 5));
+        assert_eq!((f.ec2_latency_ms, f.attach_delay_ms), (7, 2_000));
+        assert_eq!(f.assign_reply, AssignReply::All);
+        let rates = FaultUpdate {
+            error_rate: Some(0.0),
+            ..Default::default()
+        };
+        let f = rates.apply(cur, 99).expect("apply");
+        assert_eq!((f.error_rate, f.throttle_rate, f.seed), (0.0, 0.2, 99));
+        let bad = FaultUpdate {
+            throttle_rate: Some(0.95),
+            ..Default::default()
+        };
+        assert!(bad.apply(cur, 1).is_err(), "0.1 + 0.95 > 1");
+        let bad = FaultUpdate {
+            attach_delay_ms: Some(MAX_DELAY_MS + 1),
+            ..Default::default()
+        };
+        assert!(bad.apply(cur, 1).is_err());
     }
 
     #[test]

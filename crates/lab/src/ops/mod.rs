@@ -46,6 +46,8 @@ pub struct UpOptions {
     pub warm_ip_target: Option<u32>,
     /// Addresses each agent holds in all.
     pub minimum_ip_target: Option<u32>,
+    /// vpc: agents delegate /28 prefixes instead of single addresses.
+    pub prefix_delegation: bool,
     /// Let pods reach the lab's instance metadata service.
     pub pod_imds_access: bool,
     /// overlay: the pod CIDR and its block size.
@@ -133,6 +135,7 @@ pub fn up(opts: &UpOptions) -> Result<LabState, LabError> {
         allow_external: opts.allow_external,
         warm_ip_target: opts.warm_ip_target,
         minimum_ip_target: opts.minimum_ip_target,
+        prefix_delegation: opts.prefix_delegation,
         pod_imds_access: opts.pod_imds_access,
         pod_cidr: (opts.mode == Mode::Overlay).then_some(opts.pod_cidr),
         block_size: opts.block_size,

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::agents::agent_status;
 use crate::cloud;
-use crate::cloud::faults::CloudFaults;
+use crate::cloud::faults::{CloudFaults, FaultUpdate};
 use crate::datastore::datastore_spec;
 use crate::state::{self, LabState, Mode};
 use crate::{names, procs, LabError};
@@ -132,12 +132,18 @@ pub fn set_allow_external(lab: &str, allow: bool) -> Result<(), LabError> {
 
 /// `lab faults`: the EC2 failures the running lab's cloud injects from its
 /// next request on (lab.json is what the cloud reads at every request).
-pub fn set_cloud_faults(lab: &str, faults: CloudFaults) -> Result<(), LabError> {
+/// What is not named in `update` stays; returns the faults now in force.
+pub fn set_cloud_faults(
+    lab: &str,
+    update: &FaultUpdate,
+    fresh_seed: u64,
+) -> Result<CloudFaults, LabError> {
     let mut st = LabState::load(lab)?;
     let _lock = state::lock(&st.dir())?;
     st = LabState::load(lab)?;
-    st.cloud_faults = faults;
-    st.save()
+    st.cloud_faults = update.apply(st.cloud_faults, fresh_seed)?;
+    st.save()?;
+    Ok(st.cloud_faults)
 }
 
 /// `lab status` for people: nodes, ENIs with their addresses, pods.
