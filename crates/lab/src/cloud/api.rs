@@ -10,8 +10,9 @@ use podwire_cloud::{sigv4, Credentials, LimitsTable};
 use ipnet::Ipv4Net;
 
 use super::faults::AssignReply;
-use super::model::{api_err, ApiError, Cloud, Eni, IngressSource};
+use super::model::{api_err, ApiError, Cloud, Eni};
 use super::scope::LabScope;
+use super::sg;
 use super::xml;
 
 /// A parsed request: the form parameters and the headers SigV4 needs.
@@ -256,6 +257,7 @@ const ACTIONS: &[(&str, Action)] = &[
         authorize_security_group_ingress,
     ),
     ("RevokeSecurityGroupIngress", revoke_security_group_ingress),
+    ("DescribeSecurityGroups", describe_security_groups),
 ];
 
 /// Routes one request to its action; wraps the answer in `<Action>Response`.
@@ -733,55 +735,101 @@ fn revoke_security_group_ingress(cloud: &mut Cloud, _: &Ctx<'_>, p: &Params) -> 
     change_ingress(cloud, p, false)
 }
 
-/// The sources of `IpPermissions.1`: groups (which must exist) and CIDRs.
-fn ingress_sources(cloud: &Cloud, p: &Params) -> Result<Vec<IngressSource>, ApiError> {
-    let mut sources = Vec::new();
-    for i in 1.. {
-        let Some(g) = p.get(&format!("IpPermissions.1.Groups.{i}.GroupId")) else {
-            break;
-        };
-        if !cloud.groups.contains_key(g) {
-            return Err(api_err(
-                "InvalidGroup.NotFound",
-                format!("The security group '{g}' does not exist"),
-            ));
-        }
-        sources.push(IngressSource::Group(g.clone()));
-    }
-    for i in 1.. {
-        let Some(c) = p.get(&format!("IpPermissions.1.IpRanges.{i}.CidrIp")) else {
-            break;
-        };
-        sources.push(IngressSource::Cidr(c.parse().map_err(|_| {
-            api_err("InvalidParameterValue", format!("CIDR {c}"))
-        })?));
-    }
-    if sources.is_empty() {
-        return Err(api_err(
-            "MissingParameter",
-            "IpPermissions.1 needs a group or an IP range",
-        ));
-    }
-    Ok(sources)
-}
-
+/// Authorize (`add`) or revoke every rule of the request, all or nothing:
+/// a rule already there (authorize) or absent (revoke) fails the call as
+/// in EC2.
 fn change_ingress(cloud: &mut Cloud, p: &Params, add: bool) -> Answer {
     let gid = param(p, "GroupId")?.to_string();
-    let sources = ingress_sources(cloud, p)?;
+    if !cloud.groups.contains_key(&gid) {
+        return Err(api_err(
+            "InvalidGroup.NotFound",
+            format!("The security group '{}' does not exist", clip(&gid)),
+        ));
+    }
+    let groups: Vec<String> = cloud.groups.keys().cloned().collect();
+    let rules = sg::parse_permissions(p, &|g| groups.iter().any(|x| x == g))?;
     let sg = cloud.groups.get_mut(&gid).ok_or_else(|| {
         api_err(
             "InvalidGroup.NotFound",
-            format!("The security group '{gid}' does not exist"),
+            format!("The security group '{}' does not exist", clip(&gid)),
         )
     })?;
-    for s in sources {
-        if add {
-            sg.ingress.insert(s);
-        } else {
-            sg.ingress.remove(&s);
+    let mut next = sg.ingress.clone();
+    for r in rules {
+        let desc = format!(
+            "{} {}..{} from {:?}",
+            r.protocol.ec2_name(),
+            r.from_port,
+            r.to_port,
+            r.source
+        );
+        if add && !next.insert(r.clone()) {
+            return Err(api_err(
+                "InvalidPermission.Duplicate",
+                format!("the specified rule \"{desc}\" already exists"),
+            ));
+        }
+        if !add && !next.remove(&r) {
+            return Err(api_err(
+                "InvalidPermission.NotFound",
+                format!("The specified rule does not exist in this security group: {desc}"),
+            ));
         }
     }
+    if next.len() > sg::MAX_RULES {
+        return Err(api_err(
+            "RulesPerSecurityGroupLimitExceeded",
+            format!(
+                "The maximum number of rules per security group ({}) has been reached.",
+                sg::MAX_RULES
+            ),
+        ));
+    }
+    sg.ingress = next;
     Ok(("<return>true</return>".into(), Effect::Changed))
+}
+
+fn describe_security_groups(cloud: &mut Cloud, _: &Ctx<'_>, p: &Params) -> Answer {
+    let ids = list(p, "GroupId");
+    for i in &ids {
+        if !cloud.groups.contains_key(i) {
+            return Err(api_err(
+                "InvalidGroup.NotFound",
+                format!("The security group '{}' does not exist", clip(i)),
+            ));
+        }
+    }
+    let fs = filters(p)?;
+    let mut items = String::new();
+    for g in cloud.groups.values() {
+        if !ids.is_empty() && !ids.contains(&g.id) {
+            continue;
+        }
+        let mut keep = true;
+        for (name, values) in &fs {
+            let actual = match name.as_str() {
+                "group-id" => g.id.clone(),
+                "group-name" => g.name.clone(),
+                "vpc-id" => cloud.vpc_id.clone(),
+                other => {
+                    return Err(api_err(
+                        "InvalidParameterValue",
+                        format!("The filter '{}' is invalid", clip(other)),
+                    ))
+                }
+            };
+            if !values.iter().any(|v| super::filter::matches(v, &actual)) {
+                keep = false;
+            }
+        }
+        if keep {
+            items.push_str(&xml::security_group(cloud, g));
+        }
+    }
+    Ok((
+        format!("<securityGroupInfo>{items}</securityGroupInfo>"),
+        Effect::ReadOnly,
+    ))
 }
 
 #[cfg(test)]

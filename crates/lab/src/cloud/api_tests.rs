@@ -781,3 +781,253 @@ fn read_only_actions_say_so() {
     .expect("subnets");
     assert_eq!(eff, Effect::ReadOnly);
 }
+
+fn with_groups(lab: &mut Lab) {
+    use super::model::SecurityGroup;
+    for id in ["sg-nodes", "sg-ext"] {
+        lab.cloud.groups.insert(
+            id.into(),
+            SecurityGroup {
+                id: id.into(),
+                name: format!("{id}-name"),
+                description: "d".into(),
+                ingress: Default::default(),
+            },
+        );
+    }
+}
+
+#[test]
+fn security_group_rules_have_protocols_and_ports() {
+    let mut lab = Lab::new();
+    with_groups(&mut lab);
+    let web = [
+        ("Action", "AuthorizeSecurityGroupIngress"),
+        ("GroupId", "sg-nodes"),
+        ("IpPermissions.1.IpProtocol", "tcp"),
+        ("IpPermissions.1.FromPort", "80"),
+        ("IpPermissions.1.ToPort", "81"),
+        ("IpPermissions.1.IpRanges.1.CidrIp", "192.168.0.0/24"),
+        ("IpPermissions.1.Groups.1.GroupId", "sg-ext"),
+        ("IpPermissions.2.IpProtocol", "icmp"),
+        ("IpPermissions.2.FromPort", "8"),
+        ("IpPermissions.2.ToPort", "-1"),
+        ("IpPermissions.2.IpRanges.1.CidrIp", "10.0.0.0/16"),
+    ];
+    lab.call(&web).expect("authorize");
+    assert_eq!(lab.cloud.groups["sg-nodes"].ingress.len(), 3);
+    let x = lab
+        .call(&[
+            ("Action", "DescribeSecurityGroups"),
+            ("GroupId.1", "sg-nodes"),
+        ])
+        .expect("describe");
+    assert!(x.contains("<item><ipProtocol>tcp</ipProtocol><fromPort>80</fromPort><toPort>81</toPort><groups><item><userId>000000000000</userId><groupId>sg-ext</groupId></item></groups><ipRanges><item><cidrIp>192.168.0.0/24</cidrIp></item></ipRanges>"), "{x}");
+    assert!(
+        x.contains("<ipProtocol>icmp</ipProtocol><fromPort>8</fromPort><toPort>-1</toPort>"),
+        "{x}"
+    );
+    assert!(!x.contains("sg-ext-name"), "only the asked group: {x}");
+    let by_name = lab
+        .call(&[
+            ("Action", "DescribeSecurityGroups"),
+            ("Filter.1.Name", "group-name"),
+            ("Filter.1.Value.1", "sg-ext-*"),
+        ])
+        .expect("filter");
+    assert!(
+        by_name.contains("<groupId>sg-ext</groupId>")
+            && !by_name.contains("<groupId>sg-nodes</groupId><groupName>"),
+        "{by_name}"
+    );
+    // The same rule again fails whole; so does revoking one that is not there.
+    let before = lab.snapshot();
+    assert_eq!(
+        lab.call_atomic(&web).expect_err("dup"),
+        "InvalidPermission.Duplicate"
+    );
+    assert_eq!(lab.snapshot(), before);
+    let gone = [
+        ("Action", "RevokeSecurityGroupIngress"),
+        ("GroupId", "sg-nodes"),
+        ("IpPermissions.1.IpProtocol", "tcp"),
+        ("IpPermissions.1.FromPort", "80"),
+        ("IpPermissions.1.ToPort", "80"),
+        ("IpPermissions.1.IpRanges.1.CidrIp", "192.168.0.0/24"),
+    ];
+    assert_eq!(
+        lab.call_atomic(&gone).expect_err("absent"),
+        "InvalidPermission.NotFound"
+    );
+    assert_eq!(lab.snapshot(), before);
+    for (kv, code) in [
+        (
+            vec![
+                ("GroupId", "sg-nope"),
+                ("IpPermissions.1.IpProtocol", "-1"),
+                ("IpPermissions.1.IpRanges.1.CidrIp", "10.0.0.0/8"),
+            ],
+            "InvalidGroup.NotFound",
+        ),
+        (
+            vec![
+                ("GroupId", "sg-nodes"),
+                ("IpPermissions.1.IpProtocol", "tcp"),
+                ("IpPermissions.1.FromPort", "1"),
+                ("IpPermissions.1.ToPort", "70000"),
+                ("IpPermissions.1.IpRanges.1.CidrIp", "10.0.0.0/8"),
+            ],
+            "InvalidParameterValue",
+        ),
+        (
+            vec![
+                ("GroupId", "sg-nodes"),
+                ("IpPermissions.1.IpProtocol", "-1"),
+                ("IpPermissions.1.IpRanges.1.CidrIp", "10.0.0.0/8"),
+                ("IpPermissions.2.IpProtocol", "bogus"),
+                ("IpPermissions.2.IpRanges.1.CidrIp", "10.0.0.0/8"),
+            ],
+            "InvalidParameterValue",
+        ),
+    ] {
+        let mut call = vec![("Action", "AuthorizeSecurityGroupIngress")];
+        call.extend(kv);
+        assert_eq!(lab.call_atomic(&call).expect_err("bad"), code, "{call:?}");
+        assert_eq!(lab.snapshot(), before, "{call:?}");
+    }
+    assert_eq!(
+        lab.call(&[
+            ("Action", "DescribeSecurityGroups"),
+            ("GroupId.1", "sg-nope")
+        ])
+        .expect_err("nf"),
+        "InvalidGroup.NotFound"
+    );
+    // The quota: 60 inbound rules.
+    let cidrs: Vec<String> = (0..61).map(|i| format!("172.16.{i}.0/24")).collect();
+    let mut many = vec![
+        (
+            "Action".to_string(),
+            "AuthorizeSecurityGroupIngress".to_string(),
+        ),
+        ("GroupId".into(), "sg-ext".into()),
+        ("IpPermissions.1.IpProtocol".into(), "udp".into()),
+        ("IpPermissions.1.FromPort".into(), "53".into()),
+        ("IpPermissions.1.ToPort".into(), "53".into()),
+    ];
+    for (i, c) in cidrs.iter().enumerate() {
+        many.push((
+            format!("IpPermissions.1.IpRanges.{}.CidrIp", i + 1),
+            c.clone(),
+        ));
+    }
+    let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    assert_eq!(
+        lab.call_atomic(&many).expect_err("quota"),
+        "RulesPerSecurityGroupLimitExceeded"
+    );
+    lab.call(
+        &gone[..2]
+            .iter()
+            .copied()
+            .chain([
+                ("IpPermissions.1.IpProtocol", "tcp"),
+                ("IpPermissions.1.FromPort", "80"),
+                ("IpPermissions.1.ToPort", "81"),
+                ("IpPermissions.1.IpRanges.1.CidrIp", "192.168.0.0/24"),
+            ])
+            .collect::<Vec<_>>(),
+    )
+    .expect("revoke");
+    assert_eq!(lab.cloud.groups["sg-nodes"].ingress.len(), 2);
+}
+
+#[test]
+fn the_fabric_enforces_ports_and_knows_prefixes() {
+    let mut lab = Lab::new();
+    with_groups(&mut lab);
+    let eni = lab.create(&[("SecurityGroupId.1", "sg-nodes")]);
+    lab.call(&[
+        ("Action", "AttachNetworkInterface"),
+        ("NetworkInterfaceId", &eni),
+        ("InstanceId", "i-nitro"),
+        ("DeviceIndex", "1"),
+    ])
+    .expect("attach");
+    lab.call(&[
+        ("Action", "AssignPrivateIpAddresses"),
+        ("NetworkInterfaceId", &eni),
+        ("Ipv4Prefix.1", "10.0.0.64/28"),
+    ])
+    .expect("prefix");
+    lab.call(&[
+        ("Action", "AuthorizeSecurityGroupIngress"),
+        ("GroupId", "sg-nodes"),
+        ("IpPermissions.1.IpProtocol", "tcp"),
+        ("IpPermissions.1.FromPort", "80"),
+        ("IpPermissions.1.ToPort", "80"),
+        ("IpPermissions.1.IpRanges.1.CidrIp", "192.168.1.0/24"),
+        ("IpPermissions.2.IpProtocol", "udp"),
+        ("IpPermissions.2.FromPort", "1000"),
+        ("IpPermissions.2.ToPort", "2000"),
+        ("IpPermissions.2.Groups.1.GroupId", "sg-nodes"),
+        ("IpPermissions.3.IpProtocol", "icmp"),
+        ("IpPermissions.3.FromPort", "8"),
+        ("IpPermissions.3.ToPort", "0"),
+        ("IpPermissions.3.IpRanges.1.CidrIp", "0.0.0.0/0"),
+    ])
+    .expect("rules");
+    let r = super::fabric::ruleset(&lab.cloud);
+    let dev = super::fabric::fabric_ifname("i-nitro", 1);
+    assert!(
+        r.contains(&format!(
+            "oifname \"{dev}\" ip saddr 192.168.1.0/24 tcp dport 80 accept"
+        )),
+        "{r}"
+    );
+    assert!(
+        r.contains(&format!(
+            "oifname \"{dev}\" ip saddr 0.0.0.0/0 meta l4proto icmp icmp type 8 icmp code 0 accept"
+        )),
+        "{r}"
+    );
+    // Group members include every address inside the prefix.
+    let udp = r
+        .lines()
+        .find(|l| l.contains("udp dport 1000-2000"))
+        .expect("udp rule");
+    assert!(
+        udp.contains("10.0.0.64") && udp.contains("10.0.0.79"),
+        "{udp}"
+    );
+    // Source/dest check lets the prefix's addresses out.
+    let sdc = r
+        .lines()
+        .find(|l| l.contains(&format!("iifname \"{dev}\"")))
+        .expect("source/dest check");
+    assert!(sdc.contains("10.0.0.64/28"), "{sdc}");
+    // nftables takes it (`-c`: checked, nothing applied).
+    if let Ok(mut child) = std::process::Command::new("nft")
+        .args(["-c", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
+        use std::io::Write;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(r.as_bytes()).expect("write ruleset");
+        }
+        let out = child.wait_with_output().expect("nft");
+        assert!(
+            out.status.success(),
+            "nft -c refused:\n{r}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // No rule opens all ports to the CIDR that only has port 80.
+    assert!(
+        !r.lines()
+            .any(|l| l.contains("192.168.1.0/24") && !l.contains("dport 80")),
+        "{r}"
+    );
+}

@@ -11,6 +11,7 @@ pub mod imds;
 pub mod model;
 pub mod prefix;
 pub mod scope;
+pub mod sg;
 pub mod tags;
 pub mod xml;
 

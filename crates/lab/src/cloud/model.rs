@@ -34,19 +34,14 @@ pub struct Subnet {
     pub availability_zone: String,
 }
 
-/// An ingress rule: from members of a group, or from a CIDR; all protocols.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
-pub enum IngressSource {
-    Group(String),
-    Cidr(Ipv4Net),
-}
+pub use super::sg::{IngressRule, IngressSource, Protocol};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SecurityGroup {
     pub id: String,
     pub name: String,
     pub description: String,
-    pub ingress: BTreeSet<IngressSource>,
+    pub ingress: BTreeSet<IngressRule>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -10,7 +10,7 @@ use std::time::Duration;
 use ipnet::Ipv4Net;
 
 use crate::cloud::faults::CloudFaults;
-use crate::cloud::model::{Cloud, IngressSource, SecurityGroup, Subnet};
+use crate::cloud::model::{Cloud, IngressRule, IngressSource, SecurityGroup, Subnet};
 use crate::cloud::{self, READY_FILE};
 use crate::datastore;
 use crate::state::{self, LabState, Mode, NodeRec};
@@ -273,9 +273,10 @@ fn model_security_groups(
     let node_sg = c.new_id("sg");
     let ext_sg = c.new_id("sg");
     // As an EKS managed node group: the nodes' group admits its own members.
-    let mut node_ingress = BTreeSet::from([IngressSource::Group(node_sg.clone())]);
+    let mut node_ingress =
+        BTreeSet::from([IngressRule::all_from(IngressSource::Group(node_sg.clone()))]);
     if allow_external {
-        node_ingress.insert(IngressSource::Group(ext_sg.clone()));
+        node_ingress.insert(IngressRule::all_from(IngressSource::Group(ext_sg.clone())));
     }
     c.groups.insert(
         node_sg.clone(),
@@ -286,7 +287,10 @@ fn model_security_groups(
             ingress: node_ingress,
         },
     );
-    let ext_ingress = vpc_cidr.map(IngressSource::Cidr).into_iter().collect();
+    let ext_ingress = vpc_cidr
+        .map(|c| IngressRule::all_from(IngressSource::Cidr(c)))
+        .into_iter()
+        .collect();
     c.groups.insert(
         ext_sg.clone(),
         SecurityGroup {

@@ -114,7 +114,7 @@ pub fn set_allow_external(lab: &str, allow: bool) -> Result<(), LabError> {
     } else {
         "RevokeSecurityGroupIngress"
     };
-    ec2_call(
+    let done = ec2_call(
         lab,
         action,
         &[
@@ -125,7 +125,20 @@ pub fn set_allow_external(lab: &str, allow: bool) -> Result<(), LabError> {
                 st.external_sg.clone(),
             ),
         ],
-    )?;
+    );
+    // EC2 refuses a rule that is there already (or, revoking, one that is
+    // not): the group is as asked all the same.
+    let already = if allow {
+        "InvalidPermission.Duplicate"
+    } else {
+        "InvalidPermission.NotFound"
+    };
+    match done {
+        Err(LabError::Ec2(e)) if e.code() == Some(already) => {}
+        other => {
+            other?;
+        }
+    }
     st.allow_external = allow;
     st.save()
 }
