@@ -231,7 +231,11 @@ impl FaultArgs {
             seed: self.fault_seed,
             ec2_latency_ms: self.ec2_latency,
             attach_delay_ms: self.attach_delay,
-            assign_reply: self.ec2_assign_reply.as_deref().map(str::parse).transpose()?,
+            assign_reply: self
+                .ec2_assign_reply
+                .as_deref()
+                .map(str::parse)
+                .transpose()?,
         })
     }
 }
@@ -478,7 +482,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             datastore,
             faults,
         } => {
-            let cloud_faults = faults.update()?.apply(CloudFaults::default(), rand_seed())?;
+            let cloud_faults = faults
+                .update()?
+                .apply(CloudFaults::default(), rand_seed())?;
             // A setting of the other mode is a mistake, not something to ignore.
             let misplaced: Vec<&str> = match mode {
                 Mode::Vpc => [
