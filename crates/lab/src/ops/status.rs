@@ -54,6 +54,8 @@ pub fn status_json(lab: &str) -> Result<serde_json::Value, LabError> {
                             "id": e.id, "device_index": e.attachment.as_ref().map(|a| a.device_index),
                             "mac": e.mac, "primary_ip": e.primary_ip, "secondary_ips": e.secondary_ips,
                             "description": e.description, "security_groups": e.groups,
+                            "prefixes": e.prefixes, "tags": e.tags,
+                            "attachment_status": e.attachment.as_ref().map(|a| a.status()),
                         })
                     })
                     .collect()
