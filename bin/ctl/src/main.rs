@@ -624,7 +624,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         .context(format!("{p:?} is not Key=Value"))
                 })
                 .collect::<anyhow::Result<_>>()?;
-            println!("{}", ops::ec2_call(&name, &action, &params)?);
+            match ops::ec2_call(&name, &action, &params) {
+                Ok(xml) => println!("{xml}"),
+                // An error reply: EC2's code and message, exit 1.
+                Err(podwire_lab::LabError::Ec2(e)) if e.code().is_some() => {
+                    eprintln!("podwirectl: {e}");
+                    return Ok(ExitCode::FAILURE);
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         LabCmd::Agent { name, action, node } => {
             let mut st = LabState::load(&name)?;
