@@ -366,25 +366,27 @@ fn prefixes_are_delivered_and_security_groups_enforce_ports() {
 
     // A web server on the external host; its group admits the VPC.
     let ctl = common::podwirectl();
-    let mut web = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &id.external_ns,
-            ctl,
-            "lab",
-            "_http",
-            "--dir",
-            "/tmp",
-            "--pod",
-            "web",
-            "--namespace",
-            "t",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("web server");
+    let _web = KillOnDrop(
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &id.external_ns,
+                ctl,
+                "lab",
+                "_http",
+                "--dir",
+                "/tmp",
+                "--pod",
+                "web",
+                "--namespace",
+                "t",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("web server"),
+    );
     let curl = |lab: &Lab| {
         lab.ctl(&["lab", "curl", "node-1", "external"])
             .status
@@ -454,6 +456,15 @@ fn prefixes_are_delivered_and_security_groups_enforce_ports() {
     for state in ["on", "on", "off", "off"] {
         lab.ctl_ok(&["lab", "allow-external", state]);
     }
-    let _ = web.kill();
-    let _ = web.wait();
+}
+
+/// A process of the test, ended by its own PID when the test ends (also
+/// when it fails).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
