@@ -37,15 +37,18 @@ pub fn nearest<'a>(wanted: &str, names: impl Iterator<Item = &'a str>) -> Vec<St
         return Vec::new();
     }
     let family = w.split('.').next().unwrap_or("");
-    let mut scored: Vec<(usize, usize, &str)> = names
+    // (tier, distance, other family, name): within a distance, the
+    // wanted family first (m5.larg -> m5.xlarge before c5.large).
+    let mut scored: Vec<(u8, usize, bool, &str)> = names
         .filter_map(|n| {
             let d = edit_distance(&w, &n.to_ascii_lowercase());
+            let other = family.is_empty() || n.split('.').next() != Some(family);
             if d <= MAX_DISTANCE {
-                Some((0, d, n))
+                Some((0, d, other, n))
             } else if n.starts_with(w.as_str()) {
-                Some((1, d, n))
-            } else if !family.is_empty() && n.split('.').next() == Some(family) {
-                Some((2, d, n))
+                Some((1, d, other, n))
+            } else if !other {
+                Some((2, d, other, n))
             } else {
                 None
             }
@@ -55,7 +58,7 @@ pub fn nearest<'a>(wanted: &str, names: impl Iterator<Item = &'a str>) -> Vec<St
     scored
         .into_iter()
         .take(MAX_SUGGESTIONS)
-        .map(|(_, _, n)| n.to_string())
+        .map(|(_, _, _, n)| n.to_string())
         .collect()
 }
 
@@ -87,18 +90,15 @@ mod tests {
         // within 3 edits, by distance then name.
         assert_eq!(n("m5.larg")[0], "m5.large");
         assert_eq!(n("M5.LARGE")[0], "m5.large");
-        // m5.large: 0; c5.large, m5.xlarge, m5a.large: 1 (by name, '.' < 'a');
-        // m6i.large: 2.
+        // m5.large: 0; then distance 1, the m5 family first: m5.xlarge,
+        // then c5.large, m5a.large by name; m6i.large: 2.
         assert_eq!(
             n("m5.large"),
-            [
-                "m5.large",
-                "c5.large",
-                "m5.xlarge",
-                "m5a.large",
-                "m6i.large"
-            ]
+            ["m5.large", "m5.xlarge", "c5.large", "m5a.large", "m6i.large"]
         );
+        // m5.larg: m5.large 1; m5.xlarge and c5.large both 2, the family
+        // first.
+        assert_eq!(n("m5.larg")[..3], ["m5.large", "m5.xlarge", "c5.large"]);
         // A family prefix lists the family.
         assert_eq!(n("t3."), ["t3.small"]);
         // Far from everything: nothing, and no work on absurd input.
