@@ -104,7 +104,11 @@ pub fn run(a: CapacityArgs) -> anyhow::Result<ExitCode> {
 fn fetch(endpoint: &str) -> Result<String, String> {
     let a = ops::http_get(endpoint, "/v1/state", AGENT_TIMEOUT).map_err(|e| e.to_string())?;
     if a.status != 200 {
-        return Err(format!("{endpoint}/v1/state answered {}: {}", a.status, a.body.trim()));
+        return Err(format!(
+            "{endpoint}/v1/state answered {}: {}",
+            a.status,
+            a.body.trim()
+        ));
     }
     Ok(a.body)
 }
@@ -119,9 +123,10 @@ fn lab_answers(lab: &str) -> anyhow::Result<Vec<(String, Result<String, String>)
         .iter()
         .map(|n| {
             let ep = endpoint.clone();
-            let body = podwire_netlink::netns::run_in(&procs::netns_path(&n.netns), move || fetch(&ep))
-                .map_err(|e| format!("enter {}: {e}", n.netns))
-                .and_then(|r| r);
+            let body =
+                podwire_netlink::netns::run_in(&procs::netns_path(&n.netns), move || fetch(&ep))
+                    .map_err(|e| format!("enter {}: {e}", n.netns))
+                    .and_then(|r| r);
             (n.name.clone(), body)
         })
         .collect())
