@@ -94,7 +94,13 @@ mod tests {
         // then c5.large, m5a.large by name; m6i.large: 2.
         assert_eq!(
             n("m5.large"),
-            ["m5.large", "m5.xlarge", "c5.large", "m5a.large", "m6i.large"]
+            [
+                "m5.large",
+                "m5.xlarge",
+                "c5.large",
+                "m5a.large",
+                "m6i.large"
+            ]
         );
         // m5.larg: m5.large 1; m5.xlarge and c5.large both 2, the family
         // first.
