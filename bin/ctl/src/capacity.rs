@@ -54,6 +54,7 @@ pub struct CapacityArgs {
     /// for several).
     #[arg(long, requires = "live")]
     agent: Vec<String>,
+    /// JSON instead of text (every field in docs/CAPACITY.md).
     #[arg(long)]
     json: bool,
 }
