@@ -1,5 +1,7 @@
 //! `podwirectl`: the operator CLI. Today: `lab`, the local emulated VPC.
 
+mod capacity;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -28,6 +30,9 @@ enum Top {
         #[command(subcommand)]
         cmd: NodeTop,
     },
+    /// IP capacity: max pods per instance type, a node group in a subnet,
+    /// or the running agents' figures (docs/CAPACITY.md).
+    Capacity(capacity::CapacityArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -455,6 +460,7 @@ fn format_node_status(v: &serde_json::Value) -> String {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let cmd = match cli.cmd {
         Top::Lab { cmd } => cmd,
+        Top::Capacity(a) => return capacity::run(a),
         Top::Node {
             cmd:
                 NodeTop::Status {
