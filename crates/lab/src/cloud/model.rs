@@ -461,7 +461,9 @@ impl Cloud {
         Ok(eni.id.clone())
     }
 
-    /// Prefix delegation is for Nitro instance types only.
+    /// Prefix delegation is for Nitro instance types only (bare metal runs
+    /// on the Nitro system too: the one rule of `supports_prefixes`, which
+    /// the planner and the agent use as well).
     fn check_nitro(&self, limits: &LimitsTable, instance_id: &str) -> Result<(), ApiError> {
         let t = self
             .instances
@@ -469,7 +471,7 @@ impl Cloud {
             .map(|i| i.instance_type.clone())
             .unwrap_or_default();
         match limits.get(&t) {
-            Some(l) if l.hypervisor == "nitro" => Ok(()),
+            Some(l) if l.supports_prefixes() => Ok(()),
             _ => Err(api_err(
                 "InvalidParameterCombination",
                 format!("IPv4 prefixes are only supported on Nitro instance types, not {t}"),
