@@ -273,6 +273,9 @@ pub struct InstanceTypeNetwork {
     pub instance_type: String,
     pub max_enis: u32,
     pub ipv4_per_eni: u32,
+    /// `vCpuInfo/defaultVCpus`, when the answer has it (the max-pods cap
+    /// with prefixes depends on it).
+    pub vcpus: Option<u32>,
 }
 
 /// The client. Blocking; every call is one signed POST.

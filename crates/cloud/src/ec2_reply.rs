@@ -298,6 +298,10 @@ pub fn describe_instance_types(
             instance_type: text(item, "instanceType"),
             max_enis: number(a, net, "maximumNetworkInterfaces", 1..=MAX_ENIS)?,
             ipv4_per_eni: number(a, net, "ipv4AddressesPerInterface", 1..=MAX_IPV4_PER_ENI)?,
+            vcpus: match child(item, "vCpuInfo") {
+                Some(v) => Some(number(a, v, "defaultVCpus", 1..=MAX_VCPUS)?),
+                None => None,
+            },
         })
     })
 }
@@ -391,6 +395,9 @@ pub fn describe_subnets(xml: &str, subnet_id: &str) -> Result<Subnet, Ec2Error> 
         })
     })
 }
+
+/// Most vCPUs an instance type may claim (today's largest: 896).
+pub const MAX_VCPUS: u32 = 65_536;
 
 /// Most items of one set in an answer (ENIs, addresses, prefixes).
 pub const MAX_ITEMS: usize = 4096;

@@ -81,6 +81,7 @@ const TYPES: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
     <item>
       <instanceType>m5.large</instanceType>
       <hypervisor>nitro</hypervisor>
+      <vCpuInfo><defaultVCpus>2</defaultVCpus></vCpuInfo>
       <networkInfo>
         <maximumNetworkInterfaces>3</maximumNetworkInterfaces>
         <ipv4AddressesPerInterface>10</ipv4AddressesPerInterface>
@@ -642,7 +643,11 @@ fn real_replies_decode() {
         ("10.0.0.0/20".into(), 4087)
     );
     let t = describe_instance_types(TYPES, "m5.large").expect("types");
-    assert_eq!((t.max_enis, t.ipv4_per_eni), (3, 10));
+    assert_eq!((t.max_enis, t.ipv4_per_eni, t.vcpus), (3, 10, Some(2)));
+    let no_vcpus = TYPES.replace("<vCpuInfo><defaultVCpus>2</defaultVCpus></vCpuInfo>", "");
+    assert_eq!(describe_instance_types(&no_vcpus, "m5.large").expect("types").vcpus, None);
+    let junk = set_all(TYPES, "defaultVCpus", "-2");
+    assert!(describe_instance_types(&junk, "m5.large").is_err());
     assert_eq!(
         describe_instances(INSTANCES, "i-0123456789abcdef0")
             .expect("instances")
