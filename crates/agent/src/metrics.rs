@@ -467,7 +467,9 @@ impl Metrics {
                 ("warm", c.ips_warm),
                 ("possible", c.ips_possible),
             ] {
-                self.capacity_ips.with_label_values(&[state]).set(i64::from(v));
+                self.capacity_ips
+                    .with_label_values(&[state])
+                    .set(i64::from(v));
             }
             self.capacity_enis
                 .with_label_values(&["used"])

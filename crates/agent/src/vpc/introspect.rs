@@ -9,9 +9,7 @@ use podwire_ipam::capacity::max_pods;
 use podwire_ipam::eni_pool::PREFIX_ADDRESSES;
 use podwire_ipam::WarmTarget;
 
-use crate::introspect::{
-    AddressState, Capacity, EniState, NodeState, SubnetCapacity, Targets,
-};
+use crate::introspect::{AddressState, Capacity, EniState, NodeState, SubnetCapacity, Targets};
 
 use super::VpcAgent;
 

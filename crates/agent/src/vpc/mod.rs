@@ -59,10 +59,12 @@ pub struct State {
 }
 
 impl State {
+    #[cfg(test)]
     pub fn add_eni(&mut self, id: &str, device: u32, route_table: u32) {
         self.pool.add_eni(id, device, route_table);
     }
 
+    #[cfg(test)]
     pub fn add_ips(&mut self, eni_id: &str, ips: &[Ipv4Addr]) {
         self.pool.add_ips(eni_id, ips);
     }
@@ -243,7 +245,10 @@ impl VpcAgent {
                 .iter()
                 .flat_map(|o| o.secondary_ips.iter().copied())
                 .collect(),
-            prefixes: seen.iter().flat_map(|o| o.prefixes.iter().copied()).collect(),
+            prefixes: seen
+                .iter()
+                .flat_map(|o| o.prefixes.iter().copied())
+                .collect(),
         };
         reconcile(&mut pool, &seen, &everything, Instant::now());
 
@@ -296,6 +301,7 @@ impl VpcAgent {
 
     /// The configured targets (the VPC CNI's precedence, see
     /// [`podwire_ipam::warm`]).
+    #[cfg(test)]
     pub fn targets(&self) -> PoolTargets {
         self.targets_at(false)
     }
@@ -470,11 +476,35 @@ mod tests {
     #[test]
     fn targets_follow_warm_and_minimum_rules() {
         let t = |w, m| targets(w, m).target;
-        assert_eq!(t(Some(5), 0), WarmTarget::Ips { warm: 5, minimum: 0 });
+        assert_eq!(
+            t(Some(5), 0),
+            WarmTarget::Ips {
+                warm: 5,
+                minimum: 0
+            }
+        );
         assert_eq!(t(None, 0), WarmTarget::Enis(1));
-        assert_eq!(t(None, 10), WarmTarget::Ips { warm: 0, minimum: 10 });
-        assert_eq!(t(Some(2), 10), WarmTarget::Ips { warm: 2, minimum: 10 });
-        assert_eq!(t(Some(0), 0), WarmTarget::Ips { warm: 0, minimum: 0 });
+        assert_eq!(
+            t(None, 10),
+            WarmTarget::Ips {
+                warm: 0,
+                minimum: 10
+            }
+        );
+        assert_eq!(
+            t(Some(2), 10),
+            WarmTarget::Ips {
+                warm: 2,
+                minimum: 10
+            }
+        );
+        assert_eq!(
+            t(Some(0), 0),
+            WarmTarget::Ips {
+                warm: 0,
+                minimum: 0
+            }
+        );
     }
 
     #[test]

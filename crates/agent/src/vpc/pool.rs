@@ -233,7 +233,13 @@ fn reconcile_now(shared: &Shared, pending: &mut Pending) -> Result<(), PoolError
 /// with everything on it cooling down (someone else may have handed it out).
 fn adopt_eni(shared: &Shared, e: &NetworkInterface, o: &ObservedEni) -> Result<(), PoolError> {
     let mut nl = Handle::new()?;
-    configure_link(&mut nl, e, o.device_index, shared.node.subnet, &shared.config)?;
+    configure_link(
+        &mut nl,
+        e,
+        o.device_index,
+        shared.node.subnet,
+        &shared.config,
+    )?;
     let now = Instant::now();
     let mut st = shared.lock();
     st.pool
@@ -418,8 +424,8 @@ impl PoolError {
 /// aligned /28 switches the pool to single addresses for a while. Returns
 /// true when it did (the failure is then handled).
 fn fall_back_if_no_prefix(shared: &Shared, e: &Ec2Error, what: AddressRequest) -> bool {
-    let prefix_refused = matches!(what, AddressRequest::Prefixes(_))
-        && e.code() == Some("InsufficientCidrBlocks");
+    let prefix_refused =
+        matches!(what, AddressRequest::Prefixes(_)) && e.code() == Some("InsufficientCidrBlocks");
     if !prefix_refused || !shared.config.prefix_fallback_to_secondary_ips {
         return false;
     }
@@ -534,7 +540,10 @@ fn detach_and_delete(shared: &Shared, eni_id: &str) -> Result<(), PoolError> {
             }
         }
     }
-    tracing::info!(eni = eni_id, "idle ENI above the targets detached and deleted");
+    tracing::info!(
+        eni = eni_id,
+        "idle ENI above the targets detached and deleted"
+    );
     Ok(())
 }
 

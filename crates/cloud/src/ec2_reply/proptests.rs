@@ -645,7 +645,12 @@ fn real_replies_decode() {
     let t = describe_instance_types(TYPES, "m5.large").expect("types");
     assert_eq!((t.max_enis, t.ipv4_per_eni, t.vcpus), (3, 10, Some(2)));
     let no_vcpus = TYPES.replace("<vCpuInfo><defaultVCpus>2</defaultVCpus></vCpuInfo>", "");
-    assert_eq!(describe_instance_types(&no_vcpus, "m5.large").expect("types").vcpus, None);
+    assert_eq!(
+        describe_instance_types(&no_vcpus, "m5.large")
+            .expect("types")
+            .vcpus,
+        None
+    );
     let junk = set_all(TYPES, "defaultVCpus", "-2");
     assert!(describe_instance_types(&junk, "m5.large").is_err());
     assert_eq!(
