@@ -361,6 +361,18 @@ impl VpcAgent {
         pool: EniPool,
         state_dir: &std::path::Path,
     ) -> Result<VpcAgent, AgentError> {
+        Self::for_test_with_ec2(node, config, pool, state_dir, "http://127.0.0.1:9")
+    }
+
+    /// The same, with the EC2 client pointed at `endpoint` (a loopback
+    /// fake of the test's).
+    pub(crate) fn for_test_with_ec2(
+        node: NodeInfo,
+        config: VpcConfig,
+        pool: EniPool,
+        state_dir: &std::path::Path,
+        endpoint: &str,
+    ) -> Result<VpcAgent, AgentError> {
         let creds = Credentials {
             access_key_id: "pwt".into(),
             secret_access_key: "pwt".into(),
@@ -369,8 +381,7 @@ impl VpcAgent {
         Ok(VpcAgent {
             node,
             config,
-            ec2: Ec2Client::new("http://127.0.0.1:9", "pwt-region", creds)
-                .with_retry(RetryPolicy::NONE),
+            ec2: Ec2Client::new(endpoint, "pwt-region", creds).with_retry(RetryPolicy::NONE),
             checkpoint: Checkpoint::new(state_dir)?,
             metrics: Arc::new(Metrics::new()),
             state: Mutex::new(State {
@@ -443,7 +454,11 @@ pub(crate) mod testing {
     }
 
     pub fn agent(pool: EniPool, warm: Option<u32>, minimum: u32, dir: &StateDir) -> VpcAgent {
-        let node = NodeInfo {
+        VpcAgent::for_test(node(&pool), config(warm, minimum), pool, &dir.0).expect("agent")
+    }
+
+    pub fn node(pool: &EniPool) -> NodeInfo {
+        NodeInfo {
             name: "pwt-node".into(),
             instance_id: "i-pwt".into(),
             instance_type: "t3.pwt".into(),
@@ -452,8 +467,7 @@ pub(crate) mod testing {
             security_groups: Vec::new(),
             limits: pool.limits(),
             vcpus: Some(2),
-        };
-        VpcAgent::for_test(node, config(warm, minimum), pool, &dir.0).expect("agent")
+        }
     }
 }
 

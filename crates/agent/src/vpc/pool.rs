@@ -665,3 +665,6 @@ fn attach(
     st.pool.set_primary(&created.id, created.private_ip);
     Ok(u64::try_from(claim.ips.len() + claim.prefixes.len()).unwrap_or(u64::MAX))
 }
+
+#[cfg(test)]
+mod tests;
