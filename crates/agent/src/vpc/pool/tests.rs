@@ -15,10 +15,12 @@ use super::super::VpcAgent;
 use super::*;
 
 type Handler = dyn Fn(&str, &[(String, String)]) -> (u16, String) + Send + Sync;
+/// Every request seen: (action, its parameters).
+type Log = Arc<Mutex<Vec<(String, Vec<(String, String)>)>>>;
 
 /// A fake EC2: answers each request with `handler(action, params)`; every
 /// (action, params) seen is logged. With `hang`, never answers.
-fn fake_ec2(handler: Arc<Handler>) -> (String, Arc<Mutex<Vec<(String, Vec<(String, String)>)>>>) {
+fn fake_ec2(handler: Arc<Handler>) -> (String, Log) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
     let log = Arc::new(Mutex::new(Vec::new()));
