@@ -40,6 +40,7 @@ fn demo_options(lab: &str, mode: Mode, allow_external: bool) -> Result<UpOptions
         block_size: 26,
         datastore: "sqlite".into(),
         cloud_faults: Default::default(),
+        prefix_delegation: false,
     })
 }
 
