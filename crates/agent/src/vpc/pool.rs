@@ -16,7 +16,7 @@
 //!   start and periodically: what a crash between create and attach left.
 //!   ENIs without podwire's tags are never touched.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant, SystemTime};
 
 use podwire_cloud::ec2::{
@@ -76,6 +76,9 @@ struct Pending {
     since: Option<Instant>,
     /// ENIs this agent attached lately, as their Create reply said.
     fresh: BTreeMap<String, (Instant, ObservedEni)>,
+    /// ENIs this agent created whose attach failed and whose delete failed
+    /// too: not in flight, so the sweep deletes them without the grace.
+    leftovers: BTreeSet<String>,
 }
 
 impl Pending {
@@ -93,7 +96,7 @@ impl Pending {
 /// Deletes this instance's unattached podwire ENIs past the grace period.
 /// Returns how many of its ENIs are left to look at again (too young, or a
 /// delete that failed).
-fn sweep_unattached(shared: &Shared) -> Result<usize, Ec2Error> {
+fn sweep_unattached(shared: &Shared, leftovers: &mut BTreeSet<String>) -> Result<usize, Ec2Error> {
     let id = &shared.node.instance_id;
     let legacy = eni_description(id);
     let tag_filter = format!("tag:{TAG_INSTANCE_ID}");
@@ -121,7 +124,11 @@ fn sweep_unattached(shared: &Shared) -> Result<usize, Ec2Error> {
             description: &e.description,
             tags: &e.tags,
         };
-        match decide(facts, id, &legacy, now, shared.config.eni_gc_grace) {
+        let decision = match decide(facts, id, &legacy, now, shared.config.eni_gc_grace) {
+            GcDecision::Wait(_) if leftovers.contains(&e.id) => GcDecision::Delete,
+            d => d,
+        };
+        match decision {
             GcDecision::NotOurs => {}
             GcDecision::Wait(why) => {
                 left += 1;
@@ -129,6 +136,7 @@ fn sweep_unattached(shared: &Shared) -> Result<usize, Ec2Error> {
             }
             GcDecision::Delete => match delete_eni(shared, &e.id) {
                 Ok(()) => {
+                    leftovers.remove(&e.id);
                     deleted += 1;
                     tracing::info!(eni = %e.id, "deleted an unattached ENI of this instance");
                 }
@@ -281,7 +289,7 @@ pub fn run(shared: &Shared) {
     loop {
         if Instant::now() >= next_sweep {
             next_sweep = Instant::now()
-                + match sweep_unattached(shared) {
+                + match sweep_unattached(shared, &mut pending.leftovers) {
                     Ok(0) => SWEEP_EVERY,
                     Ok(_) => sweep_every,
                     Err(_) => BACKOFF,
@@ -634,6 +642,7 @@ fn attach(
         // Do not leak an unattached ENI (it holds subnet addresses).
         if let Err(d) = delete_eni(shared, &created.id) {
             tracing::warn!(eni = %created.id, error = %d, "could not delete the ENI that failed to attach; the sweep deletes it");
+            pending.leftovers.insert(created.id.clone());
         }
         return Err(e.into());
     }

@@ -273,7 +273,7 @@ fn the_sweep_deletes_only_this_instance_s_old_tagged_enis() {
     let (endpoint, log) = fake_ec2(handler);
     let dir = state_dir();
     let a = agent_on(&endpoint, &[], &dir);
-    let left = sweep_unattached(&a).expect("sweep");
+    let left = sweep_unattached(&a, &mut BTreeSet::new()).expect("sweep");
     assert_eq!(left, 1, "the young one is left for later");
     let deleted: Vec<String> = log
         .lock()
