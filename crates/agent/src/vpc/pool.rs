@@ -192,8 +192,14 @@ fn reconcile_now(shared: &Shared, pending: &mut Pending) -> Result<(), PoolError
         }
         r
     };
-    for ip in &report.confirmed {
-        pending.expected.ips.remove(ip);
+    // Settled: what the pool now has, and what can never be a pod address
+    // (a primary that a reply listed as assigned).
+    {
+        let st = shared.lock();
+        pending
+            .expected
+            .ips
+            .retain(|ip| !st.pool.contains(*ip) && !seen.iter().any(|o| o.primary_ip == *ip));
     }
     pending.expected.prefixes.retain(|p| {
         !seen
