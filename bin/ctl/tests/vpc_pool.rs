@@ -252,9 +252,11 @@ fn the_pool_stays_true_meets_its_targets_and_survives_ec2_faults() {
         .iter()
         .map(|s| s.parse().expect("ip"))
         .collect();
-    eventually(120, "the unassigned addresses leave the agent's pool", || {
-        pool_addresses(&ns1).is_disjoint(&gone)
-    });
+    eventually(
+        120,
+        "the unassigned addresses leave the agent's pool",
+        || pool_addresses(&ns1).is_disjoint(&gone),
+    );
     let m = agent_metrics(&ns1);
     assert!(m.contains("podwire_pool_lost_addresses_total 1"), "{m}");
     for i in 0..4 {
@@ -272,7 +274,10 @@ fn the_pool_stays_true_meets_its_targets_and_survives_ec2_faults() {
     eventually(90, "the leftover podwire ENI is deleted", || {
         !available_enis(&lab).contains(&leftover)
     });
-    assert!(available_enis(&lab).contains(&foreign), "a foreign ENI was touched");
+    assert!(
+        available_enis(&lab).contains(&foreign),
+        "a foreign ENI was touched"
+    );
 
     // (d) The burst leaves: ENIs and addresses converge to what
     // WARM_ENI_TARGET=1 says for no pods (the primary ENI, filled), idle
@@ -297,7 +302,14 @@ fn the_pool_stays_true_meets_its_targets_and_survives_ec2_faults() {
     // (f) EC2 throttles 20 % and fails 5 %: a burst of ADDs all succeed,
     // and once the faults end nothing leaks (the cloud and the pool agree,
     // no ENI is left unattached).
-    lab.ctl_ok(&["lab", "faults", "--throttle-rate", "0.2", "--error-rate", "0.05"]);
+    lab.ctl_ok(&[
+        "lab",
+        "faults",
+        "--throttle-rate",
+        "0.2",
+        "--error-rate",
+        "0.05",
+    ]);
     let mut burst = Vec::new();
     for i in 0..20 {
         let name = format!("f{i}");
@@ -329,20 +341,29 @@ fn prefix_delegation_runs_60_pods_on_an_m5_large() {
     if !require_root() {
         return;
     }
-    let lab = Lab::up("t-vpd", &["--prefix-delegation", "--instance-type", "m5.large"]);
+    let lab = Lab::up(
+        "t-vpd",
+        &["--prefix-delegation", "--instance-type", "m5.large"],
+    );
     let ns1 = lab.node_ns(1);
     lab.pod_add("far", "node-2", true);
     let mut ips = Vec::new();
     for i in 0..60 {
         let http = i % 15 == 0;
-        ips.push((format!("p{i}"), lab.pod_add(&format!("p{i}"), "node-1", http)));
+        ips.push((
+            format!("p{i}"),
+            lab.pod_add(&format!("p{i}"), "node-1", http),
+        ));
     }
     let prefixes: Vec<Ipv4Net> = cloud_enis(&lab, "node-1")
         .iter()
         .flat_map(|e| strs(&e["prefixes"]))
         .map(|p| p.parse().expect("prefix"))
         .collect();
-    assert!(prefixes.iter().all(|p| p.prefix_len() == 28), "{prefixes:?}");
+    assert!(
+        prefixes.iter().all(|p| p.prefix_len() == 28),
+        "{prefixes:?}"
+    );
     for (name, ip) in &ips {
         let a: Ipv4Addr = ip.parse().expect("ip");
         assert!(
@@ -353,7 +374,10 @@ fn prefix_delegation_runs_60_pods_on_an_m5_large() {
     let distinct: BTreeSet<&String> = ips.iter().map(|(_, ip)| ip).collect();
     assert_eq!(distinct.len(), 60);
     for (name, ip) in &ips {
-        assert!(ping(&lab, "far", ip), "{name} ({ip}) unreachable from node-2");
+        assert!(
+            ping(&lab, "far", ip),
+            "{name} ({ip}) unreachable from node-2"
+        );
     }
     for i in (0..60).step_by(15) {
         assert!(lab

@@ -200,4 +200,59 @@ mod tests {
             "{text}"
         );
     }
+
+    /// contract9.md: the capacity figures in /v1/state and as gauges.
+    #[test]
+    fn capacity_figures_are_in_the_state_and_the_gauges() {
+        let dir = state_dir();
+        let a = agent(EniPool::new(LIMITS, Duration::from_secs(30)), None, 0, &dir);
+        {
+            let mut st = a.lock();
+            st.add_eni("eni-0", 0, podwire_proto::TABLE_MAIN);
+            st.add_ips(
+                "eni-0",
+                &[Ipv4Addr::new(10, 0, 1, 1), Ipv4Addr::new(10, 0, 1, 2)],
+            );
+            st.subnet = Some(podwire_cloud::ec2::Subnet {
+                id: "subnet-pwt".into(),
+                cidr: "10.0.0.0/16".parse().expect("cidr"),
+                available: 77,
+            });
+        }
+        let r = a.add(req("c1"), Instant::now() + Duration::from_secs(5));
+        assert!(matches!(r, Response::Allocated { .. }), "{r:?}");
+        let s = a.introspect(Instant::now());
+        let json = serde_json::to_value(&s).expect("json");
+        let c = &json["capacity"];
+        // LIMITS: 2 ENIs x 3 slots; 2 held on eni-0, 1 more there, 3 on a
+        // second ENI: 4 possible. Max pods 2 x 3 + 2.
+        assert_eq!(c["prefix_delegation"], false);
+        assert_eq!(c["max_pods"], 8);
+        assert_eq!(
+            (c["ips_in_use"].as_u64(), c["ips_warm"].as_u64()),
+            (Some(1), Some(1))
+        );
+        assert_eq!(c["ips_possible"], 4);
+        assert_eq!(
+            (c["enis_used"].as_u64(), c["enis_allowed"].as_u64()),
+            (Some(1), Some(2))
+        );
+        assert_eq!(c["prefixes"], 0);
+        assert_eq!(c["subnet"]["available"], 77);
+        assert_eq!(c["subnet"]["cidr"], "10.0.0.0/16");
+        assert_eq!(json["targets"]["rule"], "warm_eni");
+        let text = a.metrics.render(&s);
+        for want in [
+            "podwire_capacity_ips{state=\"in_use\"} 1",
+            "podwire_capacity_ips{state=\"warm\"} 1",
+            "podwire_capacity_ips{state=\"possible\"} 4",
+            "podwire_capacity_enis{state=\"used\"} 1",
+            "podwire_capacity_enis{state=\"allowed\"} 2",
+            "podwire_capacity_max_pods 8",
+            "podwire_capacity_prefixes 0",
+            "podwire_subnet_available_ips 77",
+        ] {
+            assert!(text.contains(want), "{want} missing:\n{text}");
+        }
+    }
 }
