@@ -397,3 +397,57 @@ fn new_enis_are_tagged_with_their_owner_and_creation_time() {
         ]
     );
 }
+
+/// The pool manager reconciles every --reconcile-interval on its own, with
+/// nothing to ask for: an address unassigned out of band leaves the pool
+/// without any pod coming or going.
+#[test]
+fn the_loop_reconciles_every_interval() {
+    let listed = Arc::new(Mutex::new((11u8..=19).collect::<Vec<_>>()));
+    let l = listed.clone();
+    let handler: Arc<Handler> = Arc::new(move |action, params| match action {
+        "DescribeNetworkInterfaces"
+            if params.iter().any(|(_, v)| v == "attachment.instance-id") =>
+        {
+            dni(&eni_item(
+                "eni-0",
+                Some(0),
+                10,
+                &l.lock().expect("listed"),
+                "",
+            ))
+        }
+        // The sweep finds nothing unattached.
+        "DescribeNetworkInterfaces" => dni(""),
+        "DescribeSubnets" => subnets(),
+        _ => error(400, "InvalidAction"),
+    });
+    let (endpoint, _log) = fake_ec2(handler);
+    let dir = state_dir();
+    let mut a = agent_on(&endpoint, &(11u8..=19).collect::<Vec<_>>(), &dir);
+    a.config.reconcile_interval = Duration::from_secs(1);
+    let a = Arc::new(a);
+    {
+        let a = a.clone();
+        // Runs until the test process ends (the loop never returns).
+        std::thread::spawn(move || run(&a));
+    }
+    // The reconcile at start has run (it reads the subnet's figures too).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a.lock().subnet.is_none() {
+        assert!(Instant::now() < deadline, "no reconcile at start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    listed.lock().expect("listed").retain(|n| *n != 11);
+    let changed = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a.lock().pool.contains(ip(11)) {
+        assert!(Instant::now() < deadline, "the loop never reconciled");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(a.lock().pool.total(), 8);
+    assert!(
+        changed.elapsed() >= Duration::from_millis(500),
+        "dropped before an interval passed: not the periodic reconcile"
+    );
+}
