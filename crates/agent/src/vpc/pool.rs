@@ -79,6 +79,9 @@ struct Pending {
     /// ENIs this agent created whose attach failed and whose delete failed
     /// too: not in flight, so the sweep deletes them without the grace.
     leftovers: BTreeSet<String>,
+    /// When DescribeSubnets last answered (at most once per interval: the
+    /// reconciles after each Assign need no fresh subnet figures).
+    subnet_at: Option<Instant>,
 }
 
 impl Pending {
@@ -234,11 +237,19 @@ fn reconcile_now(shared: &Shared, pending: &mut Pending) -> Result<(), PoolError
         };
         adopt_eni(shared, e, o)?;
     }
-    match shared.metrics.ec2("DescribeSubnets", || {
-        shared.ec2.describe_subnet(&shared.node.subnet_id)
-    }) {
-        Ok(s) => shared.lock().subnet = Some(s),
-        Err(e) => tracing::debug!(error = %e, "subnet figures not refreshed"),
+    let stale = pending
+        .subnet_at
+        .is_none_or(|t| now.duration_since(t) >= shared.config.reconcile_interval);
+    if stale {
+        match shared.metrics.ec2("DescribeSubnets", || {
+            shared.ec2.describe_subnet(&shared.node.subnet_id)
+        }) {
+            Ok(s) => {
+                shared.lock().subnet = Some(s);
+                pending.subnet_at = Some(now);
+            }
+            Err(e) => tracing::debug!(error = %e, "subnet figures not refreshed"),
+        }
     }
     Ok(())
 }
