@@ -472,7 +472,7 @@ impl Ec2Client {
 
     /// Asks for `what` (secondary addresses or /28 prefixes); returns what
     /// the reply claims was assigned (check it with a Describe).
-    pub fn assign_private_ip_addresses(
+    pub fn assign_addresses(
         &self,
         eni_id: &str,
         what: AddressRequest,
@@ -482,6 +482,17 @@ impl Ec2Client {
         push_addresses(&mut params, what);
         let xml = self.call_retrying(a, &params)?;
         decode::assign_private_ip_addresses(&xml)
+    }
+
+    /// Asks for `count` new secondary addresses; returns the addresses the
+    /// reply lists (a claim: see [`Ec2Client::assign_addresses`]).
+    pub fn assign_private_ip_addresses(
+        &self,
+        eni_id: &str,
+        count: u32,
+    ) -> Result<Vec<Ipv4Addr>, Ec2Error> {
+        self.assign_addresses(eni_id, AddressRequest::Ips(count))
+            .map(|a| a.ips)
     }
 
     /// Gives /28 prefixes back (`Ipv4Prefix.N`).

@@ -607,7 +607,7 @@ fn assign(
     what: AddressRequest,
 ) -> Result<u64, PoolError> {
     let got = match shared.metrics.ec2("AssignPrivateIpAddresses", || {
-        shared.ec2.assign_private_ip_addresses(eni_id, what)
+        shared.ec2.assign_addresses(eni_id, what)
     }) {
         Ok(got) => got,
         Err(e) if fall_back_if_no_prefix(shared, &e, what) => return Ok(0),

@@ -166,7 +166,7 @@ fn a_retry_after_a_lost_reply_sends_the_same_client_token() {
 fn a_refusal_on_the_merits_is_not_retried() {
     let (c, seen) = server(vec![refused("InsufficientCidrBlocks")]);
     let e = c
-        .assign_private_ip_addresses("eni-1", AddressRequest::Prefixes(1))
+        .assign_addresses("eni-1", AddressRequest::Prefixes(1))
         .expect_err("refused");
     assert_eq!(e.code(), Some("InsufficientCidrBlocks"));
     assert_eq!(seen.lock().expect("seen").len(), 1);
@@ -207,7 +207,7 @@ fn prefixes_detach_and_subnets_use_ec2_s_parameters() {
         Answer::Reply(200, "<DescribeSubnetsResponse><subnetSet><item><subnetId>subnet-1</subnetId><cidrBlock>10.0.0.0/20</cidrBlock><availableIpAddressCount>4000</availableIpAddressCount></item></subnetSet></DescribeSubnetsResponse>".into()),
     ]);
     let got = c
-        .assign_private_ip_addresses("eni-1", AddressRequest::Prefixes(1))
+        .assign_addresses("eni-1", AddressRequest::Prefixes(1))
         .expect("assign");
     assert_eq!(
         got.prefixes,
