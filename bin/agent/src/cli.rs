@@ -85,13 +85,47 @@ pub struct DaemonArgs {
     /// EC2 API endpoint (default: https://ec2.<region>.amazonaws.com).
     #[arg(long, env = "AWS_EC2_ENDPOINT")]
     pub ec2_endpoint: Option<String>,
-    /// Free addresses to keep ready (default: one ENI's worth).
+    /// ENIs' worth of free addresses to keep (used when no IP target is set
+    /// and without prefix delegation).
+    #[arg(long, env = "WARM_ENI_TARGET", default_value_t = 1)]
+    pub warm_eni_target: u32,
+    /// Free addresses to keep ready (wins over the ENI and prefix targets).
     #[arg(long, env = "WARM_IP_TARGET")]
     pub warm_ip_target: Option<u32>,
     /// Addresses to hold in all, free or assigned (with no --warm-ip-target:
     /// no warm margin beyond it).
     #[arg(long, env = "MINIMUM_IP_TARGET", default_value_t = 0)]
     pub minimum_ip_target: u32,
+    /// Prefix delegation: /28 prefixes with no address in use to keep.
+    #[arg(long, env = "WARM_PREFIX_TARGET")]
+    pub warm_prefix_target: Option<u32>,
+    /// Ask for /28 prefixes instead of single secondary addresses.
+    #[arg(long, env = "ENABLE_PREFIX_DELEGATION")]
+    pub prefix_delegation: bool,
+    /// When the subnet has no free aligned /28, ask for single addresses.
+    #[arg(long, env = "PODWIRE_PREFIX_FALLBACK_TO_SECONDARY_IPS")]
+    pub prefix_fallback_to_secondary_ips: bool,
+    /// Seconds after which an unattached podwire ENI of this instance (by
+    /// its created-at tag) is deleted.
+    #[arg(
+        long = "eni-gc-grace",
+        value_name = "SECS",
+        env = "PODWIRE_ENI_GC_GRACE_SECS",
+        default_value_t = 300
+    )]
+    pub eni_gc_grace_secs: u64,
+    /// Seconds between checks of the pool against the cloud.
+    #[arg(long = "reconcile-interval", value_name = "SECS", env = "PODWIRE_RECONCILE_INTERVAL_SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub reconcile_interval_secs: u64,
+    /// Seconds an attached ENI's link may take to appear (EC2: up to 10 s).
+    #[arg(long, env = "PODWIRE_ENI_LINK_WAIT_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(10..=600))]
+    pub eni_link_wait_secs: u64,
+    /// Overall deadline of one EC2 call, retries included.
+    #[arg(long, env = "PODWIRE_EC2_CALL_BUDGET_SECS", default_value_t = 20,
+          value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub ec2_call_budget_secs: u64,
     /// Seconds a released address rests before reuse.
     #[arg(long, env = "IP_COOLDOWN_PERIOD", default_value_t = 30)]
     pub ip_cooldown_secs: u64,
@@ -261,6 +295,40 @@ mod tests {
         assert_eq!(c.daemon.socket, PathBuf::from("/run/podwire/lab/a.sock"));
         assert_eq!(c.daemon.block_size, 24);
         assert!(c.daemon.strict_affinity);
+    }
+
+    #[test]
+    fn the_pool_flags_take_the_vpc_cni_s_names_and_defaults() {
+        let d = parse(&[]).daemon;
+        assert_eq!(d.warm_eni_target, 1);
+        assert_eq!((d.warm_ip_target, d.warm_prefix_target), (None, None));
+        assert!(!d.prefix_delegation && !d.prefix_fallback_to_secondary_ips);
+        assert_eq!(
+            (
+                d.eni_gc_grace_secs,
+                d.reconcile_interval_secs,
+                d.eni_link_wait_secs
+            ),
+            (300, 60, 30)
+        );
+        let d = parse(&[
+            "--warm-eni-target",
+            "2",
+            "--warm-prefix-target",
+            "3",
+            "--prefix-delegation",
+            "--prefix-fallback-to-secondary-ips",
+            "--eni-gc-grace",
+            "5",
+            "--reconcile-interval",
+            "2",
+        ])
+        .daemon;
+        assert_eq!((d.warm_eni_target, d.warm_prefix_target), (2, Some(3)));
+        assert!(d.prefix_delegation && d.prefix_fallback_to_secondary_ips);
+        assert_eq!((d.eni_gc_grace_secs, d.reconcile_interval_secs), (5, 2));
+        // The link wait must outlast EC2's documented attach time.
+        assert!(Cli::try_parse_from(["podwire-agent", "--eni-link-wait-secs", "5"]).is_err());
     }
 
     #[test]

@@ -418,22 +418,17 @@ fn the_checker_catches_what_it_is_for() {
     let mut problems = Vec::new();
     let inv = Invocation {
         origin: "t".into(),
-        argv: ["podwire-agent", "--mode", "vpc", "--warm-eni-target", "1"]
+        argv: ["podwire-agent", "--mode", "vpc", "--max-eni", "1"]
             .map(String::from)
             .to_vec(),
-        env: BTreeMap::from([("WARM_ENI_TARGET".to_string(), Some("1".to_string()))]),
+        env: BTreeMap::from([("MAX_ENI".to_string(), Some("1".to_string()))]),
         // /run/podwire (socket, state dir) not mounted.
         mounts: Some(vec!["/etc/cni/net.d".into()]),
     };
     let c = cli.check(&inv, &mut problems);
     check_env("t", &inv.env, &c.env_read, &mut problems);
     let all = problems.join("\n");
-    for want in [
-        "--warm-eni-target",
-        "WARM_ENI_TARGET",
-        "--socket",
-        "--state-dir",
-    ] {
+    for want in ["--max-eni", "MAX_ENI", "--socket", "--state-dir"] {
         assert!(all.contains(want), "{want} not caught:\n{all}");
     }
     let mut problems = Vec::new();

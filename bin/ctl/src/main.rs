@@ -1,12 +1,14 @@
 //! `podwirectl`: the operator CLI. Today: `lab`, the local emulated VPC.
 
+mod capacity;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use podwire_cni::config::Mode;
-use podwire_lab::cloud::faults::CloudFaults;
+use podwire_lab::cloud::faults::{CloudFaults, FaultUpdate};
 use podwire_lab::{demo, names, ops, probe, state::LabState};
 
 mod labpods;
@@ -36,6 +38,9 @@ enum Top {
         #[command(subcommand)]
         cmd: NodeTop,
     },
+    /// IP capacity: max pods per instance type, a node group in a subnet,
+    /// or the running agents' figures (docs/CAPACITY.md).
+    Capacity(capacity::CapacityArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -82,6 +87,9 @@ enum LabCmd {
         /// Addresses each agent holds in all, free or assigned.
         #[arg(long)]
         minimum_ip_target: Option<u32>,
+        /// vpc: the agents delegate /28 prefixes (`--prefix-delegation`).
+        #[arg(long)]
+        prefix_delegation: bool,
         /// Let pods reach the lab's instance metadata service (podwire's
         /// default, like the agents', is to keep them away from it).
         #[arg(long)]
@@ -105,7 +113,7 @@ enum LabCmd {
         #[command(flatten)]
         faults: FaultArgs,
     },
-    /// Make the running lab's cloud fail a share of EC2 requests (0 0: none).
+    /// Change the running lab cloud's injected failures and EC2 timing.
     Faults {
         #[arg(long, default_value = names::DEFAULT_LAB)]
         name: String,
@@ -233,26 +241,47 @@ enum LabCmd {
     },
 }
 
-/// EC2 failures the lab cloud injects (fault tests): shares of requests
-/// answered as EC2 does under trouble, without serving them.
+/// EC2 failures and timing the lab cloud emulates. On `lab faults` a flag
+/// left out keeps its current value; on `lab up` it is 0 (or `new`).
 #[derive(Debug, clap::Args)]
 struct FaultArgs {
     /// Share (0..1) of EC2 requests answered 500 `InternalError`.
-    #[arg(long, default_value_t = 0.0)]
-    error_rate: f64,
+    #[arg(long)]
+    error_rate: Option<f64>,
     /// Share (0..1) of EC2 requests answered 503 `RequestLimitExceeded`.
-    #[arg(long, default_value_t = 0.0)]
-    throttle_rate: f64,
+    #[arg(long)]
+    throttle_rate: Option<f64>,
     /// Seed of the cloud's dice (default: random); the same seed fails the
     /// same n-th requests.
     #[arg(long)]
     fault_seed: Option<u64>,
+    /// Every EC2 call waits this many milliseconds before it is answered.
+    #[arg(long, value_name = "MS")]
+    ec2_latency: Option<u64>,
+    /// An attached ENI's link appears in the node this many milliseconds
+    /// after AttachNetworkInterface answers (`attaching` until then).
+    #[arg(long, value_name = "MS")]
+    attach_delay: Option<u64>,
+    /// `new`: Assign replies list the new addresses (EC2); `all`: every
+    /// address of the ENI, the primary included (another implementation).
+    #[arg(long, value_parser = ["new", "all"])]
+    ec2_assign_reply: Option<String>,
 }
 
 impl FaultArgs {
-    fn faults(&self) -> anyhow::Result<CloudFaults> {
-        let seed = self.fault_seed.unwrap_or_else(rand_seed);
-        Ok(CloudFaults::new(self.error_rate, self.throttle_rate, seed)?)
+    fn update(&self) -> anyhow::Result<FaultUpdate> {
+        Ok(FaultUpdate {
+            error_rate: self.error_rate,
+            throttle_rate: self.throttle_rate,
+            seed: self.fault_seed,
+            ec2_latency_ms: self.ec2_latency,
+            attach_delay_ms: self.attach_delay,
+            assign_reply: self
+                .ec2_assign_reply
+                .as_deref()
+                .map(str::parse)
+                .transpose()?,
+        })
     }
 }
 
@@ -489,6 +518,7 @@ fn format_node_status(v: &serde_json::Value) -> String {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let cmd = match cli.cmd {
         Top::Lab { cmd } => cmd,
+        Top::Capacity(a) => return capacity::run(a),
         Top::Node {
             cmd:
                 NodeTop::Status {
@@ -513,6 +543,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             allow_external,
             warm_ip_target,
             minimum_ip_target,
+            prefix_delegation,
             pod_imds_access,
             pod_cidr,
             block_size,
@@ -520,7 +551,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             external_pod_access,
             faults,
         } => {
-            let cloud_faults = faults.faults()?;
+            let cloud_faults = faults
+                .update()?
+                .apply(CloudFaults::default(), rand_seed())?;
             // A setting of the other mode is a mistake, not something to ignore.
             let misplaced: Vec<&str> = match mode {
                 Mode::Vpc => [
@@ -533,6 +566,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Mode::Overlay => [
                     ("--warm-ip-target", warm_ip_target.is_some()),
                     ("--minimum-ip-target", minimum_ip_target.is_some()),
+                    ("--prefix-delegation", prefix_delegation),
                 ]
                 .into_iter()
                 .filter_map(|(f, given)| given.then_some(f))
@@ -563,6 +597,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 allow_external,
                 warm_ip_target,
                 minimum_ip_target,
+                prefix_delegation,
                 pod_imds_access,
                 pod_cidr,
                 block_size,
@@ -660,7 +695,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         LabCmd::Curl { name, from, to } => {
             print!("{}", probe::curl(&LabState::load(&name)?, &from, &to)?)
         }
-        LabCmd::Faults { name, faults } => ops::set_cloud_faults(&name, faults.faults()?)?,
+        LabCmd::Faults { name, faults } => {
+            let now = ops::set_cloud_faults(&name, &faults.update()?, rand_seed())?;
+            println!("{}", serde_json::to_string(&now)?);
+        }
         LabCmd::AllowExternal { name, state } => ops::set_allow_external(&name, state == "on")?,
         LabCmd::Ec2 {
             name,
@@ -675,7 +713,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         .context(format!("{p:?} is not Key=Value"))
                 })
                 .collect::<anyhow::Result<_>>()?;
-            println!("{}", ops::ec2_call(&name, &action, &params)?);
+            match ops::ec2_call(&name, &action, &params) {
+                Ok(xml) => println!("{xml}"),
+                // An error reply: EC2's code and message, exit 1.
+                Err(podwire_lab::LabError::Ec2(e)) if e.code().is_some() => {
+                    eprintln!("podwirectl: {e}");
+                    return Ok(ExitCode::FAILURE);
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         LabCmd::Agent { name, action, node } => {
             let mut st = LabState::load(&name)?;

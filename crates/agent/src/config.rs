@@ -85,11 +85,31 @@ pub struct VpcConfig {
     pub imds_endpoint: String,
     /// EC2 endpoint; `None` = `https://ec2.<region>.amazonaws.com`.
     pub ec2_endpoint: Option<String>,
-    /// Free addresses to keep ready; `None` = one ENI's worth (the VPC CNI's
-    /// WARM_ENI_TARGET=1).
+    /// WARM_ENI_TARGET: ENIs' worth of free addresses to keep (default 1;
+    /// used when no IP target is set, and without prefix delegation).
+    pub warm_eni_target: u32,
+    /// WARM_IP_TARGET: free addresses to keep ready; `None` = not set.
     pub warm_ip_target: Option<u32>,
-    /// Addresses to hold in all (0 = no floor).
+    /// MINIMUM_IP_TARGET: addresses to hold in all (0 = not set).
     pub minimum_ip_target: u32,
+    /// WARM_PREFIX_TARGET: wholly free /28 prefixes to keep (prefix
+    /// delegation; `None` = 1).
+    pub warm_prefix_target: Option<u32>,
+    /// ENABLE_PREFIX_DELEGATION: /28 prefixes instead of single addresses.
+    pub prefix_delegation: bool,
+    /// When the subnet has no free aligned /28, ask for single addresses.
+    pub prefix_fallback_to_secondary_ips: bool,
+    /// An unattached podwire ENI of this instance older than this (by its
+    /// created-at tag) is deleted.
+    pub eni_gc_grace: Duration,
+    /// The pool is checked against DescribeNetworkInterfaces this often
+    /// (and after every failed or timed-out call).
+    pub reconcile_interval: Duration,
+    /// How long an attached ENI's link may take to appear (EC2 documents
+    /// attachments of up to 10 s).
+    pub eni_link_wait: Duration,
+    /// Overall deadline of one EC2 call, its retries included.
+    pub ec2_call_budget: Duration,
     /// How long a released address rests before reuse.
     pub ip_cooldown: Duration,
     /// At most one return of surplus addresses to the cloud this often.

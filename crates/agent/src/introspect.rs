@@ -78,9 +78,44 @@ pub struct BlockState {
 /// vpc: the warm pool's targets.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 pub struct Targets {
+    /// The rule in force: `warm_eni`, `warm_ip` or `warm_prefix`.
+    pub rule: &'static str,
+    pub warm_eni_target: Option<u32>,
     pub warm_ip_target: u32,
     pub minimum_ip_target: u32,
+    pub warm_prefix_target: Option<u32>,
+    pub prefix_delegation: bool,
+    /// Grown by whole ENIs (WARM_ENI_TARGET).
     pub whole_enis: bool,
+}
+
+/// vpc: the node's subnet at the last reconcile (DescribeSubnets).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SubnetCapacity {
+    pub id: String,
+    pub cidr: String,
+    pub available: u32,
+}
+
+/// vpc: what the node holds and could still hold (the capacity planner's
+/// `--live` reads this; the same figures are gauges).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Capacity {
+    pub prefix_delegation: bool,
+    /// What this node can hold (issue 9 §3's formula, capped with prefixes).
+    pub max_pods: u32,
+    /// Addresses held by pods.
+    pub ips_in_use: u32,
+    /// Addresses in the pool not held by pods (free and cooling).
+    pub ips_warm: u32,
+    /// Addresses the node could still obtain within its instance limits
+    /// (not counting the subnet).
+    pub ips_possible: u32,
+    pub enis_used: u32,
+    pub enis_allowed: u32,
+    /// /28 prefixes held (0 without prefix delegation).
+    pub prefixes: u32,
+    pub subnet: Option<SubnetCapacity>,
 }
 
 /// The agent's view of its node.
@@ -107,6 +142,9 @@ pub struct NodeState {
     /// vpc: what the pool manager is doing (`Satisfied`, `AssignIps …`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_plan: Option<String>,
+    /// vpc: capacity figures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<Capacity>,
     /// overlay: other nodes programmed into the VXLAN device.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peers: Option<usize>,

@@ -288,15 +288,7 @@ mod exposure_config_tests {
     }
 
     fn vpc() -> ModeConfig {
-        ModeConfig::Vpc(VpcConfig {
-            imds_endpoint: "http://127.0.0.1:9".into(),
-            ec2_endpoint: None,
-            warm_ip_target: None,
-            minimum_ip_target: 0,
-            ip_cooldown: std::time::Duration::ZERO,
-            pool_decrease_interval: std::time::Duration::ZERO,
-            eni_mtu: 9001,
-        })
+        ModeConfig::Vpc(crate::vpc::testing::config(None, 0))
     }
 
     /// deny needs the cluster's records; without them the agent must not

@@ -12,8 +12,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use serde::Serialize;
 
@@ -63,6 +63,12 @@ pub struct Metrics {
     convergence_lag: HistogramVec,
     reconcile_runs: IntCounterVec,
     reconcile_changes: IntCounterVec,
+    pool_lost: IntCounter,
+    capacity_ips: IntGaugeVec,
+    capacity_enis: IntGaugeVec,
+    capacity_max_pods: IntGauge,
+    capacity_prefixes: IntGauge,
+    subnet_available: IntGauge,
     last_errors: Mutex<VecDeque<LastError>>,
 }
 
@@ -86,6 +92,13 @@ fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterV
 
 fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     match IntGaugeVec::new(Opts::new(name, help), labels) {
+        Ok(m) => reg(r, m),
+        Err(e) => unreachable_metric(name, e),
+    }
+}
+
+fn plain_counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    match IntCounter::new(name, help) {
         Ok(m) => reg(r, m),
         Err(e) => unreachable_metric(name, e),
     }
@@ -243,6 +256,38 @@ impl Metrics {
                 "What the background loops changed, by loop and change.",
                 &["loop", "change"],
             ),
+            pool_lost: plain_counter(
+                &r,
+                "podwire_pool_lost_addresses_total",
+                "Addresses pods held that the cloud no longer lists (or that are an ENI's primary): those pods have no working address (vpc).",
+            ),
+            capacity_ips: gauge_vec(
+                &r,
+                "podwire_capacity_ips",
+                "Pod addresses by state: in_use (held by pods), warm (in the pool, not held), possible (still obtainable within the instance's limits) (vpc).",
+                &["state"],
+            ),
+            capacity_enis: gauge_vec(
+                &r,
+                "podwire_capacity_enis",
+                "ENIs by state: used (attached), allowed (the instance type's limit) (vpc).",
+                &["state"],
+            ),
+            capacity_max_pods: gauge(
+                &r,
+                "podwire_capacity_max_pods",
+                "Pods this node can hold: ENIs x (IPv4 per ENI - 1) (x 16 with prefixes, capped) + 2 (vpc).",
+            ),
+            capacity_prefixes: gauge(
+                &r,
+                "podwire_capacity_prefixes",
+                "/28 prefixes the node holds (vpc, prefix delegation).",
+            ),
+            subnet_available: gauge(
+                &r,
+                "podwire_subnet_available_ips",
+                "Free addresses in the node's subnet at the last reconcile (DescribeSubnets) (vpc).",
+            ),
             last_errors: Mutex::new(VecDeque::new()),
             registry: r,
         }
@@ -282,6 +327,11 @@ impl Metrics {
             self.note_error(&format!("ec2:{action}"), &e.to_string());
         }
         r
+    }
+
+    /// Addresses pods held that the cloud no longer lists.
+    pub fn lost_addresses(&self, n: u64) {
+        self.pool_lost.inc_by(n);
     }
 
     /// Runs one IMDS call, counting its failure by `call`.
@@ -411,6 +461,28 @@ impl Metrics {
             self.enis_allowed.set(i64::from(limit));
         }
         self.ready.set(i64::from(s.ready));
+        if let Some(c) = &s.capacity {
+            for (state, v) in [
+                ("in_use", c.ips_in_use),
+                ("warm", c.ips_warm),
+                ("possible", c.ips_possible),
+            ] {
+                self.capacity_ips
+                    .with_label_values(&[state])
+                    .set(i64::from(v));
+            }
+            self.capacity_enis
+                .with_label_values(&["used"])
+                .set(i64::from(c.enis_used));
+            self.capacity_enis
+                .with_label_values(&["allowed"])
+                .set(i64::from(c.enis_allowed));
+            self.capacity_max_pods.set(i64::from(c.max_pods));
+            self.capacity_prefixes.set(i64::from(c.prefixes));
+            if let Some(sub) = &c.subnet {
+                self.subnet_available.set(i64::from(sub.available));
+            }
+        }
     }
 }
 
@@ -466,9 +538,25 @@ mod tests {
         let _ = m.datastore("x", || Ok::<_, String>(()));
         m.reconcile("x", &[("x", 1)]);
         m.converged("x", Duration::ZERO, 0);
+        m.lost_addresses(1);
         let st = NodeState {
             eni_limit: Some(3),
             enis: vec![crate::introspect::EniState::default()],
+            capacity: Some(crate::introspect::Capacity {
+                prefix_delegation: false,
+                max_pods: 29,
+                ips_in_use: 1,
+                ips_warm: 2,
+                ips_possible: 3,
+                enis_used: 1,
+                enis_allowed: 3,
+                prefixes: 0,
+                subnet: Some(crate::introspect::SubnetCapacity {
+                    id: "subnet-1".into(),
+                    cidr: "10.0.0.0/20".into(),
+                    available: 4000,
+                }),
+            }),
             ..NodeState::default()
         };
         let _ = m.render(&st);

@@ -5,8 +5,11 @@ use std::net::Ipv4Addr;
 
 use roxmltree::{Document, Node};
 
+use ipnet::Ipv4Net;
+
 use crate::ec2::{
-    Attachment, Ec2Error, Instance, InstanceTypeNetwork, NetworkInterface, PrivateIp,
+    Assignment, Attachment, Ec2Error, Instance, InstanceTypeNetwork, NetworkInterface, PrivateIp,
+    Subnet,
 };
 
 fn child<'a>(n: Node<'a, 'a>, name: &str) -> Option<Node<'a, 'a>> {
@@ -30,6 +33,71 @@ fn items<'a>(n: Node<'a, 'a>, set: &str) -> Vec<Node<'a, 'a>> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// The items of a set, refused when there are more than [`MAX_ITEMS`]: no
+/// answer about one node legitimately lists that many, and every item
+/// becomes memory and work in the agent.
+fn bounded_items<'a>(
+    action: &str,
+    n: Node<'a, 'a>,
+    set: &str,
+) -> Result<Vec<Node<'a, 'a>>, Ec2Error> {
+    let found = items(n, set);
+    if found.len() > MAX_ITEMS {
+        return Err(parse_error(
+            action,
+            format!("{set} lists {} items (at most {MAX_ITEMS})", found.len()),
+        ));
+    }
+    Ok(found)
+}
+
+/// A delegated IPv4 prefix: exactly a /28 on its own boundary. Anything
+/// else would hand the pool addresses the cloud never delegated (a /24
+/// read as a /28's 16 addresses, or 256 of them).
+pub fn parse_prefix(action: &str, s: &str) -> Result<Ipv4Net, Ec2Error> {
+    let net: Ipv4Net = s
+        .parse()
+        .map_err(|_| parse_error(action, format!("{:?} is not an IPv4 prefix", clip(s))))?;
+    if net.prefix_len() != 28 || net.network() != net.addr() {
+        return Err(parse_error(
+            action,
+            format!("{net} is not an aligned /28 prefix"),
+        ));
+    }
+    Ok(net)
+}
+
+fn prefixes(action: &str, n: Node<'_, '_>, set: &str) -> Result<Vec<Ipv4Net>, Ec2Error> {
+    bounded_items(action, n, set)?
+        .into_iter()
+        .map(|i| parse_prefix(action, &text(i, "ipv4Prefix")))
+        .collect()
+}
+
+/// `tagSet/item/{key,value}`, bounded as EC2 bounds them (keys up to 128
+/// characters, values up to 256, at most 50 per resource).
+fn tags(action: &str, n: Node<'_, '_>) -> Result<Vec<(String, String)>, Ec2Error> {
+    let found = items(n, "tagSet");
+    if found.len() > MAX_TAGS {
+        return Err(parse_error(
+            action,
+            format!("{} tags (at most {MAX_TAGS})", found.len()),
+        ));
+    }
+    let mut out = Vec::with_capacity(found.len());
+    for t in found {
+        let (k, v) = (text(t, "key"), text(t, "value"));
+        if k.is_empty() || k.chars().count() > 128 || v.chars().count() > 256 {
+            return Err(parse_error(
+                action,
+                "a tag with an empty or overlong key or value",
+            ));
+        }
+        out.push((k, v));
+    }
+    Ok(out)
 }
 
 fn parse_error(action: &str, msg: impl Into<String>) -> Ec2Error {
@@ -104,7 +172,7 @@ fn parse_eni(action: &str, n: Node<'_, '_>) -> Result<NetworkInterface, Ec2Error
         None => None,
     };
     let mut private_ips = Vec::new();
-    for item in items(n, "privateIpAddressesSet") {
+    for item in bounded_items(action, n, "privateIpAddressesSet")? {
         private_ips.push(PrivateIp {
             ip: parse_ip(action, &text(item, "privateIpAddress"))?,
             primary: text(item, "primary") == "true",
@@ -119,11 +187,13 @@ fn parse_eni(action: &str, n: Node<'_, '_>) -> Result<NetworkInterface, Ec2Error
         mac: text(n, "macAddress"),
         private_ip: parse_ip(action, &text(n, "privateIpAddress"))?,
         private_ips,
-        groups: items(n, "groupSet")
+        groups: bounded_items(action, n, "groupSet")?
             .iter()
             .map(|g| text(*g, "groupId"))
             .collect(),
         attachment,
+        prefixes: prefixes(action, n, "ipv4PrefixSet")?,
+        tags: tags(action, n)?,
     })
 }
 
@@ -228,6 +298,10 @@ pub fn describe_instance_types(
             instance_type: text(item, "instanceType"),
             max_enis: number(a, net, "maximumNetworkInterfaces", 1..=MAX_ENIS)?,
             ipv4_per_eni: number(a, net, "ipv4AddressesPerInterface", 1..=MAX_IPV4_PER_ENI)?,
+            vcpus: match child(item, "vCpuInfo") {
+                Some(v) => Some(number(a, v, "defaultVCpus", 1..=MAX_VCPUS)?),
+                None => None,
+            },
         })
     })
 }
@@ -235,7 +309,8 @@ pub fn describe_instance_types(
 pub fn describe_network_interfaces(xml: &str) -> Result<Vec<NetworkInterface>, Ec2Error> {
     let a = "DescribeNetworkInterfaces";
     parse(a, xml, |root| {
-        required_items(a, root, "networkInterfaceSet")?
+        required_items(a, root, "networkInterfaceSet")?;
+        bounded_items(a, root, "networkInterfaceSet")?
             .into_iter()
             .map(|n| parse_eni(a, n))
             .collect()
@@ -259,16 +334,76 @@ pub fn attach_network_interface(xml: &str) -> Result<String, Ec2Error> {
     parse(a, xml, |root| required(a, root, "attachmentId"))
 }
 
-/// AssignPrivateIpAddresses: the addresses assigned.
-pub fn assign_private_ip_addresses(xml: &str) -> Result<Vec<Ipv4Addr>, Ec2Error> {
+/// AssignPrivateIpAddresses: the addresses and prefixes the reply says
+/// were assigned. At least one of the two sets must be there (an answer
+/// with neither is not an answer to this call). Only a claim: the agent
+/// checks it against DescribeNetworkInterfaces before using any of it.
+pub fn assign_private_ip_addresses(xml: &str) -> Result<Assignment, Ec2Error> {
     let a = "AssignPrivateIpAddresses";
     parse(a, xml, |root| {
-        required_items(a, root, "assignedPrivateIpAddressesSet")?
+        let has_ips = child(root, "assignedPrivateIpAddressesSet").is_some();
+        let has_prefixes = child(root, "assignedIpv4PrefixSet").is_some();
+        if !has_ips && !has_prefixes {
+            return Err(parse_error(
+                a,
+                "no assignedPrivateIpAddressesSet nor assignedIpv4PrefixSet",
+            ));
+        }
+        let ips = bounded_items(a, root, "assignedPrivateIpAddressesSet")?
             .into_iter()
             .map(|i| parse_ip(a, &text(i, "privateIpAddress")))
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Assignment {
+            ips,
+            prefixes: prefixes(a, root, "assignedIpv4PrefixSet")?,
+        })
     })
 }
+
+/// DetachNetworkInterface, UnassignPrivateIpAddresses,
+/// DeleteNetworkInterface: an answer of this action (`<return>` is not
+/// `false`).
+pub fn acknowledged(action: &str, xml: &str) -> Result<(), Ec2Error> {
+    parse(action, xml, |root| {
+        if text(root, "return") == "false" {
+            return Err(parse_error(
+                action,
+                "the answer says <return>false</return>",
+            ));
+        }
+        Ok(())
+    })
+}
+
+/// DescribeSubnets for one subnet id.
+pub fn describe_subnets(xml: &str, subnet_id: &str) -> Result<Subnet, Ec2Error> {
+    let a = "DescribeSubnets";
+    parse(a, xml, |root| {
+        let item = bounded_items(a, root, "subnetSet")?
+            .into_iter()
+            .find(|i| text(*i, "subnetId") == subnet_id)
+            .ok_or_else(|| {
+                parse_error(a, format!("no subnet {} in the answer", clip(subnet_id)))
+            })?;
+        let cidr: Ipv4Net = text(item, "cidrBlock")
+            .parse()
+            .map_err(|_| parse_error(a, "no usable cidrBlock"))?;
+        Ok(Subnet {
+            id: subnet_id.to_string(),
+            cidr: cidr.trunc(),
+            available: number(a, item, "availableIpAddressCount", 0..=1 << 24)?,
+        })
+    })
+}
+
+/// Most vCPUs an instance type may claim (today's largest: 896).
+pub const MAX_VCPUS: u32 = 65_536;
+
+/// Most items of one set in an answer (ENIs, addresses, prefixes).
+pub const MAX_ITEMS: usize = 4096;
+
+/// Most tags on one resource (EC2's own limit).
+pub const MAX_TAGS: usize = 50;
 
 /// Longest error code or message kept from a reply (they end up in logs).
 pub const MAX_ERROR_MESSAGE: usize = 1024;

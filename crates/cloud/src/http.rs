@@ -20,6 +20,9 @@ pub struct HttpError {
     pub source: Box<ureq::Error>,
 }
 
+/// Largest answer body read (bytes).
+pub const MAX_BODY: u64 = 4 << 20;
+
 pub fn agent(timeout: Duration) -> ureq::Agent {
     ureq::Agent::new_with_config(
         ureq::Agent::config_builder()
@@ -43,7 +46,14 @@ fn finish(
     };
     let mut resp = r.map_err(wrap)?;
     let status = resp.status().as_u16();
-    let body = resp.body_mut().read_to_string().map_err(wrap)?;
+    // Bounded: a hostile or broken endpoint cannot make the agent hold
+    // an endless answer (a node's largest real answer is tens of KiB).
+    let body = resp
+        .body_mut()
+        .with_config()
+        .limit(MAX_BODY)
+        .read_to_string()
+        .map_err(wrap)?;
     Ok(Reply { status, body })
 }
 

@@ -1,10 +1,63 @@
 //! ENI and IPv4-per-ENI limits per instance type, from
-//! `data/ec2-instance-network-limits.tsv` (built into the binary).
+//! `data/ec2-instance-network-limits.tsv`, and default vCPUs per type, from
+//! `data/ec2-instance-vcpus.tsv` (both built into the binary); the max-pods
+//! figures of issue 9 §3 derive from them.
 
 use std::collections::HashMap;
 
 /// The table shipped with podwire.
 pub const BUILTIN_TSV: &str = include_str!("../../../data/ec2-instance-network-limits.tsv");
+
+/// Default vCPUs per instance type (columns `instance_type`, `vcpus`,
+/// `source`; an empty `vcpus` means unknown).
+pub const BUILTIN_VCPUS_TSV: &str = include_str!("../../../data/ec2-instance-vcpus.tsv");
+
+/// Addresses in a /28 prefix.
+pub const IPS_PER_PREFIX: u32 = 16;
+
+/// Pods the max-pods formulas leave for host-network pods that need no
+/// VPC address (the VPC CNI's "+2": aws-node and kube-proxy).
+pub const HOST_NETWORK_PODS: u32 = 2;
+
+/// The VPC CNI's ceiling on prefix-delegation max pods: 110 for types with
+/// at most [`PREFIX_CAP_VCPU_THRESHOLD`] vCPUs, 250 above.
+pub const PREFIX_CAP_LOW_CPU: u32 = 110;
+pub const PREFIX_CAP_HIGH_CPU: u32 = 250;
+pub const PREFIX_CAP_VCPU_THRESHOLD: u32 = 30;
+
+/// Why a type has no prefix-delegation max-pods figure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoPrefixFigure {
+    /// EC2 assigns prefixes to Nitro instances only (hypervisor `nitro`, or
+    /// bare metal, which runs on the Nitro System).
+    NotNitro { hypervisor: String },
+    /// The cap depends on vCPUs, and the data does not know them: podwire
+    /// says so rather than guess.
+    UnknownVcpus,
+}
+
+impl std::fmt::Display for NoPrefixFigure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NoPrefixFigure::NotNitro { hypervisor } => write!(
+                f,
+                "not a Nitro instance type (hypervisor {hypervisor}): EC2 assigns no prefixes to it"
+            ),
+            NoPrefixFigure::UnknownVcpus => write!(
+                f,
+                "vCPUs unknown for this type: the 110/250 cap cannot be chosen"
+            ),
+        }
+    }
+}
+
+/// Default vCPUs of a type and where the figure comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VcpuInfo {
+    /// `None`: unknown.
+    pub vcpus: Option<u32>,
+    pub source: String,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstanceLimits {
@@ -27,6 +80,51 @@ impl InstanceLimits {
         self.max_enis
             .saturating_mul(self.ipv4_per_eni.saturating_sub(1))
     }
+
+    /// Max pods with secondary IPs: `ENIs × (IPv4 per ENI − 1) + 2`
+    /// (equal to the VPC CNI's eni-max-pods.txt for every type).
+    pub fn max_pods_secondary_ips(&self) -> u32 {
+        self.pod_ips().saturating_add(HOST_NETWORK_PODS)
+    }
+
+    /// EC2 assigns /28 prefixes to this type: Nitro hypervisor or bare
+    /// metal (the VPC CNI's ipamd checks the same two).
+    pub fn supports_prefixes(&self) -> bool {
+        self.hypervisor == "nitro" || self.bare_metal
+    }
+
+    /// `/28` prefixes the type can hold: one per secondary address slot.
+    pub fn prefix_slots(&self) -> u32 {
+        self.pod_ips()
+    }
+
+    /// `ENIs × (IPv4 per ENI − 1) × 16 + 2`, before the vCPU cap.
+    pub fn max_pods_prefix_uncapped(&self) -> u32 {
+        self.prefix_slots()
+            .saturating_mul(IPS_PER_PREFIX)
+            .saturating_add(HOST_NETWORK_PODS)
+    }
+
+    /// Max pods with prefix delegation: the uncapped figure, capped at 110
+    /// for ≤ 30 vCPUs and 250 above; an error where there is no figure.
+    pub fn max_pods_prefix_delegation(&self, vcpus: Option<u32>) -> Result<u32, NoPrefixFigure> {
+        if !self.supports_prefixes() {
+            return Err(NoPrefixFigure::NotNitro {
+                hypervisor: self.hypervisor.clone(),
+            });
+        }
+        let vcpus = vcpus.ok_or(NoPrefixFigure::UnknownVcpus)?;
+        Ok(self.max_pods_prefix_uncapped().min(prefix_cap(vcpus)))
+    }
+}
+
+/// The VPC CNI's ceiling for a type with `vcpus` vCPUs.
+pub fn prefix_cap(vcpus: u32) -> u32 {
+    if vcpus > PREFIX_CAP_VCPU_THRESHOLD {
+        PREFIX_CAP_HIGH_CPU
+    } else {
+        PREFIX_CAP_LOW_CPU
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -39,11 +137,82 @@ pub struct LimitsParseError {
 #[derive(Debug, Clone, Default)]
 pub struct LimitsTable {
     by_type: HashMap<String, InstanceLimits>,
+    vcpus: HashMap<String, VcpuInfo>,
 }
 
 impl LimitsTable {
+    /// Both shipped tables: network limits and vCPUs.
     pub fn builtin() -> Result<LimitsTable, LimitsParseError> {
-        LimitsTable::parse(BUILTIN_TSV)
+        LimitsTable::parse(BUILTIN_TSV)?.with_vcpus(BUILTIN_VCPUS_TSV)
+    }
+
+    /// Adds a vCPU table (`instance_type`, `vcpus`, `source` columns; an
+    /// empty `vcpus` is unknown). Rows for types the limits do not know are
+    /// kept: look-ups go by name.
+    pub fn with_vcpus(mut self, tsv: &str) -> Result<LimitsTable, LimitsParseError> {
+        let mut lines = tsv.lines().enumerate();
+        let header: Vec<&str> = match lines.next() {
+            Some((_, h)) => h.split('\t').collect(),
+            None => {
+                return Err(LimitsParseError {
+                    line: 1,
+                    msg: "empty vCPU table".into(),
+                })
+            }
+        };
+        let col = |name: &str| {
+            header
+                .iter()
+                .position(|h| *h == name)
+                .ok_or_else(|| LimitsParseError {
+                    line: 1,
+                    msg: format!("vCPU table: no column {name}"),
+                })
+        };
+        let (ty, n, src) = (col("instance_type")?, col("vcpus")?, col("source")?);
+        for (i, line) in lines {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let f: Vec<&str> = line.split('\t').collect();
+            let get = |c: usize| {
+                f.get(c).copied().ok_or_else(|| LimitsParseError {
+                    line: i + 1,
+                    msg: "vCPU table: short row".into(),
+                })
+            };
+            let vcpus = match get(n)?.trim() {
+                "" => None,
+                v => Some(v.parse::<u32>().map_err(|_| LimitsParseError {
+                    line: i + 1,
+                    msg: format!("vCPU table: {v:?} is not a number"),
+                })?),
+            };
+            self.vcpus.insert(
+                get(ty)?.to_string(),
+                VcpuInfo {
+                    vcpus,
+                    source: get(src)?.to_string(),
+                },
+            );
+        }
+        Ok(self)
+    }
+
+    /// The type's vCPUs; `None` when the table has no row for it.
+    pub fn vcpus(&self, instance_type: &str) -> Option<&VcpuInfo> {
+        self.vcpus.get(instance_type)
+    }
+
+    /// Max pods with prefix delegation for a known type (`None`: unknown
+    /// type): see [`InstanceLimits::max_pods_prefix_delegation`].
+    pub fn max_pods_prefix_delegation(
+        &self,
+        instance_type: &str,
+    ) -> Option<Result<u32, NoPrefixFigure>> {
+        let l = self.get(instance_type)?;
+        let vcpus = self.vcpus(instance_type).and_then(|v| v.vcpus);
+        Some(l.max_pods_prefix_delegation(vcpus))
     }
 
     pub fn parse(tsv: &str) -> Result<LimitsTable, LimitsParseError> {
@@ -102,7 +271,10 @@ impl LimitsTable {
             };
             by_type.insert(l.instance_type.clone(), l);
         }
-        Ok(LimitsTable { by_type })
+        Ok(LimitsTable {
+            by_type,
+            vcpus: HashMap::new(),
+        })
     }
 
     pub fn get(&self, instance_type: &str) -> Option<&InstanceLimits> {
@@ -151,6 +323,117 @@ mod tests {
             max_pods: 0,
         };
         assert_eq!(l.pod_ips(), u32::MAX);
+    }
+
+    /// The VPC CNI's published list, type → max pods.
+    fn eni_max_pods_txt() -> HashMap<String, u32> {
+        include_str!("../../../data/eni-max-pods.txt")
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .map(|line| {
+                let mut it = line.split_whitespace();
+                let ty = it.next().expect("type").to_string();
+                let pods = it.next().expect("pods").parse().expect("number");
+                (ty, pods)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn secondary_ip_formula_equals_eni_max_pods_txt_for_every_type() {
+        let t = LimitsTable::builtin().expect("parse");
+        let published = eni_max_pods_txt();
+        assert_eq!(published.len(), 1391);
+        assert_eq!(t.len(), published.len());
+        for l in t.iter() {
+            // The formula from the ENI and address columns, not the
+            // table's own max_pods column.
+            assert_eq!(
+                Some(&l.max_pods_secondary_ips()),
+                published.get(&l.instance_type),
+                "{}: {} ENIs x ({} - 1) + 2",
+                l.instance_type,
+                l.max_enis,
+                l.ipv4_per_eni
+            );
+        }
+    }
+
+    #[test]
+    fn prefix_delegation_figures_with_the_vcpu_cap() {
+        let t = LimitsTable::builtin().expect("parse");
+        let pd = |ty: &str| t.max_pods_prefix_delegation(ty).expect("known type");
+        // m5.large: 3 x (10 - 1) x 16 + 2 = 434, 2 vCPUs -> capped at 110.
+        assert_eq!(
+            t.get("m5.large").map(|l| l.max_pods_prefix_uncapped()),
+            Some(434)
+        );
+        assert_eq!(pd("m5.large"), Ok(110));
+        // t3.nano: 2 x (2 - 1) x 16 + 2 = 34, under the cap.
+        assert_eq!(pd("t3.nano"), Ok(34));
+        // t3.small: 3 x 3 x 16 + 2 = 146 -> 110.
+        assert_eq!(pd("t3.small"), Ok(110));
+        // m5.24xlarge: 15 x 49 x 16 + 2 = 11762, 96 vCPUs -> 250.
+        assert_eq!(pd("m5.24xlarge"), Ok(250));
+        // Bare metal reports no hypervisor but runs on Nitro.
+        assert_eq!(pd("m5.metal"), Ok(250));
+        // Xen: no prefixes at all.
+        assert_eq!(
+            pd("c4.large"),
+            Err(NoPrefixFigure::NotNitro {
+                hypervisor: "xen".into()
+            })
+        );
+        // cr1.8xlarge: hypervisor unknown, not bare metal.
+        assert!(matches!(
+            pd("cr1.8xlarge"),
+            Err(NoPrefixFigure::NotNitro { .. })
+        ));
+        // Bare metal, but vCPUs unknown: no guess.
+        assert_eq!(pd("bmn-sf1.metal"), Err(NoPrefixFigure::UnknownVcpus));
+        assert_eq!(t.max_pods_prefix_delegation("m5.nonesuch"), None);
+        // The threshold: 30 vCPUs is still "low".
+        assert_eq!((prefix_cap(30), prefix_cap(31)), (110, 250));
+    }
+
+    #[test]
+    fn every_type_has_a_vcpu_row_and_a_prefix_answer() {
+        let t = LimitsTable::builtin().expect("parse");
+        let mut unknown = Vec::new();
+        for l in t.iter() {
+            let v = t.vcpus(&l.instance_type).expect("vCPU row");
+            match t.max_pods_prefix_delegation(&l.instance_type) {
+                Some(Ok(n)) => {
+                    let cap = prefix_cap(v.vcpus.expect("known vCPUs"));
+                    assert_eq!(n, l.max_pods_prefix_uncapped().min(cap));
+                    assert!(
+                        n >= l.max_pods_secondary_ips().min(cap),
+                        "{}",
+                        l.instance_type
+                    );
+                }
+                Some(Err(NoPrefixFigure::NotNitro { .. })) => assert!(!l.supports_prefixes()),
+                Some(Err(NoPrefixFigure::UnknownVcpus)) => unknown.push(l.instance_type.clone()),
+                None => panic!("{} vanished", l.instance_type),
+            }
+        }
+        assert_eq!(unknown, ["bmn-sf1.metal"]);
+    }
+
+    #[test]
+    fn vcpu_table_rejects_garbage() {
+        let base = LimitsTable::parse(BUILTIN_TSV).expect("parse");
+        assert!(base.clone().with_vcpus("").is_err());
+        assert!(base.clone().with_vcpus("instance_type\tvcpus\n").is_err());
+        let e = base
+            .clone()
+            .with_vcpus("instance_type\tvcpus\tsource\nm5.large\t-2\tx\n")
+            .expect_err("negative");
+        assert_eq!(e.line, 2);
+        let ok = base
+            .with_vcpus("instance_type\tvcpus\tsource\nm5.large\t\tunknown\n")
+            .expect("empty is unknown");
+        assert_eq!(ok.vcpus("m5.large").and_then(|v| v.vcpus), None);
     }
 
     #[test]

@@ -1,9 +1,16 @@
-//! vpc mode: the node's ENIs and their secondary addresses as one pool.
+//! vpc mode: the node's ENIs, their secondary addresses and their /28
+//! prefixes as one pool.
 //!
 //! Addresses are handed out from the lowest device number first (so pods
 //! fill `eth0` before `eth1`, which keeps the ENI count and the policy rules
 //! small), and a released address rests for a cool-down before reuse so
 //! stale endpoints elsewhere in the cluster cannot reach the next pod.
+//!
+//! An ENI's primary address is never in the pool, whatever a reply says:
+//! [`EniPool::set_primary`] records it, and every way in (addresses,
+//! prefixes, reconcile) refuses it, and [`EniPool::allocate`] checks again.
+//! The pool is kept true by [`crate::reconcile`]; what it holds beyond the
+//! targets comes out through [`EniPool::take_surplus`].
 
 // Counts become u32 only through `count_u32` (saturating, documented).
 #![deny(
@@ -12,16 +19,24 @@
     clippy::cast_possible_wrap
 )]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
+
+use ipnet::Ipv4Net;
+
+pub use crate::warm::{PoolTargets, WarmSettings, WarmTarget};
+
+/// Addresses in one delegated /28 prefix.
+pub const PREFIX_ADDRESSES: u32 = 16;
 
 /// Instance-type limits as the pool uses them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolLimits {
     /// ENIs the instance may attach (the primary included).
     pub max_enis: u32,
-    /// Secondary addresses per ENI (IPv4 per ENI minus the primary).
+    /// Address slots per ENI beside the primary (IPv4 per ENI minus one):
+    /// each secondary address or /28 prefix takes one.
     pub secondary_per_eni: u32,
 }
 
@@ -31,17 +46,22 @@ impl PoolLimits {
     pub fn max_pod_ips(&self) -> u32 {
         self.max_enis.saturating_mul(self.secondary_per_eni)
     }
+
+    /// Every slot as a /28 prefix: 16 addresses each.
+    pub fn max_prefix_ips(&self) -> u32 {
+        self.max_pod_ips().saturating_mul(PREFIX_ADDRESSES)
+    }
 }
 
 /// A count of ENIs or addresses as the u32 the limits and targets use.
 /// Saturates: a count that does not fit is above every limit and target,
 /// and every comparison below stays right (never wraps to a small number).
-fn count_u32(n: usize) -> u32 {
+pub(crate) fn count_u32(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Slot {
+pub(crate) enum Slot {
     Free { since: Option<Instant> },
     Assigned { owner: String },
 }
@@ -54,47 +74,101 @@ impl Slot {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Eni {
-    id: String,
-    device_number: u32,
-    route_table: u32,
-    ips: BTreeMap<Ipv4Addr, Slot>,
+pub(crate) struct Eni {
+    pub(crate) id: String,
+    pub(crate) device_number: u32,
+    pub(crate) route_table: u32,
+    pub(crate) primary: Option<Ipv4Addr>,
+    /// Every address pods may get: the secondary addresses and each
+    /// prefix's 16.
+    pub(crate) ips: BTreeMap<Ipv4Addr, Slot>,
+    pub(crate) prefixes: BTreeSet<Ipv4Net>,
 }
 
-/// How many addresses the pool keeps (the VPC CNI's WARM_IP_TARGET and
-/// MINIMUM_IP_TARGET).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PoolTargets {
-    /// Free addresses to keep ready.
-    pub warm: u32,
-    /// Addresses to hold in all, free or assigned.
-    pub minimum: u32,
-    /// Grow by whole ENIs (fill an ENI per call) rather than by what is short.
-    pub whole_enis: bool,
-}
+impl Eni {
+    fn in_prefix(&self, ip: Ipv4Addr) -> bool {
+        self.prefixes.iter().any(|p| p.contains(&ip))
+    }
 
-impl PoolTargets {
-    pub fn warm(warm: u32) -> Self {
-        PoolTargets {
-            warm,
-            minimum: 0,
-            whole_enis: true,
-        }
+    /// Slots taken: each secondary address and each prefix.
+    fn slots_used(&self) -> u32 {
+        let singles = self.ips.keys().filter(|ip| !self.in_prefix(**ip)).count();
+        count_u32(singles).saturating_add(count_u32(self.prefixes.len()))
+    }
+
+    fn prefix_free(&self, p: &Ipv4Net) -> bool {
+        p.hosts_all()
+            .all(|ip| matches!(self.ips.get(&ip), Some(Slot::Free { .. }) | None))
+    }
+
+    fn prefix_usable(&self, p: &Ipv4Net, now: Instant, cooldown: Duration) -> bool {
+        p.hosts_all()
+            .all(|ip| self.ips.get(&ip).is_none_or(|s| s.usable(now, cooldown)))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ips.is_empty() && self.prefixes.is_empty()
+    }
+
+    fn has_assigned(&self) -> bool {
+        self.ips
+            .values()
+            .any(|s| matches!(s, Slot::Assigned { .. }))
     }
 }
 
-/// What the pool needs from the cloud to meet its warm target.
+/// Every address of a /28, network and broadcast included: a delegated
+/// prefix's 16 addresses are all the ENI's (the subnet's own reserved
+/// addresses are never in a delegated /28).
+trait AllHosts {
+    fn hosts_all(&self) -> Box<dyn Iterator<Item = Ipv4Addr>>;
+}
+
+impl AllHosts for Ipv4Net {
+    fn hosts_all(&self) -> Box<dyn Iterator<Item = Ipv4Addr>> {
+        let start = u32::from(self.network());
+        let end = u32::from(self.broadcast());
+        Box::new((start..=end).map(Ipv4Addr::from))
+    }
+}
+
+/// What the pool needs from the cloud to meet its targets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PoolPlan {
     /// Enough free addresses.
     Satisfied,
     /// Ask for `count` more secondary addresses on an attached ENI.
     AssignIps { eni_id: String, count: u32 },
+    /// Ask for `count` more /28 prefixes on an attached ENI.
+    AssignPrefixes { eni_id: String, count: u32 },
     /// Every attached ENI is full: create and attach another at this device
-    /// index, with `count` secondary addresses.
-    AttachEni { device_index: u32, count: u32 },
+    /// index, with `count` secondary addresses (or /28 prefixes).
+    AttachEni {
+        device_index: u32,
+        count: u32,
+        prefixes: bool,
+    },
     /// Short of the target, but the instance-type limits are reached.
     AtLimit,
+}
+
+/// What the pool holds beyond its targets, already out of the pool (no ADD
+/// can be handed any of it meanwhile); give it back to the cloud.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Surplus {
+    Ips {
+        eni_id: String,
+        ips: Vec<Ipv4Addr>,
+    },
+    Prefixes {
+        eni_id: String,
+        prefixes: Vec<Ipv4Net>,
+    },
+    /// A whole ENI with nothing in use: detach and delete it (never the
+    /// primary ENI, device 0).
+    Eni {
+        eni_id: String,
+    },
 }
 
 /// An address handed out.
@@ -106,11 +180,30 @@ pub struct Assigned {
     pub route_table: u32,
 }
 
+/// One address as the pool sees it, for introspection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddressView {
+    pub ip: Ipv4Addr,
+    /// `assigned`, `cooling` or `free`.
+    pub state: &'static str,
+    pub owner: Option<String>,
+}
+
+/// One ENI as the pool sees it, for introspection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EniView {
+    pub id: String,
+    pub device_number: u32,
+    pub primary: Option<Ipv4Addr>,
+    pub prefixes: Vec<Ipv4Net>,
+    pub addresses: Vec<AddressView>,
+}
+
 #[derive(Debug, Clone)]
 pub struct EniPool {
     limits: PoolLimits,
     cooldown: Duration,
-    enis: BTreeMap<u32, Eni>,
+    pub(crate) enis: BTreeMap<u32, Eni>,
 }
 
 impl EniPool {
@@ -126,23 +219,98 @@ impl EniPool {
         self.limits
     }
 
+    pub fn cooldown(&self) -> Duration {
+        self.cooldown
+    }
+
     /// Adds (or refreshes) an attached ENI; known addresses keep their state.
     pub fn add_eni(&mut self, id: &str, device_number: u32, route_table: u32) {
         self.enis.entry(device_number).or_insert_with(|| Eni {
             id: id.to_string(),
             device_number,
             route_table,
+            primary: None,
             ips: BTreeMap::new(),
+            prefixes: BTreeSet::new(),
         });
     }
 
+    /// Records an ENI's primary address: it leaves the pool if it was in it
+    /// (returning its holder, if a pod had it) and never enters it again.
+    pub fn set_primary(&mut self, eni_id: &str, primary: Ipv4Addr) -> Option<String> {
+        let eni = self.enis.values_mut().find(|e| e.id == eni_id)?;
+        eni.primary = Some(primary);
+        match self.remove_everywhere(primary) {
+            Some(Slot::Assigned { owner }) => Some(owner),
+            _ => None,
+        }
+    }
+
+    fn remove_everywhere(&mut self, ip: Ipv4Addr) -> Option<Slot> {
+        self.enis.values_mut().find_map(|e| e.ips.remove(&ip))
+    }
+
+    /// Every ENI's primary address.
+    pub fn primaries(&self) -> BTreeSet<Ipv4Addr> {
+        self.enis.values().filter_map(|e| e.primary).collect()
+    }
+
+    fn find_mut(&mut self, eni_id: &str) -> Option<&mut Eni> {
+        self.enis.values_mut().find(|e| e.id == eni_id)
+    }
+
     /// Adds secondary addresses the cloud assigned to an ENI, as free.
-    pub fn add_ips(&mut self, eni_id: &str, ips: &[Ipv4Addr]) {
-        if let Some(eni) = self.enis.values_mut().find(|e| e.id == eni_id) {
-            for ip in ips {
-                eni.ips.entry(*ip).or_insert(Slot::Free { since: None });
+    /// Never a primary address of any ENI. `since`: `None` = usable now,
+    /// `Some(t)` = cooling from `t` (an address nobody asked for).
+    pub fn add_ips_at(&mut self, eni_id: &str, ips: &[Ipv4Addr], since: Option<Instant>) {
+        let primaries = self.primaries();
+        if let Some(eni) = self.find_mut(eni_id) {
+            for ip in ips.iter().filter(|ip| !primaries.contains(ip)) {
+                eni.ips.entry(*ip).or_insert(Slot::Free { since });
             }
         }
+    }
+
+    /// Adds secondary addresses the cloud assigned to an ENI, usable now.
+    pub fn add_ips(&mut self, eni_id: &str, ips: &[Ipv4Addr]) {
+        self.add_ips_at(eni_id, ips, None);
+    }
+
+    /// Adds /28 prefixes delegated to an ENI: their 16 addresses each, free
+    /// (a primary address inside one, which EC2 never does, stays out).
+    pub fn add_prefixes_at(&mut self, eni_id: &str, prefixes: &[Ipv4Net], since: Option<Instant>) {
+        let primaries = self.primaries();
+        if let Some(eni) = self.find_mut(eni_id) {
+            for p in prefixes {
+                if p.prefix_len() != 28 || !eni.prefixes.insert(p.trunc()) {
+                    continue;
+                }
+                for ip in p.hosts_all().filter(|ip| !primaries.contains(ip)) {
+                    eni.ips.entry(ip).or_insert(Slot::Free { since });
+                }
+            }
+        }
+    }
+
+    pub fn add_prefixes(&mut self, eni_id: &str, prefixes: &[Ipv4Net]) {
+        self.add_prefixes_at(eni_id, prefixes, None);
+    }
+
+    /// Removes an ENI and everything on it; returns the holders of the
+    /// addresses pods still had.
+    pub fn remove_eni(&mut self, eni_id: &str) -> Vec<(Ipv4Addr, String)> {
+        let Some(device) = self
+            .enis
+            .iter()
+            .find(|(_, e)| e.id == eni_id)
+            .map(|(d, _)| *d)
+        else {
+            return Vec::new();
+        };
+        self.enis
+            .remove(&device)
+            .map(|e| held(&e.ips).collect())
+            .unwrap_or_default()
     }
 
     /// Marks an address as taken by `owner` (restoring a checkpoint).
@@ -159,14 +327,16 @@ impl EniPool {
         false
     }
 
-    /// Hands out the lowest free, rested address of the lowest ENI.
+    /// Hands out the lowest free, rested address of the lowest ENI (never
+    /// a primary address, checked again here).
     pub fn allocate(&mut self, owner: &str, now: Instant) -> Option<Assigned> {
         let cooldown = self.cooldown;
+        let primaries = self.primaries();
         for eni in self.enis.values_mut() {
             let pick = eni
                 .ips
                 .iter()
-                .find(|(_, slot)| slot.usable(now, cooldown))
+                .find(|(ip, slot)| slot.usable(now, cooldown) && !primaries.contains(ip))
                 .map(|(ip, _)| *ip);
             if let Some(ip) = pick {
                 eni.ips.insert(
@@ -208,6 +378,11 @@ impl EniPool {
         })
     }
 
+    /// Whether the pool has this address (in any state).
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        self.enis.values().any(|e| e.ips.contains_key(&ip))
+    }
+
     /// Free addresses usable now.
     pub fn free(&self, now: Instant) -> usize {
         self.count(|s| s.usable(now, self.cooldown))
@@ -234,13 +409,26 @@ impl EniPool {
         count_u32(self.enis.len())
     }
 
+    /// /28 prefixes held.
+    pub fn prefix_count(&self) -> u32 {
+        count_u32(self.enis.values().map(|e| e.prefixes.len()).sum())
+    }
+
+    /// Address slots still free within the instance's limits: on the
+    /// attached ENIs and on the ENIs it may still attach.
+    pub fn slots_left(&self) -> u32 {
+        let on_attached: u32 = self
+            .enis
+            .values()
+            .map(|e| self.limits.secondary_per_eni.saturating_sub(e.slots_used()))
+            .fold(0, u32::saturating_add);
+        let more_enis = self.limits.max_enis.saturating_sub(self.eni_count());
+        on_attached.saturating_add(more_enis.saturating_mul(self.limits.secondary_per_eni))
+    }
+
     /// True when no further address can ever be had on this instance.
     pub fn at_limit(&self) -> bool {
-        self.eni_count() >= self.limits.max_enis
-            && self
-                .enis
-                .values()
-                .all(|e| count_u32(e.ips.len()) >= self.limits.secondary_per_eni)
+        self.slots_left() == 0
     }
 
     /// Addresses on the node's ENIs, free or not.
@@ -248,304 +436,237 @@ impl EniPool {
         self.enis.values().map(|e| e.ips.len()).sum()
     }
 
-    /// Takes out of the pool the free, rested addresses above the warm
-    /// target (never below the minimum), from the highest ENI first, so the
-    /// caller can give them back to the cloud. They are gone from the pool
-    /// before the cloud call, so no ADD can be handed one meanwhile; put them
-    /// back with [`EniPool::add_ips`] if the call fails.
-    pub fn take_surplus(
-        &mut self,
-        targets: PoolTargets,
-        now: Instant,
-    ) -> Option<(String, Vec<Ipv4Addr>)> {
-        let free = count_u32(self.free(now));
-        let total = count_u32(self.total());
-        let over = free
-            .saturating_sub(targets.warm)
-            .min(total.saturating_sub(targets.minimum));
-        if over == 0 {
-            return None;
-        }
-        let cooldown = self.cooldown;
-        let eni = self
-            .enis
-            .values_mut()
-            .rev()
-            .find(|e| e.ips.values().any(|s| s.usable(now, cooldown)))?;
-        let ips: Vec<Ipv4Addr> = eni
-            .ips
-            .iter()
-            .rev()
-            .filter(|(_, s)| s.usable(now, cooldown))
-            .map(|(ip, _)| *ip)
-            .take(over as usize)
-            .collect();
-        for ip in &ips {
-            eni.ips.remove(ip);
-        }
-        Some((eni.id.clone(), ips))
+    /// Every ENI with each address's state, lowest device first.
+    pub fn view(&self, now: Instant) -> Vec<EniView> {
+        self.enis
+            .values()
+            .map(|e| EniView {
+                id: e.id.clone(),
+                device_number: e.device_number,
+                primary: e.primary,
+                prefixes: e.prefixes.iter().copied().collect(),
+                addresses: e
+                    .ips
+                    .iter()
+                    .map(|(ip, s)| match s {
+                        Slot::Assigned { owner } => AddressView {
+                            ip: *ip,
+                            state: "assigned",
+                            owner: Some(owner.clone()),
+                        },
+                        s if s.usable(now, self.cooldown) => AddressView {
+                            ip: *ip,
+                            state: "free",
+                            owner: None,
+                        },
+                        _ => AddressView {
+                            ip: *ip,
+                            state: "cooling",
+                            owner: None,
+                        },
+                    })
+                    .collect(),
+            })
+            .collect()
     }
 
-    /// What to ask the cloud for so that `targets.warm` addresses are free
-    /// and at least `targets.minimum` are held in all.
+    /// Prefixes with no address in use (cooling ones count as free: they
+    /// need no new prefix to be usable soon).
+    fn free_prefixes(&self) -> u32 {
+        count_u32(
+            self.enis
+                .values()
+                .map(|e| e.prefixes.iter().filter(|p| e.prefix_free(p)).count())
+                .sum(),
+        )
+    }
+
+    /// Addresses the targets want held in all (IP targets only).
+    fn desired_total(&self, warm: u32, minimum: u32) -> u32 {
+        count_u32(self.assigned()).saturating_add(warm).max(minimum)
+    }
+
+    /// What to ask the cloud for to meet `targets`.
     pub fn plan(&self, targets: PoolTargets) -> PoolPlan {
-        let free = count_u32(self.free_total());
-        if free >= targets.warm && count_u32(self.total()) >= targets.minimum {
+        let per_eni = self.limits.secondary_per_eni;
+        // How many units (addresses or prefixes) are short, and whether to
+        // fill the ENI whole (WARM_ENI_TARGET) rather than by what is short.
+        let (short, whole) = match targets.target {
+            WarmTarget::Enis(n) => {
+                let want = n.saturating_mul(per_eni);
+                (want.saturating_sub(count_u32(self.free_total())), true)
+            }
+            WarmTarget::Ips { warm, minimum } => {
+                let short = self
+                    .desired_total(warm, minimum)
+                    .saturating_sub(count_u32(self.total()));
+                let short = if targets.prefixes {
+                    short.div_ceil(PREFIX_ADDRESSES)
+                } else {
+                    short
+                };
+                (short, false)
+            }
+            WarmTarget::Prefixes(n) => (n.saturating_sub(self.free_prefixes()), false),
+        };
+        if short == 0 {
             return PoolPlan::Satisfied;
         }
-        // With whole ENIs (the VPC CNI's WARM_ENI_TARGET) an ENI is filled in
-        // one call; with an address target only what is short is asked for,
-        // so the surplus release never has to give it back.
-        let short = targets
-            .warm
-            .saturating_sub(free)
-            .max((targets.minimum).saturating_sub(count_u32(self.total())))
-            .max(1);
         for eni in self.enis.values() {
-            let room = self
-                .limits
-                .secondary_per_eni
-                .saturating_sub(count_u32(eni.ips.len()));
+            let room = per_eni.saturating_sub(eni.slots_used());
             if room > 0 {
-                let count = if targets.whole_enis {
-                    room
+                let count = if whole { room } else { room.min(short) };
+                return if targets.prefixes {
+                    PoolPlan::AssignPrefixes {
+                        eni_id: eni.id.clone(),
+                        count,
+                    }
                 } else {
-                    room.min(short)
-                };
-                return PoolPlan::AssignIps {
-                    eni_id: eni.id.clone(),
-                    count,
+                    PoolPlan::AssignIps {
+                        eni_id: eni.id.clone(),
+                        count,
+                    }
                 };
             }
         }
-        if self.eni_count() < self.limits.max_enis {
+        if self.eni_count() < self.limits.max_enis && per_eni > 0 {
             let device_index = (0..)
                 .find(|d| !self.enis.contains_key(d))
                 .unwrap_or(self.eni_count());
-            let per_eni = self.limits.secondary_per_eni;
-            let count = if targets.whole_enis {
-                per_eni
-            } else {
-                per_eni.min(short)
-            };
+            let count = if whole { per_eni } else { per_eni.min(short) };
             return PoolPlan::AttachEni {
                 device_index,
                 count,
+                prefixes: targets.prefixes,
             };
         }
         PoolPlan::AtLimit
     }
+
+    /// Takes out of the pool what it holds beyond `targets` — rested free
+    /// secondary addresses, wholly free and rested prefixes, or a whole ENI
+    /// (never device 0) with nothing on it in use — highest ENI first, so
+    /// the caller can give it back. Put it back (or let the next reconcile
+    /// adopt it) if the cloud call fails.
+    pub fn take_surplus(&mut self, targets: PoolTargets, now: Instant) -> Option<Surplus> {
+        let cooldown = self.cooldown;
+        let per_eni = self.limits.secondary_per_eni;
+        let free_total = count_u32(self.free_total());
+        match targets.target {
+            WarmTarget::Enis(n) => {
+                // A whole idle ENI, if the others still keep n ENIs' worth.
+                let want = n.saturating_mul(per_eni);
+                let eni = self.enis.values().rev().find(|e| {
+                    e.device_number > 0
+                        && !e.has_assigned()
+                        && e.ips.values().all(|s| s.usable(now, cooldown))
+                        && free_total.saturating_sub(count_u32(e.ips.len())) >= want
+                })?;
+                let id = eni.id.clone();
+                self.remove_eni(&id);
+                Some(Surplus::Eni { eni_id: id })
+            }
+            WarmTarget::Ips { warm, minimum } => {
+                let over = count_u32(self.total())
+                    .saturating_sub(self.desired_total(warm, minimum))
+                    .min(free_total);
+                self.take_addresses(over, now)
+                    .or_else(|| self.take_empty_eni())
+            }
+            WarmTarget::Prefixes(n) => {
+                let over = self.free_prefixes().saturating_sub(n);
+                let taken = if over > 0 {
+                    self.take_prefixes(over, now)
+                } else {
+                    None
+                };
+                taken.or_else(|| self.take_empty_eni())
+            }
+        }
+    }
+
+    /// Up to `over` addresses (whole prefixes only when `over` covers one).
+    fn take_addresses(&mut self, over: u32, now: Instant) -> Option<Surplus> {
+        if over == 0 {
+            return None;
+        }
+        let cooldown = self.cooldown;
+        for eni in self.enis.values_mut().rev() {
+            let singles: Vec<Ipv4Addr> = eni
+                .ips
+                .iter()
+                .rev()
+                .filter(|(ip, s)| s.usable(now, cooldown) && !eni.in_prefix(**ip))
+                .map(|(ip, _)| *ip)
+                .take(over as usize)
+                .collect();
+            if !singles.is_empty() {
+                for ip in &singles {
+                    eni.ips.remove(ip);
+                }
+                return Some(Surplus::Ips {
+                    eni_id: eni.id.clone(),
+                    ips: singles,
+                });
+            }
+        }
+        self.take_prefixes(over / PREFIX_ADDRESSES, now)
+    }
+
+    /// Up to `count` wholly free, rested prefixes of one ENI.
+    fn take_prefixes(&mut self, count: u32, now: Instant) -> Option<Surplus> {
+        if count == 0 {
+            return None;
+        }
+        let cooldown = self.cooldown;
+        for eni in self.enis.values_mut().rev() {
+            let take: Vec<Ipv4Net> = eni
+                .prefixes
+                .iter()
+                .rev()
+                .filter(|p| eni.prefix_usable(p, now, cooldown))
+                .take(count as usize)
+                .copied()
+                .collect();
+            if take.is_empty() {
+                continue;
+            }
+            for p in &take {
+                eni.prefixes.remove(p);
+                for ip in p.hosts_all() {
+                    eni.ips.remove(&ip);
+                }
+            }
+            return Some(Surplus::Prefixes {
+                eni_id: eni.id.clone(),
+                prefixes: take,
+            });
+        }
+        None
+    }
+
+    /// A secondary ENI with no address and no prefix left: it only takes an
+    /// ENI slot (and its primary address from the subnet).
+    fn take_empty_eni(&mut self) -> Option<Surplus> {
+        let id = self
+            .enis
+            .values()
+            .rev()
+            .find(|e| e.device_number > 0 && e.is_empty())?
+            .id
+            .clone();
+        self.remove_eni(&id);
+        Some(Surplus::Eni { eni_id: id })
+    }
+}
+
+/// The held addresses of a slot map with their holders.
+fn held(ips: &BTreeMap<Ipv4Addr, Slot>) -> impl Iterator<Item = (Ipv4Addr, String)> + '_ {
+    ips.iter().filter_map(|(ip, s)| match s {
+        Slot::Assigned { owner } => Some((*ip, owner.clone())),
+        Slot::Free { .. } => None,
+    })
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ip(n: u8) -> Ipv4Addr {
-        Ipv4Addr::new(10, 0, 0, n)
-    }
-
-    fn m5_large() -> EniPool {
-        EniPool::new(
-            PoolLimits {
-                max_enis: 3,
-                secondary_per_eni: 9,
-            },
-            Duration::ZERO,
-        )
-    }
-
-    /// Limits come from DescribeInstanceTypes: absurd ones must not wrap.
-    #[test]
-    fn max_pod_ips_of_absurd_limits_saturate() {
-        let l = PoolLimits {
-            max_enis: 65_536,
-            secondary_per_eni: 65_536,
-        };
-        assert_eq!(l.max_pod_ips(), u32::MAX);
-    }
-
-    #[test]
-    fn counts_saturate_at_u32_max() {
-        assert_eq!(count_u32(7), 7);
-        assert_eq!(count_u32(usize::MAX), u32::MAX);
-    }
-
-    #[test]
-    fn fills_eth0_first_then_plans_a_new_eni_then_stops_at_the_limit() {
-        let mut p = m5_large();
-        let now = Instant::now();
-        p.add_eni("eni-0", 0, 254);
-        assert_eq!(
-            p.plan(PoolTargets::warm(9)),
-            PoolPlan::AssignIps {
-                eni_id: "eni-0".into(),
-                count: 9
-            }
-        );
-        p.add_ips("eni-0", &(10..19).map(ip).collect::<Vec<_>>());
-        assert_eq!(p.plan(PoolTargets::warm(9)), PoolPlan::Satisfied);
-        let a = p.allocate("a", now).expect("first");
-        assert_eq!((a.ip, a.device_number, a.route_table), (ip(10), 0, 254));
-        assert_eq!(
-            p.plan(PoolTargets::warm(9)),
-            PoolPlan::AttachEni {
-                device_index: 1,
-                count: 9
-            }
-        );
-        p.add_eni("eni-1", 1, 2);
-        p.add_ips("eni-1", &(20..29).map(ip).collect::<Vec<_>>());
-        p.add_eni("eni-2", 2, 3);
-        p.add_ips("eni-2", &(30..39).map(ip).collect::<Vec<_>>());
-        let mut got = vec![a];
-        for i in 1..27 {
-            got.push(p.allocate(&format!("p{i}"), now).expect("within limit"));
-        }
-        // eth0 filled before eth1, eth1 before eth2.
-        assert!(got
-            .windows(2)
-            .all(|w| w[0].device_number <= w[1].device_number));
-        assert_eq!(got[9].device_number, 1);
-        assert!(p.allocate("p27", now).is_none(), "the 28th must fail");
-        assert!(p.at_limit());
-        assert_eq!(p.plan(PoolTargets::warm(9)), PoolPlan::AtLimit);
-        assert!(p.release(got[3].ip, now));
-        assert!(!p.release(got[3].ip, now), "double release");
-        assert_eq!(p.allocate("again", now).map(|a| a.ip), Some(got[3].ip));
-    }
-
-    #[test]
-    fn minimum_target_holds_addresses_without_a_warm_margin() {
-        let mut p = m5_large();
-        p.add_eni("eni-0", 0, 254);
-        let t = PoolTargets {
-            warm: 0,
-            minimum: 12,
-            whole_enis: true,
-        };
-        assert_eq!(
-            p.plan(t),
-            PoolPlan::AssignIps {
-                eni_id: "eni-0".into(),
-                count: 9
-            }
-        );
-        p.add_ips("eni-0", &(10..19).map(ip).collect::<Vec<_>>());
-        assert_eq!(
-            p.plan(t),
-            PoolPlan::AttachEni {
-                device_index: 1,
-                count: 9
-            }
-        );
-        p.add_eni("eni-1", 1, 2);
-        p.add_ips("eni-1", &(20..29).map(ip).collect::<Vec<_>>());
-        assert_eq!(p.plan(t), PoolPlan::Satisfied);
-        // Allocations below the minimum ask for nothing more.
-        for i in 0..10 {
-            p.allocate(&format!("o{i}"), Instant::now()).expect("alloc");
-        }
-        assert_eq!(p.plan(t), PoolPlan::Satisfied);
-    }
-
-    #[test]
-    fn surplus_above_the_warm_target_is_taken_from_the_highest_eni() {
-        let mut p = m5_large();
-        let now = Instant::now();
-        p.add_eni("eni-0", 0, 254);
-        p.add_ips("eni-0", &(10..19).map(ip).collect::<Vec<_>>());
-        p.add_eni("eni-1", 1, 2);
-        p.add_ips("eni-1", &(20..29).map(ip).collect::<Vec<_>>());
-        let held: Vec<_> = (0..3)
-            .map(|i| p.allocate(&format!("o{i}"), now).expect("alloc"))
-            .collect();
-        // 15 free, warm 4: 11 over, all from eni-1 first (9), then eni-0.
-        let (eni, ips) = p.take_surplus(PoolTargets::warm(4), now).expect("surplus");
-        assert_eq!((eni.as_str(), ips.len()), ("eni-1", 9));
-        let (eni, ips) = p.take_surplus(PoolTargets::warm(4), now).expect("more");
-        assert_eq!((eni.as_str(), ips.len()), ("eni-0", 2));
-        assert!(
-            ips.iter().all(|i| !held.iter().any(|h| h.ip == *i)),
-            "assigned addresses are never taken"
-        );
-        assert_eq!(p.free(now), 4);
-        assert_eq!(p.take_surplus(PoolTargets::warm(4), now), None);
-        // The minimum wins over the warm target.
-        assert_eq!(
-            p.take_surplus(
-                PoolTargets {
-                    warm: 0,
-                    minimum: 7,
-                    whole_enis: true,
-                },
-                now
-            ),
-            None
-        );
-    }
-
-    #[test]
-    fn an_address_target_asks_only_for_what_is_short() {
-        let mut p = m5_large();
-        p.add_eni("eni-0", 0, 254);
-        let t = PoolTargets {
-            warm: 3,
-            minimum: 0,
-            whole_enis: false,
-        };
-        assert_eq!(
-            p.plan(t),
-            PoolPlan::AssignIps {
-                eni_id: "eni-0".into(),
-                count: 3
-            }
-        );
-        p.add_ips("eni-0", &(10..19).map(ip).collect::<Vec<_>>());
-        for i in 0..9 {
-            p.allocate(&format!("o{i}"), Instant::now()).expect("alloc");
-        }
-        assert_eq!(
-            p.plan(t),
-            PoolPlan::AttachEni {
-                device_index: 1,
-                count: 3
-            }
-        );
-    }
-
-    #[test]
-    fn cooldown_keeps_a_released_address_out_for_a_while() {
-        let mut p = EniPool::new(
-            PoolLimits {
-                max_enis: 1,
-                secondary_per_eni: 2,
-            },
-            Duration::from_secs(30),
-        );
-        let t0 = Instant::now();
-        p.add_eni("e", 0, 254);
-        p.add_ips("e", &[ip(1), ip(2)]);
-        let a = p.allocate("a", t0).expect("a");
-        p.release(a.ip, t0);
-        let b = p.allocate("b", t0).expect("b");
-        assert_ne!(b.ip, a.ip);
-        assert!(p.allocate("c", t0 + Duration::from_secs(1)).is_none());
-        assert_eq!(
-            p.allocate("c", t0 + Duration::from_secs(31)).map(|x| x.ip),
-            Some(a.ip)
-        );
-    }
-
-    #[test]
-    fn restore_marks_owner_and_unknown_addresses_are_refused() {
-        let mut p = m5_large();
-        p.add_eni("e", 0, 254);
-        p.add_ips("e", &[ip(1), ip(2)]);
-        assert!(p.restore(ip(2), "x"));
-        assert!(!p.restore(ip(99), "y"));
-        assert_eq!(p.owner(ip(2)), Some("x"));
-        assert_eq!(p.allocate("z", Instant::now()).map(|a| a.ip), Some(ip(1)));
-        assert!(p.allocate("w", Instant::now()).is_none());
-    }
-}
+mod tests;

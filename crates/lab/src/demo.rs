@@ -45,6 +45,7 @@ fn demo_options(
         block_size: 26,
         datastore: "sqlite".into(),
         cloud_faults: Default::default(),
+        prefix_delegation: false,
         external_pod_access,
     })
 }

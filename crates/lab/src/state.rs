@@ -128,6 +128,9 @@ pub struct LabState {
     pub warm_ip_target: Option<u32>,
     #[serde(default)]
     pub minimum_ip_target: Option<u32>,
+    /// vpc: the agents delegate /28 prefixes (`--prefix-delegation`).
+    #[serde(default)]
+    pub prefix_delegation: bool,
     /// Pods may reach the lab's IMDS (the agents' `--pod-imds-access allow`);
     /// off by default, as on podwire nodes.
     #[serde(default)]
@@ -219,6 +222,7 @@ impl LabState {
             allow_external: false,
             warm_ip_target: None,
             minimum_ip_target: None,
+            prefix_delegation: false,
             pod_imds_access: false,
             pod_cidr: None,
             block_size: 0,

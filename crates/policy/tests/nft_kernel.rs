@@ -110,6 +110,10 @@ fn base_ruleset() -> String {
         tunnel: None,
         guard: Default::default(),
         snat: None,
+        // The posture has its own kernel tests (dataplane); here only the
+        // policy decides.
+        external_pod_access: podwire_dataplane::nft::ExternalPodAccess::Allow,
+        policy: None,
     }
     .script()
     .expect("base script")

@@ -160,6 +160,8 @@ fn two_hundred_policies_on_a_node_of_250_pods_compile_small_and_fast() {
         tunnel: None,
         guard: Default::default(),
         snat: None,
+        external_pod_access: podwire_dataplane::nft::ExternalPodAccess::Deny,
+        policy: None,
     }
     .script()
     .expect("base");

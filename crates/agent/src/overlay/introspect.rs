@@ -75,6 +75,7 @@ impl OverlayAgent {
             blocks,
             targets: None,
             last_plan: None,
+            capacity: None,
             peers: Some(model.applied.peers.len()),
             last_errors: Vec::new(),
         }

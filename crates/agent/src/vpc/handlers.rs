@@ -15,10 +15,18 @@ impl VpcAgent {
     fn exhausted_message(&self, st: &State, who: &str) -> String {
         let l = self.node.limits;
         let n = &self.node;
+        let (what, total) = if st.pool.prefix_count() > 0 {
+            (
+                "address slots, each a /28 prefix of 16 addresses,",
+                l.max_prefix_ips(),
+            )
+        } else {
+            ("secondary IPv4 addresses", l.max_pod_ips())
+        };
         format!(
-            "node {} ({}, {}) has no IP address left for {who}: the instance type allows {} ENIs x {} secondary IPv4 addresses = {} pod IPs, and all {} are in use. \
+            "node {} ({}, {}) has no IP address left for {who}: the instance type allows {} ENIs x {} {what} = {} pod IPs, and all {} are in use. \
              Schedule the pod on another node, add nodes, or use an instance type with more ENIs or addresses per ENI.",
-            n.name, n.instance_id, n.instance_type, l.max_enis, l.secondary_per_eni, l.max_pod_ips(), st.pool.assigned()
+            n.name, n.instance_id, n.instance_type, l.max_enis, l.secondary_per_eni, total, st.pool.assigned()
         )
     }
 
@@ -42,7 +50,6 @@ impl VpcAgent {
         loop {
             let now = Instant::now();
             if let Some(got) = st.pool.allocate(&owner(&req.key), now) {
-                st.ledger.released.remove(&got.ip);
                 if waited {
                     self.metrics.no_address("waited");
                 }
@@ -175,6 +182,8 @@ impl VpcAgent {
             (true, format!("{free} addresses ready"))
         } else if st.pool.at_limit() {
             (false, self.exhausted_message(&st, "new pods"))
+        } else if let Some((ErrorKind::Exhausted, msg)) = &st.cloud_error {
+            (false, format!("node {}: {msg}", self.node.name))
         } else {
             (
                 true,

@@ -5,9 +5,17 @@
 
 use std::time::Instant;
 
-use crate::introspect::{AddressState, EniState, NodeState, Targets};
+use podwire_ipam::capacity::max_pods;
+use podwire_ipam::eni_pool::PREFIX_ADDRESSES;
+use podwire_ipam::WarmTarget;
+
+use crate::introspect::{AddressState, Capacity, EniState, NodeState, SubnetCapacity, Targets};
 
 use super::VpcAgent;
+
+fn n32(v: usize) -> u32 {
+    u32::try_from(v).unwrap_or(u32::MAX)
+}
 
 impl VpcAgent {
     pub(super) fn introspect(&self, now: Instant) -> NodeState {
@@ -21,36 +29,48 @@ impl VpcAgent {
             _ => (false, "no status".into(), 0, 0),
         };
         let st = self.lock();
-        let cooldown = self.config.ip_cooldown;
-        let mut enis: Vec<EniState> = st
-            .ledger
-            .enis
-            .iter()
-            .map(|(id, (device, ips))| EniState {
-                id: id.clone(),
-                device_index: *device,
-                addresses: ips
-                    .iter()
-                    .map(|ip| {
-                        let holder = st.pool.owner(*ip).map(str::to_string);
-                        let state = match (&holder, st.ledger.released.get(ip)) {
-                            (Some(_), _) => "assigned",
-                            (None, Some(t)) if now.saturating_duration_since(*t) < cooldown => {
-                                "cooling"
-                            }
-                            (None, _) => "free",
-                        };
-                        AddressState {
-                            ip: *ip,
-                            state,
-                            holder,
-                        }
+        let enis: Vec<EniState> = st
+            .pool
+            .view(now)
+            .into_iter()
+            .map(|e| EniState {
+                id: e.id,
+                device_index: e.device_number,
+                addresses: e
+                    .addresses
+                    .into_iter()
+                    .map(|a| AddressState {
+                        ip: a.ip,
+                        state: a.state,
+                        holder: a.owner,
                     })
                     .collect(),
             })
             .collect();
-        enis.sort_by_key(|e| e.device_index);
-        let t = self.targets();
+        let t = self.current_targets(&st, now);
+        let c = &self.config;
+        let (rule, warm_ip, minimum_ip) = match t.target {
+            WarmTarget::Enis(_) => ("warm_eni", 0, 0),
+            WarmTarget::Ips { warm, minimum } => ("warm_ip", warm, minimum),
+            WarmTarget::Prefixes(_) => ("warm_prefix", 0, 0),
+        };
+        let limits = self.node.limits;
+        let per_slot = if t.prefixes { PREFIX_ADDRESSES } else { 1 };
+        let capacity = Capacity {
+            prefix_delegation: c.prefix_delegation,
+            max_pods: max_pods(limits, c.prefix_delegation, self.node.vcpus),
+            ips_in_use: n32(st.pool.assigned()),
+            ips_warm: n32(st.pool.free_total()),
+            ips_possible: st.pool.slots_left().saturating_mul(per_slot),
+            enis_used: st.pool.eni_count(),
+            enis_allowed: limits.max_enis,
+            prefixes: st.pool.prefix_count(),
+            subnet: st.subnet.as_ref().map(|s| SubnetCapacity {
+                id: s.id.clone(),
+                cidr: s.cidr.to_string(),
+                available: s.available,
+            }),
+        };
         NodeState {
             node: self.node.name.clone(),
             mode: "vpc".into(),
@@ -58,15 +78,24 @@ impl VpcAgent {
             message,
             free_ips: free,
             assigned_ips: assigned,
-            eni_limit: Some(self.node.limits.max_enis),
+            eni_limit: Some(limits.max_enis),
             enis,
             blocks: Vec::new(),
             targets: Some(Targets {
-                warm_ip_target: t.warm,
-                minimum_ip_target: t.minimum,
-                whole_enis: t.whole_enis,
+                rule,
+                warm_eni_target: matches!(t.target, WarmTarget::Enis(_))
+                    .then_some(c.warm_eni_target),
+                warm_ip_target: warm_ip,
+                minimum_ip_target: minimum_ip,
+                warm_prefix_target: match t.target {
+                    WarmTarget::Prefixes(n) => Some(n),
+                    _ => None,
+                },
+                prefix_delegation: t.prefixes,
+                whole_enis: matches!(t.target, WarmTarget::Enis(_)),
             }),
             last_plan: Some(format!("{:?}", st.last_plan)),
+            capacity: Some(capacity),
             peers: None,
             last_errors: Vec::new(),
         }
@@ -170,5 +199,60 @@ mod tests {
             text.contains("podwire_no_address_available_total{outcome=\"timed_out\"} 1"),
             "{text}"
         );
+    }
+
+    /// contract9.md: the capacity figures in /v1/state and as gauges.
+    #[test]
+    fn capacity_figures_are_in_the_state_and_the_gauges() {
+        let dir = state_dir();
+        let a = agent(EniPool::new(LIMITS, Duration::from_secs(30)), None, 0, &dir);
+        {
+            let mut st = a.lock();
+            st.add_eni("eni-0", 0, podwire_proto::TABLE_MAIN);
+            st.add_ips(
+                "eni-0",
+                &[Ipv4Addr::new(10, 0, 1, 1), Ipv4Addr::new(10, 0, 1, 2)],
+            );
+            st.subnet = Some(podwire_cloud::ec2::Subnet {
+                id: "subnet-pwt".into(),
+                cidr: "10.0.0.0/16".parse().expect("cidr"),
+                available: 77,
+            });
+        }
+        let r = a.add(req("c1"), Instant::now() + Duration::from_secs(5));
+        assert!(matches!(r, Response::Allocated { .. }), "{r:?}");
+        let s = a.introspect(Instant::now());
+        let json = serde_json::to_value(&s).expect("json");
+        let c = &json["capacity"];
+        // LIMITS: 2 ENIs x 3 slots; 2 held on eni-0, 1 more there, 3 on a
+        // second ENI: 4 possible. Max pods 2 x 3 + 2.
+        assert_eq!(c["prefix_delegation"], false);
+        assert_eq!(c["max_pods"], 8);
+        assert_eq!(
+            (c["ips_in_use"].as_u64(), c["ips_warm"].as_u64()),
+            (Some(1), Some(1))
+        );
+        assert_eq!(c["ips_possible"], 4);
+        assert_eq!(
+            (c["enis_used"].as_u64(), c["enis_allowed"].as_u64()),
+            (Some(1), Some(2))
+        );
+        assert_eq!(c["prefixes"], 0);
+        assert_eq!(c["subnet"]["available"], 77);
+        assert_eq!(c["subnet"]["cidr"], "10.0.0.0/16");
+        assert_eq!(json["targets"]["rule"], "warm_eni");
+        let text = a.metrics.render(&s);
+        for want in [
+            "podwire_capacity_ips{state=\"in_use\"} 1",
+            "podwire_capacity_ips{state=\"warm\"} 1",
+            "podwire_capacity_ips{state=\"possible\"} 4",
+            "podwire_capacity_enis{state=\"used\"} 1",
+            "podwire_capacity_enis{state=\"allowed\"} 2",
+            "podwire_capacity_max_pods 8",
+            "podwire_capacity_prefixes 0",
+            "podwire_subnet_available_ips 77",
+        ] {
+            assert!(text.contains(want), "{want} missing:\n{text}");
+        }
     }
 }

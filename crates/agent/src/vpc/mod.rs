@@ -1,23 +1,27 @@
-//! The agent in vpc mode: pod addresses are secondary IPs of the node's
-//! ENIs. This module holds the node's facts and the pool's state; the
-//! request handlers are in [`handlers`], the loop that keeps the warm pool
-//! filled in [`pool`]. It ends with the mode's [`Backend`] implementation.
+//! The agent in vpc mode: pod addresses are secondary IPs (or addresses of
+//! /28 prefixes) of the node's ENIs. This module holds the node's facts and
+//! the pool's state; the request handlers are in [`handlers`], the loop that
+//! keeps the pool true and at its targets in [`pool`]. It ends with the
+//! mode's [`Backend`] implementation.
 
 mod handlers;
 mod introspect;
 pub mod pool;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
 use ipnet::Ipv4Net;
+use podwire_cloud::ec2::{RetryPolicy, Subnet};
 use podwire_cloud::imds::InstanceIdentity;
-use podwire_cloud::{Credentials, Ec2Client, Imds};
+use podwire_cloud::{Credentials, Ec2Client, Imds, NetworkInterface};
 use podwire_dataplane::eni::{self, EniSpec};
 use podwire_dataplane::routing::route_table_for;
-use podwire_ipam::{EniPool, PoolLimits, PoolPlan, PoolTargets};
+use podwire_ipam::{
+    reconcile, EniPool, Expected, ObservedEni, PoolLimits, PoolPlan, PoolTargets, WarmSettings,
+};
 use podwire_netlink::{sysctl, Handle, MacAddr};
 use podwire_proto::{Allocation, AttachmentKey, ErrorKind, Request, Response};
 
@@ -35,6 +39,8 @@ pub struct NodeInfo {
     pub subnet: Ipv4Net,
     pub security_groups: Vec<String>,
     pub limits: PoolLimits,
+    /// vCPUs of the instance type, when DescribeInstanceTypes said.
+    pub vcpus: Option<u32>,
 }
 
 #[derive(Debug)]
@@ -45,51 +51,26 @@ pub struct State {
     pub last_plan: PoolPlan,
     /// The last cloud failure, cleared by the next success.
     pub cloud_error: Option<(ErrorKind, String)>,
-    /// Which address is on which ENI, and when free ones were released:
-    /// the pool keeps these privately; introspection shows them per ENI.
-    pub ledger: Ledger,
-}
-
-/// The agent's record of the pool's layout, changed only through the
-/// [`State`] methods below together with the pool.
-#[derive(Debug, Default)]
-pub struct Ledger {
-    /// ENI id → (device index, its secondary addresses).
-    pub enis: BTreeMap<String, (u32, BTreeSet<Ipv4Addr>)>,
-    /// Free addresses released since start (they may be cooling down).
-    pub released: BTreeMap<Ipv4Addr, Instant>,
+    /// The node's subnet as DescribeSubnets last said (capacity figures).
+    pub subnet: Option<Subnet>,
+    /// With --prefix-fallback-to-secondary-ips: the subnet had no free
+    /// aligned /28; single addresses are asked for until then.
+    pub prefixes_unavailable_until: Option<Instant>,
 }
 
 impl State {
+    #[cfg(test)]
     pub fn add_eni(&mut self, id: &str, device: u32, route_table: u32) {
         self.pool.add_eni(id, device, route_table);
-        self.ledger
-            .enis
-            .entry(id.to_string())
-            .or_insert((device, BTreeSet::new()));
     }
 
+    #[cfg(test)]
     pub fn add_ips(&mut self, eni_id: &str, ips: &[Ipv4Addr]) {
         self.pool.add_ips(eni_id, ips);
-        if let Some((_, set)) = self.ledger.enis.get_mut(eni_id) {
-            set.extend(ips.iter().copied());
-        }
-    }
-
-    /// Addresses given back to the cloud.
-    pub fn forget_ips(&mut self, eni_id: &str, ips: &[Ipv4Addr]) {
-        if let Some((_, set)) = self.ledger.enis.get_mut(eni_id) {
-            for ip in ips {
-                set.remove(ip);
-                self.ledger.released.remove(ip);
-            }
-        }
     }
 
     pub fn release(&mut self, ip: Ipv4Addr, now: Instant) {
-        if self.pool.release(ip, now) {
-            self.ledger.released.insert(ip, now);
-        }
+        self.pool.release(ip, now);
     }
 }
 
@@ -123,6 +104,47 @@ fn owner(key: &AttachmentKey) -> String {
     format!("{}/{}/{}", key.network, key.container_id, key.ifname)
 }
 
+/// An ENI as the reconcile sees it; `None` when it is not attached (a
+/// missing attachment is never read as device 0, the primary ENI).
+pub fn observed(e: &NetworkInterface) -> Option<ObservedEni> {
+    let a = e.attachment.as_ref()?;
+    Some(ObservedEni {
+        id: e.id.clone(),
+        device_index: a.device_index,
+        primary_ip: e.private_ip,
+        secondary_ips: e.secondary_ips().collect(),
+        prefixes: e.prefixes.clone(),
+    })
+}
+
+/// Brings an attached secondary ENI's link up with its route table and
+/// rule (idempotent); waits up to `wait` for the link to appear.
+pub fn configure_link(
+    nl: &mut Handle,
+    e: &NetworkInterface,
+    device: u32,
+    subnet: Ipv4Net,
+    config: &VpcConfig,
+) -> Result<(), AgentError> {
+    if device == 0 {
+        return Ok(());
+    }
+    let mac: MacAddr = e.mac.parse().map_err(AgentError::Config)?;
+    let link = eni::wait_for_link(nl, mac, config.eni_link_wait)?;
+    eni::configure_secondary(
+        nl,
+        &EniSpec {
+            mac,
+            device_number: device,
+            primary_ip: e.private_ip,
+            subnet,
+            mtu: config.eni_mtu,
+        },
+        &link,
+    )?;
+    Ok(())
+}
+
 impl VpcAgent {
     /// Learns the instance, rebuilds the pool from the cloud and the
     /// checkpoint, and prepares the kernel.
@@ -152,7 +174,10 @@ impl VpcAgent {
             .ec2_endpoint
             .clone()
             .unwrap_or_else(|| format!("https://ec2.{}.amazonaws.com", id.region));
-        let ec2 = Ec2Client::new(&endpoint, &id.region, creds);
+        let ec2 = Ec2Client::new(&endpoint, &id.region, creds).with_retry(RetryPolicy {
+            budget: config.ec2_call_budget,
+            ..RetryPolicy::default()
+        });
         let it = transient(
             "DescribeInstanceTypes",
             STARTUP_BUDGET,
@@ -180,6 +205,7 @@ impl VpcAgent {
             subnet: primary.subnet_cidr,
             security_groups: primary.security_groups.clone(),
             limits,
+            vcpus: it.vcpus,
         };
 
         // Node-wide kernel settings (idempotent).
@@ -201,31 +227,30 @@ impl VpcAgent {
                 })
             },
         )?;
-        let mut ledger = Ledger::default();
-        for e in enis {
-            let device = e.attachment.as_ref().map(|a| a.device_index).unwrap_or(0);
-            pool.add_eni(&e.id, device, route_table_for(device));
-            let ips: Vec<Ipv4Addr> = e.secondary_ips().collect();
-            pool.add_ips(&e.id, &ips);
-            ledger
-                .enis
-                .insert(e.id.clone(), (device, ips.into_iter().collect()));
-            if device > 0 {
-                let mac: MacAddr = e.mac.parse().map_err(AgentError::Config)?;
-                let link = eni::wait_for_link(&mut nl, mac, pool::ENI_LINK_WAIT)?;
-                eni::configure_secondary(
-                    &mut nl,
-                    &EniSpec {
-                        mac,
-                        device_number: device,
-                        primary_ip: e.private_ip,
-                        subnet: node.subnet,
-                        mtu: config.eni_mtu,
-                    },
-                    &link,
-                )?;
-            }
+        let mut seen = Vec::new();
+        for e in &enis {
+            let Some(o) = observed(e) else {
+                tracing::warn!(eni = %e.id, "listed for this instance without an attachment; skipped");
+                continue;
+            };
+            configure_link(&mut nl, e, o.device_index, node.subnet, config)?;
+            pool.add_eni(&e.id, o.device_index, route_table_for(o.device_index));
+            pool.set_primary(&e.id, e.private_ip);
+            seen.push(o);
         }
+        // At start everything the cloud lists is usable at once: the
+        // checkpoint below says which addresses pods hold.
+        let everything = Expected {
+            ips: seen
+                .iter()
+                .flat_map(|o| o.secondary_ips.iter().copied())
+                .collect(),
+            prefixes: seen
+                .iter()
+                .flat_map(|o| o.prefixes.iter().copied())
+                .collect(),
+        };
+        reconcile(&mut pool, &seen, &everything, Instant::now());
 
         let checkpoint = Checkpoint::new(&agent.state_dir)?;
         let mut allocations = BTreeMap::new();
@@ -243,7 +268,8 @@ impl VpcAgent {
         }
         tracing::info!(
             instance = %node.instance_id, instance_type = %node.instance_type,
-            enis = pool.eni_count(), restored = allocations.len(), "state rebuilt"
+            enis = pool.eni_count(), prefixes = pool.prefix_count(),
+            restored = allocations.len(), "state rebuilt"
         );
         Ok(VpcAgent {
             node,
@@ -256,7 +282,8 @@ impl VpcAgent {
                 allocations,
                 last_plan: PoolPlan::Satisfied,
                 cloud_error: None,
-                ledger,
+                subnet: None,
+                prefixes_unavailable_until: None,
             }),
             changed: Condvar::new(),
         })
@@ -272,19 +299,30 @@ impl VpcAgent {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The configured targets (the VPC CNI's precedence, see
+    /// [`podwire_ipam::warm`]).
+    #[cfg(test)]
     pub fn targets(&self) -> PoolTargets {
-        // Like the VPC CNI: an explicit minimum without a warm target means
-        // no warm margin; with neither, keep one ENI's worth free.
-        let warm = match (self.config.warm_ip_target, self.config.minimum_ip_target) {
-            (Some(w), _) => w,
-            (None, 0) => self.node.limits.secondary_per_eni,
-            (None, _) => 0,
-        };
-        PoolTargets {
-            warm,
-            minimum: self.config.minimum_ip_target,
-            whole_enis: self.config.warm_ip_target.is_none(),
-        }
+        self.targets_at(false)
+    }
+
+    /// The targets in force: with prefixes unavailable and the fallback
+    /// on, the same settings for single addresses.
+    fn targets_at(&self, prefixes_unavailable: bool) -> PoolTargets {
+        let c = &self.config;
+        PoolTargets::from_settings(WarmSettings {
+            warm_eni_target: Some(c.warm_eni_target),
+            warm_ip_target: c.warm_ip_target,
+            minimum_ip_target: (c.minimum_ip_target > 0).then_some(c.minimum_ip_target),
+            warm_prefix_target: c.warm_prefix_target,
+            prefix_delegation: c.prefix_delegation && !prefixes_unavailable,
+        })
+    }
+
+    /// The targets the pool manager plans with now.
+    pub fn current_targets(&self, st: &State, now: Instant) -> PoolTargets {
+        let unavailable = st.prefixes_unavailable_until.is_some_and(|t| now < t);
+        self.targets_at(unavailable)
     }
 
     fn save(&self, st: &State) -> Result<(), AgentError> {
@@ -323,6 +361,18 @@ impl VpcAgent {
         pool: EniPool,
         state_dir: &std::path::Path,
     ) -> Result<VpcAgent, AgentError> {
+        Self::for_test_with_ec2(node, config, pool, state_dir, "http://127.0.0.1:9")
+    }
+
+    /// The same, with the EC2 client pointed at `endpoint` (a loopback
+    /// fake of the test's).
+    pub(crate) fn for_test_with_ec2(
+        node: NodeInfo,
+        config: VpcConfig,
+        pool: EniPool,
+        state_dir: &std::path::Path,
+        endpoint: &str,
+    ) -> Result<VpcAgent, AgentError> {
         let creds = Credentials {
             access_key_id: "pwt".into(),
             secret_access_key: "pwt".into(),
@@ -331,7 +381,7 @@ impl VpcAgent {
         Ok(VpcAgent {
             node,
             config,
-            ec2: Ec2Client::new("http://127.0.0.1:9", "pwt-region", creds),
+            ec2: Ec2Client::new(endpoint, "pwt-region", creds).with_retry(RetryPolicy::NONE),
             checkpoint: Checkpoint::new(state_dir)?,
             metrics: Arc::new(Metrics::new()),
             state: Mutex::new(State {
@@ -339,7 +389,8 @@ impl VpcAgent {
                 allocations: BTreeMap::new(),
                 last_plan: PoolPlan::Satisfied,
                 cloud_error: None,
-                ledger: Ledger::default(),
+                subnet: None,
+                prefixes_unavailable_until: None,
             }),
             changed: Condvar::new(),
         })
@@ -368,8 +419,16 @@ pub(crate) mod testing {
         VpcConfig {
             imds_endpoint: "http://127.0.0.1:9".into(),
             ec2_endpoint: None,
+            warm_eni_target: 1,
             warm_ip_target: warm,
             minimum_ip_target: minimum,
+            warm_prefix_target: None,
+            prefix_delegation: false,
+            prefix_fallback_to_secondary_ips: false,
+            eni_gc_grace: Duration::from_secs(300),
+            reconcile_interval: Duration::from_secs(60),
+            eni_link_wait: Duration::from_secs(30),
+            ec2_call_budget: Duration::from_secs(20),
             ip_cooldown: Duration::from_secs(30),
             pool_decrease_interval: Duration::from_secs(60),
             eni_mtu: 9001,
@@ -395,7 +454,11 @@ pub(crate) mod testing {
     }
 
     pub fn agent(pool: EniPool, warm: Option<u32>, minimum: u32, dir: &StateDir) -> VpcAgent {
-        let node = NodeInfo {
+        VpcAgent::for_test(node(&pool), config(warm, minimum), pool, &dir.0).expect("agent")
+    }
+
+    pub fn node(pool: &EniPool) -> NodeInfo {
+        NodeInfo {
             name: "pwt-node".into(),
             instance_id: "i-pwt".into(),
             instance_type: "t3.pwt".into(),
@@ -403,14 +466,14 @@ pub(crate) mod testing {
             subnet: "10.0.0.0/16".parse().expect("subnet"),
             security_groups: Vec::new(),
             limits: pool.limits(),
-        };
-        VpcAgent::for_test(node, config(warm, minimum), pool, &dir.0).expect("agent")
+            vcpus: Some(2),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use podwire_ipam::{EniPool, PoolTargets};
+    use podwire_ipam::{EniPool, PoolTargets, WarmTarget};
     use std::time::Duration;
 
     use super::testing::{agent, state_dir, LIMITS};
@@ -420,23 +483,57 @@ mod tests {
         agent(EniPool::new(LIMITS, Duration::ZERO), warm, minimum, &dir).targets()
     }
 
-    /// The VPC CNI's rules: a warm target means "that many free addresses,
-    /// grown by what is short"; neither target means one ENI's worth, grown
-    /// by whole ENIs; a minimum alone means no warm margin.
+    /// Today's flags keep their meaning under the VPC CNI's precedence: a
+    /// warm target means "that many free addresses, grown by what is
+    /// short"; neither target means WARM_ENI_TARGET=1 (one ENI's worth,
+    /// grown by whole ENIs); a minimum alone means no warm margin.
     #[test]
     fn targets_follow_warm_and_minimum_rules() {
-        let t = targets(Some(5), 0);
-        assert_eq!((t.warm, t.minimum, t.whole_enis), (5, 0, false));
-        let t = targets(None, 0);
+        let t = |w, m| targets(w, m).target;
         assert_eq!(
-            (t.warm, t.minimum, t.whole_enis),
-            (LIMITS.secondary_per_eni, 0, true)
+            t(Some(5), 0),
+            WarmTarget::Ips {
+                warm: 5,
+                minimum: 0
+            }
         );
-        let t = targets(None, 10);
-        assert_eq!((t.warm, t.minimum, t.whole_enis), (0, 10, true));
-        let t = targets(Some(2), 10);
-        assert_eq!((t.warm, t.minimum, t.whole_enis), (2, 10, false));
-        let t = targets(Some(0), 0);
-        assert_eq!((t.warm, t.minimum, t.whole_enis), (0, 0, false));
+        assert_eq!(t(None, 0), WarmTarget::Enis(1));
+        assert_eq!(
+            t(None, 10),
+            WarmTarget::Ips {
+                warm: 0,
+                minimum: 10
+            }
+        );
+        assert_eq!(
+            t(Some(2), 10),
+            WarmTarget::Ips {
+                warm: 2,
+                minimum: 10
+            }
+        );
+        assert_eq!(
+            t(Some(0), 0),
+            WarmTarget::Ips {
+                warm: 0,
+                minimum: 0
+            }
+        );
+    }
+
+    #[test]
+    fn prefix_delegation_plans_prefixes_until_the_subnet_has_none_and_the_fallback_is_on() {
+        let dir = state_dir();
+        let mut a = agent(EniPool::new(LIMITS, Duration::ZERO), None, 0, &dir);
+        a.config.prefix_delegation = true;
+        a.config.prefix_fallback_to_secondary_ips = true;
+        let now = std::time::Instant::now();
+        let t = a.current_targets(&a.lock(), now);
+        assert_eq!((t.target, t.prefixes), (WarmTarget::Prefixes(1), true));
+        a.lock().prefixes_unavailable_until = Some(now + Duration::from_secs(60));
+        let t = a.current_targets(&a.lock(), now);
+        assert_eq!((t.target, t.prefixes), (WarmTarget::Enis(1), false));
+        let t = a.current_targets(&a.lock(), now + Duration::from_secs(61));
+        assert!(t.prefixes, "prefixes are tried again later");
     }
 }

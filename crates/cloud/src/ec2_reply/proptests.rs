@@ -81,6 +81,7 @@ const TYPES: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
     <item>
       <instanceType>m5.large</instanceType>
       <hypervisor>nitro</hypervisor>
+      <vCpuInfo><defaultVCpus>2</defaultVCpus></vCpuInfo>
       <networkInfo>
         <maximumNetworkInterfaces>3</maximumNetworkInterfaces>
         <ipv4AddressesPerInterface>10</ipv4AddressesPerInterface>
@@ -116,6 +117,55 @@ const ATTACH: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
   <attachmentId>eni-attach-d94b09b0</attachmentId>
 </AttachNetworkInterfaceResponse>"#;
 
+/// A DescribeNetworkInterfaces item with a delegated prefix and tags.
+const DNI_PREFIXES: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<DescribeNetworkInterfacesResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">
+  <networkInterfaceSet>
+    <item>
+      <networkInterfaceId>eni-0f7db9a5ea3b2a1c4</networkInterfaceId>
+      <status>in-use</status>
+      <macAddress>02:1a:80:41:52:9c</macAddress>
+      <privateIpAddress>10.0.1.17</privateIpAddress>
+      <attachment>
+        <attachmentId>eni-attach-0e7a1d2b</attachmentId>
+        <instanceId>i-0123456789abcdef0</instanceId>
+        <deviceIndex>1</deviceIndex>
+        <status>attached</status>
+      </attachment>
+      <privateIpAddressesSet>
+        <item><privateIpAddress>10.0.1.17</privateIpAddress><primary>true</primary></item>
+      </privateIpAddressesSet>
+      <ipv4PrefixSet>
+        <item><ipv4Prefix>10.0.1.48/28</ipv4Prefix></item>
+      </ipv4PrefixSet>
+      <tagSet>
+        <item><key>podwire.io/instance-id</key><value>i-0123456789abcdef0</value></item>
+        <item><key>podwire.io/created-at</key><value>2026-11-29T13:00:00Z</value></item>
+      </tagSet>
+    </item>
+  </networkInterfaceSet>
+</DescribeNetworkInterfacesResponse>"#;
+
+const ASSIGN_PREFIX: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<AssignPrivateIpAddressesResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">
+  <networkInterfaceId>eni-0f7db9a5ea3b2a1c4</networkInterfaceId>
+  <assignedIpv4PrefixSet>
+    <item><ipv4Prefix>10.0.1.64/28</ipv4Prefix></item>
+  </assignedIpv4PrefixSet>
+  <return>true</return>
+</AssignPrivateIpAddressesResponse>"#;
+
+const SUBNETS: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<DescribeSubnetsResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">
+  <subnetSet>
+    <item>
+      <subnetId>subnet-0a1b2c3d</subnetId>
+      <cidrBlock>10.0.0.0/20</cidrBlock>
+      <availableIpAddressCount>4087</availableIpAddressCount>
+    </item>
+  </subnetSet>
+</DescribeSubnetsResponse>"#;
+
 const ERROR: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
 <Response><Errors><Error><Code>PrivateIpAddressLimitExceeded</Code><Message>Number of private addresses will exceed limit.</Message></Error></Errors><RequestID>ea966190-example</RequestID></Response>"#;
 
@@ -130,7 +180,15 @@ fn decode_all(xml: &str) -> Result<(), TestCaseError> {
     if let Ok(e) = create_network_interface(xml) {
         check_eni(&e)?;
     }
-    let _ = assign_private_ip_addresses(xml);
+    if let Ok(a) = assign_private_ip_addresses(xml) {
+        for p in &a.prefixes {
+            check_prefix(p)?;
+        }
+    }
+    if let Ok(s) = describe_subnets(xml, "subnet-0a1b2c3d") {
+        prop_assert!(s.cidr.network() == s.cidr.addr());
+    }
+    let _ = acknowledged("DetachNetworkInterface", xml);
     if let Ok(t) = describe_instance_types(xml, "m5.large") {
         check_type(&t)?;
     }
@@ -146,6 +204,22 @@ fn decode_all(xml: &str) -> Result<(), TestCaseError> {
 
 fn check_eni(e: &NetworkInterface) -> Result<(), TestCaseError> {
     prop_assert!(!e.id.is_empty(), "an ENI without an id was accepted");
+    prop_assert!(
+        e.secondary_ips().all(|ip| ip != e.private_ip),
+        "the primary address counted as secondary"
+    );
+    for p in &e.prefixes {
+        check_prefix(p)?;
+    }
+    prop_assert!(e.tags.len() <= MAX_TAGS);
+    prop_assert!(e.private_ips.len() <= MAX_ITEMS && e.prefixes.len() <= MAX_ITEMS);
+    Ok(())
+}
+
+/// A prefix the pool accepts is a /28 on its boundary: 16 addresses.
+fn check_prefix(p: &Ipv4Net) -> Result<(), TestCaseError> {
+    prop_assert_eq!(p.prefix_len(), 28, "{}", p);
+    prop_assert_eq!(p.network(), p.addr(), "{} is not aligned", p);
     Ok(())
 }
 
@@ -191,6 +265,11 @@ fn value() -> impl Strategy<Value = String> {
         Just("1e3".to_string()),
         Just("true".to_string()),
         Just("10.0.1.17".to_string()),
+        Just("10.0.1.48/28".to_string()),
+        Just("10.0.1.49/28".to_string()),
+        Just("10.0.1.0/24".to_string()),
+        Just("10.0.1.48/32".to_string()),
+        Just("0.0.0.0/0".to_string()),
         Just("300.0.0.1".to_string()),
         Just("eni-0f7db9a5ea3b2a1c4".to_string()),
         Just("&amp;&lt;".to_string()),
@@ -218,6 +297,16 @@ fn name() -> impl Strategy<Value = String> {
             "groupId",
             "macAddress",
             "assignedPrivateIpAddressesSet",
+            "assignedIpv4PrefixSet",
+            "ipv4PrefixSet",
+            "ipv4Prefix",
+            "tagSet",
+            "key",
+            "subnetSet",
+            "subnetId",
+            "cidrBlock",
+            "availableIpAddressCount",
+            "return",
             "instanceTypeSet",
             "instanceType",
             "networkInfo",
@@ -281,6 +370,8 @@ fn xml_tree() -> impl Strategy<Value = String> {
             "DescribeInstanceTypesResponse",
             "DescribeInstancesResponse",
             "AttachNetworkInterfaceResponse",
+            "DescribeSubnetsResponse",
+            "DetachNetworkInterfaceResponse",
             "Response",
         ]),
         vec(tree(), 0..6),
@@ -293,7 +384,18 @@ fn xml_tree() -> impl Strategy<Value = String> {
 }
 
 fn real_reply() -> impl Strategy<Value = &'static str> {
-    prop::sample::select(vec![DNI, CREATE, ASSIGN, TYPES, INSTANCES, ATTACH, ERROR])
+    prop::sample::select(vec![
+        DNI,
+        CREATE,
+        ASSIGN,
+        TYPES,
+        INSTANCES,
+        ATTACH,
+        ERROR,
+        DNI_PREFIXES,
+        ASSIGN_PREFIX,
+        SUBNETS,
+    ])
 }
 
 #[derive(Debug, Clone)]
@@ -467,6 +569,33 @@ proptest! {
         }
     }
 
+    /// A prefix is taken exactly when it is an aligned /28, else the whole
+    /// answer is refused: never a wider range read as a /28, never an
+    /// unaligned one.
+    #[test]
+    fn prefixes_are_aligned_28s_or_refused(v in value()) {
+        for xml in [set_all(DNI_PREFIXES, "ipv4Prefix", &v), set_all(ASSIGN_PREFIX, "ipv4Prefix", &v)] {
+            let got = describe_network_interfaces(&xml)
+                .map(|e| e[0].prefixes.clone())
+                .or_else(|_| assign_private_ip_addresses(&xml).map(|a| a.prefixes));
+            let want = v.trim().parse::<Ipv4Net>().ok().filter(|n| n.prefix_len() == 28 && n.network() == n.addr());
+            match (got, want) {
+                (Ok(p), Some(w)) => prop_assert_eq!(p, vec![w]),
+                (Err(_), None) => {}
+                (got, want) => prop_assert!(false, "{:?}: got {:?}, want {:?}", v, got, want),
+            }
+        }
+    }
+
+    /// The primary address, flagged or not, never counts as secondary.
+    #[test]
+    fn the_primary_is_never_secondary(flag in prop_oneof![Just("true"), Just("false"), Just(""), Just("TRUE")]) {
+        let xml = DNI.replace("<primary>true</primary>", &format!("<primary>{flag}</primary>"));
+        if let Ok(enis) = describe_network_interfaces(&xml) {
+            prop_assert!(enis[0].secondary_ips().all(|ip| ip != Ipv4Addr::new(10, 0, 1, 17)));
+        }
+    }
+
     #[test]
     fn error_replies_are_bounded(status in any::<u16>(), code in value(), msg in "[ -~\u{a0}-\u{d7ff}]{0,3000}") {
         let xml = set_all(&set_all(ERROR, "Code", &code), "Message", &msg);
@@ -489,11 +618,41 @@ fn real_replies_decode() {
     let e = create_network_interface(CREATE).expect("create");
     assert_eq!(e.mac, "02:74:b0:72:79:61");
     assert_eq!(
-        assign_private_ip_addresses(ASSIGN).expect("assign"),
+        assign_private_ip_addresses(ASSIGN).expect("assign").ips,
         vec![Ipv4Addr::new(10, 0, 1, 43), Ipv4Addr::new(10, 0, 1, 44)]
     );
+    let p = describe_network_interfaces(DNI_PREFIXES).expect("dni with prefixes");
+    assert_eq!(
+        p[0].prefixes,
+        vec!["10.0.1.48/28".parse::<Ipv4Net>().expect("net")]
+    );
+    assert_eq!(
+        p[0].tag("podwire.io/instance-id"),
+        Some("i-0123456789abcdef0")
+    );
+    assert_eq!(
+        assign_private_ip_addresses(ASSIGN_PREFIX)
+            .expect("assign prefix")
+            .prefixes
+            .len(),
+        1
+    );
+    let s = describe_subnets(SUBNETS, "subnet-0a1b2c3d").expect("subnets");
+    assert_eq!(
+        (s.cidr.to_string(), s.available),
+        ("10.0.0.0/20".into(), 4087)
+    );
     let t = describe_instance_types(TYPES, "m5.large").expect("types");
-    assert_eq!((t.max_enis, t.ipv4_per_eni), (3, 10));
+    assert_eq!((t.max_enis, t.ipv4_per_eni, t.vcpus), (3, 10, Some(2)));
+    let no_vcpus = TYPES.replace("<vCpuInfo><defaultVCpus>2</defaultVCpus></vCpuInfo>", "");
+    assert_eq!(
+        describe_instance_types(&no_vcpus, "m5.large")
+            .expect("types")
+            .vcpus,
+        None
+    );
+    let junk = set_all(TYPES, "defaultVCpus", "-2");
+    assert!(describe_instance_types(&junk, "m5.large").is_err());
     assert_eq!(
         describe_instances(INSTANCES, "i-0123456789abcdef0")
             .expect("instances")
@@ -588,4 +747,38 @@ fn deep_nesting_is_an_error_or_a_value() {
     );
     let _ = describe_network_interfaces(&xml);
     let _ = error_reply("X", 500, &xml);
+}
+
+#[test]
+fn too_many_items_or_tags_are_refused() {
+    let many: String = (0..=MAX_ITEMS)
+        .map(|_| "<item><privateIpAddress>10.0.1.42</privateIpAddress></item>")
+        .collect();
+    let xml = DNI.replace(
+        "<item><privateIpAddress>10.0.1.42</privateIpAddress><primary>false</primary></item>",
+        &many,
+    );
+    assert!(describe_network_interfaces(&xml).is_err());
+    let tags: String = (0..=MAX_TAGS)
+        .map(|i| format!("<item><key>k{i}</key><value>v</value></item>"))
+        .collect();
+    let xml = DNI_PREFIXES.replace(
+        "<item><key>podwire.io/created-at</key><value>2026-11-29T13:00:00Z</value></item>",
+        &tags,
+    );
+    assert!(describe_network_interfaces(&xml).is_err());
+    let long_key = DNI_PREFIXES.replace("podwire.io/created-at", &"k".repeat(129));
+    assert!(describe_network_interfaces(&long_key).is_err());
+}
+
+#[test]
+fn an_assign_answer_with_neither_set_and_a_false_return_are_errors() {
+    assert!(assign_private_ip_addresses("<AssignPrivateIpAddressesResponse><return>true</return></AssignPrivateIpAddressesResponse>").is_err());
+    assert!(acknowledged(
+        "DetachNetworkInterface",
+        "<DetachNetworkInterfaceResponse><return>false</return></DetachNetworkInterfaceResponse>"
+    )
+    .is_err());
+    assert!(acknowledged("DetachNetworkInterface", DNI).is_err());
+    assert!(describe_subnets(SUBNETS, "subnet-other").is_err());
 }

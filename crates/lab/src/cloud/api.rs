@@ -7,8 +7,12 @@ use std::time::{Duration, SystemTime};
 
 use podwire_cloud::{sigv4, Credentials, LimitsTable};
 
-use super::model::{api_err, ApiError, Cloud, IngressSource};
+use ipnet::Ipv4Net;
+
+use super::faults::AssignReply;
+use super::model::{api_err, ApiError, Cloud, Eni};
 use super::scope::LabScope;
+use super::sg;
 use super::xml;
 
 /// A parsed request: the form parameters and the headers SigV4 needs.
@@ -156,16 +160,61 @@ fn ips(p: &BTreeMap<String, String>, prefix: &str) -> Result<Vec<Ipv4Addr>, ApiE
         .collect()
 }
 
-/// Filters as `(name, values)`.
-fn filters(p: &BTreeMap<String, String>) -> Vec<(String, Vec<String>)> {
+/// EC2's bound on filter values in one call.
+pub const MAX_FILTER_VALUES: usize = 200;
+
+/// Filters as `(name, values)`; each needs a value, and all of them
+/// together at most [`MAX_FILTER_VALUES`] (EC2's `FilterLimitExceeded`).
+fn filters(p: &BTreeMap<String, String>) -> Result<Vec<(String, Vec<String>)>, ApiError> {
     let mut out = Vec::new();
+    let mut total = 0usize;
     for i in 1.. {
         let Some(name) = p.get(&format!("Filter.{i}.Name")) else {
             break;
         };
-        out.push((name.clone(), list(p, &format!("Filter.{i}.Value"))));
+        let values = list(p, &format!("Filter.{i}.Value"));
+        if values.is_empty() {
+            return Err(api_err(
+                "InvalidParameterValue",
+                format!("The filter '{}' has no value", clip(name)),
+            ));
+        }
+        total = total.saturating_add(values.len());
+        if total > MAX_FILTER_VALUES {
+            return Err(api_err(
+                "FilterLimitExceeded",
+                format!("The maximum number of filter values specified on a single call is {MAX_FILTER_VALUES}"),
+            ));
+        }
+        out.push((name.clone(), values));
     }
-    out
+    Ok(out)
+}
+
+/// A client's string, cut short for an error message.
+fn clip(s: &str) -> String {
+    let mut out: String = s.chars().take(64).collect();
+    if s.chars().count() > 64 {
+        out.push('…');
+    }
+    out.escape_debug().to_string()
+}
+
+/// A count parameter that, when given, must be a whole number of at least 1.
+fn count_param(p: &BTreeMap<String, String>, k: &str) -> Result<Option<u32>, ApiError> {
+    match p.get(k) {
+        None => Ok(None),
+        Some(v) => match v.parse::<u32>() {
+            Ok(n) if n >= 1 => Ok(Some(n)),
+            _ => Err(api_err(
+                "InvalidParameterValue",
+                format!(
+                    "Value ({}) for parameter {k} is invalid. Expected a number of at least 1.",
+                    clip(v)
+                ),
+            )),
+        },
+    }
 }
 
 /// What a successful action changed (so the fabric is re-synced only then).
@@ -199,6 +248,8 @@ const ACTIONS: &[(&str, Action)] = &[
     ("AssignPrivateIpAddresses", assign_private_ip_addresses),
     ("UnassignPrivateIpAddresses", unassign_private_ip_addresses),
     ("DeleteNetworkInterface", delete_network_interface),
+    ("DetachNetworkInterface", detach_network_interface),
+    ("DescribeSubnets", describe_subnets),
     ("RunInstances", run_instances),
     ("TerminateInstances", terminate_instances),
     (
@@ -206,6 +257,7 @@ const ACTIONS: &[(&str, Action)] = &[
         authorize_security_group_ingress,
     ),
     ("RevokeSecurityGroupIngress", revoke_security_group_ingress),
+    ("DescribeSecurityGroups", describe_security_groups),
 ];
 
 /// Routes one request to its action; wraps the answer in `<Action>Response`.
@@ -236,7 +288,7 @@ fn describe_network_interfaces(cloud: &mut Cloud, _: &Ctx<'_>, p: &Params) -> An
     for i in &ids {
         cloud.eni(i)?;
     }
-    let fs = filters(p);
+    let fs = filters(p)?;
     let mut items = String::new();
     for e in cloud.enis.values() {
         if !ids.is_empty() && !ids.contains(&e.id) {
@@ -244,27 +296,11 @@ fn describe_network_interfaces(cloud: &mut Cloud, _: &Ctx<'_>, p: &Params) -> An
         }
         let mut keep = true;
         for (name, values) in &fs {
-            let actual: Vec<String> = match name.as_str() {
-                "attachment.instance-id" => {
-                    e.attachment.iter().map(|a| a.instance_id.clone()).collect()
-                }
-                "subnet-id" => vec![e.subnet_id.clone()],
-                "description" => vec![e.description.clone()],
-                "status" => vec![if e.attachment.is_some() {
-                    "in-use".into()
-                } else {
-                    "available".into()
-                }],
-                "network-interface-id" => vec![e.id.clone()],
-                "addresses.private-ip-address" => e.all_ips().map(|i| i.to_string()).collect(),
-                other => {
-                    return Err(api_err(
-                        "InvalidParameterValue",
-                        format!("The filter '{other}' is invalid"),
-                    ))
-                }
-            };
-            if !values.iter().any(|v| actual.contains(v)) {
+            let actual = eni_filter_values(e, name)?;
+            if !values
+                .iter()
+                .any(|v| actual.iter().any(|a| super::filter::matches(v, a)))
+            {
                 keep = false;
             }
         }
@@ -276,6 +312,91 @@ fn describe_network_interfaces(cloud: &mut Cloud, _: &Ctx<'_>, p: &Params) -> An
         format!("<networkInterfaceSet>{items}</networkInterfaceSet>"),
         Effect::ReadOnly,
     ))
+}
+
+/// The values an ENI has for a DescribeNetworkInterfaces filter; an
+/// unknown filter is refused as EC2 does.
+fn eni_filter_values(e: &Eni, name: &str) -> Result<Vec<String>, ApiError> {
+    let att = e.attachment.as_ref();
+    Ok(match name {
+        "attachment.instance-id" => att.map(|a| a.instance_id.clone()).into_iter().collect(),
+        "attachment.attachment-id" => att.map(|a| a.attachment_id.clone()).into_iter().collect(),
+        "attachment.device-index" => att
+            .map(|a| a.device_index.to_string())
+            .into_iter()
+            .collect(),
+        "attachment.status" => att.map(|a| a.status().to_string()).into_iter().collect(),
+        "subnet-id" => vec![e.subnet_id.clone()],
+        "description" => vec![e.description.clone()],
+        "status" => vec![e.status().to_string()],
+        "network-interface-id" => vec![e.id.clone()],
+        "mac-address" => vec![e.mac.clone()],
+        "group-id" => e.groups.clone(),
+        "addresses.private-ip-address" | "private-ip-address" => {
+            e.all_ips().map(|i| i.to_string()).collect()
+        }
+        "ipv4-prefixes.ipv4-prefix" => e.prefixes.iter().map(|p| p.to_string()).collect(),
+        "tag-key" => e.tags.keys().cloned().collect(),
+        "tag-value" => e.tags.values().cloned().collect(),
+        other => match other.strip_prefix("tag:") {
+            Some(k) => e.tags.get(k).cloned().into_iter().collect(),
+            None => {
+                return Err(api_err(
+                    "InvalidParameterValue",
+                    format!("The filter '{}' is invalid", clip(other)),
+                ))
+            }
+        },
+    })
+}
+
+fn describe_subnets(cloud: &mut Cloud, _: &Ctx<'_>, p: &Params) -> Answer {
+    let ids = list(p, "SubnetId");
+    for i in &ids {
+        if !cloud.subnets.contains_key(i) {
+            return Err(api_err(
+                "InvalidSubnetID.NotFound",
+                format!("The subnet ID '{}' does not exist", clip(i)),
+            ));
+        }
+    }
+    let fs = filters(p)?;
+    let mut items = String::new();
+    for s in cloud.subnets.values() {
+        if !ids.is_empty() && !ids.contains(&s.id) {
+            continue;
+        }
+        let mut keep = true;
+        for (name, values) in &fs {
+            let actual = match name.as_str() {
+                "subnet-id" => s.id.clone(),
+                "vpc-id" => cloud.vpc_id.clone(),
+                "cidr-block" | "cidr" | "cidrBlock" => s.cidr.to_string(),
+                "availability-zone" | "availabilityZone" => s.availability_zone.clone(),
+                "state" => "available".into(),
+                other => {
+                    return Err(api_err(
+                        "InvalidParameterValue",
+                        format!("The filter '{}' is invalid", clip(other)),
+                    ))
+                }
+            };
+            if !values.iter().any(|v| super::filter::matches(v, &actual)) {
+                keep = false;
+            }
+        }
+        if keep {
+            items.push_str(&format!(
+                "<item><subnetId>{}</subnetId><state>available</state><vpcId>{}</vpcId><cidrBlock>{}</cidrBlock><availableIpAddressCount>{}</availableIpAddressCount><availabilityZone>{}</availabilityZone><defaultForAz>false</defaultForAz><mapPublicIpOnLaunch>false</mapPublicIpOnLaunch></item>",
+                s.id,
+                cloud.vpc_id,
+                s.cidr,
+                cloud.available_in_subnet(&s.id),
+                s.availability_zone
+            ));
+        }
+    }
+    Ok((format!("<subnetSet>{items}</subnetSet>"), Effect::ReadOnly))
 }
 
 fn describe_instances(cloud: &mut Cloud, _: &Ctx<'_>, p: &Params) -> Answer {
@@ -317,32 +438,90 @@ fn describe_instance_types(_: &mut Cloud, ctx: &Ctx<'_>, p: &Params) -> Answer {
     ))
 }
 
-fn create_network_interface(cloud: &mut Cloud, _: &Ctx<'_>, p: &Params) -> Answer {
+/// EC2's bounds on CreateNetworkInterface's strings.
+const MAX_DESCRIPTION: usize = 255;
+const MAX_CLIENT_TOKEN: usize = 64;
+
+fn create_network_interface(cloud: &mut Cloud, ctx: &Ctx<'_>, p: &Params) -> Answer {
     let subnet = param(p, "SubnetId")?.to_string();
     let desc = p.get("Description").cloned().unwrap_or_default();
+    if desc.chars().count() > MAX_DESCRIPTION {
+        return Err(api_err(
+            "InvalidParameterValue",
+            format!("Value for parameter Description is longer than {MAX_DESCRIPTION} characters"),
+        ));
+    }
     let groups = list(p, "SecurityGroupId");
+    let tags = super::tags::from_specifications(p, "network-interface")?;
+    let secondary = count_param(p, "SecondaryPrivateIpAddressCount")?;
+    let prefixes = count_param(p, "Ipv4PrefixCount")?;
+    if secondary.is_some() && prefixes.is_some() {
+        return Err(api_err(
+            "InvalidParameterCombination",
+            "SecondaryPrivateIpAddressCount and Ipv4PrefixCount cannot be used together",
+        ));
+    }
     let primary = p
         .get("PrivateIpAddress")
         .map(|s| s.parse())
         .transpose()
         .map_err(|_| api_err("InvalidParameterValue", "PrivateIpAddress"))?;
-    let eni_id = cloud.create_eni(
-        &subnet,
-        &desc,
-        groups,
-        num(p, "SecondaryPrivateIpAddressCount")?,
-        primary,
-    )?;
-    let body = xml::eni(cloud, cloud.eni(&eni_id)?, "networkInterface");
+    let token = match p.get("ClientToken") {
+        None => None,
+        Some(t) if t.is_empty() || t.len() > MAX_CLIENT_TOKEN || !t.is_ascii() => {
+            return Err(api_err(
+                "InvalidParameterValue",
+                format!("ClientToken must be 1 to {MAX_CLIENT_TOKEN} ASCII characters"),
+            ))
+        }
+        Some(t) => Some(t.clone()),
+    };
+    // The request's meaning without the token: a retry must match it.
+    let fingerprint: String = p
+        .iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "ClientToken" | "Action" | "Version"))
+        .map(|(k, v)| format!("{}={}&", k.len(), v.len()) + k + "=" + v + "\n")
+        .collect();
+    if let Some(t) = &token {
+        if let Some((fp, eni_id)) = cloud.client_tokens.get(t) {
+            if *fp != fingerprint {
+                return Err(api_err(
+                    "IdempotentParameterMismatch",
+                    "The client token you have provided is associated with a resource that was created with different parameters",
+                ));
+            }
+            let body = xml::eni(cloud, cloud.eni(eni_id)?, "networkInterface");
+            return Ok((body + &client_token_xml(t), Effect::ReadOnly));
+        }
+    }
+    let eni_id = cloud.create_eni(&subnet, &desc, groups, secondary.unwrap_or(0), primary)?;
+    if let Some(n) = prefixes {
+        cloud.assign_prefixes(ctx.limits, &eni_id, n, &[])?;
+    }
+    if let Some(e) = cloud.enis.get_mut(&eni_id) {
+        e.tags = tags;
+    }
+    let mut body = xml::eni(cloud, cloud.eni(&eni_id)?, "networkInterface");
+    if let Some(t) = token {
+        body.push_str(&client_token_xml(&t));
+        cloud.client_tokens.insert(t, (fingerprint, eni_id));
+    }
     Ok((body, Effect::Changed))
 }
 
+fn client_token_xml(t: &str) -> String {
+    format!("<clientToken>{}</clientToken>", xml::esc(t))
+}
+
 fn attach_network_interface(cloud: &mut Cloud, ctx: &Ctx<'_>, p: &Params) -> Answer {
-    let att = cloud.attach(
+    let delay = ctx.scope.faults.attach_delay_ms;
+    let ready_at = (delay > 0).then(|| now_ms().saturating_add(delay));
+    let att = cloud.attach_after(
         ctx.limits,
         param(p, "NetworkInterfaceId")?,
         param(p, "InstanceId")?,
         num(p, "DeviceIndex")?,
+        ready_at,
     )?;
     Ok((
         format!("<attachmentId>{att}</attachmentId><networkCardIndex>0</networkCardIndex>"),
@@ -350,26 +529,134 @@ fn attach_network_interface(cloud: &mut Cloud, ctx: &Ctx<'_>, p: &Params) -> Ans
     ))
 }
 
+/// Milliseconds since the Unix epoch (attachment deadlines in cloud.json).
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Parses `Ipv4Prefix.N` against the ENI's subnet.
+fn requested_prefixes(cloud: &Cloud, eni_id: &str, p: &Params) -> Result<Vec<Ipv4Net>, ApiError> {
+    let raw = list(p, "Ipv4Prefix");
+    if raw.is_empty() {
+        return Ok(Vec::new());
+    }
+    let eni = cloud.eni(eni_id)?;
+    let subnet = cloud
+        .subnets
+        .get(&eni.subnet_id)
+        .map(|s| s.cidr)
+        .ok_or_else(|| api_err("InvalidSubnetID.NotFound", eni.subnet_id.clone()))?;
+    raw.iter()
+        .map(|s| super::prefix::parse_requested(subnet, s))
+        .collect()
+}
+
+/// Exactly one way of asking, as EC2 requires.
+fn one_kind(kinds: &[(&str, bool)]) -> Result<(), ApiError> {
+    let given: Vec<&str> = kinds.iter().filter(|(_, g)| *g).map(|(n, _)| *n).collect();
+    match given.len() {
+        0 => Err(api_err(
+            "MissingParameter",
+            format!(
+                "The request must contain one of: {}",
+                kinds.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+            ),
+        )),
+        1 => Ok(()),
+        _ => Err(api_err(
+            "InvalidParameterCombination",
+            format!("{} cannot be used together", given.join(" and ")),
+        )),
+    }
+}
+
 fn assign_private_ip_addresses(cloud: &mut Cloud, ctx: &Ctx<'_>, p: &Params) -> Answer {
     let eni_id = param(p, "NetworkInterfaceId")?.to_string();
-    let new = cloud.assign(
-        ctx.limits,
-        &eni_id,
-        num(p, "SecondaryPrivateIpAddressCount")?,
-        &ips(p, "PrivateIpAddress")?,
-    )?;
-    let items: String = new
+    cloud.eni(&eni_id)?;
+    let count = count_param(p, "SecondaryPrivateIpAddressCount")?;
+    let explicit = ips(p, "PrivateIpAddress")?;
+    let prefix_count = count_param(p, "Ipv4PrefixCount")?;
+    let prefixes = requested_prefixes(cloud, &eni_id, p)?;
+    one_kind(&[
+        ("SecondaryPrivateIpAddressCount", count.is_some()),
+        ("PrivateIpAddress.N", !explicit.is_empty()),
+        ("Ipv4PrefixCount", prefix_count.is_some()),
+        ("Ipv4Prefix.N", !prefixes.is_empty()),
+    ])?;
+    let (new_ips, new_prefixes) = if prefix_count.is_some() || !prefixes.is_empty() {
+        let got =
+            cloud.assign_prefixes(ctx.limits, &eni_id, prefix_count.unwrap_or(0), &prefixes)?;
+        (Vec::new(), got)
+    } else {
+        let got = cloud.assign(ctx.limits, &eni_id, count.unwrap_or(0), &explicit)?;
+        (got, Vec::new())
+    };
+    // `all`: the other implementation's quirk, every address and prefix
+    // of the ENI, the primary included.
+    let (listed_ips, listed_prefixes) = match ctx.scope.faults.assign_reply {
+        AssignReply::New => (new_ips, new_prefixes),
+        AssignReply::All => {
+            let e = cloud.eni(&eni_id)?;
+            (e.all_ips().collect(), e.prefixes.clone())
+        }
+    };
+    let items: String = listed_ips
         .iter()
         .map(|ip| format!("<item><privateIpAddress>{ip}</privateIpAddress></item>"))
         .collect();
-    Ok((format!("<networkInterfaceId>{eni_id}</networkInterfaceId><assignedPrivateIpAddressesSet>{items}</assignedPrivateIpAddressesSet><return>true</return>"), Effect::Changed))
+    let prefix_items: String = listed_prefixes
+        .iter()
+        .map(|p| format!("<item><ipv4Prefix>{p}</ipv4Prefix></item>"))
+        .collect();
+    Ok((format!("<networkInterfaceId>{eni_id}</networkInterfaceId><assignedPrivateIpAddressesSet>{items}</assignedPrivateIpAddressesSet><assignedIpv4PrefixSet>{prefix_items}</assignedIpv4PrefixSet><return>true</return>"), Effect::Changed))
 }
 
 fn unassign_private_ip_addresses(cloud: &mut Cloud, _: &Ctx<'_>, p: &Params) -> Answer {
-    cloud.unassign(
-        param(p, "NetworkInterfaceId")?,
-        &ips(p, "PrivateIpAddress")?,
-    )?;
+    let eni_id = param(p, "NetworkInterfaceId")?.to_string();
+    cloud.eni(&eni_id)?;
+    let addrs = ips(p, "PrivateIpAddress")?;
+    let raw_prefixes = list(p, "Ipv4Prefix");
+    one_kind(&[
+        ("PrivateIpAddress.N", !addrs.is_empty()),
+        ("Ipv4Prefix.N", !raw_prefixes.is_empty()),
+    ])?;
+    if addrs.is_empty() {
+        let prefixes: Vec<Ipv4Net> = raw_prefixes
+            .iter()
+            .map(|s| {
+                s.parse().map_err(|_| {
+                    api_err(
+                        "InvalidParameterValue",
+                        format!("Value ({}) for parameter Ipv4Prefix is invalid", clip(s)),
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        cloud.unassign_prefixes(&eni_id, &prefixes)?;
+    } else {
+        cloud.unassign(&eni_id, &addrs)?;
+    }
+    Ok(("<return>true</return>".into(), Effect::Changed))
+}
+
+fn detach_network_interface(cloud: &mut Cloud, _: &Ctx<'_>, p: &Params) -> Answer {
+    let att = param(p, "AttachmentId")?;
+    match p.get("Force").map(String::as_str) {
+        None | Some("true") | Some("false") => {}
+        Some(v) => {
+            return Err(api_err(
+                "InvalidParameterValue",
+                format!(
+                    "Value ({}) for parameter Force is invalid. Expected: 'true' or 'false'.",
+                    clip(v)
+                ),
+            ))
+        }
+    }
+    cloud.detach(att)?;
     Ok(("<return>true</return>".into(), Effect::Changed))
 }
 
@@ -448,55 +735,101 @@ fn revoke_security_group_ingress(cloud: &mut Cloud, _: &Ctx<'_>, p: &Params) -> 
     change_ingress(cloud, p, false)
 }
 
-/// The sources of `IpPermissions.1`: groups (which must exist) and CIDRs.
-fn ingress_sources(cloud: &Cloud, p: &Params) -> Result<Vec<IngressSource>, ApiError> {
-    let mut sources = Vec::new();
-    for i in 1.. {
-        let Some(g) = p.get(&format!("IpPermissions.1.Groups.{i}.GroupId")) else {
-            break;
-        };
-        if !cloud.groups.contains_key(g) {
-            return Err(api_err(
-                "InvalidGroup.NotFound",
-                format!("The security group '{g}' does not exist"),
-            ));
-        }
-        sources.push(IngressSource::Group(g.clone()));
-    }
-    for i in 1.. {
-        let Some(c) = p.get(&format!("IpPermissions.1.IpRanges.{i}.CidrIp")) else {
-            break;
-        };
-        sources.push(IngressSource::Cidr(c.parse().map_err(|_| {
-            api_err("InvalidParameterValue", format!("CIDR {c}"))
-        })?));
-    }
-    if sources.is_empty() {
-        return Err(api_err(
-            "MissingParameter",
-            "IpPermissions.1 needs a group or an IP range",
-        ));
-    }
-    Ok(sources)
-}
-
+/// Authorize (`add`) or revoke every rule of the request, all or nothing:
+/// a rule already there (authorize) or absent (revoke) fails the call as
+/// in EC2.
 fn change_ingress(cloud: &mut Cloud, p: &Params, add: bool) -> Answer {
     let gid = param(p, "GroupId")?.to_string();
-    let sources = ingress_sources(cloud, p)?;
+    if !cloud.groups.contains_key(&gid) {
+        return Err(api_err(
+            "InvalidGroup.NotFound",
+            format!("The security group '{}' does not exist", clip(&gid)),
+        ));
+    }
+    let groups: Vec<String> = cloud.groups.keys().cloned().collect();
+    let rules = sg::parse_permissions(p, &|g| groups.iter().any(|x| x == g))?;
     let sg = cloud.groups.get_mut(&gid).ok_or_else(|| {
         api_err(
             "InvalidGroup.NotFound",
-            format!("The security group '{gid}' does not exist"),
+            format!("The security group '{}' does not exist", clip(&gid)),
         )
     })?;
-    for s in sources {
-        if add {
-            sg.ingress.insert(s);
-        } else {
-            sg.ingress.remove(&s);
+    let mut next = sg.ingress.clone();
+    for r in rules {
+        let desc = format!(
+            "{} {}..{} from {:?}",
+            r.protocol.ec2_name(),
+            r.from_port,
+            r.to_port,
+            r.source
+        );
+        if add && !next.insert(r.clone()) {
+            return Err(api_err(
+                "InvalidPermission.Duplicate",
+                format!("the specified rule \"{desc}\" already exists"),
+            ));
+        }
+        if !add && !next.remove(&r) {
+            return Err(api_err(
+                "InvalidPermission.NotFound",
+                format!("The specified rule does not exist in this security group: {desc}"),
+            ));
         }
     }
+    if next.len() > sg::MAX_RULES {
+        return Err(api_err(
+            "RulesPerSecurityGroupLimitExceeded",
+            format!(
+                "The maximum number of rules per security group ({}) has been reached.",
+                sg::MAX_RULES
+            ),
+        ));
+    }
+    sg.ingress = next;
     Ok(("<return>true</return>".into(), Effect::Changed))
+}
+
+fn describe_security_groups(cloud: &mut Cloud, _: &Ctx<'_>, p: &Params) -> Answer {
+    let ids = list(p, "GroupId");
+    for i in &ids {
+        if !cloud.groups.contains_key(i) {
+            return Err(api_err(
+                "InvalidGroup.NotFound",
+                format!("The security group '{}' does not exist", clip(i)),
+            ));
+        }
+    }
+    let fs = filters(p)?;
+    let mut items = String::new();
+    for g in cloud.groups.values() {
+        if !ids.is_empty() && !ids.contains(&g.id) {
+            continue;
+        }
+        let mut keep = true;
+        for (name, values) in &fs {
+            let actual = match name.as_str() {
+                "group-id" => g.id.clone(),
+                "group-name" => g.name.clone(),
+                "vpc-id" => cloud.vpc_id.clone(),
+                other => {
+                    return Err(api_err(
+                        "InvalidParameterValue",
+                        format!("The filter '{}' is invalid", clip(other)),
+                    ))
+                }
+            };
+            if !values.iter().any(|v| super::filter::matches(v, &actual)) {
+                keep = false;
+            }
+        }
+        if keep {
+            items.push_str(&xml::security_group(cloud, g));
+        }
+    }
+    Ok((
+        format!("<securityGroupInfo>{items}</securityGroupInfo>"),
+        Effect::ReadOnly,
+    ))
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use std::path::Path;
 use ipnet::Ipv4Net;
 use podwire_netlink::{sysctl, Handle, MacAddr, Neighbour, Route, RouteScope, VethSpec};
 
-use super::model::{Cloud, IngressSource};
+use super::model::{Cloud, IngressRule, IngressSource, Protocol};
 use super::scope::LabScope;
 use crate::LabError;
 
@@ -46,6 +46,10 @@ pub fn sync(
     let mut want: BTreeMap<String, (String, u32, MacAddr, Vec<Ipv4Addr>)> = BTreeMap::new();
     for e in cloud.enis.values() {
         let Some(a) = &e.attachment else { continue };
+        // Still attaching: no link in the instance yet.
+        if a.ready_at_ms.is_some() {
+            continue;
+        }
         let Some(inst) = cloud.instances.get(&a.instance_id) else {
             continue;
         };
@@ -56,7 +60,8 @@ pub fn sync(
                 inst.netns.clone(),
                 a.device_index,
                 mac,
-                e.all_ips().collect(),
+                // Addresses inside prefixes are delivered like secondaries.
+                e.owned_ips().collect(),
             ),
         );
     }
@@ -173,7 +178,7 @@ pub fn ruleset(cloud: &Cloud) -> String {
             .enis
             .values()
             .filter(|e| e.groups.iter().any(|x| x == g))
-            .flat_map(|e| e.all_ips().collect::<Vec<_>>())
+            .flat_map(|e| e.owned_ips().collect::<Vec<_>>())
             .collect()
     };
     let set = |ips: &BTreeSet<Ipv4Addr>| {
@@ -184,38 +189,75 @@ pub fn ruleset(cloud: &Cloud) -> String {
     };
     for e in cloud.enis.values() {
         let Some(a) = &e.attachment else { continue };
+        if a.ready_at_ms.is_some() {
+            continue;
+        }
         let Some(inst) = cloud.instances.get(&a.instance_id) else {
             continue;
         };
         let ifname = fabric_ifname(&inst.host, a.device_index);
         if e.source_dest_check {
-            let own: BTreeSet<Ipv4Addr> = e.all_ips().collect();
-            r.push_str(&format!("    iifname \"{ifname}\" ip saddr != {{ {} }} counter drop comment \"source/dest check {}\"\n", set(&own), e.id));
+            // The ENI's addresses and its whole prefixes.
+            let own: Vec<String> = e
+                .all_ips()
+                .map(|i| i.to_string())
+                .chain(e.prefixes.iter().map(|p| p.to_string()))
+                .collect();
+            r.push_str(&format!("    iifname \"{ifname}\" ip saddr != {{ {} }} counter drop comment \"source/dest check {}\"\n", own.join(", "), e.id));
         }
-        let mut from_groups = BTreeSet::new();
-        let mut cidrs = BTreeSet::new();
-        for g in &e.groups {
-            if let Some(sg) = cloud.groups.get(g) {
-                for src in &sg.ingress {
-                    match src {
-                        IngressSource::Group(other) => from_groups.extend(members(other)),
-                        IngressSource::Cidr(c) => {
-                            cidrs.insert(*c);
-                        }
+        // Security groups: one accept per rule, ports included, for
+        // traffic to any address of the ENI (pod addresses too).
+        let rules: BTreeSet<&IngressRule> = e
+            .groups
+            .iter()
+            .filter_map(|g| cloud.groups.get(g))
+            .flat_map(|sg| sg.ingress.iter())
+            .collect();
+        for rule in rules {
+            let from = match &rule.source {
+                IngressSource::Group(g) => {
+                    let m = members(g);
+                    if m.is_empty() {
+                        continue;
                     }
+                    format!("{{ {} }}", set(&m))
                 }
-            }
-        }
-        if !from_groups.is_empty() {
-            r.push_str(&format!("    oifname \"{ifname}\" ip saddr {{ {} }} accept comment \"{} ingress from groups\"\n", set(&from_groups), e.id));
-        }
-        for c in cidrs {
+                IngressSource::Cidr(c) => c.to_string(),
+            };
             r.push_str(&format!(
-                "    oifname \"{ifname}\" ip saddr {c} accept comment \"{} ingress from {c}\"\n",
-                e.id
+                "    oifname \"{ifname}\" ip saddr {from} {}accept comment \"{} ingress {}\"\n",
+                match_ports(rule),
+                e.id,
+                rule.protocol.ec2_name()
             ));
         }
     }
     r.push_str("  }\n}\n");
     r
+}
+
+/// The nftables match of a rule's protocol and ports ("" for all traffic).
+fn match_ports(rule: &IngressRule) -> String {
+    let range = |a: i32, b: i32| {
+        if a == b {
+            a.to_string()
+        } else {
+            format!("{a}-{b}")
+        }
+    };
+    match rule.protocol {
+        Protocol::All => String::new(),
+        Protocol::Tcp => format!("tcp dport {} ", range(rule.from_port, rule.to_port)),
+        Protocol::Udp => format!("udp dport {} ", range(rule.from_port, rule.to_port)),
+        Protocol::Icmp => {
+            let mut m = "meta l4proto icmp ".to_string();
+            if rule.from_port >= 0 {
+                m.push_str(&format!("icmp type {} ", rule.from_port));
+                if rule.to_port >= 0 {
+                    m.push_str(&format!("icmp code {} ", rule.to_port));
+                }
+            }
+            m
+        }
+    }
 }

@@ -26,7 +26,47 @@ pub struct CloudFaults {
     /// Seed of the dice.
     #[serde(default)]
     pub seed: u64,
+    /// Every EC2 call waits this long before it is answered (EC2's latency).
+    #[serde(default)]
+    pub ec2_latency_ms: u64,
+    /// An attached ENI's link appears in the instance this long after
+    /// AttachNetworkInterface answers; `attaching` until then.
+    #[serde(default)]
+    pub attach_delay_ms: u64,
+    /// What AssignPrivateIpAddresses lists.
+    #[serde(default)]
+    pub assign_reply: AssignReply,
 }
+
+/// What an AssignPrivateIpAddresses reply lists: EC2 lists the new
+/// addresses; another EC2 implementation lists every address of the ENI,
+/// the primary included (`--ec2-assign-reply all`), which clients must
+/// survive.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AssignReply {
+    #[default]
+    New,
+    All,
+}
+
+impl std::str::FromStr for AssignReply {
+    type Err = LabError;
+    fn from_str(s: &str) -> Result<AssignReply, LabError> {
+        match s {
+            "new" => Ok(AssignReply::New),
+            "all" => Ok(AssignReply::All),
+            _ => Err(LabError::Usage(format!(
+                "--ec2-assign-reply {:?}: `new` or `all`",
+                s.escape_debug()
+            ))),
+        }
+    }
+}
+
+/// The longest latency or attach delay the lab emulates (EC2 documents
+/// attachments of up to 10 s; a minute leaves room for pessimism).
+pub const MAX_DELAY_MS: u64 = 60_000;
 
 impl CloudFaults {
     /// Rates in 0..=1 whose sum is at most 1.
@@ -50,11 +90,80 @@ impl CloudFaults {
             error_rate,
             throttle_rate,
             seed,
+            ..CloudFaults::default()
         })
     }
 
+    /// The same faults with EC2's timing: per-call latency and attach delay
+    /// in milliseconds, each at most [`MAX_DELAY_MS`].
+    pub fn with_timing(
+        self,
+        ec2_latency_ms: u64,
+        attach_delay_ms: u64,
+    ) -> Result<CloudFaults, LabError> {
+        for (name, v) in [
+            ("--ec2-latency", ec2_latency_ms),
+            ("--attach-delay", attach_delay_ms),
+        ] {
+            if v > MAX_DELAY_MS {
+                return Err(LabError::Usage(format!(
+                    "{name} {v} ms is more than the lab emulates ({MAX_DELAY_MS} ms)"
+                )));
+            }
+        }
+        Ok(CloudFaults {
+            ec2_latency_ms,
+            attach_delay_ms,
+            ..self
+        })
+    }
+
+    /// The same faults with this kind of Assign reply.
+    pub fn with_assign_reply(self, assign_reply: AssignReply) -> CloudFaults {
+        CloudFaults {
+            assign_reply,
+            ..self
+        }
+    }
+
+    /// No injected failures (timing and reply shape aside).
     pub fn is_off(&self) -> bool {
         self.error_rate <= 0.0 && self.throttle_rate <= 0.0
+    }
+}
+
+/// A change of the cloud's faults and timing (`lab up`, `lab faults`):
+/// what is not given stays as it was.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct FaultUpdate {
+    pub error_rate: Option<f64>,
+    pub throttle_rate: Option<f64>,
+    pub seed: Option<u64>,
+    pub ec2_latency_ms: Option<u64>,
+    pub attach_delay_ms: Option<u64>,
+    pub assign_reply: Option<AssignReply>,
+}
+
+impl FaultUpdate {
+    /// `current` with this update applied, checked as a whole; a rate
+    /// change without a seed draws `fresh_seed`.
+    pub fn apply(&self, current: CloudFaults, fresh_seed: u64) -> Result<CloudFaults, LabError> {
+        let rates_change = self.error_rate.is_some() || self.throttle_rate.is_some();
+        let seed = self.seed.unwrap_or(if rates_change {
+            fresh_seed
+        } else {
+            current.seed
+        });
+        CloudFaults::new(
+            self.error_rate.unwrap_or(current.error_rate),
+            self.throttle_rate.unwrap_or(current.throttle_rate),
+            seed,
+        )?
+        .with_timing(
+            self.ec2_latency_ms.unwrap_or(current.ec2_latency_ms),
+            self.attach_delay_ms.unwrap_or(current.attach_delay_ms),
+        )
+        .map(|f| f.with_assign_reply(self.assign_reply.unwrap_or(current.assign_reply)))
     }
 }
 
@@ -86,7 +195,8 @@ impl Dice {
     /// The verdict for the next request under `faults`: `Some(error)` when
     /// it is to fail.
     pub fn roll(&mut self, faults: &CloudFaults) -> Option<ApiError> {
-        if *faults != self.faults {
+        let rates = |f: &CloudFaults| (f.error_rate, f.throttle_rate, f.seed);
+        if rates(faults) != rates(&self.faults) {
             self.faults = *faults;
             self.counter = 0;
         }
@@ -121,6 +231,52 @@ mod tests {
     fn verdicts(faults: &CloudFaults, n: usize) -> Vec<Option<String>> {
         let mut d = Dice::default();
         (0..n).map(|_| d.roll(faults).map(|e| e.code)).collect()
+    }
+
+    #[test]
+    fn timing_is_bounded_and_reply_kinds_parse() {
+        let f = CloudFaults::default();
+        assert_eq!(
+            f.with_timing(250, 10_000).expect("ok").attach_delay_ms,
+            10_000
+        );
+        assert!(f.with_timing(MAX_DELAY_MS + 1, 0).is_err());
+        assert!(f.with_timing(0, u64::MAX).is_err());
+        assert_eq!("all".parse::<AssignReply>().expect("all"), AssignReply::All);
+        assert!("ALL".parse::<AssignReply>().is_err());
+        assert!("".parse::<AssignReply>().is_err());
+    }
+
+    #[test]
+    fn an_update_keeps_what_it_does_not_name() {
+        let cur = CloudFaults::new(0.1, 0.2, 5)
+            .and_then(|f| f.with_timing(100, 2_000))
+            .expect("cur")
+            .with_assign_reply(AssignReply::All);
+        let only_latency = FaultUpdate {
+            ec2_latency_ms: Some(7),
+            ..Default::default()
+        };
+        let f = only_latency.apply(cur, 99).expect("apply");
+        assert_eq!((f.error_rate, f.throttle_rate, f.seed), (0.1, 0.2, 5));
+        assert_eq!((f.ec2_latency_ms, f.attach_delay_ms), (7, 2_000));
+        assert_eq!(f.assign_reply, AssignReply::All);
+        let rates = FaultUpdate {
+            error_rate: Some(0.0),
+            ..Default::default()
+        };
+        let f = rates.apply(cur, 99).expect("apply");
+        assert_eq!((f.error_rate, f.throttle_rate, f.seed), (0.0, 0.2, 99));
+        let bad = FaultUpdate {
+            throttle_rate: Some(0.95),
+            ..Default::default()
+        };
+        assert!(bad.apply(cur, 1).is_err(), "0.1 + 0.95 > 1");
+        let bad = FaultUpdate {
+            attach_delay_ms: Some(MAX_DELAY_MS + 1),
+            ..Default::default()
+        };
+        assert!(bad.apply(cur, 1).is_err());
     }
 
     #[test]

@@ -100,7 +100,17 @@ pub fn get(cloud: &Cloud, source: Ipv4Addr, path: &str) -> Reply {
     let Some((_, Some(inst))) = cloud.owner_of(source) else {
         return not_found();
     };
-    let enis = cloud.instance_enis(&inst.id);
+    // An ENI still attaching has no device in the instance yet: the
+    // metadata does not list it either.
+    let enis: Vec<_> = cloud
+        .instance_enis(&inst.id)
+        .into_iter()
+        .filter(|e| {
+            e.attachment
+                .as_ref()
+                .is_some_and(|a| a.ready_at_ms.is_none())
+        })
+        .collect();
     let Some(primary) = enis.first() else {
         return not_found();
     };
@@ -135,9 +145,10 @@ pub fn get(cloud: &Cloud, source: Ipv4Addr, path: &str) -> Reply {
             let Some(e) = enis.iter().find(|e| e.mac == mac) else { return not_found() };
             let Some(sn) = subnet(&e.subnet_id) else { return not_found() };
             match key {
-                "" => ok("device-number\ninterface-id\nlocal-ipv4s\nmac\nsecurity-group-ids\nsubnet-id\nsubnet-ipv4-cidr-block\nvpc-id\nvpc-ipv4-cidr-block".into()),
+                "" => ok("device-number\ninterface-id\nipv4-prefix\nlocal-ipv4s\nmac\nsecurity-group-ids\nsubnet-id\nsubnet-ipv4-cidr-block\nvpc-id\nvpc-ipv4-cidr-block".into()),
                 "device-number" => ok(e.attachment.as_ref().map(|a| a.device_index).unwrap_or(0).to_string()),
                 "interface-id" => ok(e.id.clone()),
+                "ipv4-prefix" if !e.prefixes.is_empty() => ok(e.prefixes.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n")),
                 "local-ipv4s" => ok(e.all_ips().map(|i| i.to_string()).collect::<Vec<_>>().join("\n")),
                 "mac" => ok(e.mac.clone()),
                 "security-group-ids" => ok(e.groups.join("\n")),
@@ -185,7 +196,10 @@ mod tests {
                     attachment_id: "a-1".into(),
                     instance_id: "i-1".into(),
                     device_index: 0,
+                    ready_at_ms: None,
                 }),
+                prefixes: vec![],
+                tags: Default::default(),
             },
         );
         c

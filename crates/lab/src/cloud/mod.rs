@@ -5,11 +5,18 @@
 pub mod api;
 pub mod fabric;
 pub mod faults;
+pub mod filter;
 pub mod http;
 pub mod imds;
 pub mod model;
+pub mod prefix;
 pub mod scope;
+pub mod sg;
+pub mod tags;
 pub mod xml;
+
+#[cfg(test)]
+mod api_tests;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, TcpListener};
@@ -58,6 +65,19 @@ struct Proc {
     nft: Option<String>,
     /// Decides which requests fail on purpose (lab.json's `cloud_faults`).
     dice: faults::Dice,
+    /// Reconcile the fabric after changes (false only in tests that serve
+    /// the API on loopback, where the "fabric" would be the host).
+    fabric: bool,
+}
+
+impl Proc {
+    /// The fabric in step with the model, and the model on disk.
+    fn commit(&mut self, scope: &scope::LabScope) -> Result<(), LabError> {
+        if self.fabric {
+            fabric::sync(&mut self.nl, &self.cloud, scope, &mut self.nft)?;
+        }
+        save(&self.dir, &self.cloud)
+    }
 }
 
 fn fabric_basics(nl: &mut Handle, cloud: &Cloud) -> Result<(), LabError> {
@@ -128,6 +148,7 @@ pub fn serve(dir: &Path) -> Result<(), LabError> {
         tokens: imds::Tokens::default(),
         nft,
         dice: faults::Dice::default(),
+        fabric: true,
     }));
     let bind = |addr: Ipv4Addr, what: &str| {
         TcpListener::bind((addr, 80)).map_err(|e| LabError::Fabric(format!("{what} listener: {e}")))
@@ -139,6 +160,11 @@ pub fn serve(dir: &Path) -> Result<(), LabError> {
         std::process::id().to_string().as_bytes(),
     )?;
     tracing::info!("lab cloud serving IMDS on {IMDS_ADDR}:80 and EC2 on {EC2_ADDR}:80");
+    let ticker = Arc::clone(&state);
+    std::thread::Builder::new()
+        .name("attach-ticker".into())
+        .spawn(move || attach_ticker(ticker))
+        .map_err(|e| LabError::Fabric(format!("attach ticker: {e}")))?;
     let imds_handler = imds_handler(Arc::clone(&state));
     let t = std::thread::spawn(move || http::serve(imds, http::Limits::default(), imds_handler));
     let served = http::serve(ec2, http::Limits::default(), ec2_handler(state));
@@ -146,6 +172,37 @@ pub fn serve(dir: &Path) -> Result<(), LabError> {
         tracing::warn!("IMDS server ended");
     }
     served.map_err(|e| LabError::Fabric(format!("EC2 server: {e}")))
+}
+
+/// Ends the `attaching` state of every attachment that is due: the fabric
+/// makes their links, cloud.json records it.
+fn settle(p: &mut Proc, scope: &scope::LabScope) {
+    if !p.cloud.settle_attachments(api::now_ms()) {
+        return;
+    }
+    let synced =
+        fabric::sync(&mut p.nl, &p.cloud, scope, &mut p.nft).and_then(|()| save(&p.dir, &p.cloud));
+    if let Err(e) = synced {
+        tracing::error!("completing attachments: {e}");
+    }
+}
+
+/// Completes delayed attachments on time, also when nobody calls.
+fn attach_ticker(s: Arc<Mutex<Proc>>) {
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let mut guard = lock(&s);
+        let p = &mut *guard;
+        if p.cloud
+            .next_attachment_due()
+            .is_some_and(|t| t <= api::now_ms())
+        {
+            match scope::LabScope::load(&p.dir) {
+                Ok(sc) => settle(p, &sc),
+                Err(e) => tracing::warn!("completing attachments: {e}"),
+            }
+        }
+    }
 }
 
 fn lock(s: &Mutex<Proc>) -> std::sync::MutexGuard<'_, Proc> {
@@ -209,31 +266,48 @@ fn handle_ec2(s: &Mutex<Proc>, req: &http::Request) -> http::Response {
         headers: req.headers.clone(),
         url: format!("http://{host}{}", req.target),
     };
+    // Read afresh (`lab node add` records a namespace before it asks, `lab
+    // faults` changes the timing), and before the lock: EC2's latency is
+    // spent by each call on its own, not in a queue behind the others.
+    let dir = lock(s).dir.clone();
+    let scope = scope::LabScope::load(&dir).map_err(|e| model::ApiError {
+        code: "InternalError".into(),
+        message: e.to_string(),
+        status: 500,
+    });
+    if let Ok(sc) = &scope {
+        if sc.faults.ec2_latency_ms > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(sc.faults.ec2_latency_ms));
+        }
+    }
     let result = {
         let mut guard = lock(s);
         let p = &mut *guard;
         api::verify(&p.cloud, &q).and_then(|()| {
-            // Read afresh: `lab node add` records a namespace before it asks.
-            let scope = scope::LabScope::load(&p.dir).map_err(|e| model::ApiError {
-                code: "InternalError".into(),
-                message: e.to_string(),
-                status: 500,
-            })?;
+            let scope = scope?;
             // Injected failures come after authentication, as EC2's own
             // 5xx answers do, and change nothing.
             if let Some(e) = p.dice.roll(&scope.faults) {
                 return Err(e);
             }
+            settle(p, &scope);
             let before = p.cloud.clone();
-            let (xml_body, effect) = api::dispatch(&mut p.cloud, &p.limits, &scope, &q.params)?;
+            let (xml_body, effect) = match api::dispatch(&mut p.cloud, &p.limits, &scope, &q.params)
+            {
+                Ok(x) => x,
+                Err(e) => {
+                    // All or nothing: an action that failed half-way
+                    // leaves no trace.
+                    p.cloud = before;
+                    return Err(e);
+                }
+            };
             if effect == api::Effect::Changed {
-                let synced = fabric::sync(&mut p.nl, &p.cloud, &scope, &mut p.nft)
-                    .and_then(|()| save(&p.dir, &p.cloud));
-                if let Err(e) = synced {
+                if let Err(e) = p.commit(&scope) {
                     // Keep model and fabric in step: undo the change.
                     tracing::error!("fabric sync failed: {e}");
                     p.cloud = before;
-                    let _ = fabric::sync(&mut p.nl, &p.cloud, &scope, &mut p.nft);
+                    let _ = p.commit(&scope);
                     return Err(model::ApiError {
                         code: "InternalError".into(),
                         message: e.to_string(),
@@ -262,11 +336,14 @@ mod tests {
 
     /// The cloud's EC2 server on a loopback port (no namespace needed).
     fn ec2_on_loopback() -> (SocketAddr, tempfile::TempDir) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut cloud = Cloud {
+        ec2_on_loopback_with(Cloud {
             region: "us-east-1".into(),
             ..Default::default()
-        };
+        })
+    }
+
+    fn ec2_on_loopback_with(mut cloud: Cloud) -> (SocketAddr, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("tempdir");
         cloud.credentials.insert("AKIALAB".into(), "secret".into());
         let state = Arc::new(Mutex::new(Proc {
             dir: dir.path().to_path_buf(),
@@ -276,6 +353,7 @@ mod tests {
             tokens: imds::Tokens::default(),
             nft: None,
             dice: faults::Dice::default(),
+            fabric: false,
         }));
         let l = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = l.local_addr().expect("addr");
@@ -376,6 +454,191 @@ mod tests {
         );
         set_faults(dir.path(), faults::CloudFaults::default());
         assert_eq!(answer(), (200, "served".into()));
+    }
+
+    /// A cloud with a /24 subnet and one m5.large (`i-node`) with its
+    /// primary ENI.
+    fn small_cloud() -> Cloud {
+        let limits = LimitsTable::builtin().expect("limits");
+        let mut c = Cloud {
+            region: "us-east-1".into(),
+            vpc_id: "vpc-1".into(),
+            ..Default::default()
+        };
+        c.subnets.insert(
+            "subnet-a".into(),
+            model::Subnet {
+                id: "subnet-a".into(),
+                cidr: "10.0.0.0/24".parse().expect("cidr"),
+                availability_zone: "us-east-1a".into(),
+            },
+        );
+        c.instances.insert(
+            "i-node".into(),
+            model::Instance {
+                id: "i-node".into(),
+                host: "node-1".into(),
+                netns: "pw-t-node-1".into(),
+                instance_type: "m5.large".into(),
+                subnet_id: "subnet-a".into(),
+            },
+        );
+        let e = c
+            .create_eni("subnet-a", "primary", vec![], 0, None)
+            .expect("eni");
+        c.attach(&limits, &e, "i-node", 0).expect("attach");
+        c
+    }
+
+    fn client(addr: SocketAddr) -> podwire_cloud::Ec2Client {
+        podwire_cloud::Ec2Client::new(
+            &format!("http://{addr}"),
+            "us-east-1",
+            podwire_cloud::Credentials {
+                access_key_id: "AKIALAB".into(),
+                secret_access_key: "secret".into(),
+                session_token: None,
+            },
+        )
+    }
+
+    fn kv(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn signed_calls_create_tag_filter_prefix_and_detach_on_the_wire() {
+        let (addr, dir) = ec2_on_loopback_with(small_cloud());
+        set_faults(dir.path(), faults::CloudFaults::default());
+        let c = client(addr);
+        let created = c
+            .call(
+                "CreateNetworkInterface",
+                &kv(&[
+                    ("SubnetId", "subnet-a"),
+                    ("Description", "podwire-i-node"),
+                    ("Ipv4PrefixCount", "1"),
+                    ("ClientToken", "abc-1"),
+                    ("TagSpecification.1.ResourceType", "network-interface"),
+                    ("TagSpecification.1.Tag.1.Key", "podwire.io/instance-id"),
+                    ("TagSpecification.1.Tag.1.Value", "i-node"),
+                ]),
+            )
+            .expect("create");
+        let eni = podwire_cloud::ec2_reply::create_network_interface(&created).expect("parsed");
+        assert!(
+            created.contains("<ipv4PrefixSet><item><ipv4Prefix>10.0.0."),
+            "{created}"
+        );
+        assert!(created.contains("<key>podwire.io/instance-id</key><value>i-node</value>"));
+        // The same token again: the same ENI, no second one.
+        let again = c
+            .call(
+                "CreateNetworkInterface",
+                &kv(&[
+                    ("SubnetId", "subnet-a"),
+                    ("Description", "podwire-i-node"),
+                    ("Ipv4PrefixCount", "1"),
+                    ("ClientToken", "abc-1"),
+                    ("TagSpecification.1.ResourceType", "network-interface"),
+                    ("TagSpecification.1.Tag.1.Key", "podwire.io/instance-id"),
+                    ("TagSpecification.1.Tag.1.Value", "i-node"),
+                ]),
+            )
+            .expect("retry");
+        assert!(again.contains(&eni.id), "{again}");
+        let tagged = c
+            .describe_network_interfaces(&[("tag:podwire.io/instance-id", "i-node")], &[])
+            .expect("filter");
+        assert_eq!(
+            tagged.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+            [eni.id.as_str()]
+        );
+        let att = c
+            .attach_network_interface(&eni.id, "i-node", 1)
+            .expect("attach");
+        let ips = c.assign_private_ip_addresses(&eni.id, 2).expect("assign");
+        assert_eq!(ips.len(), 2);
+        match c.call(
+            "AssignPrivateIpAddresses",
+            &kv(&[
+                ("NetworkInterfaceId", &eni.id),
+                ("Ipv4Prefix.1", "10.0.0.8/28"),
+            ]),
+        ) {
+            Err(podwire_cloud::Ec2Error::Api { code, status, .. }) => {
+                assert_eq!((status, code.as_str()), (400, "InvalidParameterValue"))
+            }
+            other => panic!("unaligned prefix: {other:?}"),
+        }
+        c.call(
+            "DetachNetworkInterface",
+            &kv(&[("AttachmentId", &att), ("Force", "false")]),
+        )
+        .expect("detach");
+        let after = c
+            .describe_network_interfaces(&[], &[&eni.id])
+            .expect("describe");
+        assert_eq!(after[0].status, "available");
+        assert!(after[0].attachment.is_none());
+        let subnets = c
+            .call("DescribeSubnets", &kv(&[("SubnetId.1", "subnet-a")]))
+            .expect("subnets");
+        // 251 usable - 2 primaries - 2 secondaries - one /28.
+        assert!(
+            subnets.contains("<availableIpAddressCount>231</availableIpAddressCount>"),
+            "{subnets}"
+        );
+        // What was served is on disk.
+        let saved = load(dir.path()).expect("cloud.json");
+        assert_eq!(saved.enis[&eni.id].prefixes.len(), 1);
+        assert_eq!(saved.enis[&eni.id].tags.len(), 1);
+    }
+
+    #[test]
+    fn every_call_waits_the_emulated_latency() {
+        let (addr, dir) = ec2_on_loopback_with(small_cloud());
+        let c = client(addr);
+        set_faults(
+            dir.path(),
+            faults::CloudFaults::default()
+                .with_timing(400, 0)
+                .expect("timing"),
+        );
+        let t = Instant::now();
+        c.call("DescribeSubnets", &[]).expect("served");
+        assert!(
+            t.elapsed() >= Duration::from_millis(400),
+            "{:?}",
+            t.elapsed()
+        );
+        // Per call, not in a queue: four at once take about one latency.
+        let t = Instant::now();
+        let calls: Vec<_> = (0..4)
+            .map(|_| {
+                let c = c.clone();
+                std::thread::spawn(move || c.call("DescribeSubnets", &[]).map(|_| ()))
+            })
+            .collect();
+        for h in calls {
+            h.join().expect("thread").expect("served");
+        }
+        assert!(
+            t.elapsed() < Duration::from_millis(1_500),
+            "{:?}",
+            t.elapsed()
+        );
+        set_faults(dir.path(), faults::CloudFaults::default());
+        let t = Instant::now();
+        c.call("DescribeSubnets", &[]).expect("served");
+        assert!(
+            t.elapsed() < Duration::from_millis(300),
+            "{:?}",
+            t.elapsed()
+        );
     }
 
     #[test]

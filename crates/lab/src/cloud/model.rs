@@ -34,19 +34,14 @@ pub struct Subnet {
     pub availability_zone: String,
 }
 
-/// An ingress rule: from members of a group, or from a CIDR; all protocols.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
-pub enum IngressSource {
-    Group(String),
-    Cidr(Ipv4Net),
-}
+pub use super::sg::{IngressRule, IngressSource, Protocol};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SecurityGroup {
     pub id: String,
     pub name: String,
     pub description: String,
-    pub ingress: BTreeSet<IngressSource>,
+    pub ingress: BTreeSet<IngressRule>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -54,6 +49,21 @@ pub struct EniAttachment {
     pub attachment_id: String,
     pub instance_id: String,
     pub device_index: u32,
+    /// While attaching (`lab --attach-delay`): when the link appears in the
+    /// instance, in milliseconds since the Unix epoch. `None`: attached.
+    #[serde(default)]
+    pub ready_at_ms: Option<u64>,
+}
+
+impl EniAttachment {
+    /// EC2's attachment status: `attaching` until the link is there.
+    pub fn status(&self) -> &'static str {
+        if self.ready_at_ms.is_some() {
+            "attaching"
+        } else {
+            "attached"
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -67,11 +77,44 @@ pub struct Eni {
     pub groups: Vec<String>,
     pub source_dest_check: bool,
     pub attachment: Option<EniAttachment>,
+    /// Delegated /28 prefixes (prefix delegation); each takes one of the
+    /// ENI's address slots.
+    #[serde(default)]
+    pub prefixes: Vec<Ipv4Net>,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
 }
 
 impl Eni {
+    /// The ENI's private addresses: the primary and the secondaries.
     pub fn all_ips(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
         std::iter::once(self.primary_ip).chain(self.secondary_ips.iter().copied())
+    }
+
+    /// Every address the VPC delivers to this ENI: its private addresses
+    /// and every address inside its prefixes.
+    pub fn owned_ips(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        self.all_ips().chain(
+            self.prefixes
+                .iter()
+                .flat_map(|p| super::prefix::addresses(*p)),
+        )
+    }
+
+    /// Address slots in use (the instance type's IPv4-per-ENI limit counts
+    /// addresses and prefixes alike).
+    pub fn slots(&self) -> u64 {
+        count(self.secondary_ips.len())
+            .saturating_add(count(self.prefixes.len()))
+            .saturating_add(1)
+    }
+
+    /// EC2's status of the interface.
+    pub fn status(&self) -> &'static str {
+        match &self.attachment {
+            None => "available",
+            Some(_) => "in-use",
+        }
     }
 }
 
@@ -99,6 +142,10 @@ pub struct Cloud {
     /// Access key id → secret.
     pub credentials: BTreeMap<String, String>,
     pub next_id: u64,
+    /// CreateNetworkInterface's ClientToken → (fingerprint of the request's
+    /// other parameters, the ENI it made): a retry gets the same ENI.
+    #[serde(default)]
+    pub client_tokens: BTreeMap<String, (String, String)>,
 }
 
 /// A length as a count of addresses or interfaces (saturating: nothing has
@@ -120,16 +167,29 @@ impl Cloud {
         hex_id(prefix, self.next_id)
     }
 
-    fn used_ips(&self) -> BTreeSet<Ipv4Addr> {
+    /// Every address of the VPC in use: ENI addresses and prefix contents.
+    pub fn used_ips(&self) -> BTreeSet<Ipv4Addr> {
         self.enis
             .values()
-            .flat_map(|e| e.all_ips().collect::<Vec<_>>())
+            .flat_map(|e| e.owned_ips().collect::<Vec<_>>())
             .collect()
+    }
+
+    /// Addresses of a subnet still free (DescribeSubnets'
+    /// availableIpAddressCount): usable addresses minus every one in use.
+    pub fn available_in_subnet(&self, subnet_id: &str) -> u64 {
+        let Some(s) = self.subnets.get(subnet_id) else {
+            return 0;
+        };
+        let used = self.used_ips();
+        let usable = 1u64 << (32 - u32::from(s.cidr.prefix_len()));
+        let taken = count(used.iter().filter(|ip| s.cidr.contains(*ip)).count());
+        usable.saturating_sub(5).saturating_sub(taken)
     }
 
     /// Addresses of a subnet AWS never hands out: network, .1 (router), .2
     /// (DNS), .3 (reserved) and broadcast.
-    fn reserved(cidr: &Ipv4Net, ip: Ipv4Addr) -> bool {
+    pub fn reserved(cidr: &Ipv4Net, ip: Ipv4Addr) -> bool {
         let off = u32::from(ip) - u32::from(cidr.network());
         off <= 3 || ip == cidr.broadcast()
     }
@@ -258,6 +318,8 @@ impl Cloud {
             groups,
             source_dest_check: true,
             attachment: None,
+            prefixes: Vec::new(),
+            tags: BTreeMap::new(),
         };
         let id = eni.id.clone();
         self.enis.insert(id.clone(), eni.clone());
@@ -280,6 +342,19 @@ impl Cloud {
         eni_id: &str,
         instance_id: &str,
         device_index: u32,
+    ) -> Result<String, ApiError> {
+        self.attach_after(limits, eni_id, instance_id, device_index, None)
+    }
+
+    /// Attaches; with `ready_at_ms` the attachment stays `attaching` (and the
+    /// link absent from the instance) until then (EC2 takes seconds).
+    pub fn attach_after(
+        &mut self,
+        limits: &LimitsTable,
+        eni_id: &str,
+        instance_id: &str,
+        device_index: u32,
+        ready_at_ms: Option<u64>,
     ) -> Result<String, ApiError> {
         let (max_enis, ipv4_per_eni) = self.instance_limits(limits, instance_id)?;
         let eni = self.eni(eni_id)?.clone();
@@ -307,7 +382,10 @@ impl Cloud {
                 ),
             ));
         }
-        if count(eni.secondary_ips.len()).saturating_add(1) > u64::from(ipv4_per_eni) {
+        if !eni.prefixes.is_empty() {
+            self.check_nitro(limits, instance_id)?;
+        }
+        if eni.slots() > u64::from(ipv4_per_eni) {
             return Err(api_err("PrivateIpAddressLimitExceeded", format!("Number of private addresses on {eni_id} exceeds the limit of {ipv4_per_eni} for this instance type")));
         }
         let inst_subnet = &self.instances[instance_id].subnet_id;
@@ -324,9 +402,171 @@ impl Cloud {
                 attachment_id: attachment_id.clone(),
                 instance_id: instance_id.to_string(),
                 device_index,
+                ready_at_ms,
             });
         }
         Ok(attachment_id)
+    }
+
+    /// Ends every `attaching` state that is due; true when one ended (the
+    /// fabric then has links to make).
+    pub fn settle_attachments(&mut self, now_ms: u64) -> bool {
+        let mut changed = false;
+        for e in self.enis.values_mut() {
+            if let Some(a) = &mut e.attachment {
+                if a.ready_at_ms.is_some_and(|t| t <= now_ms) {
+                    a.ready_at_ms = None;
+                    changed = true;
+                }
+            }
+        }
+        changed
+    }
+
+    /// The earliest moment an `attaching` attachment becomes `attached`.
+    pub fn next_attachment_due(&self) -> Option<u64> {
+        self.enis
+            .values()
+            .filter_map(|e| e.attachment.as_ref().and_then(|a| a.ready_at_ms))
+            .min()
+    }
+
+    /// DetachNetworkInterface: the ENI becomes `available` again (EC2's
+    /// `detaching` passes at once here). The primary ENI stays.
+    pub fn detach(&mut self, attachment_id: &str) -> Result<String, ApiError> {
+        let eni = self
+            .enis
+            .values_mut()
+            .find(|e| {
+                e.attachment
+                    .as_ref()
+                    .is_some_and(|a| a.attachment_id == attachment_id)
+            })
+            .ok_or_else(|| {
+                api_err(
+                    "InvalidAttachmentID.NotFound",
+                    format!("The attachment ID '{attachment_id}' does not exist"),
+                )
+            })?;
+        if eni.attachment.as_ref().is_some_and(|a| a.device_index == 0) {
+            return Err(api_err(
+                "OperationNotPermitted",
+                format!(
+                    "The network interface at device index 0 cannot be detached ({}).",
+                    eni.id
+                ),
+            ));
+        }
+        eni.attachment = None;
+        Ok(eni.id.clone())
+    }
+
+    /// Prefix delegation is for Nitro instance types only (bare metal runs
+    /// on the Nitro system too: the one rule of `supports_prefixes`, which
+    /// the planner and the agent use as well).
+    fn check_nitro(&self, limits: &LimitsTable, instance_id: &str) -> Result<(), ApiError> {
+        let t = self
+            .instances
+            .get(instance_id)
+            .map(|i| i.instance_type.clone())
+            .unwrap_or_default();
+        match limits.get(&t) {
+            Some(l) if l.supports_prefixes() => Ok(()),
+            _ => Err(api_err(
+                "InvalidParameterCombination",
+                format!("IPv4 prefixes are only supported on Nitro instance types, not {t}"),
+            )),
+        }
+    }
+
+    /// AssignPrivateIpAddresses with `Ipv4PrefixCount` (`n`) or
+    /// `Ipv4Prefix.N` (`explicit`): /28s of the ENI's subnet, each taking
+    /// one address slot. All or nothing.
+    pub fn assign_prefixes(
+        &mut self,
+        limits: &LimitsTable,
+        eni_id: &str,
+        n: u32,
+        explicit: &[Ipv4Net],
+    ) -> Result<Vec<Ipv4Net>, ApiError> {
+        let eni = self.eni(eni_id)?.clone();
+        if let Some(a) = &eni.attachment {
+            self.check_nitro(limits, &a.instance_id)?;
+            let (_, ipv4_per_eni) = self.instance_limits(limits, &a.instance_id)?;
+            let total = eni
+                .slots()
+                .saturating_add(u64::from(n))
+                .saturating_add(count(explicit.len()));
+            if total > u64::from(ipv4_per_eni) {
+                return Err(api_err(
+                    "PrivateIpAddressLimitExceeded",
+                    format!("Number of private addresses and prefixes will exceed limit: {eni_id} may hold {ipv4_per_eni} on {}", self.instances[&a.instance_id].instance_type),
+                ));
+            }
+        }
+        let subnet = self
+            .subnets
+            .get(&eni.subnet_id)
+            .map(|s| s.cidr)
+            .ok_or_else(|| api_err("InvalidSubnetID.NotFound", eni.subnet_id.clone()))?;
+        let distinct: BTreeSet<&Ipv4Net> = explicit.iter().collect();
+        if distinct.len() != explicit.len() {
+            return Err(api_err("InvalidParameterValue", "a prefix is listed twice"));
+        }
+        let used = self.used_ips();
+        let free = |p: &Ipv4Net| super::prefix::addresses(*p).all(|ip| !used.contains(&ip));
+        for p in explicit {
+            if !free(p) {
+                return Err(api_err(
+                    "InvalidParameterValue",
+                    format!(
+                        "The prefix {p} overlaps addresses in use in subnet {}",
+                        eni.subnet_id
+                    ),
+                ));
+            }
+        }
+        let mut pool: Vec<Ipv4Net> = super::prefix::candidates(subnet)
+            .into_iter()
+            .filter(|p| free(p) && !explicit.contains(p))
+            .collect();
+        if count(pool.len()) < u64::from(n) {
+            return Err(api_err(
+                "InsufficientCidrBlocks",
+                format!("The specified subnet {} ({subnet}) does not have enough free aligned /28 blocks to satisfy the request ({n} asked, {} free).", eni.subnet_id, pool.len()),
+            ));
+        }
+        let mut new = explicit.to_vec();
+        let mut rng = rand::rng();
+        for _ in 0..n {
+            let i = rng.random_range(0..pool.len());
+            new.push(pool.swap_remove(i));
+        }
+        if let Some(e) = self.enis.get_mut(eni_id) {
+            e.prefixes.extend(new.iter().copied());
+        }
+        Ok(new)
+    }
+
+    /// UnassignPrivateIpAddresses with `Ipv4Prefix.N`: all must be the ENI's.
+    pub fn unassign_prefixes(
+        &mut self,
+        eni_id: &str,
+        prefixes: &[Ipv4Net],
+    ) -> Result<(), ApiError> {
+        let eni = self.eni(eni_id)?;
+        for p in prefixes {
+            if !eni.prefixes.contains(p) {
+                return Err(api_err(
+                    "InvalidParameterValue",
+                    format!("Some of the specified prefixes are not assigned to interface {eni_id}: {p}"),
+                ));
+            }
+        }
+        if let Some(e) = self.enis.get_mut(eni_id) {
+            e.prefixes.retain(|p| !prefixes.contains(p));
+        }
+        Ok(())
     }
 
     pub fn assign(
@@ -338,8 +578,8 @@ impl Cloud {
     ) -> Result<Vec<Ipv4Addr>, ApiError> {
         let eni = self.eni(eni_id)?.clone();
         // In u64: a count near u32::MAX must not wrap to a small total.
-        let total = count(eni.secondary_ips.len())
-            .saturating_add(1)
+        let total = eni
+            .slots()
             .saturating_add(u64::from(n))
             .saturating_add(count(explicit.len()));
         if let Some(a) = &eni.attachment {
@@ -474,7 +714,10 @@ impl Cloud {
 
     /// Who owns an address: (ENI, instance).
     pub fn owner_of(&self, ip: Ipv4Addr) -> Option<(&Eni, Option<&Instance>)> {
-        let eni = self.enis.values().find(|e| e.all_ips().any(|a| a == ip))?;
+        let eni = self
+            .enis
+            .values()
+            .find(|e| e.owned_ips().any(|a| a == ip))?;
         let inst = eni
             .attachment
             .as_ref()

@@ -146,6 +146,9 @@ pub(super) fn agent_args(st: &LabState, r: &NodeRec) -> Result<Vec<String>, LabE
         args.push("--minimum-ip-target".into());
         args.push(m.to_string());
     }
+    if st.prefix_delegation && st.mode == crate::state::Mode::Vpc {
+        args.push("--prefix-delegation".into());
+    }
     Ok(args)
 }
 
@@ -213,6 +216,20 @@ mod tests {
         args.windows(2)
             .find(|w| w[0] == name)
             .map(|w| w[1].as_str())
+    }
+
+    #[test]
+    fn prefix_delegation_reaches_vpc_agents_only_when_asked() {
+        let mut st = LabState::new("t", Mode::Vpc);
+        let has = |st: &LabState| {
+            agent_args(st, &node())
+                .expect("args")
+                .iter()
+                .any(|a| a == "--prefix-delegation")
+        };
+        assert!(!has(&st));
+        st.prefix_delegation = true;
+        assert!(has(&st));
     }
 
     #[test]

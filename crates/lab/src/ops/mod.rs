@@ -10,7 +10,7 @@ use std::time::Duration;
 use ipnet::Ipv4Net;
 
 use crate::cloud::faults::CloudFaults;
-use crate::cloud::model::{Cloud, IngressSource, SecurityGroup, Subnet};
+use crate::cloud::model::{Cloud, IngressRule, IngressSource, SecurityGroup, Subnet};
 use crate::cloud::{self, READY_FILE};
 use crate::datastore;
 use crate::state::{self, ExternalPodAccess, LabState, Mode, NodeRec};
@@ -50,6 +50,8 @@ pub struct UpOptions {
     pub warm_ip_target: Option<u32>,
     /// Addresses each agent holds in all.
     pub minimum_ip_target: Option<u32>,
+    /// vpc: agents delegate /28 prefixes instead of single addresses.
+    pub prefix_delegation: bool,
     /// Let pods reach the lab's instance metadata service.
     pub pod_imds_access: bool,
     /// overlay: the pod CIDR and its block size.
@@ -139,6 +141,7 @@ pub fn up(opts: &UpOptions) -> Result<LabState, LabError> {
         allow_external: opts.allow_external,
         warm_ip_target: opts.warm_ip_target,
         minimum_ip_target: opts.minimum_ip_target,
+        prefix_delegation: opts.prefix_delegation,
         pod_imds_access: opts.pod_imds_access,
         pod_cidr: (opts.mode == Mode::Overlay).then_some(opts.pod_cidr),
         block_size: opts.block_size,
@@ -277,9 +280,10 @@ fn model_security_groups(
     let node_sg = c.new_id("sg");
     let ext_sg = c.new_id("sg");
     // As an EKS managed node group: the nodes' group admits its own members.
-    let mut node_ingress = BTreeSet::from([IngressSource::Group(node_sg.clone())]);
+    let mut node_ingress =
+        BTreeSet::from([IngressRule::all_from(IngressSource::Group(node_sg.clone()))]);
     if allow_external {
-        node_ingress.insert(IngressSource::Group(ext_sg.clone()));
+        node_ingress.insert(IngressRule::all_from(IngressSource::Group(ext_sg.clone())));
     }
     c.groups.insert(
         node_sg.clone(),
@@ -290,7 +294,10 @@ fn model_security_groups(
             ingress: node_ingress,
         },
     );
-    let ext_ingress = vpc_cidr.map(IngressSource::Cidr).into_iter().collect();
+    let ext_ingress = vpc_cidr
+        .map(|c| IngressRule::all_from(IngressSource::Cidr(c)))
+        .into_iter()
+        .collect();
     c.groups.insert(
         ext_sg.clone(),
         SecurityGroup {

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::agents::agent_status;
 use crate::cloud;
-use crate::cloud::faults::CloudFaults;
+use crate::cloud::faults::{CloudFaults, FaultUpdate};
 use crate::datastore::datastore_spec;
 use crate::state::{self, LabState, Mode};
 use crate::{names, procs, LabError};
@@ -54,6 +54,8 @@ pub fn status_json(lab: &str) -> Result<serde_json::Value, LabError> {
                             "id": e.id, "device_index": e.attachment.as_ref().map(|a| a.device_index),
                             "mac": e.mac, "primary_ip": e.primary_ip, "secondary_ips": e.secondary_ips,
                             "description": e.description, "security_groups": e.groups,
+                            "prefixes": e.prefixes, "tags": e.tags,
+                            "attachment_status": e.attachment.as_ref().map(|a| a.status()),
                         })
                     })
                     .collect()
@@ -120,7 +122,7 @@ pub fn set_allow_external(lab: &str, allow: bool) -> Result<(), LabError> {
     } else {
         "RevokeSecurityGroupIngress"
     };
-    ec2_call(
+    let done = ec2_call(
         lab,
         action,
         &[
@@ -131,19 +133,38 @@ pub fn set_allow_external(lab: &str, allow: bool) -> Result<(), LabError> {
                 st.external_sg.clone(),
             ),
         ],
-    )?;
+    );
+    // EC2 refuses a rule that is there already (or, revoking, one that is
+    // not): the group is as asked all the same.
+    let already = if allow {
+        "InvalidPermission.Duplicate"
+    } else {
+        "InvalidPermission.NotFound"
+    };
+    match done {
+        Err(LabError::Ec2(e)) if e.code() == Some(already) => {}
+        other => {
+            other?;
+        }
+    }
     st.allow_external = allow;
     st.save()
 }
 
 /// `lab faults`: the EC2 failures the running lab's cloud injects from its
 /// next request on (lab.json is what the cloud reads at every request).
-pub fn set_cloud_faults(lab: &str, faults: CloudFaults) -> Result<(), LabError> {
+/// What is not named in `update` stays; returns the faults now in force.
+pub fn set_cloud_faults(
+    lab: &str,
+    update: &FaultUpdate,
+    fresh_seed: u64,
+) -> Result<CloudFaults, LabError> {
     let mut st = LabState::load(lab)?;
     let _lock = state::lock(&st.dir())?;
     st = LabState::load(lab)?;
-    st.cloud_faults = faults;
-    st.save()
+    st.cloud_faults = update.apply(st.cloud_faults, fresh_seed)?;
+    st.save()?;
+    Ok(st.cloud_faults)
 }
 
 /// `lab status` for people: nodes, ENIs with their addresses, pods.
