@@ -68,6 +68,17 @@ pub struct DaemonArgs {
     /// (the datastore's and the cloud API's endpoints, for example).
     #[arg(long, env = "PODWIRE_BLOCK_POD_EGRESS", value_delimiter = ',')]
     pub block_pod_egress: Vec<BlockedDestination>,
+    /// Whether hosts outside the cluster may open connections to pods:
+    /// `deny` (default: only the cluster's nodes and pods, and
+    /// --external-allow-cidrs) or `allow` (whoever reaches the node reaches
+    /// its pods, the VPC CNI's behaviour).
+    #[arg(long, env = "PODWIRE_EXTERNAL_POD_ACCESS", default_value = "deny")]
+    pub external_pod_access: Access,
+    /// Networks outside the cluster that may still open connections to pods
+    /// under `deny` (load balancers in IP mode, a bastion): CIDRs,
+    /// comma-separated.
+    #[arg(long, env = "PODWIRE_EXTERNAL_ALLOW_CIDRS", value_delimiter = ',')]
+    pub external_allow_cidrs: Vec<ipnet::Ipv4Net>,
     /// Instance metadata service.
     #[arg(long, env = "PODWIRE_IMDS_ENDPOINT", default_value = podwire_cloud::imds::DEFAULT_ENDPOINT)]
     pub imds_endpoint: String,
@@ -94,24 +105,23 @@ pub struct DaemonArgs {
     /// MTU of secondary ENIs.
     #[arg(long, env = "AWS_VPC_ENI_MTU", default_value_t = 9001)]
     pub eni_mtu: u32,
-    /// overlay: the datastore: `sqlite:/path/file.db`, `etcd://host:port`
-    /// (plain HTTP) or `etcd+https://host:port` (TLS; needs
-    /// --etcd-ca-cert-file), several etcd endpoints comma-separated.
-    #[arg(
-        long,
-        env = "PODWIRE_DATASTORE",
-        default_value = "sqlite:/var/lib/podwire/datastore.db"
-    )]
-    pub datastore: String,
-    /// overlay, etcd+https: the CA certificate (PEM) that signed the etcd
+    /// The datastore: `sqlite:/path/file.db`, `etcd://host:port` (plain
+    /// HTTP) or `etcd+https://host:port` (TLS; needs --etcd-ca-cert-file),
+    /// several etcd endpoints comma-separated. overlay: IPAM, nodes and the
+    /// cluster's records (default sqlite:/var/lib/podwire/datastore.db);
+    /// vpc: the cluster's records (nodes, endpoints, namespaces, pods,
+    /// policies), none by default.
+    #[arg(long, env = "PODWIRE_DATASTORE")]
+    pub datastore: Option<String>,
+    /// etcd+https: the CA certificate (PEM) that signed the etcd
     /// servers' certificates.
     #[arg(long, env = "ETCD_CA_CERT_FILE")]
     pub etcd_ca_cert_file: Option<PathBuf>,
-    /// overlay, etcd+https: this node's client certificate (PEM), for an
+    /// etcd+https: this node's client certificate (PEM), for an
     /// etcd that requires one (--client-cert-auth).
     #[arg(long, env = "ETCD_CERT_FILE", requires = "etcd_key_file")]
     pub etcd_cert_file: Option<PathBuf>,
-    /// overlay, etcd+https: the client certificate's private key (PEM).
+    /// etcd+https: the client certificate's private key (PEM).
     #[arg(long, env = "ETCD_KEY_FILE", requires = "etcd_cert_file")]
     pub etcd_key_file: Option<PathBuf>,
     /// overlay: the pod CIDR.
@@ -309,6 +319,31 @@ mod tests {
             parse(&["uninstall-cni"]).command,
             Some(Command::UninstallCni(_))
         ));
+    }
+
+    #[test]
+    fn the_posture_defaults_to_deny_and_takes_an_allow_list() {
+        let d = parse(&[]).daemon;
+        assert_eq!(d.external_pod_access, Access::Deny);
+        assert!(d.external_allow_cidrs.is_empty());
+        assert_eq!(d.datastore, None, "vpc mode has no datastore unless given");
+        let a = parse(&[
+            "--external-pod-access",
+            "allow",
+            "--external-allow-cidrs",
+            "10.0.5.0/24,192.0.2.7/32",
+        ])
+        .daemon;
+        assert_eq!(a.external_pod_access, Access::Allow);
+        assert_eq!(a.external_allow_cidrs.len(), 2);
+        for bad in [
+            &["--external-pod-access", "open"][..],
+            &["--external-allow-cidrs", "10.0.0.0/33"],
+            &["--external-allow-cidrs", "example.com"],
+        ] {
+            let argv = std::iter::once("podwire-agent").chain(bad.iter().copied());
+            assert!(Cli::try_parse_from(argv).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

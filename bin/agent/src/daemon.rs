@@ -5,7 +5,10 @@ use std::time::Duration;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use podwire_agent_core::{AgentConfig, ModeConfig, OverlayConfig, PodEgressGuard, VpcConfig};
+use podwire_agent_core::{
+    AgentConfig, DatastoreSpec, ExposureConfig, ExternalPodAccess, ModeConfig, OverlayConfig,
+    PodEgressGuard, VpcConfig,
+};
 use podwire_cni::config::Mode;
 
 use crate::cli::{Access, DaemonArgs};
@@ -72,6 +75,9 @@ fn write_conflist_when_ready(plan: &Install) {
     }
 }
 
+/// overlay mode's datastore when none is given.
+pub const DEFAULT_OVERLAY_DATASTORE: &str = "sqlite:/var/lib/podwire/datastore.db";
+
 fn config(args: DaemonArgs) -> anyhow::Result<AgentConfig> {
     let node_name = match args.node_name.clone() {
         Some(n) => n,
@@ -83,6 +89,29 @@ fn config(args: DaemonArgs) -> anyhow::Result<AgentConfig> {
     let pod_guard = PodEgressGuard {
         deny_imds: args.pod_imds_access == Access::Deny,
         blocked: args.block_pod_egress.clone(),
+    };
+    let etcd_tls = podwire_store::EtcdTls {
+        ca_cert: args.etcd_ca_cert_file.clone(),
+        cert: args.etcd_cert_file.clone(),
+        key: args.etcd_key_file.clone(),
+    };
+    let exposure = ExposureConfig {
+        external_pod_access: match args.external_pod_access {
+            Access::Deny => ExternalPodAccess::Deny,
+            Access::Allow => ExternalPodAccess::Allow,
+        },
+        allow_cidrs: args
+            .external_allow_cidrs
+            .iter()
+            .map(|n| n.trunc())
+            .collect(),
+        vpc_datastore: match (args.mode, &args.datastore) {
+            (Mode::Vpc, Some(spec)) => Some(DatastoreSpec {
+                spec: spec.clone(),
+                etcd_tls: etcd_tls.clone(),
+            }),
+            _ => None,
+        },
     };
     let mode = match args.mode {
         Mode::Vpc => ModeConfig::Vpc(VpcConfig {
@@ -98,12 +127,10 @@ fn config(args: DaemonArgs) -> anyhow::Result<AgentConfig> {
             podwire_ipam::block::check_block_size(args.pod_cidr, args.block_size)
                 .map_err(|e| anyhow::anyhow!("--block-size: {e}"))?;
             ModeConfig::Overlay(OverlayConfig {
-                datastore: args.datastore,
-                etcd_tls: podwire_store::EtcdTls {
-                    ca_cert: args.etcd_ca_cert_file,
-                    cert: args.etcd_cert_file,
-                    key: args.etcd_key_file,
-                },
+                datastore: args
+                    .datastore
+                    .unwrap_or_else(|| DEFAULT_OVERLAY_DATASTORE.to_string()),
+                etcd_tls,
                 pool: args.pod_cidr,
                 block_prefix: args.block_size,
                 strict_affinity: args.strict_affinity,
@@ -120,6 +147,7 @@ fn config(args: DaemonArgs) -> anyhow::Result<AgentConfig> {
         state_dir: args.state_dir,
         pod_guard,
         mode,
+        exposure,
         metrics_address: args.metrics_address.0,
     })
 }

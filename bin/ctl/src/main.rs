@@ -11,6 +11,9 @@ use podwire_cni::config::Mode;
 use podwire_lab::cloud::faults::{CloudFaults, FaultUpdate};
 use podwire_lab::{demo, names, ops, probe, state::LabState};
 
+mod labpods;
+mod policy;
+
 #[derive(Debug, Parser)]
 #[command(name = "podwirectl", version, about = "podwire operator CLI")]
 struct Cli {
@@ -24,6 +27,11 @@ enum Top {
     Lab {
         #[command(subcommand)]
         cmd: LabCmd,
+    },
+    /// Kubernetes NetworkPolicies in the datastore (a lab's, or any).
+    Policy {
+        #[command(subcommand)]
+        cmd: policy::PolicyCmd,
     },
     /// A live agent on this node (outside the lab too).
     Node {
@@ -92,11 +100,16 @@ enum LabCmd {
         /// overlay: block prefix length [default: 26].
         #[arg(long)]
         block_size: Option<u8>,
-        /// overlay: `sqlite` (one file all nodes share) or `etcd` (the lab runs
-        /// an etcd server on the fabric; nodes reach it as a VPC service)
+        /// `sqlite` (one file all nodes share) or `etcd` (the lab runs an etcd
+        /// server on the fabric; nodes reach it as a VPC service): pods,
+        /// namespaces and policies in both modes, the overlay's IPAM too
         /// [default: sqlite].
         #[arg(long, value_parser = ["sqlite", "etcd"])]
         datastore: Option<String>,
+        /// What the agents do with traffic from outside the cluster to pods:
+        /// `deny` (podwire's default) or `allow` (the VPC CNI's behaviour).
+        #[arg(long, value_parser = labpods::parse_access, default_value = "deny")]
+        external_pod_access: podwire_lab::state::ExternalPodAccess,
         #[command(flatten)]
         faults: FaultArgs,
     },
@@ -118,6 +131,30 @@ enum LabCmd {
     Pod {
         #[command(subcommand)]
         cmd: PodCmd,
+    },
+    /// Kubernetes namespaces and their labels.
+    Namespace {
+        #[command(subcommand)]
+        cmd: labpods::NamespaceCmd,
+    },
+    /// Every pod to every pod on one TCP port, in parallel: a reachability matrix.
+    Probe {
+        #[arg(long, default_value = names::DEFAULT_LAB)]
+        name: String,
+        #[arg(long, default_value_t = 80)]
+        port: u16,
+        /// Each connection's deadline.
+        #[arg(long, default_value_t = 1000)]
+        timeout_ms: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restart the agents with `--external-pod-access deny|allow`.
+    ExternalPodAccess {
+        #[arg(long, default_value = names::DEFAULT_LAB)]
+        name: String,
+        #[arg(value_parser = labpods::parse_access)]
+        access: podwire_lab::state::ExternalPodAccess,
     },
     /// Nodes: add the next one to a running lab, or remove one (its pods first).
     Node {
@@ -198,6 +235,9 @@ enum LabCmd {
         pod: String,
         #[arg(long)]
         namespace: String,
+        /// Ports to serve (default 80).
+        #[arg(long)]
+        port: Vec<u16>,
     },
 }
 
@@ -271,20 +311,38 @@ enum NodeCmd {
 
 #[derive(Debug, Subcommand)]
 enum PodCmd {
-    /// Create a pod on a node (prints its IP).
+    /// Create a pod on a node (prints its IP). POD is NAME (namespace
+    /// default, or --namespace) or NS/NAME.
     Add {
         #[arg(long, default_value = names::DEFAULT_LAB)]
         name: String,
         pod: String,
         #[arg(long)]
         node: String,
-        #[arg(long, default_value = "default")]
-        namespace: String,
+        #[arg(long)]
+        namespace: Option<String>,
+        /// Labels: k=v,k2=v2.
+        #[arg(long, default_value = "")]
+        labels: String,
+        /// A named container port, NAME=PORT/tcp, served by a TCP listener
+        /// that answers (repeatable).
+        #[arg(long)]
+        port: Vec<String>,
         /// Serve a page on TCP 80 inside the pod.
         #[arg(long)]
         http: bool,
     },
-    /// Delete a pod.
+    /// Change a pod's labels: k=v adds or changes, k- removes.
+    Label {
+        #[arg(long, default_value = names::DEFAULT_LAB)]
+        name: String,
+        pod: String,
+        #[arg(long)]
+        namespace: Option<String>,
+        #[arg(required = true, allow_hyphen_values = true)]
+        changes: Vec<String>,
+    },
+    /// Delete a pod (NAME or NS/NAME).
     Del {
         #[arg(long, default_value = names::DEFAULT_LAB)]
         name: String,
@@ -469,6 +527,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     json,
                 },
         } => return node_status(&socket, endpoint.as_deref(), json),
+        Top::Policy { cmd } => {
+            policy::run(cmd)?;
+            return Ok(ExitCode::SUCCESS);
+        }
     };
     match cmd {
         LabCmd::Up {
@@ -486,6 +548,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             pod_cidr,
             block_size,
             datastore,
+            external_pod_access,
             faults,
         } => {
             let cloud_faults = faults
@@ -496,7 +559,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Mode::Vpc => [
                     ("--pod-cidr", pod_cidr.is_some()),
                     ("--block-size", block_size.is_some()),
-                    ("--datastore", datastore.is_some()),
                 ]
                 .into_iter()
                 .filter_map(|(f, given)| given.then_some(f))
@@ -541,6 +603,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 block_size,
                 datastore,
                 cloud_faults,
+                external_pod_access,
             })?;
             println!(
                 "lab {} is up (mode {}, {} x {})",
@@ -571,12 +634,32 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     pod,
                     node,
                     namespace,
+                    labels,
+                    port,
                     http,
                 },
         } => {
-            let rec = ops::pod_add(&name, &pod, &node, &namespace, http)?;
+            let spec = labpods::pod_spec(&pod, &node, namespace.as_deref(), &labels, &port, http)?;
+            let rec = ops::pod_add(&name, &spec)?;
             println!("{}", rec.ip);
         }
+        LabCmd::Pod {
+            cmd:
+                PodCmd::Label {
+                    name,
+                    pod,
+                    namespace,
+                    changes,
+                },
+        } => labpods::pod_label(&name, &pod, namespace.as_deref(), &changes)?,
+        LabCmd::Namespace { cmd } => labpods::namespace(cmd)?,
+        LabCmd::Probe {
+            name,
+            port,
+            timeout_ms,
+            json,
+        } => labpods::probe(&name, port, timeout_ms, json)?,
+        LabCmd::ExternalPodAccess { name, access } => labpods::external_pod_access(&name, access)?,
         LabCmd::Pod {
             cmd: PodCmd::Del { name, pod },
         } => ops::pod_del(&name, &pod)?,
@@ -655,7 +738,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             dir: _,
             pod,
             namespace,
-        } => probe::serve_http(&pod, &namespace)?,
+            port,
+        } => probe::serve_http(&pod, &namespace, &port)?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -158,7 +158,10 @@ fn external_host_reaches_pods_only_when_the_node_security_group_lets_it() {
     if !require_root() {
         return;
     }
-    let closed = Lab::up("t-closed", &[]);
+    // The article's exposure is the VPC CNI's behaviour: podwire shows it
+    // only with `--external-pod-access allow` (its default, deny, is tested
+    // in tests/exposure.rs).
+    let closed = Lab::up("t-closed", &["--external-pod-access", "allow"]);
     closed.pod_add("web", "node-1", true);
     let o = closed.ctl(&["lab", "curl", "external", "web"]);
     assert!(
@@ -181,7 +184,10 @@ fn external_host_reaches_pods_only_when_the_node_security_group_lets_it() {
         .success());
     drop(closed);
 
-    let open = Lab::up("t-open", &["--allow-external"]);
+    let open = Lab::up(
+        "t-open",
+        &["--allow-external", "--external-pod-access", "allow"],
+    );
     let ip = open.pod_add("web", "node-2", true);
     let page = open.ctl_ok(&["lab", "curl", "external", "web"]);
     assert!(page.contains("Welcome to podwire"), "{page}");

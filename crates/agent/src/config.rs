@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use podwire_cni::config::Mode;
-pub use podwire_dataplane::nft::{BlockedDestination, PodEgressGuard};
+pub use podwire_dataplane::nft::{BlockedDestination, ExternalPodAccess, PodEgressGuard};
 
 /// The agent's socket when nothing else is said; the plugin's conflist
 /// default (`agentSocket`) is the same path.
@@ -22,9 +22,33 @@ pub struct AgentConfig {
     /// cloud API), enforced with nftables before the first pod is served.
     pub pod_guard: PodEgressGuard,
     pub mode: ModeConfig,
+    /// Who from outside the cluster reaches pods, and where the cluster's
+    /// records are read from in vpc mode.
+    pub exposure: ExposureConfig,
     /// Where `/metrics`, `/healthz` and `/v1/state` are served; `None`: not
     /// at all.
     pub metrics_address: Option<std::net::SocketAddr>,
+}
+
+/// `--external-pod-access`, `--external-allow-cidrs`, and vpc mode's
+/// `--datastore`.
+#[derive(Debug, Clone, Default)]
+pub struct ExposureConfig {
+    pub external_pod_access: ExternalPodAccess,
+    /// Outside the cluster but allowed to open connections to pods (load
+    /// balancers in IP mode, a bastion).
+    pub allow_cidrs: Vec<ipnet::Ipv4Net>,
+    /// vpc mode: the datastore of the cluster's records (nodes, endpoints,
+    /// namespaces, pods, policies). overlay mode uses its own `datastore`.
+    pub vpc_datastore: Option<DatastoreSpec>,
+}
+
+/// A datastore as the flags give it.
+#[derive(Debug, Clone)]
+pub struct DatastoreSpec {
+    /// `sqlite:/path`, `etcd://host:port` or `etcd+https://host:port`.
+    pub spec: String,
+    pub etcd_tls: podwire_store::EtcdTls,
 }
 
 /// The metrics endpoint when nothing else is said: loopback, the Amazon VPC

@@ -15,6 +15,7 @@
 mod checkpoint;
 mod config;
 mod endpoint;
+mod exposure;
 pub mod introspect;
 pub mod metrics;
 mod overlay;
@@ -23,8 +24,8 @@ mod server;
 mod vpc;
 
 pub use config::{
-    AgentConfig, BlockedDestination, ModeConfig, OverlayConfig, PodEgressGuard, VpcConfig,
-    DEFAULT_METRICS_ADDRESS, DEFAULT_SOCKET,
+    AgentConfig, BlockedDestination, DatastoreSpec, ExposureConfig, ExternalPodAccess, ModeConfig,
+    OverlayConfig, PodEgressGuard, VpcConfig, DEFAULT_METRICS_ADDRESS, DEFAULT_SOCKET,
 };
 
 use std::sync::Arc;
@@ -120,24 +121,82 @@ fn node_rules(config: &AgentConfig) -> podwire_dataplane::nft::NodeRules {
         guard: config.pod_guard.clone(),
         snat,
         tunnel,
+        external_pod_access: config.exposure.external_pod_access,
+        policy: None,
     }
+}
+
+/// vpc mode with `deny` and no datastore cannot know the cluster: refused
+/// before the node is touched (docs/SECURITY.md says why).
+fn check_exposure(config: &AgentConfig) -> Result<(), AgentError> {
+    let vpc_without_store =
+        matches!(config.mode, ModeConfig::Vpc(_)) && config.exposure.vpc_datastore.is_none();
+    if vpc_without_store && config.exposure.external_pod_access == ExternalPodAccess::Deny {
+        return Err(AgentError::Config(
+            "--external-pod-access deny (the default) needs the cluster's records to tell the \
+             cluster from outsiders: give vpc mode a --datastore (the one the other nodes use), \
+             or keep the VPC CNI's behaviour with --external-pod-access allow"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Builds the exposure component over `store` and rebuilds its view from
+/// the datastore (a failure stops the start: the last rules stay in force).
+fn exposure(
+    config: &AgentConfig,
+    store: Option<Arc<dyn podwire_store::Datastore>>,
+    live: &[podwire_proto::Allocation],
+    metrics: &Arc<metrics::Metrics>,
+) -> Result<Arc<exposure::Exposure>, AgentError> {
+    let settings = exposure::Settings {
+        node: config.node_name.clone(),
+        mode: config.mode.mode(),
+        allow: config.exposure.allow_cidrs.clone(),
+    };
+    let x = Arc::new(exposure::Exposure::new(
+        settings,
+        store,
+        Box::<exposure::firewall::Nft>::default(),
+        Arc::clone(metrics),
+    ));
+    x.set_own_addresses(exposure::records::node_addresses()?)?;
+    x.reload()?;
+    x.adopt(live)?;
+    Ok(x)
+}
+
+/// The node's ruleset, the cluster's addresses and the policies, in one
+/// transaction: the first rules of this run replace the last run's at once.
+fn apply_node_rules(config: &AgentConfig, x: &exposure::Exposure) -> Result<(), AgentError> {
+    let want = x.desired_now();
+    let mut rules = node_rules(config);
+    rules.policy = want.policy.clone();
+    let existing = if rules.policy.is_some() {
+        podwire_dataplane::nft::existing_helpers()?
+    } else {
+        podwire_dataplane::nft::Helpers::default()
+    };
+    let mut script = rules.script_with(&existing)?;
+    if let Some(nets) = &want.cluster_nets {
+        script.push_str(&podwire_dataplane::nft::cluster_nets_script(nets));
+    }
+    podwire_dataplane::nft::apply(&script)?;
+    x.applied_at_start(want);
+    tracing::info!(
+        deny_imds = config.pod_guard.deny_imds,
+        blocked = ?config.pod_guard.blocked.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        external_pod_access = %config.exposure.external_pod_access,
+        allow = ?config.exposure.allow_cidrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "pod egress guard, posture and policies in place"
+    );
+    Ok(())
 }
 
 /// Starts the agent and serves until the process is stopped.
 pub fn run(config: AgentConfig) -> Result<(), AgentError> {
-    // After the mode has started (a configuration error stops the agent
-    // before it changes the node's firewall) and before the socket is bound
-    // (no pod is wired without its guard). The rules of an earlier run stay
-    // in force until these replace them.
-    let guard = || -> Result<(), AgentError> {
-        node_rules(&config).apply()?;
-        tracing::info!(
-            deny_imds = config.pod_guard.deny_imds,
-            blocked = ?config.pod_guard.blocked.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            "pod egress guard in place"
-        );
-        Ok(())
-    };
+    check_exposure(&config)?;
     let metrics = Arc::new(metrics::Metrics::new());
     // Served from the moment the plugin socket is: a probe sees the agent
     // as it starts answering.
@@ -147,6 +206,10 @@ pub fn run(config: AgentConfig) -> Result<(), AgentError> {
         }
         Ok(())
     };
+    // Each mode: started (a configuration error stops the agent before it
+    // changes the node's firewall), then the cluster's records read, then
+    // the node's rules applied (before the socket is bound: no pod is wired
+    // without its guard, posture and policies), then served.
     match &config.mode {
         ModeConfig::Overlay(overlay) => {
             let agent = Arc::new(overlay::OverlayAgent::start(
@@ -154,25 +217,102 @@ pub fn run(config: AgentConfig) -> Result<(), AgentError> {
                 overlay,
                 Arc::clone(&metrics),
             )?);
-            guard()?;
+            let x = exposure(
+                &config,
+                Some(agent.store()),
+                &agent.live_allocations(),
+                &metrics,
+            )?;
+            apply_node_rules(&config, &x)?;
             agent.sync_vxlan_peers();
             let listener = server::bind(&config.socket)?;
-            endpoint(Arc::clone(&agent) as Arc<dyn Backend>)?;
+            let backend = Arc::new(exposure::backend::Enforced {
+                inner: Arc::clone(&agent),
+                exposure: Arc::clone(&x),
+            });
+            endpoint(Arc::clone(&backend) as Arc<dyn Backend>)?;
             tracing::info!(socket = %config.socket.display(), node = %config.node_name, "overlay agent ready");
             let converger = Arc::clone(&agent);
             spawn("converge", move || converger.converge_forever())?;
-            server::serve(listener, agent, metrics);
+            spawn("exposure", move || x.follow_forever())?;
+            server::serve(listener, backend, metrics);
         }
         ModeConfig::Vpc(vpc) => {
+            let store: Option<Arc<dyn podwire_store::Datastore>> =
+                match &config.exposure.vpc_datastore {
+                    Some(d) => Some(Arc::from(podwire_store::open_with(&d.spec, &d.etcd_tls)?)),
+                    None => None,
+                };
             let agent = Arc::new(vpc::VpcAgent::start(&config, vpc, Arc::clone(&metrics))?);
-            guard()?;
+            let live: Vec<podwire_proto::Allocation> =
+                agent.lock().allocations.values().cloned().collect();
+            let x = exposure(&config, store, &live, &metrics)?;
+            apply_node_rules(&config, &x)?;
             let listener = server::bind(&config.socket)?;
-            endpoint(Arc::clone(&agent) as Arc<dyn Backend>)?;
+            let backend = Arc::new(exposure::backend::Enforced {
+                inner: Arc::clone(&agent),
+                exposure: Arc::clone(&x),
+            });
+            endpoint(Arc::clone(&backend) as Arc<dyn Backend>)?;
             tracing::info!(socket = %config.socket.display(), node = %agent.node_name(), "vpc agent ready");
             let manager = Arc::clone(&agent);
             spawn("pool", move || vpc::pool::run(&manager))?;
-            server::serve(listener, agent, metrics);
+            spawn("exposure", move || x.follow_forever())?;
+            server::serve(listener, backend, metrics);
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod exposure_config_tests {
+    use super::*;
+
+    fn config(mode: ModeConfig, access: ExternalPodAccess, store: bool) -> AgentConfig {
+        AgentConfig {
+            node_name: "pwt-node".into(),
+            socket: "/nonexistent/pwt.sock".into(),
+            state_dir: "/nonexistent/pwt".into(),
+            pod_guard: PodEgressGuard::default(),
+            mode,
+            exposure: ExposureConfig {
+                external_pod_access: access,
+                allow_cidrs: Vec::new(),
+                vpc_datastore: store.then(|| DatastoreSpec {
+                    spec: "sqlite:/nonexistent/pwt.db".into(),
+                    etcd_tls: podwire_store::EtcdTls::default(),
+                }),
+            },
+            metrics_address: None,
+        }
+    }
+
+    fn vpc() -> ModeConfig {
+        ModeConfig::Vpc(VpcConfig {
+            imds_endpoint: "http://127.0.0.1:9".into(),
+            ec2_endpoint: None,
+            warm_ip_target: None,
+            minimum_ip_target: 0,
+            ip_cooldown: std::time::Duration::ZERO,
+            pool_decrease_interval: std::time::Duration::ZERO,
+            eni_mtu: 9001,
+        })
+    }
+
+    /// deny needs the cluster's records; without them the agent must not
+    /// start (it would either open pods or cut them off from other nodes).
+    #[test]
+    fn a_vpc_agent_under_deny_without_a_datastore_refuses_to_start() {
+        let e = check_exposure(&config(vpc(), ExternalPodAccess::Deny, false))
+            .expect_err("refused")
+            .to_string();
+        assert!(e.contains("--datastore") && e.contains("allow"), "{e}");
+        // And before it touches anything: run() fails the same way.
+        let e = run(config(vpc(), ExternalPodAccess::Deny, false))
+            .expect_err("refused")
+            .to_string();
+        assert!(e.contains("--datastore"), "{e}");
+        assert!(check_exposure(&config(vpc(), ExternalPodAccess::Allow, false)).is_ok());
+        assert!(check_exposure(&config(vpc(), ExternalPodAccess::Deny, true)).is_ok());
+    }
 }

@@ -7,6 +7,13 @@ pub const NAMESPACES: &str = "/podwire/namespaces/";
 pub const PODS: &str = "/podwire/pods/";
 pub const ENDPOINTS: &str = "/podwire/endpoints/";
 pub const POLICIES: &str = "/podwire/policies/";
+/// Every node's addresses (both modes); not under `/podwire/nodes/`, which
+/// overlay agents watch and parse as their own records.
+pub const NODE_ADDRESSES: &str = "/podwire/node-addresses/";
+
+pub fn node_addresses(node: &str) -> String {
+    format!("{NODE_ADDRESSES}{node}")
+}
 
 pub fn namespace(name: &str) -> String {
     format!("{NAMESPACES}{name}")
@@ -39,7 +46,7 @@ mod tests {
 
     #[test]
     fn keys_are_disjoint_from_ipam_and_nodes() {
-        for k in [NAMESPACES, PODS, ENDPOINTS, POLICIES] {
+        for k in [NAMESPACES, PODS, ENDPOINTS, POLICIES, NODE_ADDRESSES] {
             assert!(k.starts_with("/podwire/"));
             assert!(!k.starts_with("/podwire/ipam/") && !k.starts_with("/podwire/nodes/"));
         }

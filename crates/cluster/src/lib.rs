@@ -9,6 +9,7 @@
 //! /podwire/pods/<ns>/<name>                        PodRecord (JSON)
 //! /podwire/endpoints/<node>/<container>/<ifname>   EndpointRecord (JSON)
 //! /podwire/policies/<ns>/<name>                    a NetworkPolicy (podwire-policy)
+//! /podwire/node-addresses/<node>                   NodeAddressesRecord (JSON)
 //! ```
 //!
 //! Every name is validated as Kubernetes validates it before it becomes part
@@ -19,7 +20,10 @@ pub mod keys;
 pub mod names;
 pub mod records;
 
-pub use records::{ContainerPort, EndpointRecord, NamespaceRecord, PodRecord, PodRef, Protocol};
+pub use records::{
+    ContainerPort, EndpointRecord, NamespaceRecord, NodeAddressesRecord, PodRecord, PodRef,
+    Protocol,
+};
 
 /// A record or a name that is not valid, naming the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -227,6 +227,46 @@ impl EndpointRecord {
     }
 }
 
+/// Every address of a node, whichever the mode: written by its agent at
+/// start and when they change, so every node's posture counts them as "the
+/// cluster". A record of its own (not the overlay's `/podwire/nodes/`
+/// record, which overlay agents parse strictly for their routes): vpc nodes
+/// have no VTEP, and older overlay agents keep reading what they know.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeAddressesRecord {
+    pub node: String,
+    /// `vpc` or `overlay`.
+    pub mode: String,
+    pub addresses: Vec<Ipv4Addr>,
+}
+
+/// The most addresses a node record carries (a node with 15 ENIs and its
+/// tunnel stays far below).
+pub const NODE_ADDRESSES_MAX: usize = 256;
+
+impl NodeAddressesRecord {
+    pub fn validate(&self) -> Result<(), RecordError> {
+        names::dns1123_subdomain("node", &self.node)?;
+        if self.mode != "vpc" && self.mode != "overlay" {
+            return Err(RecordError::new(
+                "mode",
+                format!("{:?} is not vpc or overlay", self.mode),
+            ));
+        }
+        if self.addresses.len() > NODE_ADDRESSES_MAX {
+            return Err(RecordError::new(
+                "addresses",
+                format!(
+                    "{} addresses, at most {NODE_ADDRESSES_MAX}",
+                    self.addresses.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Decodes and validates a record from its JSON.
 pub fn decode<T>(
     bytes: &[u8],
@@ -284,6 +324,20 @@ mod tests {
         assert_eq!(PodRef::parse("x/a").expect("valid").to_string(), "x/a");
         assert!(PodRef::parse("x/a/b").is_err());
         assert!(PodRef::parse("X/a").is_err());
+    }
+
+    #[test]
+    fn node_address_records_decode_strictly() {
+        let ok = br#"{"node":"node-1","mode":"vpc","addresses":["10.0.1.10"]}"#;
+        let r: NodeAddressesRecord = decode(ok, NodeAddressesRecord::validate).expect("valid");
+        assert_eq!(r.addresses, vec![Ipv4Addr::new(10, 0, 1, 10)]);
+        for bad in [
+            &br#"{"node":"node-1","mode":"bgp","addresses":[]}"#[..],
+            br#"{"node":"Node_1","mode":"vpc","addresses":[]}"#,
+            br#"{"node":"n","mode":"vpc","addresses":[],"vtep":"x"}"#,
+        ] {
+            assert!(decode::<NodeAddressesRecord>(bad, NodeAddressesRecord::validate).is_err());
+        }
     }
 
     #[test]

@@ -23,6 +23,15 @@ use ipnet::Ipv4Net;
 
 use crate::{DataplaneError, Result};
 
+mod policy;
+mod posture;
+
+pub use policy::{
+    apply_policy, existing_helpers, parse_helpers, HelperChain, HelperSet, Helpers, PolicyRuleset,
+    HELPER_PREFIX,
+};
+pub use posture::{cluster_nets_script, set_cluster_nets, ExternalPodAccess, CLUSTER_NETS};
+
 /// The table every podwire rule lives in.
 pub const TABLE: &str = "podwire";
 
@@ -125,6 +134,12 @@ pub struct NodeRules {
     /// overlay mode: pods leaving the pod network are masqueraded as the
     /// node, except towards other pods (through `snat_keep_dev`).
     pub snat: Option<Snat>,
+    /// Who from outside the cluster may open connections to pods.
+    pub external_pod_access: ExternalPodAccess,
+    /// The network-policy concern's content. `None`: the chain is created
+    /// if missing but keeps what it holds (an agent that has not read the
+    /// policies yet must not open what the last one closed).
+    pub policy: Option<PolicyRuleset>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -208,10 +223,16 @@ impl NodeRules {
         let pods = format!("\"{}*\"", self.pod_iface_prefix);
         let mut s = String::new();
         let _ = writeln!(s, "table ip {TABLE} {{}}");
-        for c in Concern::ALL {
+        for c in [Concern::PodEgressGuard, Concern::ExternalPosture] {
             let _ = writeln!(s, "add chain ip {TABLE} {}", c.chain());
             let _ = writeln!(s, "flush chain ip {TABLE} {}", c.chain());
         }
+        let _ = writeln!(s, "add chain ip {TABLE} {}", Concern::NetworkPolicy.chain());
+        // The cluster's addresses: filled by the agent, kept across restarts.
+        let _ = writeln!(
+            s,
+            "add set ip {TABLE} {CLUSTER_NETS} {{ type ipv4_addr; flags interval; }}"
+        );
         // Base chains: created if missing, refilled in place. A priority just
         // before the filter hook's default so podwire's verdicts come first.
         let _ = writeln!(
@@ -272,6 +293,14 @@ impl NodeRules {
                 Concern::PodEgressGuard.chain()
             );
         }
+        let tunnel = self.tunnel.as_ref().map(|t| t.dev.as_str());
+        for line in posture::rules(self.external_pod_access, &pods, tunnel).lines() {
+            let _ = writeln!(
+                s,
+                "add rule ip {TABLE} {} {line}",
+                Concern::ExternalPosture.chain()
+            );
+        }
         if let Some(n) = &self.snat {
             if !valid_iface_prefix(&n.keep_dev) {
                 return Err(DataplaneError::Nft(format!(
@@ -289,9 +318,24 @@ impl NodeRules {
         Ok(s)
     }
 
+    /// The whole ruleset, the network-policy concern included when it is
+    /// known, given the policy helpers the table holds now.
+    pub fn script_with(&self, existing: &Helpers) -> Result<String> {
+        let mut s = self.script()?;
+        if let Some(p) = &self.policy {
+            s.push_str(&p.script(existing)?);
+        }
+        Ok(s)
+    }
+
     /// Applies the whole ruleset in one transaction.
     pub fn apply(&self) -> Result<()> {
-        apply(&self.script()?)
+        let existing = if self.policy.is_some() {
+            existing_helpers()?
+        } else {
+            Helpers::default()
+        };
+        apply(&self.script_with(&existing)?)
     }
 }
 
@@ -369,7 +413,50 @@ mod tests {
             },
             snat: None,
             tunnel: None,
+            external_pod_access: ExternalPodAccess::Deny,
+            policy: None,
         }
+    }
+
+    #[test]
+    fn the_policy_chain_is_refilled_only_when_its_content_is_known() {
+        let s = rules().script_with(&Helpers::default()).expect("script");
+        assert!(s.contains("add chain ip podwire network-policy"), "{s}");
+        assert!(
+            !s.contains("flush chain ip podwire network-policy"),
+            "a restart must keep the last policies until new ones replace them:\n{s}"
+        );
+        assert!(
+            !s.contains("flush set ip podwire cluster-nets"),
+            "a restart must keep the cluster's addresses:\n{s}"
+        );
+        let mut r = rules();
+        r.policy = Some(PolicyRuleset {
+            rules: vec!["ip daddr 10.0.0.5 counter drop".into()],
+            ..PolicyRuleset::default()
+        });
+        let s = r.script_with(&Helpers::default()).expect("script");
+        let flush = s
+            .find("flush chain ip podwire network-policy")
+            .expect("flush");
+        let rule = s
+            .find("add rule ip podwire network-policy ip daddr")
+            .expect("rule");
+        assert!(flush < rule, "{s}");
+    }
+
+    #[test]
+    fn the_posture_follows_the_setting() {
+        let s = rules().script().expect("script");
+        assert!(
+            s.contains("add rule ip podwire external-posture counter drop"),
+            "{s}"
+        );
+        let mut r = rules();
+        r.external_pod_access = ExternalPodAccess::Allow;
+        let s = r.script().expect("script");
+        assert!(s.contains("flush chain ip podwire external-posture"), "{s}");
+        assert!(!s.contains("add rule ip podwire external-posture"), "{s}");
     }
 
     #[test]

@@ -42,6 +42,8 @@ fn rules(blocked: &[&str]) -> NodeRules {
             dev: "vxlan.podwire".into(),
             udp_port: 4789,
         }),
+        external_pod_access: podwire_dataplane::nft::ExternalPodAccess::Deny,
+        policy: None,
     }
 }
 
@@ -114,4 +116,61 @@ fn an_older_agents_table_is_taken_over_without_deleting_it() {
     let listed = nft(&["list", "table", "ip", "podwire"]);
     assert_eq!(listed.matches("masquerade").count(), 1, "{listed}");
     assert!(listed.contains("pod-egress-guard"), "{listed}");
+}
+
+#[test]
+fn policy_helpers_are_replaced_in_one_transaction_and_old_ones_deleted() {
+    use podwire_dataplane::nft::{apply_policy, HelperChain, HelperSet, PolicyRuleset};
+    if !private_netns() {
+        return;
+    }
+    let ruleset = |n: &str, ip: &str| PolicyRuleset {
+        rules: vec![format!("ip daddr vmap @np-map-{n}")],
+        chains: vec![HelperChain {
+            name: format!("np-in-{n}"),
+            fixed: true,
+            rules: vec![
+                format!("ip saddr @np-src-{n} return"),
+                "counter drop".into(),
+            ],
+        }],
+        sets: vec![
+            HelperSet {
+                name: format!("np-src-{n}"),
+                map: false,
+                fixed: true,
+                decl: "type ipv4_addr; flags interval;".into(),
+                elements: vec!["10.1.0.0/16".into(), "10.2.0.7".into()],
+            },
+            HelperSet {
+                name: format!("np-map-{n}"),
+                map: true,
+                fixed: false,
+                decl: "type ipv4_addr : verdict;".into(),
+                elements: vec![format!("{ip} : jump np-in-{n}")],
+            },
+        ],
+    };
+    // The node's rules first, then the policies, then a restart's re-apply
+    // without policies: the policies stay.
+    rules(&[]).apply().expect("node rules");
+    apply_policy(&ruleset("a", "10.0.0.5")).expect("first");
+    // Applying the same again keeps the content-named helpers as they are.
+    apply_policy(&ruleset("a", "10.0.0.5")).expect("again");
+    rules(&[]).apply().expect("re-apply");
+    let listed = nft(&["list", "table", "ip", "podwire"]);
+    assert!(
+        listed.contains("jump np-in-a") && listed.contains("vmap @np-map-a"),
+        "{listed}"
+    );
+    apply_policy(&ruleset("b", "10.0.0.6")).expect("second");
+    let listed = nft(&["list", "table", "ip", "podwire"]);
+    assert!(listed.contains("jump np-in-b"), "{listed}");
+    assert!(
+        !listed.contains("np-in-a") && !listed.contains("np-src-a") && !listed.contains("np-map-a"),
+        "old helpers must be deleted:\n{listed}"
+    );
+    apply_policy(&PolicyRuleset::default()).expect("none");
+    let listed = nft(&["list", "table", "ip", "podwire"]);
+    assert!(!listed.contains("np-"), "{listed}");
 }

@@ -7,7 +7,7 @@ use std::process::Command;
 
 use crate::ops::{self, UpOptions};
 use crate::probe;
-use crate::state::{LabState, Mode};
+use crate::state::{ExternalPodAccess, LabState, Mode};
 use crate::{names, LabError};
 
 fn section(title: &str) {
@@ -24,7 +24,12 @@ fn shell(args: &[&str]) {
 
 /// Two m5.large nodes in 10.0.0.0/20 (and, in overlay mode, 172.16.0.0/16
 /// in /26 blocks on the shared SQLite datastore), as in the article.
-fn demo_options(lab: &str, mode: Mode, allow_external: bool) -> Result<UpOptions, LabError> {
+fn demo_options(
+    lab: &str,
+    mode: Mode,
+    allow_external: bool,
+    external_pod_access: ExternalPodAccess,
+) -> Result<UpOptions, LabError> {
     let parse = |s: &str| s.parse().map_err(|e| LabError::Usage(format!("{e}")));
     Ok(UpOptions {
         name: lab.into(),
@@ -41,6 +46,7 @@ fn demo_options(lab: &str, mode: Mode, allow_external: bool) -> Result<UpOptions
         datastore: "sqlite".into(),
         cloud_faults: Default::default(),
         prefix_delegation: false,
+        external_pod_access,
     })
 }
 
@@ -149,14 +155,19 @@ fn hops(t: &probe::Trace) -> String {
 fn narrate_overlay(lab: &str) -> Result<Observed, LabError> {
     section("7. The same cluster in overlay mode (the Calico VXLAN model)");
     println!("Pods get addresses from 172.16.0.0/16, cut in /26 blocks that nodes claim; nodes talk VXLAN.");
-    ops::up(&demo_options(lab, Mode::Overlay, true)?)?;
+    ops::up(&demo_options(
+        lab,
+        Mode::Overlay,
+        true,
+        ExternalPodAccess::Allow,
+    )?)?;
     let mut first = String::new();
     for (p, n) in [
         ("web-1", "node-1"),
         ("web-2", "node-1"),
         ("web-3", "node-2"),
     ] {
-        let rec = ops::pod_add(lab, p, n, "default", true)?;
+        let rec = ops::pod_add(lab, &ops::PodSpec::simple(p, n, true))?;
         println!("  pod {p} on {n}: {}", rec.ip);
         if first.is_empty() {
             first = rec.ip.to_string();
@@ -188,7 +199,7 @@ fn narrate_overlay(lab: &str) -> Result<Observed, LabError> {
     println!("The VPC has no route to 172.16.0.0/16: pods are reachable only through the nodes.");
     Ok(Observed {
         pod_ip: format!("{first} (pod CIDR)"),
-        pod_mtu: mtu_of(&names::ns_pod(lab, "web-1")),
+        pod_mtu: mtu_of(&names::ns_pod(lab, names::DEFAULT_NAMESPACE, "web-1")),
         remote_trace: hops(&remote),
         external_to_pod: "no answer".into(),
     })
@@ -201,7 +212,16 @@ fn narrate(lab: &str) -> Result<Observed, LabError> {
         "The VPC fabric, its EC2 API and instance metadata service run in network namespace {}.",
         names::ns_fabric(lab)
     );
-    let st = ops::up(&demo_options(lab, Mode::Vpc, false)?)?;
+    // The article's exposure is the Amazon VPC CNI's behaviour; podwire's
+    // agents close it by default, so this part opens their posture first.
+    println!("To reproduce the article, this lab's agents run with --external-pod-access allow (the VPC CNI's");
+    println!("behaviour); podwire's default, deny, is shown closing the exposure in step 5.");
+    let st = ops::up(&demo_options(
+        lab,
+        Mode::Vpc,
+        false,
+        ExternalPodAccess::Allow,
+    )?)?;
     for n in st.nodes.iter().chain(st.external.iter()) {
         println!("  {:9} {:15} {}", n.name, n.primary_ip, n.instance_id);
     }
@@ -214,7 +234,7 @@ fn narrate(lab: &str) -> Result<Observed, LabError> {
     ];
     let mut first = String::new();
     for (p, n) in pods {
-        let rec = ops::pod_add(lab, p, n, "default", true)?;
+        let rec = ops::pod_add(lab, &ops::PodSpec::simple(p, n, true))?;
         println!("  pod {p} on {n}: {}", rec.ip);
         if first.is_empty() {
             first = rec.ip.to_string();
@@ -259,6 +279,21 @@ fn narrate(lab: &str) -> Result<Observed, LabError> {
     }
     probe::print_trace(&probe::trace(&st, "external", "web-1")?);
     println!("Opening the node to a host opened every pod behind its ENIs too: the pods share the node's network.");
+    println!("Now podwire's default posture: `podwirectl lab external-pod-access deny` (agents restarted with it)...");
+    ops::set_external_pod_access(lab, ExternalPodAccess::Deny)?;
+    let st = LabState::load(lab)?;
+    match probe::curl(&st, "external", "web-1") {
+        Ok(_) => println!("  curl web-1: answered (the posture did not close it!)"),
+        Err(e) => println!("  curl web-1: {e}"),
+    }
+    let node = probe::trace(&st, "external", "node-1")?;
+    println!(
+        "  external -> node-1: {}",
+        if node.reached { "answers" } else { "no answer" }
+    );
+    println!("The node security group still admits the external host to the node; the node drops what it sends");
+    println!("to pods, while node -> pod, pod -> pod and the pods' own connections keep working.");
+    let closed = probe::curl(&st, "external", "web-1").is_err();
 
     section("6. Warning 1: pods fail for lack of IPs, not of CPU or memory");
     println!("An m5.large takes 3 ENIs x 10 IPv4 addresses; the ENIs' primaries are not for pods: 3 x 9 = 27 pod IPs.");
@@ -267,7 +302,7 @@ fn narrate(lab: &str) -> Result<Observed, LabError> {
     loop {
         i += 1;
         let pod = format!("fill-{i}");
-        match ops::pod_add(lab, &pod, "node-2", "default", false) {
+        match ops::pod_add(lab, &ops::PodSpec::simple(&pod, "node-2", false)) {
             Ok(_) => n += 1,
             Err(e) => {
                 println!(
@@ -284,19 +319,19 @@ fn narrate(lab: &str) -> Result<Observed, LabError> {
         }
     }
     ops::pod_del(lab, "fill-1")?;
-    let rec = ops::pod_add(lab, "after-delete", "node-2", "default", false)?;
+    let rec = ops::pod_add(lab, &ops::PodSpec::simple("after-delete", "node-2", false))?;
     println!(
         "  after deleting one pod its address is reused: after-delete got {}",
         rec.ip
     );
     Ok(Observed {
         pod_ip: format!("{first} (node subnet)"),
-        pod_mtu: mtu_of(&names::ns_pod(lab, "web-1")),
+        pod_mtu: mtu_of(&names::ns_pod(lab, names::DEFAULT_NAMESPACE, "web-1")),
         remote_trace: hops(&remote),
-        external_to_pod: if exposed.is_ok() {
-            "answers: the pod is exposed".into()
-        } else {
-            "no answer".into()
+        external_to_pod: match (exposed.is_ok(), closed) {
+            (true, true) => "exposed with allow; closed by podwire's deny".into(),
+            (true, false) => "answers: the pod is exposed".into(),
+            (false, _) => "no answer".into(),
         },
     })
 }

@@ -10,10 +10,12 @@
 pub mod cloud;
 pub mod datastore;
 pub mod demo;
+pub mod kube;
 pub mod names;
 pub mod ops;
 pub mod probe;
 pub mod procs;
+pub mod reach;
 pub mod state;
 
 pub use podwire_cni::config::Mode;

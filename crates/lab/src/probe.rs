@@ -21,7 +21,17 @@ pub struct Target {
     pub ip: Option<Ipv4Addr>,
 }
 
-/// Resolves `node-N`, `external`, `fabric` or a pod name.
+/// How the lab names a pod: `name` in namespace default, else `ns/name`.
+pub fn pod_label(p: &crate::state::PodRec) -> String {
+    if p.namespace == names::DEFAULT_NAMESPACE {
+        p.name.clone()
+    } else {
+        format!("{}/{}", p.namespace, p.name)
+    }
+}
+
+/// Resolves `node-N`, `external`, `fabric` or a pod (`NAME` in namespace
+/// default, or `NS/NAME`).
 pub fn resolve(st: &LabState, name: &str) -> Result<Target, LabError> {
     if let Some(n) = st.nodes.iter().find(|n| n.name == name) {
         return Ok(Target {
@@ -46,9 +56,12 @@ pub fn resolve(st: &LabState, name: &str) -> Result<Target, LabError> {
             ip: None,
         });
     }
-    if let Some(p) = st.pods.get(name) {
+    let pod = podwire_cluster::PodRef::parse(name)
+        .ok()
+        .and_then(|r| st.pod(&r));
+    if let Some(p) = pod {
         return Ok(Target {
-            label: format!("pod {}", p.name),
+            label: format!("pod {}", pod_label(p)),
             netns: p.netns.clone(),
             ip: Some(p.ip),
         });
@@ -101,7 +114,7 @@ impl<'a> Namer<'a> {
             return names::EXTERNAL.into();
         }
         if let Some(p) = st.pods.values().find(|p| p.ip == ip) {
-            return format!("pod {}", p.name);
+            return format!("pod {}", pod_label(p));
         }
         if let Some(n) = self.tunnels.iter().find(|n| n.tunnel_ip == ip) {
             return format!("{} tunnel", n.name);
@@ -330,17 +343,38 @@ pub fn curl(st: &LabState, from: &str, to: &str) -> Result<String, LabError> {
     }
 }
 
-/// The pods' web page: nginx's welcome, in spirit.
-pub fn serve_http(pod: &str, namespace: &str) -> Result<(), LabError> {
-    let l = TcpListener::bind(("0.0.0.0", 80)).map_err(|e| LabError::Command {
-        what: "listen on :80".into(),
-        msg: e.to_string(),
-    })?;
+/// The pods' listener: the same small web page (nginx's welcome, in
+/// spirit) on every port the pod serves, one thread per port.
+pub fn serve_http(pod: &str, namespace: &str, ports: &[u16]) -> Result<(), LabError> {
+    let ports: Vec<u16> = if ports.is_empty() {
+        vec![80]
+    } else {
+        ports.to_vec()
+    };
+    let mut listeners = Vec::new();
+    for port in &ports {
+        let l = TcpListener::bind(("0.0.0.0", *port)).map_err(|e| LabError::Command {
+            what: format!("listen on :{port}"),
+            msg: e.to_string(),
+        })?;
+        listeners.push(l);
+    }
+    std::thread::scope(|s| {
+        for l in &listeners {
+            s.spawn(move || serve_on(l, pod, namespace));
+        }
+    });
+    Ok(())
+}
+
+fn serve_on(l: &TcpListener, pod: &str, namespace: &str) {
     for conn in l.incoming() {
         let Ok(mut s) = conn else { continue };
         let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        let _ = s.set_write_timeout(Some(Duration::from_secs(2)));
         // Read the whole request head: closing with unread bytes sends a RST
-        // that would destroy the answer.
+        // that would destroy the answer. A probe that only connects sends
+        // nothing and closes: the read ends at once.
         let mut head = Vec::new();
         let mut buf = [0u8; 1024];
         while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16384 {
@@ -358,7 +392,6 @@ pub fn serve_http(pod: &str, namespace: &str) -> Result<(), LabError> {
         );
         let _ = s.write_all(format!("HTTP/1.0 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).as_bytes());
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -15,6 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::cloud::faults::CloudFaults;
 use crate::{names, LabError};
+use podwire_cluster::records::Labels;
+use podwire_cluster::{ContainerPort, PodRecord, PodRef};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct NodeRec {
@@ -38,7 +40,77 @@ pub struct PodRec {
     pub container_id: String,
     pub ip: Ipv4Addr,
     pub result: serde_json::Value,
+    /// The pod's listener process (every port of `ports` it serves).
     pub http_pid: Option<i32>,
+    /// Its labels, as written to its PodRecord (older labs: none).
+    #[serde(default)]
+    pub labels: Labels,
+    /// Its container ports, each served by the listener (`--http`: 80).
+    #[serde(default)]
+    pub ports: Vec<ContainerPort>,
+}
+
+impl PodRec {
+    /// `namespace/name`, the key of `LabState::pods`.
+    pub fn key(&self) -> String {
+        pod_key(&self.namespace, &self.name)
+    }
+
+    /// The record NetworkPolicies select this pod by.
+    pub fn record(&self) -> PodRecord {
+        PodRecord {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            labels: self.labels.clone(),
+            ports: self.ports.clone(),
+        }
+    }
+}
+
+/// The key of a pod in `LabState::pods`: `namespace/name`.
+pub fn pod_key(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}
+
+/// What the agents do with traffic from outside the cluster to pods
+/// (their `--external-pod-access`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ExternalPodAccess {
+    /// Dropped on the node: podwire's default.
+    #[default]
+    Deny,
+    /// Let through, as the Amazon VPC CNI does (the article's exposure).
+    Allow,
+}
+
+impl ExternalPodAccess {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExternalPodAccess::Deny => "deny",
+            ExternalPodAccess::Allow => "allow",
+        }
+    }
+}
+
+impl std::fmt::Display for ExternalPodAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for ExternalPodAccess {
+    type Err = LabError;
+
+    fn from_str(s: &str) -> Result<Self, LabError> {
+        match s {
+            "deny" => Ok(ExternalPodAccess::Deny),
+            "allow" => Ok(ExternalPodAccess::Allow),
+            _ => Err(LabError::Usage(format!(
+                "external pod access {s:?} is neither deny nor allow"
+            ))),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -83,7 +155,17 @@ pub struct LabState {
     pub external_sg: String,
     pub nodes: Vec<NodeRec>,
     pub external: Option<NodeRec>,
+    /// Pods by `namespace/name` (labs of older versions: by name; look pods
+    /// up with [`LabState::pod`], which finds both).
     pub pods: BTreeMap<String, PodRec>,
+    /// Kubernetes namespaces made with `lab namespace add` (or implicitly by
+    /// a pod), with their labels as written to their NamespaceRecord.
+    #[serde(default)]
+    pub kube_namespaces: BTreeMap<String, Labels>,
+    /// The agents' `--external-pod-access` (labs of older versions: the
+    /// agents' default, deny).
+    #[serde(default)]
+    pub external_pod_access: ExternalPodAccess,
 }
 
 /// Creates (or truncates) a file only root can read: lab files hold the
@@ -154,6 +236,8 @@ impl LabState {
             nodes: Vec::new(),
             external: None,
             pods: BTreeMap::new(),
+            kube_namespaces: BTreeMap::new(),
+            external_pod_access: ExternalPodAccess::Deny,
         }
     }
 
@@ -197,6 +281,28 @@ impl LabState {
     pub fn save(&self) -> Result<(), LabError> {
         let bytes = serde_json::to_vec_pretty(self).map_err(|e| LabError::State(e.to_string()))?;
         write_atomic(&self.dir().join("lab.json"), &bytes)
+    }
+
+    /// The pod `r` (whatever key an older lab filed it under).
+    pub fn pod(&self, r: &PodRef) -> Option<&PodRec> {
+        self.pods
+            .values()
+            .find(|p| p.namespace == r.namespace && p.name == r.name)
+    }
+
+    /// The key `r` is filed under, if the pod exists.
+    pub fn pod_entry_key(&self, r: &PodRef) -> Option<String> {
+        self.pods
+            .iter()
+            .find(|(_, p)| p.namespace == r.namespace && p.name == r.name)
+            .map(|(k, _)| k.clone())
+    }
+
+    /// The pod an operator named: `NAME` (namespace default) or `NS/NAME`.
+    pub fn pod_by_arg(&self, arg: &str) -> Result<&PodRec, LabError> {
+        let r = PodRef::parse(arg).map_err(|e| LabError::Usage(format!("pod {arg:?}: {e}")))?;
+        self.pod(&r)
+            .ok_or_else(|| LabError::Usage(format!("lab {} has no pod {r}", self.name)))
     }
 
     pub fn node(&self, name: &str) -> Result<&NodeRec, LabError> {
@@ -263,6 +369,59 @@ mod tests {
         write_atomic(&old, b"{\"x\":1}").expect("rewrite");
         assert_eq!(mode(&old), 0o600, "a file rewritten");
         assert_eq!(fs::read(&old).expect("read"), b"{\"x\":1}");
+    }
+
+    fn pod(namespace: &str, name: &str) -> PodRec {
+        PodRec {
+            name: name.into(),
+            namespace: namespace.into(),
+            node: "node-1".into(),
+            netns: names::ns_pod("t", namespace, name),
+            container_id: names::container_id("t", namespace, name),
+            ip: Ipv4Addr::new(10, 0, 0, 9),
+            result: serde_json::Value::Null,
+            http_pid: None,
+            labels: Labels::new(),
+            ports: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn pods_are_found_by_name_or_namespace_and_name_whatever_their_key() {
+        let mut st = LabState::new("t", Mode::Vpc);
+        // A pod of an older lab, filed under its bare name.
+        st.pods.insert("web".into(), pod("default", "web"));
+        let xa = pod("x", "a");
+        st.pods.insert(xa.key(), xa);
+        st.pods.insert("y/a".into(), pod("y", "a"));
+        assert_eq!(st.pod_by_arg("web").expect("web").name, "web");
+        assert_eq!(st.pod_by_arg("default/web").expect("web").name, "web");
+        assert_eq!(st.pod_by_arg("x/a").expect("x/a").namespace, "x");
+        assert_eq!(st.pod_by_arg("y/a").expect("y/a").namespace, "y");
+        assert!(
+            st.pod_by_arg("a").is_err(),
+            "a is default/a, which does not exist"
+        );
+        assert!(st.pod_by_arg("X/a").is_err());
+        let r = PodRef::new("default", "web").expect("valid");
+        assert_eq!(st.pod_entry_key(&r).as_deref(), Some("web"));
+    }
+
+    #[test]
+    fn older_lab_json_reads_with_the_defaults_of_issue_10() {
+        let mut v = serde_json::to_value(LabState::new("t", Mode::Vpc)).expect("json");
+        let o = v.as_object_mut().expect("object");
+        o.remove("kube_namespaces");
+        o.remove("external_pod_access");
+        let mut p = serde_json::to_value(pod("default", "web")).expect("json");
+        let po = p.as_object_mut().expect("object");
+        po.remove("labels");
+        po.remove("ports");
+        o.insert("pods".into(), serde_json::json!({ "web": p }));
+        let st: LabState = serde_json::from_value(v).expect("older lab.json");
+        assert_eq!(st.external_pod_access, ExternalPodAccess::Deny);
+        assert!(st.kube_namespaces.is_empty());
+        assert!(st.pod_by_arg("web").expect("web").labels.is_empty());
     }
 
     #[test]

@@ -151,6 +151,18 @@ impl OverlayAgent {
     }
 }
 
+impl OverlayAgent {
+    /// The datastore this agent uses (the cluster's records live there too).
+    pub(crate) fn store(&self) -> Arc<dyn Datastore> {
+        Arc::clone(&self.store)
+    }
+
+    /// The pods this node holds, from its local record.
+    pub(crate) fn live_allocations(&self) -> Vec<podwire_proto::Allocation> {
+        self.record.all()
+    }
+}
+
 impl Backend for OverlayAgent {
     fn handle(&self, req: Request, _deadline: Instant) -> Response {
         match req {

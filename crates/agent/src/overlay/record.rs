@@ -64,6 +64,16 @@ impl Record {
         Ok(())
     }
 
+    /// Every live allocation (their endpoint records are checked at start).
+    pub(super) fn all(&self) -> Vec<Allocation> {
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
     pub(super) fn len(&self) -> usize {
         self.live.lock().unwrap_or_else(|p| p.into_inner()).len()
     }

@@ -109,28 +109,34 @@ pub(super) fn agent_args(st: &LabState, r: &NodeRec) -> Result<Vec<String>, LabE
             _ => AGENT_METRICS_ADDRESS.into(),
         },
     ];
+    // Both modes: the agents read pods, namespaces and policies from the
+    // datastore and write their endpoints there (issue 10).
+    args.extend([
+        "--datastore".into(),
+        datastore_spec(st),
+        "--external-pod-access".into(),
+        st.external_pod_access.to_string(),
+    ]);
+    if st.datastore == "etcd" {
+        // The lab's etcd takes only clients with a certificate of its CA.
+        let tls = etcd_client_tls(st);
+        for (flag, file) in [
+            ("--etcd-ca-cert-file", tls.ca_cert),
+            ("--etcd-cert-file", tls.cert),
+            ("--etcd-key-file", tls.key),
+        ] {
+            if let Some(f) = file {
+                args.extend([flag.into(), f.display().to_string()]);
+            }
+        }
+    }
     if let Some(cidr) = st.overlay_pool()? {
         args.extend([
-            "--datastore".into(),
-            datastore_spec(st),
             "--pod-cidr".into(),
             cidr.to_string(),
             "--block-size".into(),
             st.block_size.to_string(),
         ]);
-        if st.datastore == "etcd" {
-            // The lab's etcd takes only clients with a certificate of its CA.
-            let tls = etcd_client_tls(st);
-            for (flag, file) in [
-                ("--etcd-ca-cert-file", tls.ca_cert),
-                ("--etcd-cert-file", tls.cert),
-                ("--etcd-key-file", tls.key),
-            ] {
-                if let Some(f) = file {
-                    args.extend([flag.into(), f.display().to_string()]);
-                }
-            }
-        }
     }
     if let Some(w) = st.warm_ip_target {
         args.push("--warm-ip-target".into());
@@ -250,5 +256,18 @@ mod tests {
         st.datastore = "sqlite".into();
         let args = agent_args(&st, &node()).expect("args");
         assert!(!args.iter().any(|a| a.starts_with("--etcd-")), "{args:?}");
+    }
+
+    #[test]
+    fn vpc_agents_get_the_datastore_and_the_labs_external_pod_access() {
+        let mut st = LabState::new("t", Mode::Vpc);
+        st.datastore = "sqlite".into();
+        let args = agent_args(&st, &node()).expect("args");
+        let db = format!("sqlite:{}", st.dir().join("datastore.db").display());
+        assert_eq!(flag(&args, "--datastore"), Some(db.as_str()));
+        assert_eq!(flag(&args, "--external-pod-access"), Some("deny"));
+        st.external_pod_access = crate::state::ExternalPodAccess::Allow;
+        let args = agent_args(&st, &node()).expect("args");
+        assert_eq!(flag(&args, "--external-pod-access"), Some("allow"));
     }
 }

@@ -13,22 +13,26 @@ use crate::cloud::faults::CloudFaults;
 use crate::cloud::model::{Cloud, IngressRule, IngressSource, SecurityGroup, Subnet};
 use crate::cloud::{self, READY_FILE};
 use crate::datastore;
-use crate::state::{self, LabState, Mode, NodeRec};
+use crate::state::{self, ExternalPodAccess, LabState, Mode, NodeRec};
 use crate::{names, procs, LabError};
 
 mod agent_http;
 mod agents;
 mod binaries;
 mod boot;
+mod namespaces;
 mod nodes;
 mod pods;
+mod posture;
 mod status;
 
 pub use agent_http::{http_get, HttpAnswer};
 pub use agents::{agent_ready, agent_status, restart_agent, stop_agent, AGENT_METRICS_ADDRESS};
 pub use binaries::bin_dir;
+pub use namespaces::{namespace_add, namespace_label};
 pub use nodes::{node_add, node_del};
-pub use pods::{pod_add, pod_del, run_plugin};
+pub use pods::{pod_add, pod_del, pod_label, run_plugin, PodSpec};
+pub use posture::set_external_pod_access;
 pub use status::{ec2_call, format_status, set_allow_external, set_cloud_faults, status_json};
 
 /// Options of `lab up`.
@@ -59,6 +63,8 @@ pub struct UpOptions {
     /// EC2 failures the cloud injects once the lab is up (its own start-up
     /// is served cleanly, so `lab up` itself does not fail of them).
     pub cloud_faults: CloudFaults,
+    /// The agents' `--external-pod-access` (podwire's default: deny).
+    pub external_pod_access: ExternalPodAccess,
 }
 
 /// Brings a lab up; on failure removes whatever it had made.
@@ -140,6 +146,7 @@ pub fn up(opts: &UpOptions) -> Result<LabState, LabError> {
         pod_cidr: (opts.mode == Mode::Overlay).then_some(opts.pod_cidr),
         block_size: opts.block_size,
         datastore: opts.datastore.clone(),
+        external_pod_access: opts.external_pod_access,
         ..LabState::new(&opts.name, opts.mode)
     };
     st.save()?;
@@ -351,9 +358,10 @@ fn boot_instances(st: &LabState) -> Result<(), LabError> {
     Ok(())
 }
 
-/// Step 5: overlay on etcd: the lab's etcd (SQLite needs no server).
+/// Step 5: on etcd, the lab's etcd (SQLite needs no server); both modes
+/// keep pods, namespaces and policies there.
 fn start_datastore(st: &mut LabState) -> Result<(), LabError> {
-    if st.mode == Mode::Overlay && st.datastore == "etcd" {
+    if st.datastore == "etcd" {
         datastore::start_etcd(st)?;
     }
     Ok(())

@@ -139,7 +139,7 @@ pub fn node_del(lab: &str, node: &str) -> Result<(), LabError> {
         )));
     }
     for p in st.pods.values().filter(|p| p.node == node) {
-        pod_del(lab, &p.name)?;
+        pod_del(lab, &p.key())?;
     }
     let mut st = LabState::load(lab)?;
     let _lock = state::lock(&st.dir())?;

@@ -8,7 +8,12 @@ use std::time::Duration;
 use podwire_netlink::Handle;
 use serde_json::json;
 
+use podwire_cluster::records::Labels;
+use podwire_cluster::{ContainerPort, PodRef, Protocol};
+
 use super::binaries::{bin, bin_dir};
+use crate::datastore::lab_store;
+use crate::kube::{self, LabelEdit};
 use crate::state::{self, LabState, Mode, NodeRec, PodRec};
 use crate::{names, procs, LabError};
 
@@ -88,32 +93,87 @@ pub fn run_plugin(
     Ok(stdout)
 }
 
-/// `lab pod add`: a namespace, the plugin's ADD, optionally an HTTP page.
-pub fn pod_add(
-    lab: &str,
-    pod: &str,
-    node: &str,
-    namespace: &str,
-    http: bool,
-) -> Result<PodRec, LabError> {
-    names::check_pod_name(pod)?;
+/// What `lab pod add` makes.
+#[derive(Debug, Clone, Default)]
+pub struct PodSpec {
+    pub name: String,
+    pub namespace: String,
+    pub node: String,
+    pub labels: Labels,
+    /// Served by the pod's listener (`--http` adds 80; see
+    /// [`crate::kube::pod_ports`]).
+    pub ports: Vec<ContainerPort>,
+}
+
+impl PodSpec {
+    /// A pod in namespace default, with an HTTP page on 80 or none.
+    pub fn simple(name: &str, node: &str, http: bool) -> PodSpec {
+        PodSpec {
+            name: name.into(),
+            namespace: names::DEFAULT_NAMESPACE.into(),
+            node: node.into(),
+            labels: Labels::new(),
+            ports: if http {
+                vec![ContainerPort {
+                    name: None,
+                    port: 80,
+                    protocol: Protocol::TCP,
+                }]
+            } else {
+                Vec::new()
+            },
+        }
+    }
+}
+
+/// `lab pod add`: its records in the datastore (before ADD: the agent
+/// knows the pod's labels when it wires it), a namespace, the plugin's ADD
+/// (CNI_ARGS carry K8S_POD_NAMESPACE/K8S_POD_NAME), then its listener.
+pub fn pod_add(lab: &str, spec: &PodSpec) -> Result<PodRec, LabError> {
+    names::check_pod_name(&spec.name)?;
+    names::check_namespace_name(&spec.namespace)?;
+    let pref = PodRef::new(&spec.namespace, &spec.name)
+        .map_err(|e| LabError::Usage(format!("pod {}/{}: {e}", spec.namespace, spec.name)))?;
     let mut st = LabState::load(lab)?;
     let _lock = state::lock(&st.dir())?;
     st = LabState::load(lab)?;
-    if st.pods.contains_key(pod) {
-        return Err(LabError::Usage(format!("pod {pod} exists already")));
+    if st.pod(&pref).is_some() {
+        return Err(LabError::Usage(format!("pod {pref} exists already")));
     }
-    let n = st.node(node)?.clone();
+    let netns = names::ns_pod(lab, &spec.namespace, &spec.name);
+    if let Some(other) = st.pods.values().find(|p| p.netns == netns) {
+        return Err(LabError::Usage(format!(
+            "pod {pref} would get network namespace {netns}, which pod {}/{} has: choose another name",
+            other.namespace, other.name
+        )));
+    }
+    let n = st.node(&spec.node)?.clone();
     let mut rec = PodRec {
-        name: pod.into(),
-        namespace: namespace.into(),
-        node: node.into(),
-        netns: names::ns_pod(lab, pod),
-        container_id: format!("pw{lab}-{pod}"),
+        name: spec.name.clone(),
+        namespace: spec.namespace.clone(),
+        node: spec.node.clone(),
+        netns,
+        container_id: names::container_id(lab, &spec.namespace, &spec.name),
         ip: Ipv4Addr::UNSPECIFIED,
         result: serde_json::Value::Null,
         http_pid: None,
+        labels: spec.labels.clone(),
+        ports: spec.ports.clone(),
     };
+    let record = rec.record();
+    record
+        .validate()
+        .map_err(|e| LabError::Usage(format!("pod {pref}: {e}")))?;
+    // The namespace first (a pod in a namespace the lab does not know yet
+    // makes it, with only its name label), then the pod.
+    let store = lab_store(&st)?;
+    if !st.kube_namespaces.contains_key(&spec.namespace) {
+        let ns = kube::namespace_record(&spec.namespace, &Labels::new())?;
+        kube::write_namespace(store.as_ref(), &ns)?;
+        st.kube_namespaces.insert(spec.namespace.clone(), ns.labels);
+        st.save()?;
+    }
+    kube::write_pod(store.as_ref(), &record)?;
     procs::netns_add(&rec.netns)?;
     let wired = (|| -> Result<(), LabError> {
         let mut h = Handle::in_netns(&procs::netns_path(&rec.netns))?;
@@ -133,54 +193,93 @@ pub fn pod_add(
     })();
     if let Err(e) = wired {
         let _ = procs::netns_del(&rec.netns);
+        let _ = kube::delete_pod(store.as_ref(), &record);
         return Err(e);
     }
-    if http {
-        let dir = st.dir();
-        let me = std::env::current_exe().map_err(|e| LabError::State(e.to_string()))?;
-        let log = dir.join(format!("pod-{pod}.log"));
-        let args = vec![
-            "lab".into(),
-            "_http".into(),
-            "--dir".into(),
-            dir.display().to_string(),
-            "--pod".into(),
-            pod.into(),
-            "--namespace".into(),
-            namespace.into(),
-        ];
-        let pid = procs::spawn_in(&rec.netns, &me, &args, &log)?;
-        rec.http_pid = Some(pid);
-        let ns_path = procs::netns_path(&rec.netns);
-        procs::wait_for(
-            &format!("HTTP server in pod {pod}"),
-            pid,
-            &log,
-            Duration::from_secs(5),
-            || procs::port_open(&ns_path, rec.ip, 80),
-        )?;
-    }
-    st.pods.insert(pod.into(), rec.clone());
+    // Recorded before the listener starts: a failing listener leaves a pod
+    // that `lab pod del` removes, never one the lab forgot.
+    st.pods.insert(rec.key(), rec.clone());
     st.save()?;
+    if !rec.ports.is_empty() {
+        let pid = start_listener(&st, &rec)?;
+        rec.http_pid = Some(pid);
+        st.pods.insert(rec.key(), rec.clone());
+        st.save()?;
+        wait_listening(&st, &rec, pid)?;
+    }
     Ok(rec)
 }
 
-/// `lab pod del`: the plugin's DEL, then the namespace.
+/// The pod's listener: one process serving every port of the pod.
+fn start_listener(st: &LabState, rec: &PodRec) -> Result<i32, LabError> {
+    let dir = st.dir();
+    let me = std::env::current_exe().map_err(|e| LabError::State(e.to_string()))?;
+    let log = dir.join(format!("pod-{}.log", rec.netns));
+    let mut args = vec![
+        "lab".into(),
+        "_http".into(),
+        "--dir".into(),
+        dir.display().to_string(),
+        "--pod".into(),
+        rec.name.clone(),
+        "--namespace".into(),
+        rec.namespace.clone(),
+    ];
+    for p in &rec.ports {
+        args.extend(["--port".into(), p.port.to_string()]);
+    }
+    procs::spawn_in(&rec.netns, &me, &args, &log)
+}
+
+fn wait_listening(st: &LabState, rec: &PodRec, pid: i32) -> Result<(), LabError> {
+    let log = st.dir().join(format!("pod-{}.log", rec.netns));
+    let ns_path = procs::netns_path(&rec.netns);
+    procs::wait_for(
+        &format!("listener in pod {}", rec.key()),
+        pid,
+        &log,
+        Duration::from_secs(5),
+        || {
+            rec.ports
+                .iter()
+                .all(|p| procs::port_open(&ns_path, rec.ip, p.port))
+        },
+    )
+}
+
+/// `lab pod label`: changes a pod's labels, in lab.json and its record.
+pub fn pod_label(lab: &str, pod: &str, edits: &[LabelEdit]) -> Result<PodRec, LabError> {
+    let mut st = LabState::load(lab)?;
+    let _lock = state::lock(&st.dir())?;
+    st = LabState::load(lab)?;
+    let rec = st.pod_by_arg(pod)?.clone();
+    let key = st
+        .pod_entry_key(&rec.record().pod_ref())
+        .unwrap_or_else(|| rec.key());
+    let mut new = rec.clone();
+    new.labels = kube::apply_label_edits(&rec.labels, edits, None)?;
+    kube::write_pod(lab_store(&st)?.as_ref(), &new.record())?;
+    st.pods.insert(key, new.clone());
+    st.save()?;
+    Ok(new)
+}
+
+/// `lab pod del`: the plugin's DEL, then the namespace and the pod's record.
 pub fn pod_del(lab: &str, pod: &str) -> Result<(), LabError> {
     let mut st = LabState::load(lab)?;
     let _lock = state::lock(&st.dir())?;
     st = LabState::load(lab)?;
-    let rec = st
-        .pods
-        .get(pod)
-        .cloned()
-        .ok_or_else(|| LabError::Usage(format!("lab {lab} has no pod {pod}")))?;
+    let rec = st.pod_by_arg(pod)?.clone();
+    let key = st
+        .pod_entry_key(&rec.record().pod_ref())
+        .unwrap_or_else(|| rec.key());
     let node = st.node(&rec.node)?.clone();
     if let Some(pid) = rec.http_pid {
         procs::stop(pid, &st.dir().display().to_string());
     }
     run_plugin(st.mode, &node, "DEL", &rec, Some(&rec.result))?;
     procs::netns_del(&rec.netns)?;
-    st.pods.remove(pod);
+    kube::delete_pod(lab_store(&st)?.as_ref(), &rec.record())?;
+    st.pods.remove(&key);
     st.save()
 }

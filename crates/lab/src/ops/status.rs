@@ -62,9 +62,12 @@ pub fn status_json(lab: &str) -> Result<serde_json::Value, LabError> {
             })
             .unwrap_or_default()
     };
-    let mut pods_by_node: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    // Each node's pods as objects: who they are, where, and their labels.
+    let mut pods_by_node: BTreeMap<&str, Vec<serde_json::Value>> = BTreeMap::new();
     for p in st.pods.values() {
-        pods_by_node.entry(&p.node).or_default().push(&p.name);
+        pods_by_node.entry(&p.node).or_default().push(json!({
+            "namespace": p.namespace, "name": p.name, "ip": p.ip, "netns": p.netns, "labels": p.labels,
+        }));
     }
     let nodes: Vec<serde_json::Value> = st
         .nodes
@@ -88,7 +91,8 @@ pub fn status_json(lab: &str) -> Result<serde_json::Value, LabError> {
             json!({
                 "name": p.name, "namespace": p.namespace, "node": p.node, "netns": p.netns, "ip": p.ip,
                 "container_id": p.container_id, "eni": eni.as_ref().map(|e| e.0.clone()), "device_index": eni.and_then(|e| e.1),
-                "http": p.http_pid.is_some(),
+                "http": p.ports.iter().any(|x| x.port == 80) || (p.ports.is_empty() && p.http_pid.is_some()),
+                "labels": p.labels, "ports": p.ports,
             })
         })
         .collect();
@@ -96,7 +100,9 @@ pub fn status_json(lab: &str) -> Result<serde_json::Value, LabError> {
     Ok(json!({
         "name": st.name, "mode": st.mode, "subnet": st.subnet, "subnets": st.subnets, "allow_external": st.allow_external,
         "pod_cidr": overlay.then_some(st.pod_cidr).flatten(), "block_size": overlay.then_some(st.block_size),
-        "datastore": overlay.then(|| datastore_spec(&st)), "etcd_pid": st.etcd_pid,
+        "datastore": datastore_spec(&st), "etcd_pid": st.etcd_pid,
+        "external_pod_access": st.external_pod_access,
+        "namespaces": st.kube_namespaces.iter().map(|(n, l)| json!({"name": n, "labels": l})).collect::<Vec<_>>(),
         "cloud_faults": st.cloud_faults,
         "vpc_id": c.as_ref().map(|c| c.vpc_id.clone()), "node_security_group": st.node_sg, "external_security_group": st.external_sg,
         "fabric_netns": names::ns_fabric(&st.name),
@@ -200,6 +206,11 @@ pub fn format_status(v: &serde_json::Value) -> String {
             ""
         }
     );
+    let _ = writeln!(
+        out,
+        "agents' external pod access: {}",
+        v["external_pod_access"].as_str().unwrap_or("deny")
+    );
     for n in v["nodes"].as_array().into_iter().flatten() {
         let _ = writeln!(
             out,
@@ -244,14 +255,25 @@ pub fn format_status(v: &serde_json::Value) -> String {
             (Some(d), Some(eni)) => format!("eth{d} ({eni})"),
             _ => "pod CIDR".to_string(),
         };
+        let labels: Vec<String> = p["labels"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+            .collect();
         let _ = writeln!(
             out,
-            "pod {}/{}  on {}  {}  {home}  netns {}",
+            "pod {}/{}  on {}  {}  {home}  netns {}{}",
             p["namespace"].as_str().unwrap_or(""),
             p["name"].as_str().unwrap_or(""),
             p["node"].as_str().unwrap_or(""),
             p["ip"].as_str().unwrap_or(""),
-            p["netns"].as_str().unwrap_or("")
+            p["netns"].as_str().unwrap_or(""),
+            if labels.is_empty() {
+                String::new()
+            } else {
+                format!("  labels {}", labels.join(","))
+            }
         );
     }
     out

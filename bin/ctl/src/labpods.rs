@@ -1,0 +1,145 @@
+//! `lab namespace …`, `lab pod label`, `lab probe` and `lab
+//! external-pod-access`: the lab's Kubernetes metadata, its reachability
+//! matrix and its agents' posture.
+
+use std::time::Duration;
+
+use clap::Subcommand;
+use podwire_lab::kube;
+use podwire_lab::names;
+use podwire_lab::ops;
+use podwire_lab::reach::{self, ProbeOptions};
+use podwire_lab::state::{ExternalPodAccess, LabState};
+
+#[derive(Debug, Subcommand)]
+pub enum NamespaceCmd {
+    /// Create a namespace (it always carries kubernetes.io/metadata.name=NS).
+    Add {
+        #[arg(long, default_value = names::DEFAULT_LAB)]
+        name: String,
+        namespace: String,
+        /// Labels: k=v,k2=v2.
+        #[arg(long, default_value = "")]
+        labels: String,
+    },
+    /// Change a namespace's labels: k=v adds or changes, k- removes.
+    Label {
+        #[arg(long, default_value = names::DEFAULT_LAB)]
+        name: String,
+        namespace: String,
+        #[arg(required = true, allow_hyphen_values = true)]
+        changes: Vec<String>,
+    },
+}
+
+fn print_labels(what: &str, labels: &podwire_cluster::records::Labels) {
+    let l: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    println!("{what}  {}", l.join(","));
+}
+
+pub fn namespace(cmd: NamespaceCmd) -> anyhow::Result<()> {
+    match cmd {
+        NamespaceCmd::Add {
+            name,
+            namespace,
+            labels,
+        } => {
+            let l = ops::namespace_add(&name, &namespace, &kube::parse_labels(&labels)?)?;
+            print_labels(&namespace, &l);
+        }
+        NamespaceCmd::Label {
+            name,
+            namespace,
+            changes,
+        } => {
+            let edits = kube::parse_label_edits(&changes)?;
+            let l = ops::namespace_label(&name, &namespace, &edits)?;
+            print_labels(&namespace, &l);
+        }
+    }
+    Ok(())
+}
+
+/// `lab pod add`'s arguments past the name and node.
+pub fn pod_spec(
+    pod: &str,
+    node: &str,
+    namespace: Option<&str>,
+    labels: &str,
+    ports: &[String],
+    http: bool,
+) -> anyhow::Result<ops::PodSpec> {
+    // NS/NAME or NAME with --namespace (default: default), not both.
+    let (ns, name) = match (pod.split_once('/'), namespace) {
+        (Some(_), Some(_)) => {
+            anyhow::bail!("give the namespace as NS/NAME or with --namespace, not both")
+        }
+        (Some((ns, name)), None) => (ns, name),
+        (None, ns) => (ns.unwrap_or(names::DEFAULT_NAMESPACE), pod),
+    };
+    Ok(ops::PodSpec {
+        name: name.into(),
+        namespace: ns.into(),
+        node: node.into(),
+        labels: kube::parse_labels(labels)?,
+        ports: kube::pod_ports(ports, http)?,
+    })
+}
+
+/// `lab pod label NAME [--namespace NS] k=v … k-`.
+pub fn pod_label(
+    lab: &str,
+    pod: &str,
+    namespace: Option<&str>,
+    changes: &[String],
+) -> anyhow::Result<()> {
+    let arg = match (pod.contains('/'), namespace) {
+        (true, Some(_)) => {
+            anyhow::bail!("give the namespace as NS/NAME or with --namespace, not both")
+        }
+        (false, Some(ns)) => format!("{ns}/{pod}"),
+        _ => pod.to_string(),
+    };
+    let edits = kube::parse_label_edits(changes)?;
+    let rec = ops::pod_label(lab, &arg, &edits)?;
+    print_labels(&rec.key(), &rec.labels);
+    Ok(())
+}
+
+/// `lab probe`: prints the matrix; exit status 0 whatever it shows (it is
+/// a measurement, not a test).
+pub fn probe(lab: &str, port: u16, timeout_ms: u64, json: bool) -> anyhow::Result<()> {
+    let st = LabState::load(lab)?;
+    let m = reach::probe_all(
+        &st,
+        ProbeOptions {
+            port,
+            timeout: Duration::from_millis(timeout_ms.clamp(50, 10_000)),
+            ..Default::default()
+        },
+    )?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&m)?);
+    } else {
+        print!("{}", reach::format_matrix(&m));
+    }
+    Ok(())
+}
+
+pub fn external_pod_access(lab: &str, access: ExternalPodAccess) -> anyhow::Result<()> {
+    let restarted = ops::set_external_pod_access(lab, access)?;
+    println!(
+        "lab {lab}: external pod access {access}; agents restarted on {}",
+        if restarted.is_empty() {
+            "no node (none running)".to_string()
+        } else {
+            restarted.join(", ")
+        }
+    );
+    Ok(())
+}
+
+/// clap's parser for [`ExternalPodAccess`].
+pub fn parse_access(s: &str) -> Result<ExternalPodAccess, String> {
+    s.parse().map_err(|e: podwire_lab::LabError| e.to_string())
+}

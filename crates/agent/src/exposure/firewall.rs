@@ -1,0 +1,169 @@
+//! Where the posture's set and the policies go: the node's nftables (one
+//! `nft -f` transaction per change, both concerns together), or a recorder
+//! in tests.
+
+use ipnet::Ipv4Net;
+use podwire_dataplane::nft::{self, HelperChain, HelperSet, PolicyRuleset};
+use podwire_dataplane::DataplaneError;
+use podwire_policy::{NftObject, NftPolicy};
+
+/// One change to the node's firewall; `None` leaves that part as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Change {
+    pub cluster_nets: Option<Vec<Ipv4Net>>,
+    pub policy: Option<PolicyRuleset>,
+}
+
+impl Change {
+    pub fn is_empty(&self) -> bool {
+        self.cluster_nets.is_none() && self.policy.is_none()
+    }
+}
+
+pub(crate) trait Firewall: Send + Sync + std::fmt::Debug {
+    /// Applies `change` in one transaction: all of it or nothing.
+    fn apply(&self, change: &Change) -> Result<(), DataplaneError>;
+}
+
+/// The node's nftables. Remembers which policy helpers it left in the
+/// table (the agent is the table's one owner), so only the first change
+/// after start, or after a failure, lists them from the kernel.
+#[derive(Debug, Default)]
+pub(crate) struct Nft {
+    helpers: std::sync::Mutex<Option<nft::Helpers>>,
+}
+
+impl Firewall for Nft {
+    fn apply(&self, change: &Change) -> Result<(), DataplaneError> {
+        let mut known = self.helpers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = String::new();
+        if let Some(nets) = &change.cluster_nets {
+            s.push_str(&nft::cluster_nets_script(nets));
+        }
+        if let Some(p) = &change.policy {
+            let existing = match known.take() {
+                Some(h) => h,
+                None => nft::existing_helpers()?,
+            };
+            s.push_str(&p.script(&existing)?);
+        }
+        if s.is_empty() {
+            return Ok(());
+        }
+        nft::apply(&s)?;
+        if let Some(p) = &change.policy {
+            *known = Some(p.helpers());
+        }
+        Ok(())
+    }
+}
+
+/// podwire-policy's rendering as the dataplane's network-policy concern:
+/// its content-named objects are `fixed` (kept when the table has them),
+/// `np-local` and the two verdict maps are rewritten each time.
+pub(crate) fn ruleset(p: NftPolicy) -> PolicyRuleset {
+    let mut sets = Vec::new();
+    let mut chains = Vec::new();
+    for o in p.objects {
+        match o {
+            NftObject::Set {
+                name,
+                decl,
+                elements,
+            } => sets.push(HelperSet {
+                name,
+                map: false,
+                fixed: true,
+                decl,
+                elements,
+            }),
+            NftObject::Chain { name, rules } => chains.push(HelperChain {
+                name,
+                fixed: true,
+                rules,
+            }),
+        }
+    }
+    sets.push(HelperSet {
+        name: LOCAL_SET.into(),
+        map: false,
+        fixed: false,
+        decl: "type ipv4_addr;".into(),
+        elements: p.local,
+    });
+    for (name, elements) in [(INGRESS_MAP, p.ingress_map), (EGRESS_MAP, p.egress_map)] {
+        sets.push(HelperSet {
+            name: name.into(),
+            map: true,
+            fixed: false,
+            decl: "type ipv4_addr : verdict;".into(),
+            elements,
+        });
+    }
+    PolicyRuleset {
+        rules: p.chain_body,
+        chains,
+        sets,
+    }
+}
+
+/// podwire-policy's fixed object names (its rules refer to them).
+const LOCAL_SET: &str = "np-local";
+const INGRESS_MAP: &str = "np-ingress";
+const EGRESS_MAP: &str = "np-egress";
+
+#[cfg(test)]
+pub(crate) mod fake {
+    //! A firewall that records what it was asked to apply, and can be made
+    //! to fail.
+
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Mutex;
+
+    use super::*;
+
+    #[derive(Debug, Default)]
+    pub struct Recorder {
+        pub applied: Mutex<Vec<Change>>,
+        pub fail: AtomicBool,
+    }
+
+    impl Recorder {
+        pub fn changes(&self) -> Vec<Change> {
+            self.applied
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+        }
+
+        /// The last policy applied.
+        pub fn last_policy(&self) -> Option<PolicyRuleset> {
+            self.changes().into_iter().rev().find_map(|c| c.policy)
+        }
+
+        pub fn last_nets(&self) -> Option<Vec<Ipv4Net>> {
+            self.changes()
+                .into_iter()
+                .rev()
+                .find_map(|c| c.cluster_nets)
+        }
+    }
+
+    impl Firewall for std::sync::Arc<Recorder> {
+        fn apply(&self, change: &Change) -> Result<(), DataplaneError> {
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(DataplaneError::Nft("the fake kernel refuses".into()));
+            }
+            // What the real one would be given must pass the dataplane's
+            // checks.
+            if let Some(p) = &change.policy {
+                p.script(&nft::Helpers::default())?;
+            }
+            self.applied
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(change.clone());
+            Ok(())
+        }
+    }
+}

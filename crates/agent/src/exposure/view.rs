@@ -1,0 +1,193 @@
+//! The cluster as the datastore says it, kept by key: namespaces, pods,
+//! endpoints, policies and node addresses. Every record is decoded and
+//! validated (a record is input like any other); one that does not decode
+//! is left out and reported, and its key forgotten so a fixed record
+//! replaces it.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use podwire_cluster::records::decode;
+use podwire_cluster::{keys, EndpointRecord, NamespaceRecord, NodeAddressesRecord, PodRecord};
+use podwire_policy::{ClusterView, NetworkPolicy};
+
+/// Every prefix the agent follows for posture and policy.
+pub(crate) const FOLLOWED: [&str; 5] = [
+    keys::NAMESPACES,
+    keys::PODS,
+    keys::ENDPOINTS,
+    keys::POLICIES,
+    keys::NODE_ADDRESSES,
+];
+
+#[derive(Debug, Default, Clone)]
+pub(crate) struct View {
+    namespaces: BTreeMap<String, NamespaceRecord>,
+    pods: BTreeMap<String, PodRecord>,
+    endpoints: BTreeMap<String, EndpointRecord>,
+    policies: BTreeMap<String, NetworkPolicy>,
+    nodes: BTreeMap<String, NodeAddressesRecord>,
+}
+
+/// A record that could not be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Rejected {
+    pub key: String,
+    pub reason: String,
+}
+
+impl View {
+    pub fn clear(&mut self) {
+        *self = View::default();
+    }
+
+    /// Applies one key's new value (`None`: deleted).
+    pub fn update(&mut self, key: &str, value: Option<&[u8]>) -> Result<(), Rejected> {
+        let reject = |reason: String| Rejected {
+            key: key.to_string(),
+            reason,
+        };
+        macro_rules! put {
+            ($map:expr, $decode:expr) => {{
+                $map.remove(key);
+                if let Some(v) = value {
+                    let rec = $decode(v).map_err(|e| reject(e.to_string()))?;
+                    $map.insert(key.to_string(), rec);
+                }
+                Ok(())
+            }};
+        }
+        if key.starts_with(keys::NAMESPACES) {
+            put!(self.namespaces, |v| decode(v, NamespaceRecord::validate))
+        } else if key.starts_with(keys::PODS) {
+            put!(self.pods, |v| decode(v, PodRecord::validate))
+        } else if key.starts_with(keys::ENDPOINTS) {
+            put!(self.endpoints, |v| {
+                let e: EndpointRecord = decode(v, EndpointRecord::validate)?;
+                // The key is where the record claims to be; anything else is
+                // a forgery or a bug, and must not move an address.
+                if keys::endpoint(&e) != key {
+                    return Err(podwire_cluster::RecordError::new(
+                        "record",
+                        format!("an endpoint of {} stored under another key", e.node),
+                    ));
+                }
+                Ok(e)
+            })
+        } else if key.starts_with(keys::POLICIES) {
+            put!(self.policies, NetworkPolicy::from_record)
+        } else if key.starts_with(keys::NODE_ADDRESSES) {
+            put!(self.nodes, |v| decode(v, NodeAddressesRecord::validate))
+        } else {
+            Ok(())
+        }
+    }
+
+    pub fn put_endpoint(&mut self, e: EndpointRecord) {
+        self.endpoints.insert(keys::endpoint(&e), e);
+    }
+
+    pub fn remove_endpoint(&mut self, key: &str) -> Option<EndpointRecord> {
+        self.endpoints.remove(key)
+    }
+
+    pub fn endpoints_of<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a EndpointRecord> {
+        self.endpoints.values().filter(move |e| e.node == node)
+    }
+
+    /// The cluster's addresses for the posture: every node's and every
+    /// pod's, plus `extra` (the allow-list and this node's own).
+    pub fn cluster_nets(&self, extra: &[Ipv4Net]) -> Vec<Ipv4Net> {
+        let mut v: Vec<Ipv4Net> = extra.to_vec();
+        let host = |ip: Ipv4Addr| Ipv4Net::from(ip);
+        v.extend(self.endpoints.values().map(|e| host(e.ip)));
+        v.extend(
+            self.nodes
+                .values()
+                .flat_map(|n| n.addresses.iter().copied().map(host)),
+        );
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// What podwire-policy decides from; `own` are this node's addresses
+    /// (known before its record is back from the datastore).
+    pub fn cluster_view(&self, node: &str, own: &[Ipv4Addr]) -> ClusterView {
+        let mut node_addresses: BTreeMap<String, Vec<Ipv4Addr>> = self
+            .nodes
+            .values()
+            .map(|n| (n.node.clone(), n.addresses.clone()))
+            .collect();
+        node_addresses.insert(node.to_string(), own.to_vec());
+        ClusterView {
+            namespaces: self.namespaces.values().cloned().collect(),
+            pods: self.pods.values().cloned().collect(),
+            endpoints: self.endpoints.values().cloned().collect(),
+            policies: self.policies.values().cloned().collect(),
+            node_addresses,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(node: &str, c: &str, ip: [u8; 4]) -> EndpointRecord {
+        EndpointRecord {
+            node: node.into(),
+            container_id: c.into(),
+            ifname: "eth0".into(),
+            ip: Ipv4Addr::from(ip),
+            pod: None,
+        }
+    }
+
+    #[test]
+    fn records_come_and_go_by_key_and_bad_ones_are_left_out() {
+        let mut v = View::default();
+        let e = endpoint("n1", "c1", [10, 0, 0, 5]);
+        let key = keys::endpoint(&e);
+        let bytes = serde_json::to_vec(&e).expect("json");
+        v.update(&key, Some(&bytes)).expect("valid");
+        let n = NodeAddressesRecord {
+            node: "n2".into(),
+            mode: "vpc".into(),
+            addresses: vec![Ipv4Addr::new(10, 0, 1, 9)],
+        };
+        let nk = keys::node_addresses("n2");
+        v.update(&nk, Some(&serde_json::to_vec(&n).expect("json")))
+            .expect("valid");
+        let allow: Ipv4Net = "192.0.2.0/24".parse().expect("net");
+        let nets = v.cluster_nets(&[allow]);
+        for want in ["10.0.0.5/32", "10.0.1.9/32", "192.0.2.0/24"] {
+            assert!(
+                nets.contains(&want.parse().expect("net")),
+                "{want}: {nets:?}"
+            );
+        }
+        v.update(&key, None).expect("delete");
+        assert!(!v
+            .cluster_nets(&[])
+            .contains(&"10.0.0.5/32".parse().expect("net")));
+
+        // Junk, and a record under another endpoint's key: refused, and the
+        // key holds nothing afterwards.
+        v.update(&key, Some(&bytes)).expect("valid");
+        let r = v.update(&key, Some(b"{\"node\":1}")).expect_err("junk");
+        assert_eq!(r.key, key);
+        assert!(v.cluster_nets(&[]).len() == 1, "only the node is left");
+        let other = keys::endpoint_of("n1", "c2", "eth0");
+        assert!(v.update(&other, Some(&bytes)).is_err());
+    }
+
+    #[test]
+    fn the_policy_view_always_knows_this_node_s_addresses() {
+        let v = View::default();
+        let own = [Ipv4Addr::new(10, 0, 0, 10)];
+        let cv = v.cluster_view("n1", &own);
+        assert_eq!(cv.node_addresses.get("n1"), Some(&own.to_vec()));
+    }
+}
