@@ -397,7 +397,11 @@ fn format_verify(v: &Verified) -> String {
             m.to,
             m.to_ip,
             m.port,
-            if m.expected { "reachable" } else { "unreachable" },
+            if m.expected {
+                "reachable"
+            } else {
+                "unreachable"
+            },
             m.observed
         );
         for r in &m.reasons {

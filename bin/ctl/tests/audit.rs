@@ -185,7 +185,10 @@ fn verified(lab: &Lab, what: &str) -> Value {
     let started = Instant::now();
     loop {
         let (ok, v) = verify(lab, &[]);
-        let m = v["verify"]["mismatches"].as_array().expect("mismatches").len();
+        let m = v["verify"]["mismatches"]
+            .as_array()
+            .expect("mismatches")
+            .len();
         if ok {
             assert_eq!(m, 0);
             return v;
@@ -206,7 +209,12 @@ fn claim<'a>(v: &'a Value, from: &str, to: &str, port: u64) -> &'a Value {
         .iter()
         .find(|p| p["pod"] == to)
         .and_then(|p| p["ports"].as_array()?.iter().find(|x| x["port"] == port))
-        .and_then(|p| p["claims"].as_array()?.iter().find(|c| c["from"]["name"] == from))
+        .and_then(|p| {
+            p["claims"]
+                .as_array()?
+                .iter()
+                .find(|c| c["from"]["name"] == from)
+        })
         .unwrap_or_else(|| panic!("no claim {from} -> {to}:{port}"))
 }
 
@@ -222,7 +230,11 @@ fn check_common(v: &Value) {
     assert_eq!(v["pods"].as_array().expect("pods").len(), 21);
     let claims = v["claims"].as_u64().expect("claims");
     assert_eq!(v["verify"]["claims"].as_u64(), Some(claims));
-    assert_eq!(v["verify"]["probed"].as_u64(), Some(claims), "every claim probed");
+    assert_eq!(
+        v["verify"]["probed"].as_u64(),
+        Some(claims),
+        "every claim probed"
+    );
     // db isolated: only web's api pods reach sql; nobody else, on any port.
     assert!(reachable(v, "web/p1", "db/p0", 5432));
     assert!(!reachable(v, "web/p0", "db/p0", 5432));
@@ -268,7 +280,9 @@ fn vpc_audit_is_verified_under_both_postures_and_a_wrong_one_is_caught() {
     // db: the group admits 80, the policy does not.
     assert!(!reachable(&v, "external", "db/p0", 80));
     let exposed = v["exposed"].as_array().expect("exposed");
-    assert!(exposed.iter().any(|e| e["pod"] == "web/p0" && e["port"] == 80));
+    assert!(exposed
+        .iter()
+        .any(|e| e["pod"] == "web/p0" && e["port"] == 80));
     assert!(exposed.iter().all(|e| e["from"] == "external"));
 
     // The verifier fails when the prediction is wrong: told deny while the
@@ -277,7 +291,12 @@ fn vpc_audit_is_verified_under_both_postures_and_a_wrong_one_is_caught() {
     assert!(!ok, "a wrong prediction must make --verify fail");
     let m = v["verify"]["mismatches"].as_array().expect("mismatches");
     assert!(!m.is_empty());
-    assert!(m.iter().all(|x| x["from"]["name"] == "external" && x["expected"] == false && x["observed"] == "connected"), "{m:?}");
+    assert!(
+        m.iter().all(|x| x["from"]["name"] == "external"
+            && x["expected"] == false
+            && x["observed"] == "connected"),
+        "{m:?}"
+    );
     assert!(m.iter().any(|x| x["to"] == "ops/p0" && x["port"] == 80));
 }
 
@@ -288,7 +307,14 @@ fn overlay_audit_is_verified_and_outside_hosts_never_reach_pods() {
     }
     let lab = Lab::up(
         "t-audit-ovl",
-        &["--mode", "overlay", "--nodes", "3", "--external-pod-access", "allow"],
+        &[
+            "--mode",
+            "overlay",
+            "--nodes",
+            "3",
+            "--external-pod-access",
+            "allow",
+        ],
     );
     setup(&lab);
     let v = verified(&lab, "overlay, allow");
@@ -296,7 +322,8 @@ fn overlay_audit_is_verified_and_outside_hosts_never_reach_pods() {
     assert_eq!(v["exposed"].as_array().expect("exposed").len(), 0);
     let why = claim(&v, "external", "ops/p0", 80)["reasons"].to_string();
     assert!(why.contains("has no route"), "{why}");
-    // Pods of other nodes go through the tunnel.
-    let why = claim(&v, "web/p1", "db/p0", 5432)["reasons"].to_string();
+    // Pods of other nodes go through the tunnel (web/p1 is on node-2,
+    // db/p2 on node-1).
+    let why = claim(&v, "web/p1", "db/p2", 5432)["reasons"].to_string();
     assert!(why.contains("VXLAN"), "{why}");
 }
