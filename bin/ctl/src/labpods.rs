@@ -27,7 +27,7 @@ pub enum NamespaceCmd {
         #[arg(long, default_value = names::DEFAULT_LAB)]
         name: String,
         namespace: String,
-        #[arg(required = true, allow_hyphen_values = true)]
+        #[arg(required = true)]
         changes: Vec<String>,
     },
 }
@@ -142,4 +142,139 @@ pub fn external_pod_access(lab: &str, access: ExternalPodAccess) -> anyhow::Resu
 /// clap's parser for [`ExternalPodAccess`].
 pub fn parse_access(s: &str) -> Result<ExternalPodAccess, String> {
     s.parse().map_err(|e: podwire_lab::LabError| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    fn parses(args: &[&str]) -> bool {
+        crate::Cli::try_parse_from(std::iter::once("podwirectl").chain(args.iter().copied()))
+            .is_ok()
+    }
+
+    #[test]
+    fn label_changes_leave_the_lab_flag_to_the_lab() {
+        // `--name` after the changes is the lab's name, not a change.
+        for cmd in [
+            &[
+                "lab",
+                "namespace",
+                "label",
+                "y",
+                "ns2=updated",
+                "k-",
+                "--name",
+                "t",
+            ][..],
+            &["lab", "pod", "label", "x/a", "pod-", "--name", "t"],
+            &[
+                "lab",
+                "pod",
+                "label",
+                "a",
+                "--namespace",
+                "x",
+                "app=web",
+                "--name",
+                "t",
+            ],
+        ] {
+            assert!(parses(cmd), "{cmd:?}");
+        }
+        assert!(!parses(&["lab", "namespace", "label", "y"]), "no change");
+        let cli = crate::Cli::try_parse_from([
+            "podwirectl",
+            "lab",
+            "namespace",
+            "label",
+            "y",
+            "ns2=updated",
+            "--name",
+            "t",
+        ])
+        .expect("parses");
+        let crate::Top::Lab {
+            cmd:
+                crate::LabCmd::Namespace {
+                    cmd: super::NamespaceCmd::Label { name, changes, .. },
+                },
+        } = cli.cmd
+        else {
+            panic!("not lab namespace label");
+        };
+        assert_eq!(
+            (name.as_str(), changes),
+            ("t", vec!["ns2=updated".to_string()])
+        );
+        let cli = crate::Cli::try_parse_from([
+            "podwirectl",
+            "lab",
+            "pod",
+            "label",
+            "x/a",
+            "pod-",
+            "--name",
+            "t",
+        ])
+        .expect("parses");
+        let crate::Top::Lab {
+            cmd:
+                crate::LabCmd::Pod {
+                    cmd: crate::PodCmd::Label { name, changes, .. },
+                },
+        } = cli.cmd
+        else {
+            panic!("not lab pod label");
+        };
+        assert_eq!((name.as_str(), changes), ("t", vec!["pod-".to_string()]));
+        assert!(parses(&[
+            "lab",
+            "pod",
+            "add",
+            "x/a",
+            "--node",
+            "node-1",
+            "--labels",
+            "pod=a",
+            "--port",
+            "serve-80-tcp=80/tcp",
+            "--port",
+            "serve-81-tcp=81/tcp",
+            "--name",
+            "t"
+        ]));
+        assert!(parses(&[
+            "lab",
+            "up",
+            "--mode",
+            "vpc",
+            "--external-pod-access",
+            "allow"
+        ]));
+        assert!(!parses(&[
+            "lab",
+            "up",
+            "--mode",
+            "vpc",
+            "--external-pod-access",
+            "open"
+        ]));
+        assert!(parses(&[
+            "lab",
+            "external-pod-access",
+            "deny",
+            "--name",
+            "t"
+        ]));
+        assert!(parses(&["policy", "apply", "-f", "p.yaml", "--lab", "t"]));
+        assert!(!parses(&[
+            "policy",
+            "list",
+            "--lab",
+            "t",
+            "--datastore",
+            "sqlite:/x.db"
+        ]));
+    }
 }

@@ -343,7 +343,7 @@ enum PodCmd {
         pod: String,
         #[arg(long)]
         namespace: Option<String>,
-        #[arg(required = true, allow_hyphen_values = true)]
+        #[arg(required = true)]
         changes: Vec<String>,
     },
     /// Delete a pod (NAME or NS/NAME).

@@ -264,7 +264,8 @@ fn narrate(lab: &str) -> Result<Observed, LabError> {
         Ok(_) => println!("  curl web-1: answered (unexpected!)"),
         Err(e) => println!("  curl web-1: {e}"),
     }
-    println!("An operator now lets the external host reach the nodes (AuthorizeSecurityGroupIngress on the node group)...");
+    println!("An operator now lets the external host reach the nodes (AuthorizeSecurityGroupIngress on the node group);");
+    println!("the agents run with --external-pod-access allow, as the VPC CNI behaves...");
     ops::set_allow_external(lab, true)?;
     let exposed = probe::curl(&st, "external", "web-1");
     match &exposed {
@@ -282,7 +283,8 @@ fn narrate(lab: &str) -> Result<Observed, LabError> {
     println!("Now podwire's default posture: `podwirectl lab external-pod-access deny` (agents restarted with it)...");
     ops::set_external_pod_access(lab, ExternalPodAccess::Deny)?;
     let st = LabState::load(lab)?;
-    match probe::curl(&st, "external", "web-1") {
+    let after = probe::curl(&st, "external", "web-1");
+    match &after {
         Ok(_) => println!("  curl web-1: answered (the posture did not close it!)"),
         Err(e) => println!("  curl web-1: {e}"),
     }
@@ -293,7 +295,7 @@ fn narrate(lab: &str) -> Result<Observed, LabError> {
     );
     println!("The node security group still admits the external host to the node; the node drops what it sends");
     println!("to pods, while node -> pod, pod -> pod and the pods' own connections keep working.");
-    let closed = probe::curl(&st, "external", "web-1").is_err();
+    let closed = after.is_err();
 
     section("6. Warning 1: pods fail for lack of IPs, not of CPU or memory");
     println!("An m5.large takes 3 ENIs x 10 IPv4 addresses; the ENIs' primaries are not for pods: 3 x 9 = 27 pod IPs.");

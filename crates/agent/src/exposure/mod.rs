@@ -11,9 +11,9 @@
 //! - The kernel never sees a state more open than the last one applied
 //!   until the records say so: the agent rebuilds from the datastore before
 //!   its first ADD, the table and the policy chain are never flushed without
-//!   their new content in the same transaction, and a record that does not
-//!   decode is left out (a pod it would have selected is closed by the
-//!   policy chain's "not known yet" rule, not opened).
+//!   their new content in the same transaction, and a policy record that
+//!   does not decode isolates its namespace until it is fixed (leaving it
+//!   out would open what it meant to close).
 
 pub(crate) mod backend;
 pub(crate) mod firewall;

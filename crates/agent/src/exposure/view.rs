@@ -1,8 +1,9 @@
 //! The cluster as the datastore says it, kept by key: namespaces, pods,
 //! endpoints, policies and node addresses. Every record is decoded and
 //! validated (a record is input like any other); one that does not decode
-//! is left out and reported, and its key forgotten so a fixed record
-//! replaces it.
+//! is left out and reported. A policy record that does not decode fails
+//! closed: until it is fixed or deleted, its namespace is isolated in both
+//! directions (leaving it out would open the pods it meant to protect).
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -27,7 +28,28 @@ pub(crate) struct View {
     pods: BTreeMap<String, PodRecord>,
     endpoints: BTreeMap<String, EndpointRecord>,
     policies: BTreeMap<String, NetworkPolicy>,
+    /// Policy records that do not decode: key → the isolation standing in
+    /// for them.
+    broken: BTreeMap<String, NetworkPolicy>,
     nodes: BTreeMap<String, NodeAddressesRecord>,
+}
+
+/// What stands in for a policy record at `key` that does not decode: every
+/// pod of its namespace isolated, ingress and egress. `None` when the key
+/// does not even name a namespace (no policy can have been meant for one).
+fn isolation_for(key: &str) -> Option<NetworkPolicy> {
+    let rest = key.strip_prefix(keys::POLICIES)?;
+    let (ns, _) = rest.split_once('/')?;
+    podwire_cluster::names::dns1123_label("namespace", ns).ok()?;
+    let doc = format!(
+        "{{\"apiVersion\":\"networking.k8s.io/v1\",\"kind\":\"NetworkPolicy\",\
+         \"metadata\":{{\"namespace\":\"{ns}\",\"name\":\"unreadable-policy-record\"}},\
+         \"spec\":{{\"podSelector\":{{}},\"policyTypes\":[\"Ingress\",\"Egress\"]}}}}"
+    );
+    podwire_policy::parse_documents(&doc)
+        .ok()?
+        .into_iter()
+        .next()
 }
 
 /// A record that could not be used.
@@ -76,7 +98,21 @@ impl View {
                 Ok(e)
             })
         } else if key.starts_with(keys::POLICIES) {
-            put!(self.policies, NetworkPolicy::from_record)
+            self.broken.remove(key);
+            self.policies.remove(key);
+            let Some(v) = value else { return Ok(()) };
+            match NetworkPolicy::from_record(v) {
+                Ok(p) => {
+                    self.policies.insert(key.to_string(), p);
+                    Ok(())
+                }
+                Err(e) => {
+                    if let Some(iso) = isolation_for(key) {
+                        self.broken.insert(key.to_string(), iso);
+                    }
+                    Err(reject(e.to_string()))
+                }
+            }
         } else if key.starts_with(keys::NODE_ADDRESSES) {
             put!(self.nodes, |v| decode(v, NodeAddressesRecord::validate))
         } else {
@@ -125,7 +161,12 @@ impl View {
             namespaces: self.namespaces.values().cloned().collect(),
             pods: self.pods.values().cloned().collect(),
             endpoints: self.endpoints.values().cloned().collect(),
-            policies: self.policies.values().cloned().collect(),
+            policies: self
+                .policies
+                .values()
+                .chain(self.broken.values())
+                .cloned()
+                .collect(),
             node_addresses,
         }
     }
@@ -181,6 +222,23 @@ mod tests {
         assert!(v.cluster_nets(&[]).len() == 1, "only the node is left");
         let other = keys::endpoint_of("n1", "c2", "eth0");
         assert!(v.update(&other, Some(&bytes)).is_err());
+    }
+
+    #[test]
+    fn an_unreadable_policy_record_isolates_its_namespace_until_fixed() {
+        let mut v = View::default();
+        let key = keys::policy("x", "web");
+        assert!(v.update(&key, Some(b"{\"kind\":")).is_err());
+        let cv = v.cluster_view("n1", &[]);
+        assert_eq!(cv.policies.len(), 1, "{:?}", cv.policies);
+        let p = &cv.policies[0];
+        assert_eq!(p.namespace, "x");
+        assert!(p.applies_to(podwire_policy::PolicyType::Ingress));
+        assert!(p.applies_to(podwire_policy::PolicyType::Egress));
+        assert!(p.ingress.is_empty() && p.egress.is_empty());
+        // Deleted (or replaced by a good record): the isolation goes.
+        v.update(&key, None).expect("delete");
+        assert!(v.cluster_view("n1", &[]).policies.is_empty());
     }
 
     #[test]

@@ -86,9 +86,22 @@ fn check_name(n: &str) -> Result<()> {
     }
 }
 
-/// One statement per line: a rule may not smuggle a second one in.
+/// One statement per line: a rule may not smuggle a second one in (no
+/// line break, and outside its quoted strings no `;` or `#`; a quoted
+/// string, a comment's text, cannot escape its quotes).
 fn check_rule(r: &str) -> Result<()> {
-    if r.trim().is_empty() || r.contains(['\n', '\r', ';', '#']) {
+    if r.trim().is_empty() || r.contains(['\n', '\r', '\\']) {
+        return Err(bad("rule", r));
+    }
+    let mut quoted = false;
+    for c in r.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            ';' | '#' if !quoted => return Err(bad("rule", r)),
+            _ => {}
+        }
+    }
+    if quoted {
         return Err(bad("rule", r));
     }
     Ok(())
@@ -395,6 +408,17 @@ mod tests {
         let mut r = ruleset();
         r.rules.push("counter; flush ruleset".into());
         assert!(r.script(&Helpers::default()).is_err());
+        let mut r = ruleset();
+        r.rules
+            .push("counter comment \"open\" ; flush ruleset".into());
+        assert!(r.script(&Helpers::default()).is_err());
+        let mut r = ruleset();
+        r.rules.push("counter comment \"unterminated".into());
+        assert!(r.script(&Helpers::default()).is_err());
+        // Inside a comment's quotes, ';' and '#' are text.
+        let mut r = ruleset();
+        r.rules.push("counter comment \"x/a; see #3\"".into());
+        assert!(r.script(&Helpers::default()).is_ok());
     }
 
     #[test]
