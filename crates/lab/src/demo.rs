@@ -331,7 +331,7 @@ fn narrate(lab: &str) -> Result<Observed, LabError> {
         pod_mtu: mtu_of(&names::ns_pod(lab, names::DEFAULT_NAMESPACE, "web-1")),
         remote_trace: hops(&remote),
         external_to_pod: match (exposed.is_ok(), closed) {
-            (true, true) => "exposed with allow; closed by podwire's deny".into(),
+            (true, true) => "exposed with allow, closed by deny".into(),
             (true, false) => "answers: the pod is exposed".into(),
             (false, _) => "no answer".into(),
         },
