@@ -35,6 +35,25 @@ fn list(store: &dyn Datastore, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, A
         .collect())
 }
 
+/// What the agents enforce in place of a policy record at `key` that does
+/// not decode: every pod of its namespace isolated, ingress and egress
+/// (podwire-agent's `exposure::view`). `None` when the key names no
+/// namespace.
+fn isolation_for(key: &str) -> Option<NetworkPolicy> {
+    let (ns, _) = key.strip_prefix(keys::POLICIES)?.split_once('/')?;
+    podwire_cluster::names::dns1123_label("namespace", ns).ok()?;
+    let doc = serde_json::json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"namespace": ns, "name": "unreadable-policy-record"},
+        "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]},
+    });
+    podwire_policy::parse_documents(&doc.to_string())
+        .ok()?
+        .into_iter()
+        .next()
+}
+
 /// Reads every record the audit needs.
 pub fn load(store: &dyn Datastore) -> Result<Records, AuditError> {
     let mut problems = Vec::new();
@@ -60,7 +79,13 @@ pub fn load(store: &dyn Datastore) -> Result<Records, AuditError> {
     for (k, v) in list(store, keys::POLICIES)? {
         match NetworkPolicy::from_record(&v) {
             Ok(p) => view.policies.push(p),
-            Err(e) => problems.push(format!("{k}: {e}")),
+            Err(e) => {
+                // The agents fail closed on it: so does the prediction.
+                view.policies.extend(isolation_for(&k));
+                problems.push(format!(
+                    "{k}: {e} (its namespace counted as isolated both ways, as the agents do)"
+                ));
+            }
         }
     }
     let mut modes = Vec::new();
@@ -157,5 +182,25 @@ mod tests {
         assert_eq!(r.nodes[0].primary, Ipv4Addr::new(10, 0, 1, 10));
         assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
         assert!(r.problems[0].starts_with("/podwire/pods/x/b"));
+    }
+
+    #[test]
+    fn an_unreadable_policy_record_isolates_its_namespace_as_the_agents_do() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = SqliteStore::open(&dir.path().join("d.db")).expect("open");
+        s.put("/podwire/policies/x/web", b"{\"kind\":", Expect::Absent)
+            .expect("put");
+        let r = load(&s).expect("load");
+        assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
+        assert_eq!(
+            r.view.policies.len(),
+            1,
+            "the agents isolate x: so must the audit"
+        );
+        let p = &r.view.policies[0];
+        assert_eq!(p.namespace, "x");
+        assert!(p.applies_to(podwire_policy::PolicyType::Ingress));
+        assert!(p.applies_to(podwire_policy::PolicyType::Egress));
+        assert!(p.ingress.is_empty() && p.egress.is_empty());
     }
 }
