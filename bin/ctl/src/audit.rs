@@ -13,7 +13,10 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use ipnet::Ipv4Net;
-use podwire_audit::sg::{parse_network_interfaces, parse_security_groups, SecurityGroups};
+use podwire_audit::sg::{
+    parse_network_interfaces, parse_network_interfaces_any, parse_security_groups,
+    parse_security_groups_any, SecurityGroups, MAX_REPLY_BYTES,
+};
 use podwire_audit::{
     AuditInput, ExternalSource, FlatClaim, Mismatch, Mode, NodeInfo, Observation, Posture,
     SourceKind, VXLAN_PORT,
@@ -51,6 +54,16 @@ pub struct AuditArgs {
     /// host; else 0.0.0.0/0]. The cluster's own addresses are left out.
     #[arg(long)]
     external: Vec<Ipv4Net>,
+    /// The VPC's security groups: a DescribeSecurityGroups reply (EC2's
+    /// XML) or `aws ec2 describe-security-groups` output (JSON) [default:
+    /// the lab's, through its EC2 API; with --datastore: not known].
+    #[arg(long, requires = "network_interfaces")]
+    security_groups: Option<PathBuf>,
+    /// The VPC's ENIs, to know which groups hold each address: a
+    /// DescribeNetworkInterfaces reply (XML) or `aws ec2
+    /// describe-network-interfaces` output (JSON).
+    #[arg(long, requires = "security_groups")]
+    network_interfaces: Option<PathBuf>,
     /// The overlay's VXLAN port.
     #[arg(long, default_value_t = VXLAN_PORT)]
     vxlan_port: u16,
@@ -124,8 +137,8 @@ fn mode_arg(s: Option<&str>) -> Option<Mode> {
     }
 }
 
-/// A real cluster: its datastore; security groups are not read (no EC2
-/// here), and the report says they were assumed open.
+/// A real cluster: its datastore, and its security groups when given as
+/// files (else the report says they were assumed open).
 fn datastore_input(a: &AuditArgs, spec: &str) -> anyhow::Result<AuditInput> {
     let tls = EtcdTls {
         ca_cert: a.etcd_ca_cert_file.clone(),
@@ -156,9 +169,35 @@ fn datastore_input(a: &AuditArgs, spec: &str) -> anyhow::Result<AuditInput> {
         posture: posture(a.external_pod_access.as_deref(), Posture::Deny),
         external_allow_cidrs: a.external_allow_cidrs.clone(),
         external,
-        security_groups: None,
+        security_groups: sg_files(a)?,
         vxlan_port: a.vxlan_port,
     })
+}
+
+/// `--security-groups` and `--network-interfaces`, when given.
+fn sg_files(a: &AuditArgs) -> anyhow::Result<Option<SecurityGroups>> {
+    let (Some(g), Some(n)) = (&a.security_groups, &a.network_interfaces) else {
+        return Ok(None);
+    };
+    Ok(Some(SecurityGroups::new(
+        parse_security_groups_any(&read_bounded(g)?)?,
+        parse_network_interfaces_any(&read_bounded(n)?)?,
+    )))
+}
+
+/// A file of at most `MAX_REPLY_BYTES`, as UTF-8.
+fn read_bounded(path: &std::path::Path) -> anyhow::Result<String> {
+    use std::io::Read as _;
+    let f = std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
+    let mut buf = String::new();
+    let limit = u64::try_from(MAX_REPLY_BYTES).unwrap_or(u64::MAX);
+    f.take(limit + 1)
+        .read_to_string(&mut buf)
+        .with_context(|| format!("{}: not UTF-8 text", path.display()))?;
+    if buf.len() > MAX_REPLY_BYTES {
+        anyhow::bail!("{}: over {MAX_REPLY_BYTES} bytes", path.display());
+    }
+    Ok(buf)
 }
 
 fn named_externals(v: &[Ipv4Net]) -> Vec<ExternalSource> {
@@ -182,12 +221,17 @@ fn lab_input(a: &AuditArgs, st: &LabState) -> anyhow::Result<AuditInput> {
     let store = podwire_lab::datastore::lab_store(st)?;
     let rec = podwire_audit::store::load(store.as_ref())?;
     report_problems(&rec.problems);
-    let groups = ops::ec2_call(&st.name, "DescribeSecurityGroups", &[])?;
-    let enis = ops::ec2_call(&st.name, "DescribeNetworkInterfaces", &[])?;
-    let sgs = SecurityGroups::new(
-        parse_security_groups(&groups)?,
-        parse_network_interfaces(&enis)?,
-    );
+    let sgs = match sg_files(a)? {
+        Some(s) => s,
+        None => {
+            let groups = ops::ec2_call(&st.name, "DescribeSecurityGroups", &[])?;
+            let enis = ops::ec2_call(&st.name, "DescribeNetworkInterfaces", &[])?;
+            SecurityGroups::new(
+                parse_security_groups(&groups)?,
+                parse_network_interfaces(&enis)?,
+            )
+        }
+    };
     // The lab knows each node's primary address for sure.
     let nodes: Vec<NodeInfo> = st
         .nodes
@@ -409,4 +453,80 @@ fn format_verify(v: &Verified) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use podwire_store::{Expect, SqliteStore};
+
+    #[derive(Debug, Parser)]
+    struct T {
+        #[command(flatten)]
+        a: AuditArgs,
+    }
+
+    /// A real cluster's way in: a datastore and the AWS CLI's JSON.
+    #[test]
+    fn a_datastore_and_aws_cli_json_give_a_report_without_a_lab() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("d.db");
+        let s = SqliteStore::open(&db).expect("open");
+        for (k, v) in [
+            (
+                "/podwire/pods/x/a",
+                r#"{"namespace":"x","name":"a","ports":[{"name":"web","port":80},{"port":22}]}"#,
+            ),
+            (
+                "/podwire/endpoints/node-1/c1/eth0",
+                r#"{"node":"node-1","container_id":"c1","ifname":"eth0","ip":"10.0.1.20","pod":{"namespace":"x","name":"a"}}"#,
+            ),
+            (
+                "/podwire/node-addresses/node-1",
+                r#"{"node":"node-1","mode":"vpc","addresses":["10.0.1.10"]}"#,
+            ),
+        ] {
+            s.put(k, v.as_bytes(), Expect::Absent).expect("put");
+        }
+        let sg = dir.path().join("sg.json");
+        std::fs::write(&sg, r#"{"SecurityGroups":[{"GroupId":"sg-1","GroupName":"nodes","IpPermissions":[{"IpProtocol":"tcp","FromPort":80,"ToPort":80,"IpRanges":[{"CidrIp":"0.0.0.0/0"}]}]}]}"#).expect("write");
+        let eni = dir.path().join("eni.json");
+        std::fs::write(&eni, r#"{"NetworkInterfaces":[{"NetworkInterfaceId":"eni-1","PrivateIpAddress":"10.0.1.10","Groups":[{"GroupId":"sg-1"}],"PrivateIpAddresses":[{"PrivateIpAddress":"10.0.1.10"},{"PrivateIpAddress":"10.0.1.20"}]}]}"#).expect("write");
+        let spec = format!("sqlite:{}", db.display());
+        let args = |posture: &str| {
+            T::try_parse_from([
+                "t",
+                "--datastore",
+                &spec,
+                "--external-pod-access",
+                posture,
+                "--security-groups",
+                sg.to_str().expect("utf-8"),
+                "--network-interfaces",
+                eni.to_str().expect("utf-8"),
+            ])
+            .expect("args")
+            .a
+        };
+        let a = args("allow");
+        let r = podwire_audit::audit(&datastore_input(&a, &spec).expect("input"));
+        assert!(r.security_groups_known);
+        // 0.0.0.0/0 is one part (no inner boundary but the ENI's addresses,
+        // which are the cluster's): TCP 80 open to the world, 22 not.
+        let exposed: Vec<(u16, &str)> = r
+            .exposed
+            .iter()
+            .map(|e| (e.port, e.from.as_str()))
+            .collect();
+        assert!(
+            !exposed.is_empty() && exposed.iter().all(|(p, _)| *p == 80),
+            "{exposed:?}"
+        );
+        let r = podwire_audit::audit(&datastore_input(&args("deny"), &spec).expect("input"));
+        assert!(r.exposed.is_empty());
+        // Half the pair is refused by clap.
+        assert!(T::try_parse_from(["t", "--datastore", &spec, "--security-groups", "x"]).is_err());
+        assert!(T::try_parse_from(["t", "--datastore", &spec, "--verify"]).is_err());
+    }
 }

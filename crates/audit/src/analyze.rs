@@ -85,7 +85,12 @@ pub fn audit(input: &AuditInput) -> Report {
     }
     let cluster = cluster_addresses(input);
     let mut externals: Vec<Source> = Vec::new();
-    let bounds = boundaries(input);
+    // A cluster address is left out anyway: splitting around it would only
+    // multiply the parts.
+    let bounds: Vec<Ipv4Net> = boundaries(input)
+        .into_iter()
+        .filter(|b| !(b.prefix_len() == 32 && cluster.contains(&b.network())))
+        .collect();
     for e in &input.external {
         match atoms::split(e.cidr, &bounds, &cluster) {
             Some(parts) => {

@@ -369,6 +369,135 @@ pub fn parse_network_interfaces(xml: &str) -> Result<Vec<Eni>, AuditError> {
     Ok(out)
 }
 
+/// The groups of `aws ec2 describe-security-groups` output (JSON:
+/// `SecurityGroups[].{GroupId, GroupName, IpPermissions[].{IpProtocol,
+/// FromPort, ToPort, IpRanges[].CidrIp, UserIdGroupPairs[].GroupId}}`).
+pub fn parse_security_groups_json(text: &str) -> Result<Vec<SecurityGroup>, AuditError> {
+    const A: &str = "describe-security-groups (JSON)";
+    let v = parse_json(A, text)?;
+    let mut out = Vec::new();
+    for g in array(&v, "SecurityGroups") {
+        let id = string(g, "GroupId").ok_or_else(|| bad(A, "a group without GroupId"))?;
+        let mut rules = Vec::new();
+        for p in array(g, "IpPermissions") {
+            let proto = protocol(
+                A,
+                &string(p, "IpProtocol").ok_or_else(|| bad(A, format!("{id}: no IpProtocol")))?,
+            )?;
+            let port = |k: &str| -> Result<i32, AuditError> {
+                match p.get(k) {
+                    None | Some(serde_json::Value::Null) => Ok(-1),
+                    Some(n) => n
+                        .as_i64()
+                        .and_then(|n| i32::try_from(n).ok())
+                        .ok_or_else(|| bad(A, format!("{id}: {k} {n} is not a port"))),
+                }
+            };
+            let (from_port, to_port) = match proto {
+                SgProtocol::All => (-1, -1),
+                _ => (port("FromPort")?, port("ToPort")?),
+            };
+            let mut sources = Vec::new();
+            for pair in array(p, "UserIdGroupPairs") {
+                if let Some(gid) = string(pair, "GroupId") {
+                    sources.push(SgSource::Group(gid));
+                }
+            }
+            for r in array(p, "IpRanges") {
+                let c = string(r, "CidrIp").ok_or_else(|| bad(A, format!("{id}: no CidrIp")))?;
+                let net: Ipv4Net = c
+                    .parse()
+                    .map_err(|_| bad(A, format!("{id}: CidrIp {c:?} is not a CIDR")))?;
+                sources.push(SgSource::Cidr(net.trunc()));
+            }
+            rules.extend(sources.into_iter().map(|source| SgRule {
+                protocol: proto,
+                from_port,
+                to_port,
+                source,
+            }));
+        }
+        out.push(SecurityGroup {
+            name: string(g, "GroupName").unwrap_or_default(),
+            id,
+            rules,
+        });
+    }
+    Ok(out)
+}
+
+/// The ENIs of `aws ec2 describe-network-interfaces` output (JSON:
+/// `NetworkInterfaces[].{NetworkInterfaceId, Groups[].GroupId,
+/// PrivateIpAddresses[].PrivateIpAddress, Ipv4Prefixes[].Ipv4Prefix}`).
+pub fn parse_network_interfaces_json(text: &str) -> Result<Vec<Eni>, AuditError> {
+    const A: &str = "describe-network-interfaces (JSON)";
+    let v = parse_json(A, text)?;
+    let mut out = Vec::new();
+    for n in array(&v, "NetworkInterfaces") {
+        let id = string(n, "NetworkInterfaceId").ok_or_else(|| bad(A, "an ENI without id"))?;
+        let groups = array(n, "Groups")
+            .filter_map(|g| string(g, "GroupId"))
+            .collect();
+        let mut addresses = Vec::new();
+        let listed = array(n, "PrivateIpAddresses").filter_map(|a| string(a, "PrivateIpAddress"));
+        for s in string(n, "PrivateIpAddress").into_iter().chain(listed) {
+            let ip: Ipv4Addr = s
+                .parse()
+                .map_err(|_| bad(A, format!("{id}: address {s:?}")))?;
+            if !addresses.contains(&ip) {
+                addresses.push(ip);
+            }
+        }
+        let mut prefixes = Vec::new();
+        for s in array(n, "Ipv4Prefixes").filter_map(|p| string(p, "Ipv4Prefix")) {
+            prefixes.push(
+                s.parse()
+                    .map_err(|_| bad(A, format!("{id}: prefix {s:?}")))?,
+            );
+        }
+        out.push(Eni {
+            id,
+            groups,
+            addresses,
+            prefixes,
+        });
+    }
+    Ok(out)
+}
+
+/// Either form of a reply: EC2's XML (`<…`) or the AWS CLI's JSON.
+pub fn parse_security_groups_any(text: &str) -> Result<Vec<SecurityGroup>, AuditError> {
+    if text.trim_start().starts_with('<') {
+        parse_security_groups(text)
+    } else {
+        parse_security_groups_json(text)
+    }
+}
+
+/// Either form of a reply: EC2's XML (`<…`) or the AWS CLI's JSON.
+pub fn parse_network_interfaces_any(text: &str) -> Result<Vec<Eni>, AuditError> {
+    if text.trim_start().starts_with('<') {
+        parse_network_interfaces(text)
+    } else {
+        parse_network_interfaces_json(text)
+    }
+}
+
+fn parse_json(action: &str, text: &str) -> Result<serde_json::Value, AuditError> {
+    if text.len() > MAX_REPLY_BYTES {
+        return Err(bad(action, format!("over {MAX_REPLY_BYTES} bytes")));
+    }
+    serde_json::from_str(text).map_err(|e| bad(action, e.to_string()))
+}
+
+fn array<'a>(v: &'a serde_json::Value, key: &str) -> impl Iterator<Item = &'a serde_json::Value> {
+    v.get(key).and_then(|a| a.as_array()).into_iter().flatten()
+}
+
+fn string(v: &serde_json::Value, key: &str) -> Option<String> {
+    v.get(key).and_then(|s| s.as_str()).map(str::to_string)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -411,6 +540,39 @@ mod tests {
             "<ipProtocol>gre</ipProtocol>",
         );
         assert!(parse_security_groups(&unknown).is_err());
+    }
+
+    #[test]
+    fn the_aws_clis_json_reads_as_the_xml_does() {
+        let sgs = r#"{"SecurityGroups":[
+          {"GroupId":"sg-node","GroupName":"nodes","IpPermissions":[
+            {"IpProtocol":"-1","UserIdGroupPairs":[{"UserId":"0","GroupId":"sg-node"}],"IpRanges":[]},
+            {"IpProtocol":"tcp","FromPort":80,"ToPort":81,"UserIdGroupPairs":[{"GroupId":"sg-ext"}],
+             "IpRanges":[{"CidrIp":"192.168.0.0/24","Description":"office"}]}]},
+          {"GroupId":"sg-ext","GroupName":"ext","IpPermissions":[]}]}"#;
+        let enis = r#"{"NetworkInterfaces":[
+          {"NetworkInterfaceId":"eni-1","PrivateIpAddress":"10.0.1.10","Groups":[{"GroupId":"sg-node","GroupName":"nodes"}],
+           "PrivateIpAddresses":[{"PrivateIpAddress":"10.0.1.10","Primary":true},{"PrivateIpAddress":"10.0.1.20","Primary":false}],
+           "Ipv4Prefixes":[{"Ipv4Prefix":"10.0.1.48/28"}]},
+          {"NetworkInterfaceId":"eni-2","PrivateIpAddress":"10.0.1.5","Groups":[{"GroupId":"sg-ext"}]}]}"#;
+        let from_json = SecurityGroups::new(
+            parse_security_groups_any(sgs).expect("groups"),
+            parse_network_interfaces_any(enis).expect("enis"),
+        );
+        let xml = model();
+        assert_eq!(from_json.groups, xml.groups);
+        for (a, b) in from_json.enis.iter().zip(xml.enis.iter()) {
+            assert_eq!(
+                (&a.id, &a.groups, &a.prefixes),
+                (&b.id, &b.groups, &b.prefixes)
+            );
+            let (mut x, mut y) = (a.addresses.clone(), b.addresses.clone());
+            x.sort();
+            y.sort();
+            assert_eq!(x, y);
+        }
+        assert!(parse_security_groups_any("{").is_err());
+        assert!(parse_security_groups_any(r#"{"SecurityGroups":[{"GroupName":"x"}]}"#).is_err());
     }
 
     #[test]
