@@ -67,6 +67,10 @@ pub struct AuditArgs {
     /// The overlay's VXLAN port.
     #[arg(long, default_value_t = VXLAN_PORT)]
     vxlan_port: u16,
+    /// Audit only these pods (NAME or NS/NAME, repeatable); every source is
+    /// still asked about them.
+    #[arg(long = "pod")]
+    pods: Vec<String>,
     /// The whole report, every claim with its reasons (docs/AUDIT.md).
     #[arg(long)]
     json: bool,
@@ -91,6 +95,12 @@ pub fn run(a: AuditArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let report = podwire_audit::audit(&input);
+    for r in &input.only_pods {
+        let key = r.to_string();
+        if !report.pods.iter().any(|p| p.pod == key) {
+            anyhow::bail!("--pod {key}: no such pod with an address in the records");
+        }
+    }
     let mut out = serde_json::to_value(&report)?;
     let mut code = ExitCode::SUCCESS;
     let mut verify_text = String::new();
@@ -171,7 +181,16 @@ fn datastore_input(a: &AuditArgs, spec: &str) -> anyhow::Result<AuditInput> {
         external,
         security_groups: sg_files(a)?,
         vxlan_port: a.vxlan_port,
+        only_pods: only_pods(a)?,
     })
+}
+
+/// `--pod NAME|NS/NAME`s.
+fn only_pods(a: &AuditArgs) -> anyhow::Result<Vec<PodRef>> {
+    a.pods
+        .iter()
+        .map(|p| PodRef::parse(p).with_context(|| format!("--pod {p:?}")))
+        .collect()
 }
 
 /// `--security-groups` and `--network-interfaces`, when given.
@@ -276,6 +295,7 @@ fn lab_input(a: &AuditArgs, st: &LabState) -> anyhow::Result<AuditInput> {
         external,
         security_groups: Some(sgs),
         vxlan_port: a.vxlan_port,
+        only_pods: only_pods(a)?,
     })
 }
 

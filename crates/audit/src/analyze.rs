@@ -156,7 +156,8 @@ pub fn audit(input: &AuditInput) -> Report {
                     labels: Some(labels_of(r)),
                     node: Some(e.node.clone()),
                 });
-                if seen.insert(r) {
+                let asked = input.only_pods.is_empty() || input.only_pods.contains(r);
+                if asked && seen.insert(r) {
                     dests.push(Dest {
                         r,
                         ip: e.ip,

@@ -138,6 +138,7 @@ fn input(mode: Mode, posture: Posture) -> AuditInput {
         }],
         security_groups: Some(sgs),
         vxlan_port: VXLAN_PORT,
+        only_pods: Vec::new(),
     }
 }
 
@@ -268,4 +269,15 @@ fn outside_ranges_are_split_where_answers_differ() {
         .notes
         .iter()
         .any(|n| n.contains("security groups not given")));
+}
+
+#[test]
+fn only_the_pods_asked_about_are_audited() {
+    let mut i = input(Mode::Vpc, Posture::Allow);
+    i.only_pods = vec![PodRef::new("x", "b").expect("ref")];
+    let r = audit(&i);
+    let pods: Vec<&str> = r.pods.iter().map(|p| p.pod.as_str()).collect();
+    assert_eq!(pods, ["x/b"]);
+    // Every source is still asked: 1 outside, 2 nodes, 3 pods, 2 ports.
+    assert_eq!(r.claims, 12);
 }

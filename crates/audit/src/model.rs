@@ -62,6 +62,9 @@ pub struct AuditInput {
     /// everything, the worst case, and said so).
     pub security_groups: Option<SecurityGroups>,
     pub vxlan_port: u16,
+    /// Audit only these destination pods (empty: every pod); every source
+    /// is still asked about them.
+    pub only_pods: Vec<podwire_cluster::PodRef>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
