@@ -449,7 +449,9 @@ fn the_demo_runs_both_experiments_and_cleans_up() {
         "vxlan.podwire",
         "blackhole",
         "Side by side",
-        "answers: the pod is exposed",
+        // The article's exposure with the posture open, then podwire's
+        // default closing it.
+        "exposed with allow, closed by deny",
         "8951",
     ] {
         assert!(out.contains(want), "demo output lacks {want:?}:\n{out}");

@@ -112,7 +112,10 @@ pub fn lab_store(st: &LabState) -> Result<Arc<dyn podwire_store::Datastore>, Lab
         let store = netns::run_in(&procs::netns_path(&names::ns_fabric(&st.name)), move || {
             podwire_store::EtcdStore::connect_with(&endpoint, &tls)
         })?
-        .map_err(|e| LabError::State(e.to_string()))?;
+        .map_err(|e| LabError::Datastore {
+            unavailable: matches!(e, podwire_store::StoreError::Unavailable(_)),
+            msg: e.to_string(),
+        })?;
         Ok(Arc::new(store))
     } else {
         let s = podwire_store::SqliteStore::open(&st.dir().join("datastore.db"))

@@ -170,7 +170,10 @@ pub fn namespace_record(name: &str, labels: &Labels) -> Result<NamespaceRecord, 
 }
 
 fn store_err(what: &str, e: StoreError) -> LabError {
-    LabError::State(format!("datastore, {what}: {e}"))
+    LabError::Datastore {
+        unavailable: matches!(e, StoreError::Unavailable(_)),
+        msg: format!("{what}: {e}"),
+    }
 }
 
 /// Writes `value` at `key` whatever is there (compare-and-swap on what was
@@ -190,7 +193,10 @@ fn put(store: &dyn Datastore, key: &str, value: &[u8]) -> Result<(), LabError> {
     }
     Err(match last {
         Some(e) => store_err(key, e),
-        None => LabError::State(format!("datastore, {key}: not written")),
+        None => LabError::Datastore {
+            unavailable: false,
+            msg: format!("{key}: not written"),
+        },
     })
 }
 

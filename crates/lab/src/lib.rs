@@ -35,4 +35,8 @@ pub enum LabError {
     Command { what: String, msg: String },
     #[error("EC2: {0}")]
     Ec2(#[from] podwire_cloud::Ec2Error),
+    /// The lab's datastore failed; `unavailable`: it could not be reached
+    /// (retrying later may work), as opposed to a refused or lost write.
+    #[error("datastore, {msg}")]
+    Datastore { unavailable: bool, msg: String },
 }

@@ -165,15 +165,33 @@ pub fn pod_add(lab: &str, spec: &PodSpec) -> Result<PodRec, LabError> {
         .validate()
         .map_err(|e| LabError::Usage(format!("pod {pref}: {e}")))?;
     // The namespace first (a pod in a namespace the lab does not know yet
-    // makes it, with only its name label), then the pod.
-    let store = lab_store(&st)?;
-    if !st.kube_namespaces.contains_key(&spec.namespace) {
-        let ns = kube::namespace_record(&spec.namespace, &Labels::new())?;
-        kube::write_namespace(store.as_ref(), &ns)?;
-        st.kube_namespaces.insert(spec.namespace.clone(), ns.labels);
-        st.save()?;
+    // makes it, with only its name label), then the pod. As in Kubernetes,
+    // where the pod exists whatever the CNI's datastore does, a datastore
+    // that cannot be reached does not stop the ADD (the agent then answers
+    // for itself); the operator is told the records are missing.
+    let store = match lab_store(&st) {
+        Ok(s) => Some(s),
+        Err(LabError::Datastore {
+            unavailable: true,
+            msg,
+        }) => {
+            tracing::warn!("pod {pref}: the lab's datastore is unavailable ({msg}): its records are not written; `lab pod label` writes them later");
+            None
+        }
+        Err(e) => return Err(e),
+    };
+    if let Some(store) = &store {
+        match write_records(&mut st, store.as_ref(), &spec.namespace, &record) {
+            Ok(()) => {}
+            Err(LabError::Datastore {
+                unavailable: true,
+                msg,
+            }) => tracing::warn!(
+                "pod {pref}: datastore unavailable ({msg}): its records are not written; `lab pod label` writes them later"
+            ),
+            Err(e) => return Err(e),
+        }
     }
-    kube::write_pod(store.as_ref(), &record)?;
     procs::netns_add(&rec.netns)?;
     let wired = (|| -> Result<(), LabError> {
         let mut h = Handle::in_netns(&procs::netns_path(&rec.netns))?;
@@ -193,7 +211,9 @@ pub fn pod_add(lab: &str, spec: &PodSpec) -> Result<PodRec, LabError> {
     })();
     if let Err(e) = wired {
         let _ = procs::netns_del(&rec.netns);
-        let _ = kube::delete_pod(store.as_ref(), &record);
+        if let Some(store) = &store {
+            let _ = kube::delete_pod(store.as_ref(), &record);
+        }
         return Err(e);
     }
     // Recorded before the listener starts: a failing listener leaves a pod
@@ -208,6 +228,23 @@ pub fn pod_add(lab: &str, spec: &PodSpec) -> Result<PodRec, LabError> {
         wait_listening(&st, &rec, pid)?;
     }
     Ok(rec)
+}
+
+/// The pod's namespace record (when the lab does not have it yet) and its
+/// own record.
+fn write_records(
+    st: &mut LabState,
+    store: &dyn podwire_store::Datastore,
+    namespace: &str,
+    record: &podwire_cluster::PodRecord,
+) -> Result<(), LabError> {
+    if !st.kube_namespaces.contains_key(namespace) {
+        let ns = kube::namespace_record(namespace, &Labels::new())?;
+        kube::write_namespace(store, &ns)?;
+        st.kube_namespaces.insert(namespace.to_string(), ns.labels);
+        st.save()?;
+    }
+    kube::write_pod(store, record)
 }
 
 /// The pod's listener: one process serving every port of the pod.
@@ -279,7 +316,13 @@ pub fn pod_del(lab: &str, pod: &str) -> Result<(), LabError> {
     }
     run_plugin(st.mode, &node, "DEL", &rec, Some(&rec.result))?;
     procs::netns_del(&rec.netns)?;
-    kube::delete_pod(lab_store(&st)?.as_ref(), &rec.record())?;
     st.pods.remove(&key);
-    st.save()
+    st.save()?;
+    // The pod is gone; a record the datastore could not drop now selects
+    // nothing (no endpoint has it) and is replaced by the next pod of the
+    // name.
+    if let Err(e) = lab_store(&st).and_then(|s| kube::delete_pod(s.as_ref(), &rec.record())) {
+        tracing::warn!("pod {key}: its record stays in the datastore: {e}");
+    }
+    Ok(())
 }
