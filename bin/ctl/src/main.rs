@@ -1,5 +1,6 @@
 //! `podwirectl`: the operator CLI. Today: `lab`, the local emulated VPC.
 
+mod audit;
 mod capacity;
 
 use std::path::PathBuf;
@@ -41,6 +42,9 @@ enum Top {
     /// IP capacity: max pods per instance type, a node group in a subnet,
     /// or the running agents' figures (docs/CAPACITY.md).
     Capacity(capacity::CapacityArgs),
+    /// Who reaches each pod, on which ports, and why; --verify probes it
+    /// (docs/AUDIT.md).
+    Audit(audit::AuditArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -519,6 +523,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let cmd = match cli.cmd {
         Top::Lab { cmd } => cmd,
         Top::Capacity(a) => return capacity::run(a),
+        Top::Audit(a) => return audit::run(a),
         Top::Node {
             cmd:
                 NodeTop::Status {
