@@ -333,11 +333,35 @@ impl EniPool {
         let cooldown = self.cooldown;
         let primaries = self.primaries();
         for eni in self.enis.values_mut() {
-            let pick = eni
-                .ips
+            let usable =
+                |ip: &Ipv4Addr, slot: &Slot| slot.usable(now, cooldown) && !primaries.contains(ip);
+            // The prefix with the most addresses in use first (ties: the
+            // lowest), then single secondary addresses: pods pack into as
+            // few /28s as possible, so a whole prefix stays free for the
+            // warm target instead of every prefix holding one pod.
+            let packed = eni
+                .prefixes
                 .iter()
-                .find(|(ip, slot)| slot.usable(now, cooldown) && !primaries.contains(ip))
-                .map(|(ip, _)| *ip);
+                .filter_map(|p| {
+                    let mut in_use = 0usize;
+                    let mut first = None;
+                    for (ip, slot) in eni.ips.range(p.network()..=p.broadcast()) {
+                        if matches!(slot, Slot::Assigned { .. }) {
+                            in_use += 1;
+                        } else if first.is_none() && usable(ip, slot) {
+                            first = Some(*ip);
+                        }
+                    }
+                    first.map(|ip| (std::cmp::Reverse(in_use), *p, ip))
+                })
+                .min()
+                .map(|(_, _, ip)| ip);
+            let pick = packed.or_else(|| {
+                eni.ips
+                    .iter()
+                    .find(|(ip, slot)| !eni.in_prefix(**ip) && usable(ip, slot))
+                    .map(|(ip, _)| *ip)
+            });
             if let Some(ip) = pick {
                 eni.ips.insert(
                     ip,

@@ -281,6 +281,32 @@ fn prefixes_take_one_slot_each_and_give_sixteen_addresses() {
     assert_eq!(a.ip, ip(16), "the prefix's first address is a pod address");
 }
 
+/// Pods pack into the prefix already in use, whatever the addresses: a
+/// lower prefix delegated later stays whole (found by a new user: 2 pods
+/// held 3 prefixes, one per pod plus the warm one).
+#[test]
+fn pods_pack_into_the_prefix_in_use_before_a_lower_one() {
+    let mut p = EniPool::new(
+        PoolLimits {
+            max_enis: 1,
+            secondary_per_eni: 3,
+        },
+        Duration::ZERO,
+    );
+    p.add_eni("eni-0", 0, 254);
+    p.add_prefixes("eni-0", &["10.0.0.32/28".parse().expect("net")]);
+    let now = Instant::now();
+    assert_eq!(p.allocate("a", now).expect("a").ip, ip(32));
+    // The warm prefix arrives, lower in the subnet than the first.
+    p.add_prefixes("eni-0", &["10.0.0.16/28".parse().expect("net")]);
+    for (i, owner) in ["b", "c", "d"].into_iter().enumerate() {
+        let got = p.allocate(owner, now).expect("alloc").ip;
+        assert_eq!(got, ip(33 + u8::try_from(i).expect("small")), "{owner}");
+    }
+    // One whole /28 is still free: no third prefix is needed.
+    assert_eq!(p.plan(prefixes(1)), PoolPlan::Satisfied);
+}
+
 // ---------------------------------------------------------------------
 // The worked examples of the Amazon VPC CNI's documentation, as tables.
 //
