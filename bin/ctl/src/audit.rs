@@ -24,7 +24,7 @@ use podwire_audit::{
 use podwire_cluster::{PodRef, Protocol};
 use podwire_lab::state::{ExternalPodAccess, LabState};
 use podwire_lab::{names, ops, procs};
-use podwire_store::{Datastore, EtcdTls};
+use podwire_store::{Datastore, EtcdTls, Revision};
 use serde_json::json;
 
 #[derive(Debug, Args)]
@@ -91,7 +91,8 @@ pub fn run(a: AuditArgs) -> anyhow::Result<ExitCode> {
         None => {
             let lab = a.lab.clone().unwrap_or_else(|| names::DEFAULT_LAB.into());
             let st = LabState::load(&lab)?;
-            (lab_input(&a, &st)?, Some(st))
+            let (input, revision) = lab_input(&a, &st)?;
+            (input, Some((st, revision)))
         }
     };
     let report = podwire_audit::audit(&input);
@@ -105,7 +106,7 @@ pub fn run(a: AuditArgs) -> anyhow::Result<ExitCode> {
     let mut code = ExitCode::SUCCESS;
     let mut verify_text = String::new();
     if a.verify {
-        let st = lab
+        let (st, revision) = lab
             .as_ref()
             .context("--verify needs a lab (it probes from the lab's namespaces)")?;
         let claims = report.flat_claims();
@@ -113,13 +114,23 @@ pub fn run(a: AuditArgs) -> anyhow::Result<ExitCode> {
         if !v.mismatches.is_empty() {
             code = ExitCode::FAILURE;
         }
+        // The predictions are of the cluster as it was read; a change while
+        // the probes ran makes mismatches that say nothing about them.
+        let changed = changed_during(st, *revision)?;
         verify_text = format_verify(&v);
+        if let Some(c) = &changed {
+            verify_text.push_str(&format!(
+                "WARNING: {c}: mismatches may come from that change, not from a wrong prediction; run --verify again on a quiet lab\n"
+            ));
+            eprintln!("podwirectl audit: {c}");
+        }
         out["verify"] = json!({
             "claims": claims.len(),
             "probed": v.observations.len(),
             "skipped": v.skipped,
             "timeout_ms": a.timeout_ms,
             "mismatches": v.mismatches,
+            "changed_during": changed,
         });
     }
     if a.json {
@@ -236,9 +247,11 @@ fn report_problems(problems: &[String]) {
 
 /// A lab: its datastore, its cloud's security groups and ENIs (through
 /// the EC2 API, as from a real VPC), its agents' posture, its external host.
-fn lab_input(a: &AuditArgs, st: &LabState) -> anyhow::Result<AuditInput> {
+/// Also returns the datastore's revision before the records were read.
+fn lab_input(a: &AuditArgs, st: &LabState) -> anyhow::Result<(AuditInput, Revision)> {
     let store = podwire_lab::datastore::lab_store(st)?;
     let rec = podwire_audit::store::load(store.as_ref())?;
+    let revision = rec.revision;
     report_problems(&rec.problems);
     let sgs = match sg_files(a)? {
         Some(s) => s,
@@ -283,7 +296,7 @@ fn lab_input(a: &AuditArgs, st: &LabState) -> anyhow::Result<AuditInput> {
         ExternalPodAccess::Deny => Posture::Deny,
         ExternalPodAccess::Allow => Posture::Allow,
     };
-    Ok(AuditInput {
+    let input = AuditInput {
         mode: match st.mode {
             podwire_lab::Mode::Vpc => Mode::Vpc,
             podwire_lab::Mode::Overlay => Mode::Overlay,
@@ -296,7 +309,52 @@ fn lab_input(a: &AuditArgs, st: &LabState) -> anyhow::Result<AuditInput> {
         security_groups: Some(sgs),
         vxlan_port: a.vxlan_port,
         only_pods: only_pods(a)?,
-    })
+    };
+    Ok((input, revision))
+}
+
+/// The lab settings the audit reads from lab.json, beside the datastore.
+#[derive(Debug, PartialEq, Eq)]
+struct LabSettings {
+    external_pod_access: ExternalPodAccess,
+    allow_external: bool,
+}
+
+impl LabSettings {
+    fn of(st: &LabState) -> Self {
+        LabSettings {
+            external_pod_access: st.external_pod_access,
+            allow_external: st.allow_external,
+        }
+    }
+}
+
+/// What changed in the lab since the audit read it (datastore records,
+/// posture, the node security group), if anything.
+fn changed_during(st: &LabState, revision: Revision) -> anyhow::Result<Option<String>> {
+    let store = podwire_lab::datastore::lab_store(st)?;
+    let now = podwire_audit::store::revision(store.as_ref())?;
+    let settings = LabSettings::of(&LabState::load(&st.name)?);
+    Ok(change_note(revision, now, &LabSettings::of(st), &settings))
+}
+
+fn change_note(
+    before: Revision,
+    after: Revision,
+    was: &LabSettings,
+    is: &LabSettings,
+) -> Option<String> {
+    let mut what = Vec::new();
+    if after != before {
+        what.push(format!("datastore revision {before} -> {after}"));
+    }
+    if was.external_pod_access != is.external_pod_access {
+        what.push("external pod access".to_string());
+    }
+    if was.allow_external != is.allow_external {
+        what.push("the node security group (allow-external)".to_string());
+    }
+    (!what.is_empty()).then(|| format!("the lab changed while it was probed ({})", what.join(", ")))
 }
 
 /// What --verify found.
@@ -485,6 +543,25 @@ mod tests {
     struct T {
         #[command(flatten)]
         a: AuditArgs,
+    }
+
+    /// `audit --verify` on a lab mid-change: the report must say so.
+    #[test]
+    fn a_change_while_probing_is_named_and_a_quiet_lab_gives_no_note() {
+        let quiet = LabSettings {
+            external_pod_access: ExternalPodAccess::Deny,
+            allow_external: true,
+        };
+        assert_eq!(change_note(7, 7, &quiet, &quiet), None);
+        let note = change_note(7, 9, &quiet, &quiet).expect("a policy landed");
+        assert!(note.contains("datastore revision 7 -> 9"), "{note}");
+        let opened = LabSettings {
+            external_pod_access: ExternalPodAccess::Allow,
+            allow_external: false,
+        };
+        let note = change_note(7, 7, &quiet, &opened).expect("posture changed");
+        assert!(note.contains("external pod access"), "{note}");
+        assert!(note.contains("allow-external"), "{note}");
     }
 
     /// A real cluster's way in: a datastore and the AWS CLI's JSON.

@@ -401,3 +401,46 @@ fn prefix_delegation_runs_60_pods_on_an_m5_large() {
         Some(u64::try_from(prefixes.len()).expect("count"))
     );
 }
+
+/// (f) `--prefix-delegation` on a type EC2 assigns no prefixes to (Xen):
+/// the agent used to start, say ready, and fail every ADD after retrying
+/// AssignPrivateIpAddresses. Now the lab does not come up, and the error
+/// names the type and the way out; nothing is left behind.
+#[test]
+fn prefix_delegation_on_a_non_nitro_type_is_refused_at_start() {
+    if !require_root() {
+        return;
+    }
+    let name = "t-vnn";
+    let o = common::ctl(&[
+        "lab",
+        "up",
+        "--name",
+        name,
+        "--mode",
+        "vpc",
+        "--nodes",
+        "1",
+        "--instance-type",
+        "t2.medium",
+        "--prefix-delegation",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    if o.status.success() {
+        let _ = common::ctl(&["lab", "down", "--name", name]);
+        panic!("a t2.medium lab with prefix delegation came up");
+    }
+    assert!(
+        err.contains("t2.medium is not a Nitro instance type"),
+        "{err}"
+    );
+    assert!(err.contains("--prefix-fallback-to-secondary-ips"), "{err}");
+    let prefix = format!("pw-{name}-");
+    let netns = common::ip(&["netns", "list"]);
+    let left: Vec<&str> = netns
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    assert!(left.is_empty(), "a refused lab left {left:?}");
+}

@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 use podwire_cluster::records::decode;
 use podwire_cluster::{keys, EndpointRecord, NamespaceRecord, NodeAddressesRecord, PodRecord};
 use podwire_policy::{ClusterView, NetworkPolicy};
-use podwire_store::Datastore;
+use podwire_store::{Datastore, Revision};
 
 use crate::model::{Mode, NodeInfo};
 use crate::AuditError;
@@ -23,6 +23,19 @@ pub struct Records {
     pub mode: Option<Mode>,
     /// `key: why` of every record left out.
     pub problems: Vec<String>,
+    /// The store's revision before the first record was read: a later
+    /// [`revision`] above it means the records changed since (a verify that
+    /// probed meanwhile may report the change, not a wrong prediction).
+    pub revision: Revision,
+}
+
+/// The store's revision now (compare with [`Records::revision`]).
+pub fn revision(store: &dyn Datastore) -> Result<Revision, AuditError> {
+    // Any list answers with the store-wide revision; namespaces are few.
+    Ok(store
+        .list(keys::NAMESPACES)
+        .map_err(|e| AuditError::Store(format!("{}: {e}", keys::NAMESPACES)))?
+        .revision)
 }
 
 fn list(store: &dyn Datastore, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, AuditError> {
@@ -56,6 +69,7 @@ fn isolation_for(key: &str) -> Option<NetworkPolicy> {
 
 /// Reads every record the audit needs.
 pub fn load(store: &dyn Datastore) -> Result<Records, AuditError> {
+    let start = revision(store)?;
     let mut problems = Vec::new();
     let mut view = ClusterView::default();
     for (k, v) in list(store, keys::NAMESPACES)? {
@@ -139,6 +153,7 @@ pub fn load(store: &dyn Datastore) -> Result<Records, AuditError> {
         nodes,
         mode,
         problems,
+        revision: start,
     })
 }
 
@@ -182,6 +197,32 @@ mod tests {
         assert_eq!(r.nodes[0].primary, Ipv4Addr::new(10, 0, 1, 10));
         assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
         assert!(r.problems[0].starts_with("/podwire/pods/x/b"));
+    }
+
+    #[test]
+    fn a_change_after_the_load_moves_the_revision_and_a_quiet_store_does_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = SqliteStore::open(&dir.path().join("d.db")).expect("open");
+        s.put(
+            "/podwire/namespaces/x",
+            br#"{"name":"x","labels":{"kubernetes.io/metadata.name":"x"}}"#,
+            Expect::Absent,
+        )
+        .expect("put");
+        let r = load(&s).expect("load");
+        assert_eq!(
+            revision(&s).expect("revision"),
+            r.revision,
+            "nothing changed"
+        );
+        // `audit --verify` mid-change: a policy lands while the probes run.
+        s.put(
+            "/podwire/policies/x/deny",
+            br#"{"apiVersion":"networking.k8s.io/v1","kind":"NetworkPolicy","metadata":{"name":"deny","namespace":"x"},"spec":{"podSelector":{}}}"#,
+            Expect::Absent,
+        )
+        .expect("put");
+        assert!(revision(&s).expect("revision") > r.revision);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 mod handlers;
 mod introspect;
 pub mod pool;
+mod prefix_support;
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -16,7 +17,7 @@ use std::time::Instant;
 use ipnet::Ipv4Net;
 use podwire_cloud::ec2::{RetryPolicy, Subnet};
 use podwire_cloud::imds::InstanceIdentity;
-use podwire_cloud::{Credentials, Ec2Client, Imds, NetworkInterface};
+use podwire_cloud::{Credentials, Ec2Client, Imds, LimitsTable, NetworkInterface};
 use podwire_dataplane::eni::{self, EniSpec};
 use podwire_dataplane::routing::route_table_for;
 use podwire_ipam::{
@@ -188,6 +189,21 @@ impl VpcAgent {
                 })
             },
         )?;
+        // A non-Nitro type with --prefix-delegation: refuse (or fall back)
+        // now, not fail every ADD while reporting ready.
+        let table = LimitsTable::builtin()
+            .inspect_err(|e| tracing::warn!(error = %e, "shipped instance limits unreadable"))
+            .ok();
+        let prefix_delegation = prefix_support::effective(
+            config.prefix_delegation,
+            config.prefix_fallback_to_secondary_ips,
+            &id.instance_type,
+            table.as_ref(),
+        )?;
+        let config = &VpcConfig {
+            prefix_delegation,
+            ..config.clone()
+        };
         let limits = PoolLimits {
             max_enis: it.max_enis,
             secondary_per_eni: it.ipv4_per_eni.saturating_sub(1),
