@@ -255,6 +255,12 @@ pub fn run(config: AgentConfig) -> Result<(), AgentError> {
             });
             endpoint(Arc::clone(&backend) as Arc<dyn Backend>)?;
             tracing::info!(socket = %config.socket.display(), node = %agent.node_name(), "vpc agent ready");
+            let xl = Arc::clone(&x);
+            agent.on_lost_address(Box::new(move |key| {
+                if let Err(e) = xl.on_lost(key) {
+                    tracing::warn!(container = %key.container_id, "lost address: {e}");
+                }
+            }));
             let manager = Arc::clone(&agent);
             spawn("pool", move || vpc::pool::run(&manager))?;
             spawn("exposure", move || x.follow_forever())?;

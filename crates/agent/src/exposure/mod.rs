@@ -330,6 +330,14 @@ impl Exposure {
         Ok(())
     }
 
+    /// A pod whose address the cloud took back (vpc mode): its endpoint
+    /// record goes, so the address leaves the cluster set and the policy
+    /// sets at once; the attachment itself stays until its DEL (the pod
+    /// has no working address and must be recreated — the agent logs so).
+    pub fn on_lost(&self, key: &podwire_proto::AttachmentKey) -> Result<(), String> {
+        self.on_del(key)
+    }
+
     /// DEL (and GC): the endpoint record goes first, so no record names an
     /// address that is free again. An error means nothing was released.
     pub fn on_del(&self, key: &podwire_proto::AttachmentKey) -> Result<(), String> {

@@ -85,6 +85,20 @@ pub struct VpcAgent {
     state: Mutex<State>,
     /// Signalled when the pool changes or an ADD needs addresses.
     pub changed: Condvar,
+    /// Told of every attachment whose address the cloud no longer lists
+    /// (see [`VpcAgent::on_lost_address`]).
+    lost_hook: std::sync::OnceLock<Hook>,
+}
+
+/// What the agent does when a pod's address is gone from the cloud.
+pub type LostHook = Box<dyn Fn(&AttachmentKey) + Send + Sync>;
+
+struct Hook(LostHook);
+
+impl std::fmt::Debug for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LostHook")
+    }
 }
 
 fn credentials(imds: &Imds) -> Result<Credentials, AgentError> {
@@ -99,6 +113,38 @@ fn credentials(imds: &Imds) -> Result<Credentials, AgentError> {
         });
     }
     Ok(imds.credentials()?)
+}
+
+impl VpcAgent {
+    /// Sets what happens to an attachment whose address the cloud no
+    /// longer lists: its endpoint record must go, or the address stays in
+    /// every node's cluster set and policy sets, and whoever the cloud
+    /// gives it to next would pass for the pod (found by an attack). Set
+    /// once, before the pool manager runs.
+    pub fn on_lost_address(&self, hook: LostHook) {
+        if self.lost_hook.set(Hook(hook)).is_err() {
+            tracing::warn!("the lost-address hook is set once; a second one is ignored");
+        }
+    }
+
+    /// The attachments that held the lost addresses (by their owner
+    /// strings), told to the hook.
+    pub(crate) fn tell_lost(&self, holders: &[&str]) {
+        let Some(hook) = self.lost_hook.get() else {
+            return;
+        };
+        let keys: Vec<AttachmentKey> = {
+            let st = self.lock();
+            st.allocations
+                .keys()
+                .filter(|k| holders.contains(&owner(k).as_str()))
+                .cloned()
+                .collect()
+        };
+        for k in &keys {
+            (hook.0)(k);
+        }
+    }
 }
 
 fn owner(key: &AttachmentKey) -> String {
@@ -293,6 +339,7 @@ impl VpcAgent {
             ec2,
             checkpoint,
             metrics,
+            lost_hook: std::sync::OnceLock::new(),
             state: Mutex::new(State {
                 pool,
                 allocations,
@@ -400,6 +447,7 @@ impl VpcAgent {
             ec2: Ec2Client::new(endpoint, "pwt-region", creds).with_retry(RetryPolicy::NONE),
             checkpoint: Checkpoint::new(state_dir)?,
             metrics: Arc::new(Metrics::new()),
+            lost_hook: std::sync::OnceLock::new(),
             state: Mutex::new(State {
                 pool,
                 allocations: BTreeMap::new(),

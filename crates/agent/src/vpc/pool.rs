@@ -219,6 +219,8 @@ fn reconcile_now(shared: &Shared, pending: &mut Pending) -> Result<(), PoolError
         for (ip, holder) in &report.lost {
             tracing::error!(%ip, holder, "the cloud no longer lists this pod's address (unassigned out of band, or an ENI's primary): the pod has no working address; delete and recreate it");
         }
+        let holders: Vec<&str> = report.lost.iter().map(|(_, h)| h.as_str()).collect();
+        shared.tell_lost(&holders);
     }
     let n = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
     shared.metrics.reconcile(

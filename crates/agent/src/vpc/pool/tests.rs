@@ -218,6 +218,11 @@ fn an_address_unassigned_out_of_band_leaves_the_pool_and_is_counted() {
     let (endpoint, _log) = fake_ec2(handler);
     let dir = state_dir();
     let a = agent_on(&endpoint, &[11, 12, 13], &dir);
+    let told = Arc::new(Mutex::new(Vec::new()));
+    let t = told.clone();
+    a.on_lost_address(Box::new(move |key| {
+        t.lock().expect("told").push(key.container_id.clone())
+    }));
     let r = a.add(req("held"), Instant::now() + Duration::from_secs(1));
     let Response::Allocated { allocation } = r else {
         panic!("{r:?}")
@@ -226,6 +231,9 @@ fn an_address_unassigned_out_of_band_leaves_the_pool_and_is_counted() {
     // Out of band: 11 (held) and 12 (free) are unassigned.
     *listed.lock().expect("listed") = vec![13];
     reconcile_now(&a, &mut Pending::default()).expect("reconcile");
+    // The holder is told (its endpoint record goes: the address must not
+    // stay in the cluster and policy sets for whoever gets it next).
+    assert_eq!(*told.lock().expect("told"), vec!["held".to_string()]);
     let text = a.metrics.render(&a.introspect(Instant::now()));
     assert!(
         text.contains("podwire_pool_lost_addresses_total 1"),
