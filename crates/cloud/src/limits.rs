@@ -84,7 +84,7 @@ impl InstanceLimits {
     /// Max pods with secondary IPs: `ENIs × (IPv4 per ENI − 1) + 2`
     /// (equal to the VPC CNI's eni-max-pods.txt for every type).
     pub fn max_pods_secondary_ips(&self) -> u32 {
-        self.pod_ips().saturating_add(HOST_NETWORK_PODS)
+        max_pods_secondary_ips(self.pod_ips())
     }
 
     /// EC2 assigns /28 prefixes to this type: Nitro hypervisor or bare
@@ -100,9 +100,7 @@ impl InstanceLimits {
 
     /// `ENIs × (IPv4 per ENI − 1) × 16 + 2`, before the vCPU cap.
     pub fn max_pods_prefix_uncapped(&self) -> u32 {
-        self.prefix_slots()
-            .saturating_mul(IPS_PER_PREFIX)
-            .saturating_add(HOST_NETWORK_PODS)
+        max_pods_prefix_uncapped(self.prefix_slots())
     }
 
     /// Max pods with prefix delegation: the uncapped figure, capped at 110
@@ -125,6 +123,35 @@ pub fn prefix_cap(vcpus: u32) -> u32 {
     } else {
         PREFIX_CAP_LOW_CPU
     }
+}
+
+// The max-pods formulas live here once: [`InstanceLimits`] (the table, for
+// `podwirectl capacity` and the lab) and the agent (figures from
+// DescribeInstanceTypes, for its capacity gauges) both call them with the
+// node's address slots, `ENIs × (IPv4 per ENI − 1)`.
+
+/// `slots + 2`: max pods with secondary IPs.
+pub fn max_pods_secondary_ips(slots: u32) -> u32 {
+    slots.saturating_add(HOST_NETWORK_PODS)
+}
+
+/// `slots × 16 + 2`: max pods with prefix delegation, before the vCPU cap.
+pub fn max_pods_prefix_uncapped(slots: u32) -> u32 {
+    slots
+        .saturating_mul(IPS_PER_PREFIX)
+        .saturating_add(HOST_NETWORK_PODS)
+}
+
+/// The figure a running node reports (the agent's capacity gauges): like
+/// [`InstanceLimits::max_pods_prefix_delegation`], but where the vCPUs are
+/// unknown the lower cap (110) applies, a figure the node can surely hold,
+/// rather than no figure at all.
+pub fn node_max_pods(slots: u32, prefix_delegation: bool, vcpus: Option<u32>) -> u32 {
+    if !prefix_delegation {
+        return max_pods_secondary_ips(slots);
+    }
+    let cap = vcpus.map_or(PREFIX_CAP_LOW_CPU, prefix_cap);
+    max_pods_prefix_uncapped(slots).min(cap)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -418,6 +445,54 @@ mod tests {
             }
         }
         assert_eq!(unknown, ["bmn-sf1.metal"]);
+    }
+
+    /// Figures from data/eni-max-pods.txt (secondary IPs) and the VPC CNI's
+    /// max-pods calculator (prefixes), as a node with `enis` ENIs of `ipv4`
+    /// addresses reports them (moved from the agent's former copy of the
+    /// formula, podwire-ipam's `capacity`).
+    #[test]
+    fn node_max_pods_follows_the_formula_and_the_caps() {
+        let slots = |enis: u32, ipv4: u32| enis * (ipv4 - 1);
+        // m5.large: 3 ENIs x 10, 2 vCPUs.
+        assert_eq!(node_max_pods(slots(3, 10), false, Some(2)), 29);
+        assert_eq!(node_max_pods(slots(3, 10), true, Some(2)), 110);
+        // t3.small: 3 x 4.
+        assert_eq!(node_max_pods(slots(3, 4), false, Some(2)), 11);
+        assert_eq!(node_max_pods(slots(3, 4), true, Some(2)), 110);
+        // t3.nano: 2 x 2: 2 slots x 16 + 2 = 34, under the cap.
+        assert_eq!(node_max_pods(slots(2, 2), true, Some(2)), 34);
+        // m5.24xlarge: 15 x 50, 96 vCPUs.
+        assert_eq!(node_max_pods(slots(15, 50), false, Some(96)), 737);
+        assert_eq!(node_max_pods(slots(15, 50), true, Some(96)), 250);
+        // vCPUs unknown: the lower cap.
+        assert_eq!(node_max_pods(slots(15, 50), true, None), 110);
+        // Exactly 30 vCPUs is "at most 30".
+        assert_eq!(node_max_pods(slots(8, 30), true, Some(30)), 110);
+    }
+
+    /// The node's figure and the table's agree for every type whose vCPUs
+    /// are known (the agent and `podwirectl capacity` say the same).
+    #[test]
+    fn node_figures_equal_the_table_figures_for_every_type() {
+        let t = LimitsTable::builtin().expect("parse");
+        for l in t.iter() {
+            let vcpus = t.vcpus(&l.instance_type).and_then(|v| v.vcpus);
+            assert_eq!(
+                node_max_pods(l.pod_ips(), false, vcpus),
+                l.max_pods_secondary_ips(),
+                "{}",
+                l.instance_type
+            );
+            if let Ok(pd) = l.max_pods_prefix_delegation(vcpus) {
+                assert_eq!(
+                    node_max_pods(l.pod_ips(), true, vcpus),
+                    pd,
+                    "{}",
+                    l.instance_type
+                );
+            }
+        }
     }
 
     #[test]

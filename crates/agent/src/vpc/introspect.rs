@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use podwire_ipam::capacity::max_pods;
+use podwire_cloud::limits::node_max_pods;
 use podwire_ipam::eni_pool::PREFIX_ADDRESSES;
 use podwire_ipam::WarmTarget;
 
@@ -58,7 +58,7 @@ impl VpcAgent {
         let per_slot = if t.prefixes { PREFIX_ADDRESSES } else { 1 };
         let capacity = Capacity {
             prefix_delegation: c.prefix_delegation,
-            max_pods: max_pods(limits, c.prefix_delegation, self.node.vcpus),
+            max_pods: node_max_pods(limits.max_pod_ips(), c.prefix_delegation, self.node.vcpus),
             ips_in_use: n32(st.pool.assigned()),
             ips_warm: n32(st.pool.free_total()),
             ips_possible: st.pool.slots_left().saturating_mul(per_slot),
