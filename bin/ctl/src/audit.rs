@@ -17,12 +17,13 @@ use podwire_audit::sg::{
     parse_network_interfaces, parse_network_interfaces_any, parse_security_groups,
     parse_security_groups_any, SecurityGroups, MAX_REPLY_BYTES,
 };
+use podwire_audit::store::PublishedPosture;
 use podwire_audit::{
-    AuditInput, ExternalSource, FlatClaim, Mismatch, Mode, NodeInfo, Observation, Posture,
-    SourceKind, VXLAN_PORT,
+    AuditInput, ExternalPodAccess, ExternalSource, FlatClaim, Mismatch, Mode, NodeInfo,
+    Observation, SourceKind, VXLAN_PORT,
 };
 use podwire_cluster::{PodRef, Protocol};
-use podwire_lab::state::{ExternalPodAccess, LabState};
+use podwire_lab::state::LabState;
 use podwire_lab::{names, ops, procs};
 use podwire_store::{Datastore, EtcdTls};
 use serde_json::json;
@@ -42,11 +43,12 @@ pub struct AuditArgs {
     #[arg(long, requires = "etcd_cert_file")]
     etcd_key_file: Option<PathBuf>,
     /// The cluster's mode, when its node records do not say (--datastore).
-    #[arg(long, value_parser = ["vpc", "overlay"])]
-    mode: Option<String>,
-    /// The agents' --external-pod-access [default: the lab's; else deny].
-    #[arg(long, value_parser = ["deny", "allow"])]
-    external_pod_access: Option<String>,
+    #[arg(long)]
+    mode: Option<Mode>,
+    /// The agents' --external-pod-access [default: the lab's; with
+    /// --datastore what the node records say; else deny].
+    #[arg(long, value_parser = crate::labpods::parse_access)]
+    external_pod_access: Option<ExternalPodAccess>,
     /// The agents' --external-allow-cidrs (CIDR,…).
     #[arg(long, value_delimiter = ',')]
     external_allow_cidrs: Vec<Ipv4Net>,
@@ -131,20 +133,30 @@ pub fn run(a: AuditArgs) -> anyhow::Result<ExitCode> {
     Ok(code)
 }
 
-fn posture(s: Option<&str>, default: Posture) -> Posture {
-    match s {
-        Some("allow") => Posture::Allow,
-        Some(_) => Posture::Deny,
-        None => default,
-    }
-}
-
-fn mode_arg(s: Option<&str>) -> Option<Mode> {
-    match s {
-        Some("vpc") => Some(Mode::Vpc),
-        Some("overlay") => Some(Mode::Overlay),
-        _ => None,
-    }
+/// The posture to audit: the flags, else what the agents published in
+/// their node records, else (agents older than that) deny.
+fn datastore_posture(
+    a: &AuditArgs,
+    published: &PublishedPosture,
+) -> anyhow::Result<(ExternalPodAccess, Vec<Ipv4Net>)> {
+    let flag_cidrs = a.external_allow_cidrs.clone();
+    Ok(match (a.external_pod_access, published) {
+        (Some(p), _) => (p, flag_cidrs),
+        (
+            None,
+            PublishedPosture::Same {
+                access,
+                allow_cidrs,
+            },
+        ) if flag_cidrs.is_empty() => (*access, allow_cidrs.clone()),
+        (None, PublishedPosture::Same { access, .. }) => (*access, flag_cidrs),
+        (None, PublishedPosture::Unstated) => (ExternalPodAccess::Deny, flag_cidrs),
+        (None, PublishedPosture::Mixed(v)) => anyhow::bail!(
+            "the nodes publish different postures ({}): give --external-pod-access \
+             (and --external-allow-cidrs) to audit one",
+            v.join("; ")
+        ),
+    })
 }
 
 /// A real cluster: its datastore, and its security groups when given as
@@ -161,9 +173,11 @@ fn datastore_input(a: &AuditArgs, spec: &str) -> anyhow::Result<AuditInput> {
     );
     let rec = podwire_audit::store::load(store.as_ref())?;
     report_problems(&rec.problems);
-    let mode = mode_arg(a.mode.as_deref())
+    let mode = a
+        .mode
         .or(rec.mode)
         .context("the node records do not say the mode: give --mode vpc|overlay")?;
+    let (posture, external_allow_cidrs) = datastore_posture(a, &rec.posture)?;
     let external = if a.external.is_empty() {
         vec![ExternalSource {
             name: "outside".into(),
@@ -176,8 +190,8 @@ fn datastore_input(a: &AuditArgs, spec: &str) -> anyhow::Result<AuditInput> {
         mode,
         view: rec.view,
         nodes: rec.nodes,
-        posture: posture(a.external_pod_access.as_deref(), Posture::Deny),
-        external_allow_cidrs: a.external_allow_cidrs.clone(),
+        posture,
+        external_allow_cidrs,
         external,
         security_groups: sg_files(a)?,
         vxlan_port: a.vxlan_port,
@@ -279,18 +293,11 @@ fn lab_input(a: &AuditArgs, st: &LabState) -> anyhow::Result<AuditInput> {
             },
         );
     }
-    let lab_posture = match st.external_pod_access {
-        ExternalPodAccess::Deny => Posture::Deny,
-        ExternalPodAccess::Allow => Posture::Allow,
-    };
     Ok(AuditInput {
-        mode: match st.mode {
-            podwire_lab::Mode::Vpc => Mode::Vpc,
-            podwire_lab::Mode::Overlay => Mode::Overlay,
-        },
+        mode: st.mode,
         view: rec.view,
         nodes,
-        posture: posture(a.external_pod_access.as_deref(), lab_posture),
+        posture: a.external_pod_access.unwrap_or(st.external_pod_access),
         external_allow_cidrs: a.external_allow_cidrs.clone(),
         external,
         security_groups: Some(sgs),
