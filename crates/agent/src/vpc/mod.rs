@@ -557,13 +557,11 @@ mod tests {
                 minimum: 10
             }
         );
-        assert_eq!(
-            t(Some(0), 0),
-            WarmTarget::Ips {
-                warm: 0,
-                minimum: 0
-            }
-        );
+        // WARM_IP_TARGET=0 is "not set" (the VPC CNI's warmIPTargetsDefined
+        // tests `!= 0`): it was an IP target of 0, under which the pool
+        // never grew and every ADD waited out its deadline (found by the
+        // capacity planner's agreement test).
+        assert_eq!(t(Some(0), 0), WarmTarget::Enis(1));
     }
 
     #[test]
