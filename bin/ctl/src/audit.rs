@@ -7,7 +7,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -25,23 +25,13 @@ use podwire_audit::{
 use podwire_cluster::{PodRef, Protocol};
 use podwire_lab::state::LabState;
 use podwire_lab::{names, ops, procs};
-use podwire_store::{Datastore, EtcdTls};
 use serde_json::json;
 
 #[derive(Debug, Args)]
 pub struct AuditArgs {
-    /// The lab to audit [default: lab, unless --datastore].
-    #[arg(long, conflicts_with = "datastore")]
-    lab: Option<String>,
-    /// A podwire datastore, as the agents' --datastore (a real cluster's).
-    #[arg(long)]
-    datastore: Option<String>,
-    #[arg(long, requires = "datastore")]
-    etcd_ca_cert_file: Option<PathBuf>,
-    #[arg(long, requires = "etcd_key_file")]
-    etcd_cert_file: Option<PathBuf>,
-    #[arg(long, requires = "etcd_cert_file")]
-    etcd_key_file: Option<PathBuf>,
+    /// The lab to audit, or a real cluster's datastore.
+    #[command(flatten)]
+    store: crate::policy::StoreArgs,
     /// The cluster's mode, when its node records do not say (--datastore).
     #[arg(long)]
     mode: Option<Mode>,
@@ -88,11 +78,10 @@ pub struct AuditArgs {
 }
 
 pub fn run(a: AuditArgs) -> anyhow::Result<ExitCode> {
-    let (input, lab) = match &a.datastore {
+    let (input, lab) = match a.store.datastore() {
         Some(spec) => (datastore_input(&a, spec)?, None),
         None => {
-            let lab = a.lab.clone().unwrap_or_else(|| names::DEFAULT_LAB.into());
-            let st = LabState::load(&lab)?;
+            let st = LabState::load(a.store.lab())?;
             (lab_input(&a, &st)?, Some(st))
         }
     };
@@ -162,15 +151,7 @@ fn datastore_posture(
 /// A real cluster: its datastore, and its security groups when given as
 /// files (else the report says they were assumed open).
 fn datastore_input(a: &AuditArgs, spec: &str) -> anyhow::Result<AuditInput> {
-    let tls = EtcdTls {
-        ca_cert: a.etcd_ca_cert_file.clone(),
-        cert: a.etcd_cert_file.clone(),
-        key: a.etcd_key_file.clone(),
-    };
-    let store: Arc<dyn Datastore> = Arc::from(
-        podwire_store::open_with(spec, &tls)
-            .with_context(|| format!("opening the datastore {spec}"))?,
-    );
+    let store = a.store.open_datastore(spec)?;
     let rec = podwire_audit::store::load(store.as_ref())?;
     report_problems(&rec.problems);
     let mode = a
@@ -486,7 +467,7 @@ fn format_verify(v: &Verified) -> String {
 mod tests {
     use super::*;
     use clap::Parser;
-    use podwire_store::{Expect, SqliteStore};
+    use podwire_store::{Datastore, Expect, SqliteStore};
 
     #[derive(Debug, Parser)]
     struct T {
@@ -555,5 +536,44 @@ mod tests {
         // Half the pair is refused by clap.
         assert!(T::try_parse_from(["t", "--datastore", &spec, "--security-groups", "x"]).is_err());
         assert!(T::try_parse_from(["t", "--datastore", &spec, "--verify"]).is_err());
+        // A posture word the agents do not know is refused, not taken as deny.
+        assert!(
+            T::try_parse_from(["t", "--datastore", &spec, "--external-pod-access", "open"])
+                .is_err()
+        );
+
+        // Agents that publish their posture: no flag needed; the flag still
+        // overrides; nodes that disagree are refused.
+        let no_flags = T::try_parse_from([
+            "t",
+            "--datastore",
+            &spec,
+            "--security-groups",
+            sg.to_str().expect("utf-8"),
+            "--network-interfaces",
+            eni.to_str().expect("utf-8"),
+        ])
+        .expect("args")
+        .a;
+        let r = podwire_audit::audit(&datastore_input(&no_flags, &spec).expect("input"));
+        assert!(r.exposed.is_empty(), "an older agent's record: deny");
+        let key = "/podwire/node-addresses/node-1";
+        let e = s.get(key).expect("get").expect("record");
+        let allow = r#"{"node":"node-1","mode":"vpc","addresses":["10.0.1.10"],"primary":"10.0.1.10","external_pod_access":"allow","external_allow_cidrs":[]}"#;
+        s.put(key, allow.as_bytes(), Expect::Revision(e.mod_revision))
+            .expect("put");
+        let r = podwire_audit::audit(&datastore_input(&no_flags, &spec).expect("input"));
+        assert_eq!(r.external_pod_access, ExternalPodAccess::Allow);
+        assert!(!r.exposed.is_empty(), "the published allow is audited");
+        let r = podwire_audit::audit(&datastore_input(&args("deny"), &spec).expect("input"));
+        assert!(r.exposed.is_empty(), "the flag overrides the records");
+        s.put(
+            "/podwire/node-addresses/node-2",
+            br#"{"node":"node-2","mode":"vpc","addresses":["10.0.1.11"],"external_pod_access":"deny"}"#,
+            Expect::Absent,
+        )
+        .expect("put");
+        let e = datastore_input(&no_flags, &spec).expect_err("mixed postures");
+        assert!(e.to_string().contains("different postures"), "{e}");
     }
 }

@@ -67,7 +67,7 @@ impl VpcAgent {
             prefixes: st.pool.prefix_count(),
             subnet: st.subnet.as_ref().map(|s| SubnetCapacity {
                 id: s.id.clone(),
-                cidr: s.cidr.to_string(),
+                cidr: s.cidr,
                 available: s.available,
             }),
         };
@@ -241,6 +241,10 @@ mod tests {
         assert_eq!(c["subnet"]["available"], 77);
         assert_eq!(c["subnet"]["cidr"], "10.0.0.0/16");
         assert_eq!(json["targets"]["rule"], "warm_eni");
+        // `podwirectl capacity --live` reads the same figures back.
+        let live = podwire_capacity::live::parse_state(&json.to_string()).expect("live parses");
+        assert_eq!(live.figures.as_ref(), s.capacity.as_ref());
+        assert_eq!(live.node, s.node);
         let text = a.metrics.render(&s);
         for want in [
             "podwire_capacity_ips{state=\"in_use\"} 1",
