@@ -161,6 +161,78 @@ pub struct LimitsParseError {
     pub msg: String,
 }
 
+/// A tab-separated table with a header row, as both shipped tables are:
+/// columns by name, errors by line (`prefix` names the table in them).
+struct Tsv<'a> {
+    header: Vec<&'a str>,
+    body: std::iter::Enumerate<std::str::Lines<'a>>,
+    prefix: &'static str,
+}
+
+/// One non-empty row and its line number (1-based).
+struct Row<'a> {
+    fields: Vec<&'a str>,
+    line: usize,
+    prefix: &'static str,
+}
+
+impl<'a> Tsv<'a> {
+    fn parse(tsv: &'a str, prefix: &'static str, empty: &str) -> Result<Tsv<'a>, LimitsParseError> {
+        let mut body = tsv.lines().enumerate();
+        let header = match body.next() {
+            Some((_, h)) => h.split('\t').collect(),
+            None => {
+                return Err(LimitsParseError {
+                    line: 1,
+                    msg: empty.into(),
+                })
+            }
+        };
+        Ok(Tsv {
+            header,
+            body,
+            prefix,
+        })
+    }
+
+    fn col(&self, name: &str) -> Result<usize, LimitsParseError> {
+        self.header
+            .iter()
+            .position(|h| *h == name)
+            .ok_or_else(|| LimitsParseError {
+                line: 1,
+                msg: format!("{}no column {name}", self.prefix),
+            })
+    }
+
+    fn rows(self) -> impl Iterator<Item = Row<'a>> {
+        let prefix = self.prefix;
+        self.body
+            .filter(|(_, l)| !l.trim().is_empty())
+            .map(move |(i, l)| Row {
+                fields: l.split('\t').collect(),
+                line: i + 1,
+                prefix,
+            })
+    }
+}
+
+impl<'a> Row<'a> {
+    fn get(&self, c: usize) -> Result<&'a str, LimitsParseError> {
+        self.fields
+            .get(c)
+            .copied()
+            .ok_or_else(|| self.err("short row".into()))
+    }
+
+    fn err(&self, msg: String) -> LimitsParseError {
+        LimitsParseError {
+            line: self.line,
+            msg: format!("{}{msg}", self.prefix),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct LimitsTable {
     by_type: HashMap<String, InstanceLimits>,
@@ -177,49 +249,21 @@ impl LimitsTable {
     /// empty `vcpus` is unknown). Rows for types the limits do not know are
     /// kept: look-ups go by name.
     pub fn with_vcpus(mut self, tsv: &str) -> Result<LimitsTable, LimitsParseError> {
-        let mut lines = tsv.lines().enumerate();
-        let header: Vec<&str> = match lines.next() {
-            Some((_, h)) => h.split('\t').collect(),
-            None => {
-                return Err(LimitsParseError {
-                    line: 1,
-                    msg: "empty vCPU table".into(),
-                })
-            }
-        };
-        let col = |name: &str| {
-            header
-                .iter()
-                .position(|h| *h == name)
-                .ok_or_else(|| LimitsParseError {
-                    line: 1,
-                    msg: format!("vCPU table: no column {name}"),
-                })
-        };
-        let (ty, n, src) = (col("instance_type")?, col("vcpus")?, col("source")?);
-        for (i, line) in lines {
-            if line.trim().is_empty() {
-                continue;
-            }
-            let f: Vec<&str> = line.split('\t').collect();
-            let get = |c: usize| {
-                f.get(c).copied().ok_or_else(|| LimitsParseError {
-                    line: i + 1,
-                    msg: "vCPU table: short row".into(),
-                })
-            };
-            let vcpus = match get(n)?.trim() {
+        let t = Tsv::parse(tsv, "vCPU table: ", "empty vCPU table")?;
+        let (ty, n, src) = (t.col("instance_type")?, t.col("vcpus")?, t.col("source")?);
+        for row in t.rows() {
+            let vcpus = match row.get(n)?.trim() {
                 "" => None,
-                v => Some(v.parse::<u32>().map_err(|_| LimitsParseError {
-                    line: i + 1,
-                    msg: format!("vCPU table: {v:?} is not a number"),
-                })?),
+                v => Some(
+                    v.parse::<u32>()
+                        .map_err(|_| row.err(format!("{v:?} is not a number")))?,
+                ),
             };
             self.vcpus.insert(
-                get(ty)?.to_string(),
+                row.get(ty)?.to_string(),
                 VcpuInfo {
                     vcpus,
-                    source: get(src)?.to_string(),
+                    source: row.get(src)?.to_string(),
                 },
             );
         }
@@ -243,57 +287,28 @@ impl LimitsTable {
     }
 
     pub fn parse(tsv: &str) -> Result<LimitsTable, LimitsParseError> {
-        let mut by_type = HashMap::new();
-        let mut lines = tsv.lines().enumerate();
-        let header: Vec<&str> = match lines.next() {
-            Some((_, h)) => h.split('\t').collect(),
-            None => {
-                return Err(LimitsParseError {
-                    line: 1,
-                    msg: "empty table".into(),
-                })
-            }
-        };
-        let col = |name: &str| {
-            header
-                .iter()
-                .position(|h| *h == name)
-                .ok_or_else(|| LimitsParseError {
-                    line: 1,
-                    msg: format!("no column {name}"),
-                })
-        };
+        let t = Tsv::parse(tsv, "", "empty table")?;
         let (ty, enis, ips, hv, bm, mp) = (
-            col("instance_type")?,
-            col("max_enis")?,
-            col("ipv4_per_eni")?,
-            col("hypervisor")?,
-            col("is_bare_metal")?,
-            col("max_pods")?,
+            t.col("instance_type")?,
+            t.col("max_enis")?,
+            t.col("ipv4_per_eni")?,
+            t.col("hypervisor")?,
+            t.col("is_bare_metal")?,
+            t.col("max_pods")?,
         );
-        for (i, line) in lines {
-            if line.trim().is_empty() {
-                continue;
-            }
-            let f: Vec<&str> = line.split('\t').collect();
-            let get = |c: usize| {
-                f.get(c).copied().ok_or_else(|| LimitsParseError {
-                    line: i + 1,
-                    msg: "short row".into(),
-                })
-            };
+        let mut by_type = HashMap::new();
+        for row in t.rows() {
             let num = |c: usize| -> Result<u32, LimitsParseError> {
-                get(c)?.parse().map_err(|_| LimitsParseError {
-                    line: i + 1,
-                    msg: format!("column {c} is not a number"),
-                })
+                row.get(c)?
+                    .parse()
+                    .map_err(|_| row.err(format!("column {c} is not a number")))
             };
             let l = InstanceLimits {
-                instance_type: get(ty)?.to_string(),
+                instance_type: row.get(ty)?.to_string(),
                 max_enis: num(enis)?,
                 ipv4_per_eni: num(ips)?,
-                hypervisor: get(hv)?.to_string(),
-                bare_metal: get(bm)? == "true",
+                hypervisor: row.get(hv)?.to_string(),
+                bare_metal: row.get(bm)? == "true",
                 max_pods: num(mp)?,
             };
             by_type.insert(l.instance_type.clone(), l);
@@ -493,6 +508,25 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn limits_table_rejects_garbage_naming_the_line() {
+        assert_eq!(
+            LimitsTable::parse("").expect_err("empty").msg,
+            "empty table"
+        );
+        let e = LimitsTable::parse("instance_type\tmax_enis\n").expect_err("columns");
+        assert_eq!((e.line, e.msg.as_str()), (1, "no column ipv4_per_eni"));
+        let head = "instance_type\tmax_enis\tipv4_per_eni\thypervisor\tis_bare_metal\tmax_pods\n";
+        let e = LimitsTable::parse(&format!("{head}\nm5.large\t3\tten\tnitro\tfalse\t29\n"))
+            .expect_err("not a number");
+        assert_eq!((e.line, e.msg.as_str()), (3, "column 2 is not a number"));
+        let e = LimitsTable::parse(&format!("{head}m5.large\t3\n")).expect_err("short");
+        assert_eq!((e.line, e.msg.as_str()), (2, "short row"));
+        let t = LimitsTable::parse(&format!("{head}m5.large\t3\t10\tnitro\tfalse\t29\n"))
+            .expect("one row");
+        assert_eq!(t.get("m5.large").map(|l| l.pod_ips()), Some(27));
     }
 
     #[test]
