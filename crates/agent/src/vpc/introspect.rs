@@ -108,22 +108,9 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use podwire_ipam::EniPool;
-    use podwire_proto::{AddRequest, AttachmentKey, Response};
+    use podwire_proto::Response;
 
-    use super::super::testing::{agent, state_dir, LIMITS};
-
-    fn req(c: &str) -> AddRequest {
-        AddRequest {
-            key: AttachmentKey {
-                network: "pw".into(),
-                container_id: c.into(),
-                ifname: "eth0".into(),
-            },
-            netns: "/run/netns/pwt".into(),
-            pod_namespace: None,
-            pod_name: None,
-        }
-    }
+    use super::super::testing::{agent, req, state_dir, LIMITS};
 
     /// The per-ENI view adds up to the pool's own counts, through ADD,
     /// DEL (cooling) and the cool-down's end.

@@ -442,6 +442,20 @@ pub(crate) mod testing {
         secondary_per_eni: 3,
     };
 
+    /// An ADD for container `c` (pod `default/c`).
+    pub fn req(c: &str) -> podwire_proto::AddRequest {
+        podwire_proto::AddRequest {
+            key: podwire_proto::AttachmentKey {
+                network: "pw".into(),
+                container_id: c.into(),
+                ifname: "eth0".into(),
+            },
+            netns: "/run/netns/pwt".into(),
+            pod_namespace: Some("default".into()),
+            pod_name: Some(c.into()),
+        }
+    }
+
     pub fn config(warm: Option<u32>, minimum: u32) -> VpcConfig {
         VpcConfig {
             imds_endpoint: "http://127.0.0.1:9".into(),
