@@ -7,7 +7,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -17,36 +17,29 @@ use podwire_audit::sg::{
     parse_network_interfaces, parse_network_interfaces_any, parse_security_groups,
     parse_security_groups_any, SecurityGroups, MAX_REPLY_BYTES,
 };
+use podwire_audit::store::PublishedPosture;
 use podwire_audit::{
-    AuditInput, ExternalSource, FlatClaim, Mismatch, Mode, NodeInfo, Observation, Posture,
-    SourceKind, VXLAN_PORT,
+    AuditInput, ExternalPodAccess, ExternalSource, FlatClaim, Mismatch, Mode, NodeInfo,
+    Observation, SourceKind, VXLAN_PORT,
 };
 use podwire_cluster::{PodRef, Protocol};
-use podwire_lab::state::{ExternalPodAccess, LabState};
+use podwire_lab::state::LabState;
 use podwire_lab::{names, ops, procs};
-use podwire_store::{Datastore, EtcdTls, Revision};
+use podwire_store::Revision;
 use serde_json::json;
 
 #[derive(Debug, Args)]
 pub struct AuditArgs {
-    /// The lab to audit [default: lab, unless --datastore].
-    #[arg(long, conflicts_with = "datastore")]
-    lab: Option<String>,
-    /// A podwire datastore, as the agents' --datastore (a real cluster's).
-    #[arg(long)]
-    datastore: Option<String>,
-    #[arg(long, requires = "datastore")]
-    etcd_ca_cert_file: Option<PathBuf>,
-    #[arg(long, requires = "etcd_key_file")]
-    etcd_cert_file: Option<PathBuf>,
-    #[arg(long, requires = "etcd_cert_file")]
-    etcd_key_file: Option<PathBuf>,
+    /// The lab to audit, or a real cluster's datastore.
+    #[command(flatten)]
+    store: crate::policy::StoreArgs,
     /// The cluster's mode, when its node records do not say (--datastore).
-    #[arg(long, value_parser = ["vpc", "overlay"])]
-    mode: Option<String>,
-    /// The agents' --external-pod-access [default: the lab's; else deny].
-    #[arg(long, value_parser = ["deny", "allow"])]
-    external_pod_access: Option<String>,
+    #[arg(long)]
+    mode: Option<Mode>,
+    /// The agents' --external-pod-access [default: the lab's; with
+    /// --datastore what the node records say; else deny].
+    #[arg(long, value_parser = crate::labpods::parse_access)]
+    external_pod_access: Option<ExternalPodAccess>,
     /// The agents' --external-allow-cidrs (CIDR,…).
     #[arg(long, value_delimiter = ',')]
     external_allow_cidrs: Vec<Ipv4Net>,
@@ -86,11 +79,10 @@ pub struct AuditArgs {
 }
 
 pub fn run(a: AuditArgs) -> anyhow::Result<ExitCode> {
-    let (input, lab) = match &a.datastore {
+    let (input, lab) = match a.store.datastore() {
         Some(spec) => (datastore_input(&a, spec)?, None),
         None => {
-            let lab = a.lab.clone().unwrap_or_else(|| names::DEFAULT_LAB.into());
-            let st = LabState::load(&lab)?;
+            let st = LabState::load(a.store.lab())?;
             let (input, revision) = lab_input(&a, &st)?;
             (input, Some((st, revision)))
         }
@@ -142,39 +134,43 @@ pub fn run(a: AuditArgs) -> anyhow::Result<ExitCode> {
     Ok(code)
 }
 
-fn posture(s: Option<&str>, default: Posture) -> Posture {
-    match s {
-        Some("allow") => Posture::Allow,
-        Some(_) => Posture::Deny,
-        None => default,
-    }
-}
-
-fn mode_arg(s: Option<&str>) -> Option<Mode> {
-    match s {
-        Some("vpc") => Some(Mode::Vpc),
-        Some("overlay") => Some(Mode::Overlay),
-        _ => None,
-    }
+/// The posture to audit: the flags, else what the agents published in
+/// their node records, else (agents older than that) deny.
+fn datastore_posture(
+    a: &AuditArgs,
+    published: &PublishedPosture,
+) -> anyhow::Result<(ExternalPodAccess, Vec<Ipv4Net>)> {
+    let flag_cidrs = a.external_allow_cidrs.clone();
+    Ok(match (a.external_pod_access, published) {
+        (Some(p), _) => (p, flag_cidrs),
+        (
+            None,
+            PublishedPosture::Same {
+                access,
+                allow_cidrs,
+            },
+        ) if flag_cidrs.is_empty() => (*access, allow_cidrs.clone()),
+        (None, PublishedPosture::Same { access, .. }) => (*access, flag_cidrs),
+        (None, PublishedPosture::Unstated) => (ExternalPodAccess::Deny, flag_cidrs),
+        (None, PublishedPosture::Mixed(v)) => anyhow::bail!(
+            "the nodes publish different postures ({}): give --external-pod-access \
+             (and --external-allow-cidrs) to audit one",
+            v.join("; ")
+        ),
+    })
 }
 
 /// A real cluster: its datastore, and its security groups when given as
 /// files (else the report says they were assumed open).
 fn datastore_input(a: &AuditArgs, spec: &str) -> anyhow::Result<AuditInput> {
-    let tls = EtcdTls {
-        ca_cert: a.etcd_ca_cert_file.clone(),
-        cert: a.etcd_cert_file.clone(),
-        key: a.etcd_key_file.clone(),
-    };
-    let store: Arc<dyn Datastore> = Arc::from(
-        podwire_store::open_with(spec, &tls)
-            .with_context(|| format!("opening the datastore {spec}"))?,
-    );
+    let store = a.store.open_datastore(spec)?;
     let rec = podwire_audit::store::load(store.as_ref())?;
     report_problems(&rec.problems);
-    let mode = mode_arg(a.mode.as_deref())
+    let mode = a
+        .mode
         .or(rec.mode)
         .context("the node records do not say the mode: give --mode vpc|overlay")?;
+    let (posture, external_allow_cidrs) = datastore_posture(a, &rec.posture)?;
     let external = if a.external.is_empty() {
         vec![ExternalSource {
             name: "outside".into(),
@@ -187,8 +183,8 @@ fn datastore_input(a: &AuditArgs, spec: &str) -> anyhow::Result<AuditInput> {
         mode,
         view: rec.view,
         nodes: rec.nodes,
-        posture: posture(a.external_pod_access.as_deref(), Posture::Deny),
-        external_allow_cidrs: a.external_allow_cidrs.clone(),
+        posture,
+        external_allow_cidrs,
         external,
         security_groups: sg_files(a)?,
         vxlan_port: a.vxlan_port,
@@ -292,18 +288,11 @@ fn lab_input(a: &AuditArgs, st: &LabState) -> anyhow::Result<(AuditInput, Revisi
             },
         );
     }
-    let lab_posture = match st.external_pod_access {
-        ExternalPodAccess::Deny => Posture::Deny,
-        ExternalPodAccess::Allow => Posture::Allow,
-    };
     let input = AuditInput {
-        mode: match st.mode {
-            podwire_lab::Mode::Vpc => Mode::Vpc,
-            podwire_lab::Mode::Overlay => Mode::Overlay,
-        },
+        mode: st.mode,
         view: rec.view,
         nodes,
-        posture: posture(a.external_pod_access.as_deref(), lab_posture),
+        posture: a.external_pod_access.unwrap_or(st.external_pod_access),
         external_allow_cidrs: a.external_allow_cidrs.clone(),
         external,
         security_groups: Some(sgs),
@@ -537,7 +526,7 @@ fn format_verify(v: &Verified) -> String {
 mod tests {
     use super::*;
     use clap::Parser;
-    use podwire_store::{Expect, SqliteStore};
+    use podwire_store::{Datastore, Expect, SqliteStore};
 
     #[derive(Debug, Parser)]
     struct T {
@@ -625,5 +614,44 @@ mod tests {
         // Half the pair is refused by clap.
         assert!(T::try_parse_from(["t", "--datastore", &spec, "--security-groups", "x"]).is_err());
         assert!(T::try_parse_from(["t", "--datastore", &spec, "--verify"]).is_err());
+        // A posture word the agents do not know is refused, not taken as deny.
+        assert!(
+            T::try_parse_from(["t", "--datastore", &spec, "--external-pod-access", "open"])
+                .is_err()
+        );
+
+        // Agents that publish their posture: no flag needed; the flag still
+        // overrides; nodes that disagree are refused.
+        let no_flags = T::try_parse_from([
+            "t",
+            "--datastore",
+            &spec,
+            "--security-groups",
+            sg.to_str().expect("utf-8"),
+            "--network-interfaces",
+            eni.to_str().expect("utf-8"),
+        ])
+        .expect("args")
+        .a;
+        let r = podwire_audit::audit(&datastore_input(&no_flags, &spec).expect("input"));
+        assert!(r.exposed.is_empty(), "an older agent's record: deny");
+        let key = "/podwire/node-addresses/node-1";
+        let e = s.get(key).expect("get").expect("record");
+        let allow = r#"{"node":"node-1","mode":"vpc","addresses":["10.0.1.10"],"primary":"10.0.1.10","external_pod_access":"allow","external_allow_cidrs":[]}"#;
+        s.put(key, allow.as_bytes(), Expect::Revision(e.mod_revision))
+            .expect("put");
+        let r = podwire_audit::audit(&datastore_input(&no_flags, &spec).expect("input"));
+        assert_eq!(r.external_pod_access, ExternalPodAccess::Allow);
+        assert!(!r.exposed.is_empty(), "the published allow is audited");
+        let r = podwire_audit::audit(&datastore_input(&args("deny"), &spec).expect("input"));
+        assert!(r.exposed.is_empty(), "the flag overrides the records");
+        s.put(
+            "/podwire/node-addresses/node-2",
+            br#"{"node":"node-2","mode":"vpc","addresses":["10.0.1.11"],"external_pod_access":"deny"}"#,
+            Expect::Absent,
+        )
+        .expect("put");
+        let e = datastore_input(&no_flags, &spec).expect_err("mixed postures");
+        assert!(e.to_string().contains("different postures"), "{e}");
     }
 }

@@ -141,7 +141,8 @@ pub fn external_pod_access(lab: &str, access: ExternalPodAccess) -> anyhow::Resu
 
 /// clap's parser for [`ExternalPodAccess`].
 pub fn parse_access(s: &str) -> Result<ExternalPodAccess, String> {
-    s.parse().map_err(|e: podwire_lab::LabError| e.to_string())
+    s.parse()
+        .map_err(|e: podwire_cluster::ParseAccessError| e.to_string())
 }
 
 #[cfg(test)]

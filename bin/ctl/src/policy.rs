@@ -17,7 +17,8 @@ use podwire_policy::NetworkPolicy;
 use podwire_store::{Datastore, EtcdTls, Expect, StoreError, Write, MAX_COMMIT_WRITES};
 use serde_json::json;
 
-/// Where the policies live: a lab's datastore, or any podwire datastore.
+/// Where the cluster's records live: a lab's datastore, or any podwire
+/// datastore (`policy`, `audit`).
 #[derive(Debug, Args)]
 pub struct StoreArgs {
     /// The lab whose datastore to use [default: lab, unless --datastore].
@@ -38,19 +39,33 @@ pub struct StoreArgs {
 }
 
 impl StoreArgs {
+    /// `--datastore`, when given (else the lab's).
+    pub fn datastore(&self) -> Option<&str> {
+        self.datastore.as_deref()
+    }
+
+    /// The lab named (or the default one).
+    pub fn lab(&self) -> &str {
+        self.lab.as_deref().unwrap_or(names::DEFAULT_LAB)
+    }
+
+    /// The `--datastore` given, with its etcd TLS files.
+    pub fn open_datastore(&self, spec: &str) -> anyhow::Result<Arc<dyn Datastore>> {
+        let tls = EtcdTls {
+            ca_cert: self.etcd_ca_cert_file.clone(),
+            cert: self.etcd_cert_file.clone(),
+            key: self.etcd_key_file.clone(),
+        };
+        let store = podwire_store::open_with(spec, &tls)
+            .with_context(|| format!("opening the datastore {spec}"))?;
+        Ok(Arc::from(store))
+    }
+
     fn open(&self) -> anyhow::Result<Arc<dyn Datastore>> {
-        if let Some(spec) = &self.datastore {
-            let tls = EtcdTls {
-                ca_cert: self.etcd_ca_cert_file.clone(),
-                cert: self.etcd_cert_file.clone(),
-                key: self.etcd_key_file.clone(),
-            };
-            let store = podwire_store::open_with(spec, &tls)
-                .with_context(|| format!("opening the datastore {spec}"))?;
-            return Ok(Arc::from(store));
+        if let Some(spec) = self.datastore() {
+            return self.open_datastore(spec);
         }
-        let lab = self.lab.as_deref().unwrap_or(names::DEFAULT_LAB);
-        let st = LabState::load(lab)?;
+        let st = LabState::load(self.lab())?;
         Ok(podwire_lab::datastore::lab_store(&st)?)
     }
 }

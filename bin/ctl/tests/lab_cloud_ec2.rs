@@ -9,7 +9,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{require_root, Lab};
+use common::{eventually, ping, require_root, Lab};
 
 fn between<'a>(s: &'a str, a: &str, b: &str) -> Option<&'a str> {
     let i = s.find(a)? + a.len();
@@ -50,15 +50,6 @@ fn kv(pairs: &[(&str, &str)]) -> Vec<String> {
     pairs.iter().map(|(k, v)| format!("{k}={v}")).collect()
 }
 
-/// Polls `f` until it holds or `secs` pass.
-fn eventually(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        assert!(Instant::now() < deadline, "never: {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn link_exists(netns: &str, dev: &str) -> bool {
     Command::new("ip")
         .args(["-n", netns, "link", "show", "dev", dev])
@@ -67,12 +58,6 @@ fn link_exists(netns: &str, dev: &str) -> bool {
         .status()
         .map(|s| s.success())
         .unwrap_or(false)
-}
-
-fn ping(lab: &Lab, from: &str, ip: &str) -> bool {
-    lab.ctl(&["lab", "exec", from, "--", "ping", "-c", "1", "-W", "1", ip])
-        .status
-        .success()
 }
 
 struct Ids {

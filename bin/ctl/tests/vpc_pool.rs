@@ -9,9 +9,9 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
-use common::{hop_ips, require_root, Lab};
+use common::{eventually, hop_ips, ping, require_root, Lab};
 use ipnet::Ipv4Net;
 use serde_json::Value;
 
@@ -36,15 +36,6 @@ fn agent_metrics(netns: &str) -> String {
     .expect("enter the node's namespace")
     .expect("the agent's endpoint answers")
     .body
-}
-
-/// Polls `f` until it holds or `secs` pass; says what never happened.
-fn eventually(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        assert!(Instant::now() < deadline, "never within {secs}s: {what}");
-        std::thread::sleep(Duration::from_millis(250));
-    }
 }
 
 /// The node's ENIs as the lab cloud has them (`lab status`).
@@ -156,12 +147,6 @@ fn created_eni_id(xml: &str) -> String {
         .and_then(|s| s.split('<').next())
         .expect("an ENI id in the reply")
         .to_string()
-}
-
-fn ping(lab: &Lab, from: &str, ip: &str) -> bool {
-    lab.ctl(&["lab", "exec", from, "--", "ping", "-c", "1", "-W", "2", ip])
-        .status
-        .success()
 }
 
 /// (a), (b), (c), (d) and (f) on one lab.

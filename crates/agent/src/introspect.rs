@@ -89,34 +89,11 @@ pub struct Targets {
     pub whole_enis: bool,
 }
 
-/// vpc: the node's subnet at the last reconcile (DescribeSubnets).
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct SubnetCapacity {
-    pub id: String,
-    pub cidr: String,
-    pub available: u32,
-}
-
-/// vpc: what the node holds and could still hold (the capacity planner's
-/// `--live` reads this; the same figures are gauges).
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct Capacity {
-    pub prefix_delegation: bool,
-    /// What this node can hold (issue 9 §3's formula, capped with prefixes).
-    pub max_pods: u32,
-    /// Addresses held by pods.
-    pub ips_in_use: u32,
-    /// Addresses in the pool not held by pods (free and cooling).
-    pub ips_warm: u32,
-    /// Addresses the node could still obtain within its instance limits
-    /// (not counting the subnet).
-    pub ips_possible: u32,
-    pub enis_used: u32,
-    pub enis_allowed: u32,
-    /// /28 prefixes held (0 without prefix delegation).
-    pub prefixes: u32,
-    pub subnet: Option<SubnetCapacity>,
-}
+/// vpc: what the node holds and could still hold, and its subnet at the
+/// last reconcile: the `capacity` object of `/v1/state`. One type with what
+/// `podwirectl capacity --live` parses (podwire-capacity), so the two
+/// cannot drift; the same figures are gauges.
+pub use podwire_capacity::live::{Figures as Capacity, SubnetFigures as SubnetCapacity};
 
 /// The agent's view of its node.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]

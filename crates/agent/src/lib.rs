@@ -146,6 +146,7 @@ fn check_exposure(config: &AgentConfig) -> Result<(), AgentError> {
 /// the datastore (a failure stops the start: the last rules stay in force).
 fn exposure(
     config: &AgentConfig,
+    primary: std::net::Ipv4Addr,
     store: Option<Arc<dyn podwire_store::Datastore>>,
     live: &[podwire_proto::Allocation],
     metrics: &Arc<metrics::Metrics>,
@@ -154,6 +155,8 @@ fn exposure(
         node: config.node_name.clone(),
         mode: config.mode.mode(),
         allow: config.exposure.allow_cidrs.clone(),
+        access: config.exposure.external_pod_access,
+        primary: Some(primary),
     };
     let x = Arc::new(exposure::Exposure::new(
         settings,
@@ -219,6 +222,7 @@ pub fn run(config: AgentConfig) -> Result<(), AgentError> {
             )?);
             let x = exposure(
                 &config,
+                agent.primary_address(),
                 Some(agent.store()),
                 &agent.live_allocations(),
                 &metrics,
@@ -246,7 +250,7 @@ pub fn run(config: AgentConfig) -> Result<(), AgentError> {
             let agent = Arc::new(vpc::VpcAgent::start(&config, vpc, Arc::clone(&metrics))?);
             let live: Vec<podwire_proto::Allocation> =
                 agent.lock().allocations.values().cloned().collect();
-            let x = exposure(&config, store, &live, &metrics)?;
+            let x = exposure(&config, agent.primary_address(), store, &live, &metrics)?;
             apply_node_rules(&config, &x)?;
             let listener = server::bind(&config.socket)?;
             let backend = Arc::new(exposure::backend::Enforced {

@@ -553,7 +553,7 @@ mod tests {
                 prefixes: 0,
                 subnet: Some(crate::introspect::SubnetCapacity {
                     id: "subnet-1".into(),
-                    cidr: "10.0.0.0/20".into(),
+                    cidr: "10.0.0.0/20".parse().expect("cidr"),
                     available: 4000,
                 }),
             }),

@@ -13,8 +13,8 @@ use podwire_policy::{Evaluator, Peer, PolicyType};
 
 use crate::atoms;
 use crate::model::{
-    AuditInput, Claim, Exposure, Mode, NodeInfo, PodReport, PortReport, Posture, Reach, Report,
-    Source, SourceKind,
+    AuditInput, Claim, Exposure, ExternalPodAccess, Mode, NodeInfo, PodReport, PortReport, Reach,
+    Report, Source, SourceKind,
 };
 use crate::sg::Transport;
 
@@ -471,11 +471,11 @@ impl Ctx<'_> {
             None => l.add(true, format!("security groups: {proto} is not modelled")),
         }
         match self.input.posture {
-            Posture::Allow => l.add(true, format!(
+            ExternalPodAccess::Allow => l.add(true, format!(
                 "posture: node {} has --external-pod-access allow: whoever reaches the node reaches its pods",
                 d.node
             )),
-            Posture::Deny => match self.input.external_allow_cidrs.iter().find(|c| c.contains(&src)) {
+            ExternalPodAccess::Deny => match self.input.external_allow_cidrs.iter().find(|c| c.contains(&src)) {
                 Some(c) => l.add(true, format!(
                     "posture: deny, but {src} is in --external-allow-cidrs {c}: passes"
                 )),

@@ -9,7 +9,9 @@ use podwire_cluster::{
 };
 use podwire_policy::{parse_documents, ClusterView};
 
-use crate::model::{AuditInput, ExternalSource, Mode, NodeInfo, Posture, Report, SourceKind};
+use crate::model::{
+    AuditInput, ExternalPodAccess, ExternalSource, Mode, NodeInfo, Report, SourceKind,
+};
 use crate::sg::{Eni, SecurityGroup, SecurityGroups, SgProtocol, SgRule, SgSource};
 use crate::{audit, VXLAN_PORT};
 
@@ -47,7 +49,7 @@ fn pod(ns: &str, name: &str, app: &str, node: &str, ip: [u8; 4]) -> (PodRecord, 
 
 /// x/a on node-1 (isolated: only app=b and 10.0.1.0/24 on 80), x/b on
 /// node-2, y/c on node-1.
-fn input(mode: Mode, posture: Posture) -> AuditInput {
+fn input(mode: Mode, posture: ExternalPodAccess) -> AuditInput {
     let pods = [
         pod("x", "a", "a", "node-1", [10, 0, 1, 20]),
         pod("x", "b", "b", "node-2", [10, 0, 2, 20]),
@@ -153,7 +155,7 @@ fn reach(r: &Report, to: &str, port: u16, from: &str) -> (bool, Vec<String>) {
 
 #[test]
 fn vpc_outside_host_passes_the_group_on_80_only_and_only_with_allow() {
-    let r = audit(&input(Mode::Vpc, Posture::Allow));
+    let r = audit(&input(Mode::Vpc, ExternalPodAccess::Allow));
     // y/c has no policy: the group decides (80 yes, 81 no).
     let (ok, why) = reach(&r, "y/c", 80, "external");
     assert!(ok, "{why:?}");
@@ -178,7 +180,7 @@ fn vpc_outside_host_passes_the_group_on_80_only_and_only_with_allow() {
         .find(|p| p.pod == "y/c")
         .is_some_and(|p| p.exposed));
     // With deny the posture drops it, whatever the group says.
-    let r = audit(&input(Mode::Vpc, Posture::Deny));
+    let r = audit(&input(Mode::Vpc, ExternalPodAccess::Deny));
     let (ok, why) = reach(&r, "y/c", 80, "external");
     assert!(
         !ok && why
@@ -188,7 +190,7 @@ fn vpc_outside_host_passes_the_group_on_80_only_and_only_with_allow() {
     );
     assert!(r.exposed.is_empty());
     // ... unless the host is allow-listed.
-    let mut i = input(Mode::Vpc, Posture::Deny);
+    let mut i = input(Mode::Vpc, ExternalPodAccess::Deny);
     i.external_allow_cidrs = vec!["10.0.1.0/28".parse().expect("net")];
     assert!(reach(&audit(&i), "y/c", 80, "external").0);
 }
@@ -196,7 +198,7 @@ fn vpc_outside_host_passes_the_group_on_80_only_and_only_with_allow() {
 #[test]
 fn policies_decide_between_pods_and_nodes() {
     for mode in [Mode::Vpc, Mode::Overlay] {
-        let r = audit(&input(mode, Posture::Deny));
+        let r = audit(&input(mode, ExternalPodAccess::Deny));
         // x/a admits app=b on every port, not y/c (same node, not selected).
         assert!(reach(&r, "x/a", 81, "x/b").0, "{mode:?}");
         let (ok, why) = reach(&r, "x/a", 81, "y/c");
@@ -219,7 +221,7 @@ fn policies_decide_between_pods_and_nodes() {
 
 #[test]
 fn overlay_pods_are_never_reached_from_outside() {
-    let r = audit(&input(Mode::Overlay, Posture::Allow));
+    let r = audit(&input(Mode::Overlay, ExternalPodAccess::Allow));
     let (ok, why) = reach(&r, "y/c", 80, "external");
     assert!(!ok && why[0].contains("has no route"), "{why:?}");
     assert!(r.exposed.is_empty());
@@ -230,7 +232,7 @@ fn overlay_pods_are_never_reached_from_outside() {
 
 #[test]
 fn outside_ranges_are_split_where_answers_differ() {
-    let mut i = input(Mode::Vpc, Posture::Allow);
+    let mut i = input(Mode::Vpc, ExternalPodAccess::Allow);
     i.security_groups = None;
     i.external = vec![ExternalSource {
         name: "internet".into(),
@@ -273,7 +275,7 @@ fn outside_ranges_are_split_where_answers_differ() {
 
 #[test]
 fn only_the_pods_asked_about_are_audited() {
-    let mut i = input(Mode::Vpc, Posture::Allow);
+    let mut i = input(Mode::Vpc, ExternalPodAccess::Allow);
     i.only_pods = vec![PodRef::new("x", "b").expect("ref")];
     let r = audit(&i);
     let pods: Vec<&str> = r.pods.iter().map(|p| p.pod.as_str()).collect();

@@ -26,8 +26,8 @@ mod text;
 pub use analyze::audit;
 pub use compare::{compare, Mismatch, Observation};
 pub use model::{
-    AuditInput, Claim, ExternalSource, FlatClaim, Mode, NodeInfo, PodReport, PortReport, Posture,
-    Reach, Report, Source, SourceKind, VXLAN_PORT,
+    AuditInput, Claim, ExternalPodAccess, ExternalSource, FlatClaim, Mode, NodeInfo, PodReport,
+    PortReport, Reach, Report, Source, SourceKind, VXLAN_PORT,
 };
 pub use text::format_report;
 

@@ -14,20 +14,12 @@ use crate::sg::SecurityGroups;
 /// The overlay's VXLAN port (podwire's default, as Calico's and Linux's).
 pub const VXLAN_PORT: u16 = 4789;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    Vpc,
-    Overlay,
-}
+/// The cluster's mode: the project's one mode type.
+pub use podwire_cni::config::Mode;
 
-/// The agents' `--external-pod-access`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Posture {
-    Deny,
-    Allow,
-}
+/// The agents' `--external-pod-access` (one type with the agent's flag and
+/// the node records).
+pub use podwire_cluster::ExternalPodAccess;
 
 /// A node: its name, every address it has, the address it sends from
 /// towards the VPC (`primary`) and, in overlay mode, its tunnel address
@@ -55,7 +47,7 @@ pub struct AuditInput {
     /// addresses.
     pub view: ClusterView,
     pub nodes: Vec<NodeInfo>,
-    pub posture: Posture,
+    pub posture: ExternalPodAccess,
     pub external_allow_cidrs: Vec<Ipv4Net>,
     pub external: Vec<ExternalSource>,
     /// The VPC's groups and ENIs; `None`: not known (assumed to admit
@@ -154,7 +146,7 @@ pub struct Exposure {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Report {
     pub mode: Mode,
-    pub external_pod_access: Posture,
+    pub external_pod_access: ExternalPodAccess,
     pub external_allow_cidrs: Vec<Ipv4Net>,
     pub external_sources: Vec<ExternalSource>,
     pub security_groups_known: bool,

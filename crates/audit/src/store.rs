@@ -11,7 +11,9 @@ use podwire_cluster::{keys, EndpointRecord, NamespaceRecord, NodeAddressesRecord
 use podwire_policy::{ClusterView, NetworkPolicy};
 use podwire_store::{Datastore, Revision};
 
-use crate::model::{Mode, NodeInfo};
+use ipnet::Ipv4Net;
+
+use crate::model::{ExternalPodAccess, Mode, NodeInfo};
 use crate::AuditError;
 
 /// What the records say, and what could not be read.
@@ -21,6 +23,8 @@ pub struct Records {
     pub nodes: Vec<NodeInfo>,
     /// The mode the nodes published (`None`: no node record, or mixed).
     pub mode: Option<Mode>,
+    /// The posture the nodes published.
+    pub posture: PublishedPosture,
     /// `key: why` of every record left out.
     pub problems: Vec<String>,
     /// The store's revision before the first record was read: a later
@@ -67,6 +71,52 @@ fn isolation_for(key: &str) -> Option<NetworkPolicy> {
         .next()
 }
 
+/// What the node records say of the agents' `--external-pod-access` and
+/// `--external-allow-cidrs`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublishedPosture {
+    /// No record says (agents older than the field).
+    Unstated,
+    /// Every record that says agrees.
+    Same {
+        access: ExternalPodAccess,
+        allow_cidrs: Vec<Ipv4Net>,
+    },
+    /// The nodes disagree: `node: access [cidrs]` for each.
+    Mixed(Vec<String>),
+}
+
+fn published_posture(records: &[NodeAddressesRecord]) -> PublishedPosture {
+    let stated: Vec<(&str, ExternalPodAccess, Vec<Ipv4Net>)> = records
+        .iter()
+        .filter_map(|r| {
+            let access = r.external_pod_access?;
+            let mut cidrs = r.external_allow_cidrs.clone().unwrap_or_default();
+            cidrs.sort();
+            cidrs.dedup();
+            Some((r.node.as_str(), access, cidrs))
+        })
+        .collect();
+    let Some((_, access, allow_cidrs)) = stated.first().cloned() else {
+        return PublishedPosture::Unstated;
+    };
+    if stated
+        .iter()
+        .all(|(_, a, c)| *a == access && *c == allow_cidrs)
+    {
+        return PublishedPosture::Same {
+            access,
+            allow_cidrs,
+        };
+    }
+    PublishedPosture::Mixed(
+        stated
+            .iter()
+            .map(|(n, a, c)| format!("{n}: {a} {c:?}"))
+            .collect(),
+    )
+}
+
 /// Reads every record the audit needs.
 pub fn load(store: &dyn Datastore) -> Result<Records, AuditError> {
     let start = revision(store)?;
@@ -104,11 +154,13 @@ pub fn load(store: &dyn Datastore) -> Result<Records, AuditError> {
     }
     let mut modes = Vec::new();
     let mut published: BTreeMap<String, Vec<Ipv4Addr>> = BTreeMap::new();
+    let mut node_records: Vec<NodeAddressesRecord> = Vec::new();
     for (k, v) in list(store, keys::NODE_ADDRESSES)? {
         match decode::<NodeAddressesRecord>(&v, NodeAddressesRecord::validate) {
             Ok(r) => {
                 modes.push(r.mode.clone());
                 published.insert(r.node.clone(), r.addresses.clone());
+                node_records.push(r);
             }
             Err(e) => problems.push(format!("{k}: {e}")),
         }
@@ -124,10 +176,15 @@ pub fn load(store: &dyn Datastore) -> Result<Records, AuditError> {
     let mut nodes = Vec::new();
     for (name, addresses) in &published {
         let overlay = tunnels.iter().find(|t| &t.name == name);
-        // vpc: the agent publishes its addresses sorted; without EC2's
-        // word the first one stands for the primary.
-        let primary = overlay
-            .map(|t| t.underlay_ip)
+        // The agent says its primary; an older agent's record does not:
+        // then the overlay's underlay, or (vpc: the addresses are sorted,
+        // without EC2's word) the first address stands for it.
+        let stated = node_records
+            .iter()
+            .find(|r| &r.node == name)
+            .and_then(|r| r.primary);
+        let primary = stated
+            .or_else(|| overlay.map(|t| t.underlay_ip))
             .or_else(|| addresses.first().copied());
         let Some(primary) = primary else {
             problems.push(format!("{}{name}: no address", keys::NODE_ADDRESSES));
@@ -144,14 +201,14 @@ pub fn load(store: &dyn Datastore) -> Result<Records, AuditError> {
     modes.sort();
     modes.dedup();
     let mode = match modes.as_slice() {
-        [m] if m == "vpc" => Some(Mode::Vpc),
-        [m] if m == "overlay" => Some(Mode::Overlay),
+        [m] => m.parse::<Mode>().ok(),
         _ => None,
     };
     Ok(Records {
         view,
         nodes,
         mode,
+        posture: published_posture(&node_records),
         problems,
         revision: start,
     })
@@ -195,8 +252,56 @@ mod tests {
         assert_eq!(r.mode, Some(Mode::Vpc));
         assert_eq!(r.nodes.len(), 1);
         assert_eq!(r.nodes[0].primary, Ipv4Addr::new(10, 0, 1, 10));
+        assert_eq!(
+            r.posture,
+            PublishedPosture::Unstated,
+            "an older agent's record"
+        );
         assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
         assert!(r.problems[0].starts_with("/podwire/pods/x/b"));
+    }
+
+    /// Records of agents that publish their primary and posture: the
+    /// audit takes them as stated (no flags needed); nodes that disagree
+    /// are reported as such, not averaged.
+    #[test]
+    fn stated_primaries_and_postures_are_taken_from_the_records() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = SqliteStore::open(&dir.path().join("d.db")).expect("open");
+        let put = |k: &str, v: &str| {
+            s.put(k, v.as_bytes(), Expect::Absent).expect("put");
+        };
+        put(
+            "/podwire/node-addresses/node-1",
+            r#"{"node":"node-1","mode":"vpc","addresses":["10.0.1.9","10.0.1.10"],"primary":"10.0.1.10","external_pod_access":"allow","external_allow_cidrs":["192.0.2.0/24"]}"#,
+        );
+        put(
+            "/podwire/node-addresses/node-2",
+            r#"{"node":"node-2","mode":"vpc","addresses":["10.0.1.20"],"primary":"10.0.1.20","external_pod_access":"allow","external_allow_cidrs":["192.0.2.0/24"]}"#,
+        );
+        let r = load(&s).expect("load");
+        assert_eq!(
+            r.nodes[0].primary,
+            Ipv4Addr::new(10, 0, 1, 10),
+            "not the first"
+        );
+        assert_eq!(
+            r.posture,
+            PublishedPosture::Same {
+                access: ExternalPodAccess::Allow,
+                allow_cidrs: vec!["192.0.2.0/24".parse().expect("net")],
+            }
+        );
+        put(
+            "/podwire/node-addresses/node-3",
+            r#"{"node":"node-3","mode":"vpc","addresses":["10.0.1.30"],"external_pod_access":"deny"}"#,
+        );
+        let r = load(&s).expect("load");
+        assert!(
+            matches!(&r.posture, PublishedPosture::Mixed(v) if v.len() == 3),
+            "{:?}",
+            r.posture
+        );
     }
 
     #[test]

@@ -14,10 +14,7 @@ pub fn format_report(r: &Report) -> String {
             crate::Mode::Vpc => "vpc",
             crate::Mode::Overlay => "overlay",
         },
-        match r.external_pod_access {
-            crate::Posture::Deny => "deny",
-            crate::Posture::Allow => "allow",
-        },
+        r.external_pod_access,
         if r.external_allow_cidrs.is_empty() {
             String::new()
         } else {

@@ -2,11 +2,21 @@
 //! targets (docs/eni-and-ip-target.md and docs/prefix-and-ip-target.md of
 //! aws/amazon-vpc-cni-k8s): the steady state the pool converges to.
 //!
-//! Precedence, as the VPC CNI: WARM_IP_TARGET / MINIMUM_IP_TARGET (either
-//! above 0) override WARM_ENI_TARGET and WARM_PREFIX_TARGET.
+//! Which target is in force is the agent's own resolution
+//! ([`podwire_ipam::PoolTargets::from_settings`], the VPC CNI's precedence:
+//! the IP targets override WARM_ENI_TARGET and WARM_PREFIX_TARGET), fed the
+//! flags as the agent is; this module only refuses combinations the agent
+//! would not be started with. [`node_use`] is the steady state the agent's
+//! pool ([`podwire_ipam::EniPool::plan`]) converges to: a test drives the
+//! real pool and checks that they agree.
 
 use podwire_cloud::limits::{InstanceLimits, IPS_PER_PREFIX};
+use podwire_ipam::eni_pool::PREFIX_ADDRESSES;
+use podwire_ipam::{PoolTargets, WarmSettings, WarmTarget};
 use serde::Serialize;
+
+// One /28, whichever crate counts it.
+const _: () = assert!(IPS_PER_PREFIX == PREFIX_ADDRESSES);
 
 use crate::CapacityError;
 
@@ -39,16 +49,29 @@ pub struct WarmFlags {
 }
 
 impl WarmFlags {
-    /// The setting in force, with the VPC CNI's defaults (WARM_ENI_TARGET
-    /// 1; WARM_PREFIX_TARGET 1 with prefixes) and precedence.
+    /// The flags as the agent hands them to the pool (its
+    /// `--minimum-ip-target 0` is "not set").
+    pub fn settings(self, prefix_delegation: bool) -> WarmSettings {
+        WarmSettings {
+            warm_eni_target: self.warm_eni_target,
+            warm_ip_target: self.warm_ip_target,
+            minimum_ip_target: self.minimum_ip_target.filter(|m| *m > 0),
+            warm_prefix_target: self.warm_prefix_target,
+            prefix_delegation,
+        }
+    }
+
+    /// The setting in force: the agent's resolution (the VPC CNI's defaults
+    /// and precedence), after refusing what the agent would not run with.
     pub fn resolve(self, prefix_delegation: bool) -> Result<WarmTargets, CapacityError> {
-        let wi = self.warm_ip_target.unwrap_or(0);
-        let mi = self.minimum_ip_target.unwrap_or(0);
-        if wi > 0 || mi > 0 {
-            return Ok(WarmTargets::WarmIp {
-                warm_ip_target: wi,
-                minimum_ip_target: mi,
-            });
+        let target = PoolTargets::from_settings(self.settings(prefix_delegation)).target;
+        if matches!(target, WarmTarget::Ips { .. }) {
+            return Ok(target.into());
+        }
+        if !prefix_delegation && self.warm_prefix_target.is_some() {
+            return Err(CapacityError::Invalid(
+                "--warm-prefix-target needs --prefix-delegation".into(),
+            ));
         }
         if prefix_delegation {
             if self.warm_eni_target.is_some() {
@@ -58,8 +81,7 @@ impl WarmFlags {
                         .into(),
                 ));
             }
-            let wp = self.warm_prefix_target.unwrap_or(1);
-            if wp == 0 {
+            if target == WarmTarget::Prefixes(0) {
                 // The VPC CNI refuses it too: every pod would wait on EC2.
                 return Err(CapacityError::Invalid(
                     "prefix delegation needs a warm pool: --warm-prefix-target 0 with no \
@@ -67,18 +89,41 @@ impl WarmFlags {
                         .into(),
                 ));
             }
-            return Ok(WarmTargets::WarmPrefix {
-                warm_prefix_target: wp,
-            });
         }
-        if self.warm_prefix_target.is_some() {
-            return Err(CapacityError::Invalid(
-                "--warm-prefix-target needs --prefix-delegation".into(),
-            ));
+        Ok(target.into())
+    }
+}
+
+impl From<WarmTarget> for WarmTargets {
+    fn from(t: WarmTarget) -> WarmTargets {
+        match t {
+            WarmTarget::Enis(n) => WarmTargets::WarmEni { warm_eni_target: n },
+            WarmTarget::Ips { warm, minimum } => WarmTargets::WarmIp {
+                warm_ip_target: warm,
+                minimum_ip_target: minimum,
+            },
+            WarmTarget::Prefixes(n) => WarmTargets::WarmPrefix {
+                warm_prefix_target: n,
+            },
         }
-        Ok(WarmTargets::WarmEni {
-            warm_eni_target: self.warm_eni_target.unwrap_or(1),
-        })
+    }
+}
+
+impl From<WarmTargets> for WarmTarget {
+    fn from(t: WarmTargets) -> WarmTarget {
+        match t {
+            WarmTargets::WarmEni { warm_eni_target } => WarmTarget::Enis(warm_eni_target),
+            WarmTargets::WarmIp {
+                warm_ip_target,
+                minimum_ip_target,
+            } => WarmTarget::Ips {
+                warm: warm_ip_target,
+                minimum: minimum_ip_target,
+            },
+            WarmTargets::WarmPrefix { warm_prefix_target } => {
+                WarmTarget::Prefixes(warm_prefix_target)
+            }
+        }
     }
 }
 
@@ -201,7 +246,11 @@ pub fn node_use(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ipnet::Ipv4Net;
     use podwire_cloud::LimitsTable;
+    use podwire_ipam::{EniPool, PoolLimits, PoolPlan};
+    use std::net::Ipv4Addr;
+    use std::time::{Duration, Instant};
 
     fn limits(ty: &str) -> InstanceLimits {
         LimitsTable::builtin()
@@ -319,6 +368,194 @@ mod tests {
         let p3dn = limits("p3dn.24xlarge");
         assert_eq!(node_use(&p3dn, prefix(1), true, 3).prefixes, 2);
         assert_eq!(node_use(&p3dn, prefix(1), true, 95).prefixes, 7);
+    }
+
+    /// Drives the agent's real pool: `EniPool::plan` answered as the cloud
+    /// would (addresses and aligned /28s handed out in turn, ENIs attached
+    /// at the index asked), one pod at a time; `check` sees the converged
+    /// pool after every pod. Returns the most pods the pool took.
+    fn drive_the_pool(
+        l: &InstanceLimits,
+        targets: PoolTargets,
+        pods: u32,
+        mut check: impl FnMut(u32, &EniPool),
+    ) -> u32 {
+        let limits = PoolLimits {
+            max_enis: l.max_enis,
+            secondary_per_eni: l.ipv4_per_eni.saturating_sub(1),
+        };
+        let mut pool = EniPool::new(limits, Duration::ZERO);
+        let mut next = u32::from(Ipv4Addr::new(10, 0, 0, 16));
+        let single = |next: &mut u32| {
+            let ip = Ipv4Addr::from(*next);
+            *next += 1;
+            ip
+        };
+        let prefix = |next: &mut u32| {
+            *next = next.div_ceil(16) * 16;
+            let p = Ipv4Net::new(Ipv4Addr::from(*next), 28).expect("/28");
+            *next += 16;
+            p
+        };
+        let attach = |pool: &mut EniPool, next: &mut u32, d: u32| {
+            let id = format!("eni-{d}");
+            pool.add_eni(&id, d, d + 1);
+            let primary = single(next);
+            pool.set_primary(&id, primary);
+            id
+        };
+        let eni0 = attach(&mut pool, &mut next, 0);
+        let add = |pool: &mut EniPool, next: &mut u32, id: &str, n: u32, prefixes: bool| {
+            if prefixes {
+                let v: Vec<Ipv4Net> = (0..n).map(|_| prefix(next)).collect();
+                pool.add_prefixes(id, &v);
+            } else {
+                let v: Vec<Ipv4Addr> = (0..n).map(|_| single(next)).collect();
+                pool.add_ips(id, &v);
+            }
+        };
+        let converge = |pool: &mut EniPool, next: &mut u32| {
+            for _ in 0..10_000 {
+                match pool.plan(targets) {
+                    PoolPlan::Satisfied | PoolPlan::AtLimit => return,
+                    PoolPlan::AssignIps { eni_id, count } => add(pool, next, &eni_id, count, false),
+                    PoolPlan::AssignPrefixes { eni_id, count } => {
+                        add(pool, next, &eni_id, count, true)
+                    }
+                    PoolPlan::AttachEni {
+                        device_index,
+                        count,
+                        prefixes,
+                    } => {
+                        let id = attach(pool, next, device_index);
+                        add(pool, next, &id, count, prefixes);
+                    }
+                }
+            }
+            panic!("the pool did not converge");
+        };
+        let _ = eni0;
+        let now = Instant::now();
+        let mut held = 0;
+        converge(&mut pool, &mut next);
+        check(0, &pool);
+        for n in 1..=pods {
+            if pool.allocate(&format!("pod-{n}"), now).is_none() {
+                break;
+            }
+            held = n;
+            converge(&mut pool, &mut next);
+            check(n, &pool);
+        }
+        held
+    }
+
+    /// The planner's steady state is the agent pool's, pod count by pod
+    /// count, for every target shape and both kinds of slot: t3.small and
+    /// p3dn.24xlarge (the VPC CNI docs' types), m5.large, t3.nano.
+    ///
+    /// Left out: MINIMUM_IP_TARGET alone (WARM_IP_TARGET 0). The agent's
+    /// pool, like the VPC CNI's (#2482, #2650), then never grows past the
+    /// minimum: pods beyond it wait for addresses that never come, while the
+    /// planner counts them as fitting. Which of the two should change is
+    /// an open question (see the consolidation report).
+    #[test]
+    fn the_planner_agrees_with_the_agent_s_pool() {
+        let secondary = [eni(1), eni(2), ip(1, 1), ip(2, 5), ip(5, 10), ip(3, 0)];
+        let prefixed = [
+            prefix(1),
+            prefix(2),
+            prefix(3),
+            ip(1, 1),
+            ip(7, 20),
+            ip(5, 10),
+        ];
+        let mut checked = 0;
+        for ty in ["t3.small", "t3.nano", "m5.large", "p3dn.24xlarge"] {
+            let l = limits(ty);
+            for (pd, set) in [(false, &secondary[..]), (true, &prefixed[..])] {
+                for &t in set {
+                    let targets = PoolTargets {
+                        target: t.into(),
+                        prefixes: pd,
+                    };
+                    // Past the node's limit, and enough of the big type.
+                    let most = (l.pod_ips() * if pd { 16 } else { 1 }).min(400) + 3;
+                    let held = drive_the_pool(&l, targets, most, |n, pool| {
+                        let u = node_use(&l, t, pd, n);
+                        let seen = (
+                            to_u32(pool.assigned() as u64),
+                            pool.eni_count(),
+                            to_u32(pool.total() as u64),
+                            pool.prefix_count(),
+                            to_u32(pool.free_total() as u64),
+                        );
+                        assert_eq!(
+                            seen,
+                            (
+                                u.pods,
+                                u.enis,
+                                u.pool_addresses,
+                                u.prefixes,
+                                u.warm_addresses
+                            ),
+                            "{ty} {t:?} prefixes {pd}, {n} pods: pool (pods, ENIs, addresses, \
+                             prefixes, warm) vs planner"
+                        );
+                        checked += 1;
+                    });
+                    // More pods than the pool can take count as the most.
+                    let u = node_use(&l, t, pd, most);
+                    if held < most {
+                        assert_eq!(u.pods, held, "{ty} {t:?} prefixes {pd}: the limit");
+                    }
+                }
+            }
+        }
+        assert!(checked > 5_000, "{checked}");
+    }
+
+    /// The flags resolve as the agent resolves them (one function): an IP
+    /// target of 0 is "not set" for both, as in the VPC CNI.
+    #[test]
+    fn the_flags_resolve_as_the_agent_resolves_them() {
+        let zero = WarmFlags {
+            warm_ip_target: Some(0),
+            ..WarmFlags::default()
+        };
+        assert_eq!(zero.resolve(false), Ok(eni(1)));
+        assert_eq!(
+            zero.resolve(true),
+            Ok(prefix(1)),
+            "the VPC CNI: unsupported with prefixes"
+        );
+        let min_zero = WarmFlags {
+            minimum_ip_target: Some(0),
+            ..WarmFlags::default()
+        };
+        assert_eq!(
+            min_zero.resolve(false),
+            Ok(eni(1)),
+            "the agent's 0 is not set"
+        );
+        for (f, pd) in [
+            (WarmFlags::default(), false),
+            (WarmFlags::default(), true),
+            (zero, false),
+            (min_zero, false),
+            (
+                WarmFlags {
+                    warm_ip_target: Some(2),
+                    minimum_ip_target: Some(5),
+                    warm_eni_target: Some(3),
+                    ..WarmFlags::default()
+                },
+                true,
+            ),
+        ] {
+            let agent = PoolTargets::from_settings(f.settings(pd)).target;
+            assert_eq!(f.resolve(pd).map(WarmTarget::from), Ok(agent), "{f:?} {pd}");
+        }
     }
 
     #[test]

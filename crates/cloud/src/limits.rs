@@ -84,7 +84,7 @@ impl InstanceLimits {
     /// Max pods with secondary IPs: `ENIs × (IPv4 per ENI − 1) + 2`
     /// (equal to the VPC CNI's eni-max-pods.txt for every type).
     pub fn max_pods_secondary_ips(&self) -> u32 {
-        self.pod_ips().saturating_add(HOST_NETWORK_PODS)
+        max_pods_secondary_ips(self.pod_ips())
     }
 
     /// EC2 assigns /28 prefixes to this type: Nitro hypervisor or bare
@@ -100,9 +100,7 @@ impl InstanceLimits {
 
     /// `ENIs × (IPv4 per ENI − 1) × 16 + 2`, before the vCPU cap.
     pub fn max_pods_prefix_uncapped(&self) -> u32 {
-        self.prefix_slots()
-            .saturating_mul(IPS_PER_PREFIX)
-            .saturating_add(HOST_NETWORK_PODS)
+        max_pods_prefix_uncapped(self.prefix_slots())
     }
 
     /// Max pods with prefix delegation: the uncapped figure, capped at 110
@@ -127,11 +125,112 @@ pub fn prefix_cap(vcpus: u32) -> u32 {
     }
 }
 
+// The max-pods formulas live here once: [`InstanceLimits`] (the table, for
+// `podwirectl capacity` and the lab) and the agent (figures from
+// DescribeInstanceTypes, for its capacity gauges) both call them with the
+// node's address slots, `ENIs × (IPv4 per ENI − 1)`.
+
+/// `slots + 2`: max pods with secondary IPs.
+pub fn max_pods_secondary_ips(slots: u32) -> u32 {
+    slots.saturating_add(HOST_NETWORK_PODS)
+}
+
+/// `slots × 16 + 2`: max pods with prefix delegation, before the vCPU cap.
+pub fn max_pods_prefix_uncapped(slots: u32) -> u32 {
+    slots
+        .saturating_mul(IPS_PER_PREFIX)
+        .saturating_add(HOST_NETWORK_PODS)
+}
+
+/// The figure a running node reports (the agent's capacity gauges): like
+/// [`InstanceLimits::max_pods_prefix_delegation`], but where the vCPUs are
+/// unknown the lower cap (110) applies, a figure the node can surely hold,
+/// rather than no figure at all.
+pub fn node_max_pods(slots: u32, prefix_delegation: bool, vcpus: Option<u32>) -> u32 {
+    if !prefix_delegation {
+        return max_pods_secondary_ips(slots);
+    }
+    let cap = vcpus.map_or(PREFIX_CAP_LOW_CPU, prefix_cap);
+    max_pods_prefix_uncapped(slots).min(cap)
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("instance limits table line {line}: {msg}")]
 pub struct LimitsParseError {
     pub line: usize,
     pub msg: String,
+}
+
+/// A tab-separated table with a header row, as both shipped tables are:
+/// columns by name, errors by line (`prefix` names the table in them).
+struct Tsv<'a> {
+    header: Vec<&'a str>,
+    body: std::iter::Enumerate<std::str::Lines<'a>>,
+    prefix: &'static str,
+}
+
+/// One non-empty row and its line number (1-based).
+struct Row<'a> {
+    fields: Vec<&'a str>,
+    line: usize,
+    prefix: &'static str,
+}
+
+impl<'a> Tsv<'a> {
+    fn parse(tsv: &'a str, prefix: &'static str, empty: &str) -> Result<Tsv<'a>, LimitsParseError> {
+        let mut body = tsv.lines().enumerate();
+        let header = match body.next() {
+            Some((_, h)) => h.split('\t').collect(),
+            None => {
+                return Err(LimitsParseError {
+                    line: 1,
+                    msg: empty.into(),
+                })
+            }
+        };
+        Ok(Tsv {
+            header,
+            body,
+            prefix,
+        })
+    }
+
+    fn col(&self, name: &str) -> Result<usize, LimitsParseError> {
+        self.header
+            .iter()
+            .position(|h| *h == name)
+            .ok_or_else(|| LimitsParseError {
+                line: 1,
+                msg: format!("{}no column {name}", self.prefix),
+            })
+    }
+
+    fn rows(self) -> impl Iterator<Item = Row<'a>> {
+        let prefix = self.prefix;
+        self.body
+            .filter(|(_, l)| !l.trim().is_empty())
+            .map(move |(i, l)| Row {
+                fields: l.split('\t').collect(),
+                line: i + 1,
+                prefix,
+            })
+    }
+}
+
+impl<'a> Row<'a> {
+    fn get(&self, c: usize) -> Result<&'a str, LimitsParseError> {
+        self.fields
+            .get(c)
+            .copied()
+            .ok_or_else(|| self.err("short row".into()))
+    }
+
+    fn err(&self, msg: String) -> LimitsParseError {
+        LimitsParseError {
+            line: self.line,
+            msg: format!("{}{msg}", self.prefix),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -150,49 +249,21 @@ impl LimitsTable {
     /// empty `vcpus` is unknown). Rows for types the limits do not know are
     /// kept: look-ups go by name.
     pub fn with_vcpus(mut self, tsv: &str) -> Result<LimitsTable, LimitsParseError> {
-        let mut lines = tsv.lines().enumerate();
-        let header: Vec<&str> = match lines.next() {
-            Some((_, h)) => h.split('\t').collect(),
-            None => {
-                return Err(LimitsParseError {
-                    line: 1,
-                    msg: "empty vCPU table".into(),
-                })
-            }
-        };
-        let col = |name: &str| {
-            header
-                .iter()
-                .position(|h| *h == name)
-                .ok_or_else(|| LimitsParseError {
-                    line: 1,
-                    msg: format!("vCPU table: no column {name}"),
-                })
-        };
-        let (ty, n, src) = (col("instance_type")?, col("vcpus")?, col("source")?);
-        for (i, line) in lines {
-            if line.trim().is_empty() {
-                continue;
-            }
-            let f: Vec<&str> = line.split('\t').collect();
-            let get = |c: usize| {
-                f.get(c).copied().ok_or_else(|| LimitsParseError {
-                    line: i + 1,
-                    msg: "vCPU table: short row".into(),
-                })
-            };
-            let vcpus = match get(n)?.trim() {
+        let t = Tsv::parse(tsv, "vCPU table: ", "empty vCPU table")?;
+        let (ty, n, src) = (t.col("instance_type")?, t.col("vcpus")?, t.col("source")?);
+        for row in t.rows() {
+            let vcpus = match row.get(n)?.trim() {
                 "" => None,
-                v => Some(v.parse::<u32>().map_err(|_| LimitsParseError {
-                    line: i + 1,
-                    msg: format!("vCPU table: {v:?} is not a number"),
-                })?),
+                v => Some(
+                    v.parse::<u32>()
+                        .map_err(|_| row.err(format!("{v:?} is not a number")))?,
+                ),
             };
             self.vcpus.insert(
-                get(ty)?.to_string(),
+                row.get(ty)?.to_string(),
                 VcpuInfo {
                     vcpus,
-                    source: get(src)?.to_string(),
+                    source: row.get(src)?.to_string(),
                 },
             );
         }
@@ -216,57 +287,28 @@ impl LimitsTable {
     }
 
     pub fn parse(tsv: &str) -> Result<LimitsTable, LimitsParseError> {
-        let mut by_type = HashMap::new();
-        let mut lines = tsv.lines().enumerate();
-        let header: Vec<&str> = match lines.next() {
-            Some((_, h)) => h.split('\t').collect(),
-            None => {
-                return Err(LimitsParseError {
-                    line: 1,
-                    msg: "empty table".into(),
-                })
-            }
-        };
-        let col = |name: &str| {
-            header
-                .iter()
-                .position(|h| *h == name)
-                .ok_or_else(|| LimitsParseError {
-                    line: 1,
-                    msg: format!("no column {name}"),
-                })
-        };
+        let t = Tsv::parse(tsv, "", "empty table")?;
         let (ty, enis, ips, hv, bm, mp) = (
-            col("instance_type")?,
-            col("max_enis")?,
-            col("ipv4_per_eni")?,
-            col("hypervisor")?,
-            col("is_bare_metal")?,
-            col("max_pods")?,
+            t.col("instance_type")?,
+            t.col("max_enis")?,
+            t.col("ipv4_per_eni")?,
+            t.col("hypervisor")?,
+            t.col("is_bare_metal")?,
+            t.col("max_pods")?,
         );
-        for (i, line) in lines {
-            if line.trim().is_empty() {
-                continue;
-            }
-            let f: Vec<&str> = line.split('\t').collect();
-            let get = |c: usize| {
-                f.get(c).copied().ok_or_else(|| LimitsParseError {
-                    line: i + 1,
-                    msg: "short row".into(),
-                })
-            };
+        let mut by_type = HashMap::new();
+        for row in t.rows() {
             let num = |c: usize| -> Result<u32, LimitsParseError> {
-                get(c)?.parse().map_err(|_| LimitsParseError {
-                    line: i + 1,
-                    msg: format!("column {c} is not a number"),
-                })
+                row.get(c)?
+                    .parse()
+                    .map_err(|_| row.err(format!("column {c} is not a number")))
             };
             let l = InstanceLimits {
-                instance_type: get(ty)?.to_string(),
+                instance_type: row.get(ty)?.to_string(),
                 max_enis: num(enis)?,
                 ipv4_per_eni: num(ips)?,
-                hypervisor: get(hv)?.to_string(),
-                bare_metal: get(bm)? == "true",
+                hypervisor: row.get(hv)?.to_string(),
+                bare_metal: row.get(bm)? == "true",
                 max_pods: num(mp)?,
             };
             by_type.insert(l.instance_type.clone(), l);
@@ -418,6 +460,73 @@ mod tests {
             }
         }
         assert_eq!(unknown, ["bmn-sf1.metal"]);
+    }
+
+    /// Figures from data/eni-max-pods.txt (secondary IPs) and the VPC CNI's
+    /// max-pods calculator (prefixes), as a node with `enis` ENIs of `ipv4`
+    /// addresses reports them (moved from the agent's former copy of the
+    /// formula, podwire-ipam's `capacity`).
+    #[test]
+    fn node_max_pods_follows_the_formula_and_the_caps() {
+        let slots = |enis: u32, ipv4: u32| enis * (ipv4 - 1);
+        // m5.large: 3 ENIs x 10, 2 vCPUs.
+        assert_eq!(node_max_pods(slots(3, 10), false, Some(2)), 29);
+        assert_eq!(node_max_pods(slots(3, 10), true, Some(2)), 110);
+        // t3.small: 3 x 4.
+        assert_eq!(node_max_pods(slots(3, 4), false, Some(2)), 11);
+        assert_eq!(node_max_pods(slots(3, 4), true, Some(2)), 110);
+        // t3.nano: 2 x 2: 2 slots x 16 + 2 = 34, under the cap.
+        assert_eq!(node_max_pods(slots(2, 2), true, Some(2)), 34);
+        // m5.24xlarge: 15 x 50, 96 vCPUs.
+        assert_eq!(node_max_pods(slots(15, 50), false, Some(96)), 737);
+        assert_eq!(node_max_pods(slots(15, 50), true, Some(96)), 250);
+        // vCPUs unknown: the lower cap.
+        assert_eq!(node_max_pods(slots(15, 50), true, None), 110);
+        // Exactly 30 vCPUs is "at most 30".
+        assert_eq!(node_max_pods(slots(8, 30), true, Some(30)), 110);
+    }
+
+    /// The node's figure and the table's agree for every type whose vCPUs
+    /// are known (the agent and `podwirectl capacity` say the same).
+    #[test]
+    fn node_figures_equal_the_table_figures_for_every_type() {
+        let t = LimitsTable::builtin().expect("parse");
+        for l in t.iter() {
+            let vcpus = t.vcpus(&l.instance_type).and_then(|v| v.vcpus);
+            assert_eq!(
+                node_max_pods(l.pod_ips(), false, vcpus),
+                l.max_pods_secondary_ips(),
+                "{}",
+                l.instance_type
+            );
+            if let Ok(pd) = l.max_pods_prefix_delegation(vcpus) {
+                assert_eq!(
+                    node_max_pods(l.pod_ips(), true, vcpus),
+                    pd,
+                    "{}",
+                    l.instance_type
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn limits_table_rejects_garbage_naming_the_line() {
+        assert_eq!(
+            LimitsTable::parse("").expect_err("empty").msg,
+            "empty table"
+        );
+        let e = LimitsTable::parse("instance_type\tmax_enis\n").expect_err("columns");
+        assert_eq!((e.line, e.msg.as_str()), (1, "no column ipv4_per_eni"));
+        let head = "instance_type\tmax_enis\tipv4_per_eni\thypervisor\tis_bare_metal\tmax_pods\n";
+        let e = LimitsTable::parse(&format!("{head}\nm5.large\t3\tten\tnitro\tfalse\t29\n"))
+            .expect_err("not a number");
+        assert_eq!((e.line, e.msg.as_str()), (3, "column 2 is not a number"));
+        let e = LimitsTable::parse(&format!("{head}m5.large\t3\n")).expect_err("short");
+        assert_eq!((e.line, e.msg.as_str()), (2, "short row"));
+        let t = LimitsTable::parse(&format!("{head}m5.large\t3\t10\tnitro\tfalse\t29\n"))
+            .expect("one row");
+        assert_eq!(t.get("m5.large").map(|l| l.pod_ips()), Some(27));
     }
 
     #[test]

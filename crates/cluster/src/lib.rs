@@ -18,8 +18,10 @@
 
 pub mod keys;
 pub mod names;
+pub mod posture;
 pub mod records;
 
+pub use posture::{ExternalPodAccess, ParseAccessError};
 pub use records::{
     ContainerPort, EndpointRecord, NamespaceRecord, NodeAddressesRecord, PodRecord, PodRef,
     Protocol,

@@ -5,9 +5,11 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
+use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use crate::names;
+use crate::posture::ExternalPodAccess;
 use crate::RecordError;
 
 /// The label every namespace carries (Kubernetes sets it since 1.21;
@@ -232,18 +234,36 @@ impl EndpointRecord {
 /// cluster". A record of its own (not the overlay's `/podwire/nodes/`
 /// record, which overlay agents parse strictly for their routes): vpc nodes
 /// have no VTEP, and older overlay agents keep reading what they know.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// The agent also says which address is its primary and what posture it
+/// enforces, so `podwirectl audit --datastore` needs no flags on a real
+/// cluster. Those fields are optional: records of older agents, which lack
+/// them, stay readable (and are written without them when unknown).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeAddressesRecord {
     pub node: String,
     /// `vpc` or `overlay`.
     pub mode: String,
     pub addresses: Vec<Ipv4Addr>,
+    /// The address the node sends from towards the VPC: its primary ENI's
+    /// (vpc) or its underlay address (overlay).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary: Option<Ipv4Addr>,
+    /// The agent's `--external-pod-access`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_pod_access: Option<ExternalPodAccess>,
+    /// The agent's `--external-allow-cidrs` (with `external_pod_access`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_allow_cidrs: Option<Vec<Ipv4Net>>,
 }
 
 /// The most addresses a node record carries (a node with 15 ENIs and its
 /// tunnel stays far below).
 pub const NODE_ADDRESSES_MAX: usize = 256;
+
+/// The most `external_allow_cidrs` a node record carries.
+pub const NODE_ALLOW_CIDRS_MAX: usize = 1024;
 
 impl NodeAddressesRecord {
     pub fn validate(&self) -> Result<(), RecordError> {
@@ -253,6 +273,14 @@ impl NodeAddressesRecord {
                 "mode",
                 format!("{:?} is not vpc or overlay", self.mode),
             ));
+        }
+        if let Some(c) = &self.external_allow_cidrs {
+            if c.len() > NODE_ALLOW_CIDRS_MAX {
+                return Err(RecordError::new(
+                    "external_allow_cidrs",
+                    format!("{} networks, at most {NODE_ALLOW_CIDRS_MAX}", c.len()),
+                ));
+            }
         }
         if self.addresses.len() > NODE_ADDRESSES_MAX {
             return Err(RecordError::new(
@@ -338,6 +366,41 @@ mod tests {
         ] {
             assert!(decode::<NodeAddressesRecord>(bad, NodeAddressesRecord::validate).is_err());
         }
+    }
+
+    /// An agent publishes its primary address and posture; an older
+    /// agent's record (without them) still decodes, and one written
+    /// without them carries no such keys (older readers keep reading it).
+    #[test]
+    fn node_records_carry_primary_and_posture_and_old_ones_still_read() {
+        let old = br#"{"node":"node-1","mode":"vpc","addresses":["10.0.1.10"]}"#;
+        let r: NodeAddressesRecord = decode(old, NodeAddressesRecord::validate).expect("old");
+        assert_eq!(
+            (
+                r.primary,
+                r.external_pod_access,
+                r.external_allow_cidrs.clone()
+            ),
+            (None, None, None)
+        );
+        assert_eq!(serde_json::to_vec(&r).expect("json"), old.to_vec());
+        let new = br#"{"node":"node-1","mode":"vpc","addresses":["10.0.1.10","10.0.1.11"],"primary":"10.0.1.10","external_pod_access":"allow","external_allow_cidrs":["192.0.2.0/24"]}"#;
+        let r: NodeAddressesRecord = decode(new, NodeAddressesRecord::validate).expect("new");
+        assert_eq!(r.primary, Some(Ipv4Addr::new(10, 0, 1, 10)));
+        assert_eq!(r.external_pod_access, Some(ExternalPodAccess::Allow));
+        assert_eq!(
+            r.external_allow_cidrs,
+            Some(vec!["192.0.2.0/24".parse().expect("net")])
+        );
+        let bad = br#"{"node":"node-1","mode":"vpc","addresses":[],"external_pod_access":"open"}"#;
+        assert!(decode::<NodeAddressesRecord>(bad, NodeAddressesRecord::validate).is_err());
+        let many = NodeAddressesRecord {
+            node: "node-1".into(),
+            mode: "vpc".into(),
+            external_allow_cidrs: Some(vec![Ipv4Net::default(); NODE_ALLOW_CIDRS_MAX + 1]),
+            ..NodeAddressesRecord::default()
+        };
+        assert!(many.validate().is_err());
     }
 
     #[test]

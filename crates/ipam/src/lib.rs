@@ -3,7 +3,6 @@
 
 pub mod block;
 pub mod block_store;
-pub mod capacity;
 pub mod eni_gc;
 pub mod eni_pool;
 pub mod handle;

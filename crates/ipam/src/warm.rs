@@ -11,9 +11,9 @@
 //! - Otherwise `WARM_ENI_TARGET` (default 1): keep that many ENIs' worth of
 //!   free addresses, growing by whole ENIs.
 //!
-//! With prefix delegation both IP targets at 0 is "not supported" by the
-//! VPC CNI (nothing would ever be warm); here it falls back to the prefix
-//! target, as if neither were set.
+//! An IP target of 0 is "not set", as in the VPC CNI: both at 0 fall back
+//! to the ENI target (or, with prefix delegation, where the VPC CNI calls
+//! them "not supported", to the prefix target).
 
 /// Which rule sizes the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,26 +54,20 @@ impl PoolTargets {
         }
     }
 
-    /// The VPC CNI's precedence (see the module comment).
+    /// The VPC CNI's precedence (see the module comment). The one
+    /// resolution: the agent's pool and `podwirectl capacity` both use it.
     pub fn from_settings(s: WarmSettings) -> Self {
-        let ips = match (s.warm_ip_target, s.minimum_ip_target) {
-            (None, None) => None,
-            (w, m) => Some(WarmTarget::Ips {
-                warm: w.unwrap_or(0),
-                minimum: m.unwrap_or(0),
-            }),
-        };
-        let target = match (ips, s.prefix_delegation) {
-            (
-                Some(WarmTarget::Ips {
-                    warm: 0,
-                    minimum: 0,
-                }),
-                true,
-            )
-            | (None, true) => WarmTarget::Prefixes(s.warm_prefix_target.unwrap_or(1)),
-            (Some(t), _) => t,
-            (None, false) => WarmTarget::Enis(s.warm_eni_target.unwrap_or(1)),
+        // An IP target of 0 is "not set" (the VPC CNI's warmIPTargetsDefined
+        // tests `!= 0`): held as a target, it would keep only what is in use
+        // and nothing would grow the pool for the next ADD.
+        let warm = s.warm_ip_target.unwrap_or(0);
+        let minimum = s.minimum_ip_target.unwrap_or(0);
+        let target = if warm > 0 || minimum > 0 {
+            WarmTarget::Ips { warm, minimum }
+        } else if s.prefix_delegation {
+            WarmTarget::Prefixes(s.warm_prefix_target.unwrap_or(1))
+        } else {
+            WarmTarget::Enis(s.warm_eni_target.unwrap_or(1))
         };
         PoolTargets {
             target,
@@ -136,6 +130,18 @@ mod tests {
         );
         // Both IP targets zero with prefixes is unsupported: the prefix target.
         assert_eq!(s(None, Some(0), Some(0), None, true).target, Prefixes(1));
+        // An IP target of 0 is "not set", as the VPC CNI reads it
+        // (warmIPTargetsDefined: `!= 0`); as a target it would hold only
+        // what is in use, and nothing would ever grow the pool for an ADD.
+        assert_eq!(s(None, Some(0), None, None, false).target, Enis(1));
+        assert_eq!(s(Some(2), Some(0), Some(0), None, false).target, Enis(2));
+        assert_eq!(
+            s(None, Some(0), Some(4), None, false).target,
+            Ips {
+                warm: 0,
+                minimum: 4
+            }
+        );
         assert!(s(None, None, None, None, true).prefixes);
     }
 }

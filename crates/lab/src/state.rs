@@ -72,46 +72,9 @@ pub fn pod_key(namespace: &str, name: &str) -> String {
     format!("{namespace}/{name}")
 }
 
-/// What the agents do with traffic from outside the cluster to pods
-/// (their `--external-pod-access`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum ExternalPodAccess {
-    /// Dropped on the node: podwire's default.
-    #[default]
-    Deny,
-    /// Let through, as the Amazon VPC CNI does (the article's exposure).
-    Allow,
-}
-
-impl ExternalPodAccess {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ExternalPodAccess::Deny => "deny",
-            ExternalPodAccess::Allow => "allow",
-        }
-    }
-}
-
-impl std::fmt::Display for ExternalPodAccess {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for ExternalPodAccess {
-    type Err = LabError;
-
-    fn from_str(s: &str) -> Result<Self, LabError> {
-        match s {
-            "deny" => Ok(ExternalPodAccess::Deny),
-            "allow" => Ok(ExternalPodAccess::Allow),
-            _ => Err(LabError::Usage(format!(
-                "external pod access {s:?} is neither deny nor allow"
-            ))),
-        }
-    }
-}
+/// What the agents do with traffic from outside the cluster to pods (their
+/// `--external-pod-access`; lab.json spells it `deny` / `allow`).
+pub use podwire_cluster::ExternalPodAccess;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LabState {

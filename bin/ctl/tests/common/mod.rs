@@ -35,6 +35,25 @@ pub fn plugin() -> String {
 
 /// These tests need root (namespaces, netlink, nftables). Not being root is
 /// a failure, not a silent pass, unless the caller explicitly opts out.
+/// Polls `f` until it holds or `secs` pass; says what never happened.
+pub fn eventually(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !f() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never within {secs}s: {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// One ping from a lab host (`lab exec`) to `ip`, waiting 2 s for the reply.
+pub fn ping(lab: &Lab, from: &str, ip: &str) -> bool {
+    lab.ctl(&["lab", "exec", from, "--", "ping", "-c", "1", "-W", "2", ip])
+        .status
+        .success()
+}
+
 pub fn require_root() -> bool {
     if nix::unistd::Uid::effective().is_root() {
         return true;

@@ -26,7 +26,7 @@ use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use ipnet::Ipv4Net;
-use podwire_cluster::{keys, EndpointRecord, PodRef};
+use podwire_cluster::{keys, EndpointRecord, ExternalPodAccess, PodRef};
 use podwire_cni::config::Mode;
 use podwire_store::{Datastore, Revision};
 
@@ -42,6 +42,10 @@ pub(crate) struct Settings {
     pub mode: Mode,
     /// `--external-allow-cidrs`: part of "the cluster" for the posture.
     pub allow: Vec<Ipv4Net>,
+    /// `--external-pod-access`, published in the node record.
+    pub access: ExternalPodAccess,
+    /// The address the node sends from, published in the node record.
+    pub primary: Option<Ipv4Addr>,
 }
 
 #[derive(Debug, Default)]

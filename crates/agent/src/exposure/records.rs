@@ -83,6 +83,9 @@ pub(crate) fn publish_node(
         node: s.node.clone(),
         mode: s.mode.to_string(),
         addresses: addresses.to_vec(),
+        primary: s.primary,
+        external_pod_access: Some(s.access),
+        external_allow_cidrs: Some(s.allow.clone()),
     };
     rec.validate()
         .map_err(|e| StoreError::Backend(format!("node record: {e}")))?;

@@ -25,6 +25,8 @@ fn exposure(store: Option<Arc<dyn Datastore>>, fw: &Arc<Recorder>) -> Arc<Exposu
             node: "node-1".into(),
             mode: podwire_cni::config::Mode::Vpc,
             allow: vec!["192.0.2.0/24".parse().expect("net")],
+            access: podwire_cluster::ExternalPodAccess::Deny,
+            primary: Some(Ipv4Addr::new(10, 0, 0, 10)),
         },
         store,
         Box::new(Arc::clone(fw)),
@@ -131,6 +133,32 @@ fn put_policy(store: &dyn Datastore, yaml: &str) {
             )
             .expect("put");
     }
+}
+
+/// `podwirectl audit --datastore` reads the posture and the primary address
+/// from here: the node record carries what the agent enforces.
+#[test]
+fn the_node_record_says_the_primary_address_and_the_posture() {
+    let dir = tempfile::tempdir().expect("dir");
+    let s = store(&dir);
+    let fw = Arc::new(Recorder::default());
+    let _x = exposure(Some(Arc::clone(&s)), &fw);
+    let e = s
+        .get(&keys::node_addresses("node-1"))
+        .expect("get")
+        .expect("published");
+    let r: NodeAddressesRecord =
+        podwire_cluster::records::decode(&e.value, NodeAddressesRecord::validate).expect("valid");
+    assert_eq!(r.addresses, vec![Ipv4Addr::new(10, 0, 0, 10)]);
+    assert_eq!(r.primary, Some(Ipv4Addr::new(10, 0, 0, 10)));
+    assert_eq!(
+        r.external_pod_access,
+        Some(podwire_cluster::ExternalPodAccess::Deny)
+    );
+    assert_eq!(
+        r.external_allow_cidrs,
+        Some(vec!["192.0.2.0/24".parse().expect("net")])
+    );
 }
 
 #[test]
@@ -251,6 +279,7 @@ fn policies_and_peers_follow_the_datastore_within_a_second() {
         node: "node-2".into(),
         mode: "vpc".into(),
         addresses: vec![Ipv4Addr::new(10, 0, 0, 20)],
+        ..NodeAddressesRecord::default()
     };
     s.put(
         &keys::node_addresses("node-2"),

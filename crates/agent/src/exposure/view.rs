@@ -197,6 +197,7 @@ mod tests {
             node: "n2".into(),
             mode: "vpc".into(),
             addresses: vec![Ipv4Addr::new(10, 0, 1, 9)],
+            ..NodeAddressesRecord::default()
         };
         let nk = keys::node_addresses("n2");
         v.update(&nk, Some(&serde_json::to_vec(&n).expect("json")))

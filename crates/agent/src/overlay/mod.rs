@@ -14,6 +14,7 @@ mod introspect;
 mod model;
 mod record;
 
+use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -36,6 +37,8 @@ const WATCHED: [&str; 2] = [podwire_ipam::nodes::NODES, podwire_ipam::keys::BLOC
 pub struct OverlayAgent {
     node: String,
     store: Arc<dyn Datastore>,
+    /// The node's address on the underlay (what it sends from).
+    underlay_ip: Ipv4Addr,
     ipam: BlockIpam,
     cfg: OverlayConfig,
     mtu: u32,
@@ -138,6 +141,7 @@ impl OverlayAgent {
         let agent = OverlayAgent {
             node,
             store,
+            underlay_ip,
             ipam,
             cfg: cfg.clone(),
             mtu,
@@ -155,6 +159,11 @@ impl OverlayAgent {
     /// The datastore this agent uses (the cluster's records live there too).
     pub(crate) fn store(&self) -> Arc<dyn Datastore> {
         Arc::clone(&self.store)
+    }
+
+    /// The address this node sends from (its node record's `primary`).
+    pub(crate) fn primary_address(&self) -> Ipv4Addr {
+        self.underlay_ip
     }
 
     /// The pods this node holds, from its local record.

@@ -222,23 +222,10 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use podwire_ipam::EniPool;
-    use podwire_proto::{AddRequest, AttachmentKey, ErrorKind, Response};
+    use podwire_proto::{ErrorKind, Response};
 
-    use super::super::testing::{agent, state_dir, LIMITS};
+    use super::super::testing::{agent, req, state_dir, LIMITS};
     use super::super::VpcAgent;
-
-    fn req(c: &str) -> AddRequest {
-        AddRequest {
-            key: AttachmentKey {
-                network: "pw".into(),
-                container_id: c.into(),
-                ifname: "eth0".into(),
-            },
-            netns: "/run/netns/pwt".into(),
-            pod_namespace: Some("default".into()),
-            pod_name: Some(c.into()),
-        }
-    }
 
     fn ip(n: u8) -> Ipv4Addr {
         Ipv4Addr::new(10, 0, 1, n)

@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use podwire_ipam::capacity::max_pods;
+use podwire_cloud::limits::node_max_pods;
 use podwire_ipam::eni_pool::PREFIX_ADDRESSES;
 use podwire_ipam::WarmTarget;
 
@@ -58,7 +58,7 @@ impl VpcAgent {
         let per_slot = if t.prefixes { PREFIX_ADDRESSES } else { 1 };
         let capacity = Capacity {
             prefix_delegation: c.prefix_delegation,
-            max_pods: max_pods(limits, c.prefix_delegation, self.node.vcpus),
+            max_pods: node_max_pods(limits.max_pod_ips(), c.prefix_delegation, self.node.vcpus),
             ips_in_use: n32(st.pool.assigned()),
             ips_warm: n32(st.pool.free_total()),
             ips_possible: st.pool.slots_left().saturating_mul(per_slot),
@@ -67,7 +67,7 @@ impl VpcAgent {
             prefixes: st.pool.prefix_count(),
             subnet: st.subnet.as_ref().map(|s| SubnetCapacity {
                 id: s.id.clone(),
-                cidr: s.cidr.to_string(),
+                cidr: s.cidr,
                 available: s.available,
             }),
         };
@@ -108,22 +108,9 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use podwire_ipam::EniPool;
-    use podwire_proto::{AddRequest, AttachmentKey, Response};
+    use podwire_proto::Response;
 
-    use super::super::testing::{agent, state_dir, LIMITS};
-
-    fn req(c: &str) -> AddRequest {
-        AddRequest {
-            key: AttachmentKey {
-                network: "pw".into(),
-                container_id: c.into(),
-                ifname: "eth0".into(),
-            },
-            netns: "/run/netns/pwt".into(),
-            pod_namespace: None,
-            pod_name: None,
-        }
-    }
+    use super::super::testing::{agent, req, state_dir, LIMITS};
 
     /// The per-ENI view adds up to the pool's own counts, through ADD,
     /// DEL (cooling) and the cool-down's end.
@@ -241,6 +228,10 @@ mod tests {
         assert_eq!(c["subnet"]["available"], 77);
         assert_eq!(c["subnet"]["cidr"], "10.0.0.0/16");
         assert_eq!(json["targets"]["rule"], "warm_eni");
+        // `podwirectl capacity --live` reads the same figures back.
+        let live = podwire_capacity::live::parse_state(&json.to_string()).expect("live parses");
+        assert_eq!(live.figures.as_ref(), s.capacity.as_ref());
+        assert_eq!(live.node, s.node);
         let text = a.metrics.render(&s);
         for want in [
             "podwire_capacity_ips{state=\"in_use\"} 1",

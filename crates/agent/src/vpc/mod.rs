@@ -39,6 +39,8 @@ pub struct NodeInfo {
     pub subnet_id: String,
     pub subnet: Ipv4Net,
     pub security_groups: Vec<String>,
+    /// The primary ENI's primary address (IMDS `local-ipv4`).
+    pub primary_ip: Ipv4Addr,
     pub limits: PoolLimits,
     /// vCPUs of the instance type, when DescribeInstanceTypes said.
     pub vcpus: Option<u32>,
@@ -153,6 +155,25 @@ fn owner(key: &AttachmentKey) -> String {
 
 /// An ENI as the reconcile sees it; `None` when it is not attached (a
 /// missing attachment is never read as device 0, the primary ENI).
+/// The shipped tables, for what the cloud's answer leaves out; `None`
+/// (logged) if they do not parse, which their own tests rule out.
+fn builtin_limits() -> Option<LimitsTable> {
+    LimitsTable::builtin()
+        .map_err(|e| tracing::warn!(error = %e, "the shipped instance tables do not parse"))
+        .ok()
+}
+
+/// The node's vCPUs: DescribeInstanceTypes' `vCpuInfo` when it has one (as
+/// EC2's does), else the shipped vCPU table (an endpoint that leaves it
+/// out must not cost a large node its 250-pod cap), else unknown.
+pub fn type_vcpus(
+    reported: Option<u32>,
+    instance_type: &str,
+    table: Option<&LimitsTable>,
+) -> Option<u32> {
+    reported.or_else(|| table?.vcpus(instance_type)?.vcpus)
+}
+
 pub fn observed(e: &NetworkInterface) -> Option<ObservedEni> {
     let a = e.attachment.as_ref()?;
     Some(ObservedEni {
@@ -266,8 +287,9 @@ impl VpcAgent {
             subnet_id: primary.subnet_id.clone(),
             subnet: primary.subnet_cidr,
             security_groups: primary.security_groups.clone(),
+            primary_ip: id.local_ipv4,
             limits,
-            vcpus: it.vcpus,
+            vcpus: type_vcpus(it.vcpus, &id.instance_type, builtin_limits().as_ref()),
         };
 
         // Node-wide kernel settings (idempotent).
@@ -354,6 +376,11 @@ impl VpcAgent {
 
     pub fn node_name(&self) -> &str {
         &self.node.name
+    }
+
+    /// The address this node sends from (its node record's `primary`).
+    pub fn primary_address(&self) -> Ipv4Addr {
+        self.node.primary_ip
     }
 
     pub fn lock(&self) -> MutexGuard<'_, State> {
@@ -479,6 +506,20 @@ pub(crate) mod testing {
         secondary_per_eni: 3,
     };
 
+    /// An ADD for container `c` (pod `default/c`).
+    pub fn req(c: &str) -> podwire_proto::AddRequest {
+        podwire_proto::AddRequest {
+            key: podwire_proto::AttachmentKey {
+                network: "pw".into(),
+                container_id: c.into(),
+                ifname: "eth0".into(),
+            },
+            netns: "/run/netns/pwt".into(),
+            pod_namespace: Some("default".into()),
+            pod_name: Some(c.into()),
+        }
+    }
+
     pub fn config(warm: Option<u32>, minimum: u32) -> VpcConfig {
         VpcConfig {
             imds_endpoint: "http://127.0.0.1:9".into(),
@@ -529,6 +570,7 @@ pub(crate) mod testing {
             subnet_id: "subnet-pwt".into(),
             subnet: "10.0.0.0/16".parse().expect("subnet"),
             security_groups: Vec::new(),
+            primary_ip: std::net::Ipv4Addr::new(10, 0, 0, 10),
             limits: pool.limits(),
             vcpus: Some(2),
         }
@@ -539,6 +581,23 @@ pub(crate) mod testing {
 mod tests {
     use podwire_ipam::{EniPool, PoolTargets, WarmTarget};
     use std::time::Duration;
+
+    /// An answer without vCpuInfo (the lab's, before it sent one) took the
+    /// agent's cap to 110 on an m5.24xlarge (96 vCPUs): the shipped table
+    /// fills it in; the cloud's own figure wins where it has one.
+    #[test]
+    fn vcpus_come_from_the_answer_then_the_shipped_table() {
+        let table = super::builtin_limits();
+        assert!(table.is_some());
+        let t = table.as_ref();
+        assert_eq!(super::type_vcpus(None, "m5.24xlarge", t), Some(96));
+        assert_eq!(super::type_vcpus(None, "m5.xlarge", t), Some(4));
+        assert_eq!(super::type_vcpus(Some(8), "m5.xlarge", t), Some(8));
+        assert_eq!(super::type_vcpus(None, "m5.nonesuch", t), None);
+        assert_eq!(super::type_vcpus(None, "m5.xlarge", None), None);
+        let node = |vcpus| podwire_cloud::limits::node_max_pods(15 * 49, true, vcpus);
+        assert_eq!(node(super::type_vcpus(None, "m5.24xlarge", t)), 250);
+    }
 
     use super::testing::{agent, state_dir, LIMITS};
 
@@ -576,13 +635,11 @@ mod tests {
                 minimum: 10
             }
         );
-        assert_eq!(
-            t(Some(0), 0),
-            WarmTarget::Ips {
-                warm: 0,
-                minimum: 0
-            }
-        );
+        // WARM_IP_TARGET=0 is "not set" (the VPC CNI's warmIPTargetsDefined
+        // tests `!= 0`): it was an IP target of 0, under which the pool
+        // never grew and every ADD waited out its deadline (found by the
+        // capacity planner's agreement test).
+        assert_eq!(t(Some(0), 0), WarmTarget::Enis(1));
     }
 
     #[test]

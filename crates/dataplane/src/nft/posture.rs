@@ -18,36 +18,9 @@ use super::{apply, TABLE};
 /// contents until the agent replaces them.
 pub const CLUSTER_NETS: &str = "cluster-nets";
 
-/// `--external-pod-access`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ExternalPodAccess {
-    /// Only the cluster and the allow-list open connections to pods.
-    #[default]
-    Deny,
-    /// Whoever reaches the node reaches its pods (the VPC CNI's behaviour).
-    Allow,
-}
-
-impl std::str::FromStr for ExternalPodAccess {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "deny" => Ok(ExternalPodAccess::Deny),
-            "allow" => Ok(ExternalPodAccess::Allow),
-            _ => Err(format!("{s:?}: want `deny` or `allow`")),
-        }
-    }
-}
-
-impl std::fmt::Display for ExternalPodAccess {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            ExternalPodAccess::Deny => "deny",
-            ExternalPodAccess::Allow => "allow",
-        })
-    }
-}
+/// `--external-pod-access`: one type for the flag, the records and this
+/// chain (podwire-cluster).
+pub use podwire_cluster::ExternalPodAccess;
 
 /// The posture chain's rules. `pods` is the quoted host-veth name pattern,
 /// `tunnel` the overlay's VXLAN device (what arrives through it comes from

@@ -427,8 +427,15 @@ fn describe_instance_types(_: &mut Cloud, ctx: &Ctx<'_>, p: &Params) -> Answer {
                 format!("The following supplied instance types do not exist: [{t}]"),
             )
         })?;
+        // vCpuInfo as EC2 sends it (the agent's prefix-delegation cap needs
+        // it); left out, as EC2 never does, only where the table has no
+        // figure.
+        let vcpus = match ctx.limits.vcpus(&t).and_then(|v| v.vcpus) {
+            Some(n) => format!("<vCpuInfo><defaultVCpus>{n}</defaultVCpus></vCpuInfo>"),
+            None => String::new(),
+        };
         items.push_str(&format!(
-            "<item><instanceType>{}</instanceType><hypervisor>{}</hypervisor><bareMetal>{}</bareMetal><networkInfo><maximumNetworkInterfaces>{}</maximumNetworkInterfaces><ipv4AddressesPerInterface>{}</ipv4AddressesPerInterface><defaultNetworkCardIndex>0</defaultNetworkCardIndex></networkInfo></item>",
+            "<item><instanceType>{}</instanceType><hypervisor>{}</hypervisor><bareMetal>{}</bareMetal>{vcpus}<networkInfo><maximumNetworkInterfaces>{}</maximumNetworkInterfaces><ipv4AddressesPerInterface>{}</ipv4AddressesPerInterface><defaultNetworkCardIndex>0</defaultNetworkCardIndex></networkInfo></item>",
             l.instance_type, l.hypervisor, l.bare_metal, l.max_enis, l.ipv4_per_eni
         ));
     }
@@ -1022,5 +1029,26 @@ mod tests {
         assert_eq!(e.code, "MissingParameter");
         let names: BTreeSet<&str> = ACTIONS.iter().map(|(n, _)| *n).collect();
         assert_eq!(names.len(), ACTIONS.len(), "each action once");
+    }
+
+    /// The agent reads the type's vCPUs from this answer, as from EC2's.
+    #[test]
+    fn describe_instance_types_sends_vcpu_info_as_ec2_does() {
+        let limits = LimitsTable::builtin().expect("limits");
+        let scope = LabScope::default();
+        let mut c = lab_cloud();
+        let (xml, _) = dispatch(
+            &mut c,
+            &limits,
+            &scope,
+            &params(&[
+                ("Action", "DescribeInstanceTypes"),
+                ("InstanceType.1", "m5.xlarge"),
+            ]),
+        )
+        .expect("answered");
+        let t = podwire_cloud::ec2_reply::describe_instance_types(&xml, "m5.xlarge")
+            .expect("the agent's parser reads it");
+        assert_eq!((t.max_enis, t.ipv4_per_eni, t.vcpus), (4, 15, Some(4)));
     }
 }

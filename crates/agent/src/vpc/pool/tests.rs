@@ -8,9 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use podwire_ipam::{EniPool, PoolLimits};
-use podwire_proto::{AddRequest, AttachmentKey, ErrorKind, Response};
+use podwire_proto::{ErrorKind, Response};
 
-use super::super::testing::{config, node, state_dir, StateDir};
+use super::super::testing::{config, node, req, state_dir, StateDir};
 use super::super::VpcAgent;
 use super::*;
 
@@ -138,19 +138,6 @@ fn agent_on(endpoint: &str, secondary: &[u8], dir: &StateDir) -> VpcAgent {
     let mut c = config(None, 0);
     c.eni_gc_grace = Duration::from_secs(300);
     VpcAgent::for_test_with_ec2(node(&pool), c, pool, &dir.0, endpoint).expect("agent")
-}
-
-fn req(c: &str) -> AddRequest {
-    AddRequest {
-        key: AttachmentKey {
-            network: "pw".into(),
-            container_id: c.into(),
-            ifname: "eth0".into(),
-        },
-        netns: "/run/netns/pwt".into(),
-        pod_namespace: None,
-        pod_name: None,
-    }
 }
 
 /// Issue 9: against an EC2 whose Assign reply lists all of the ENI's
