@@ -130,6 +130,11 @@ fn stats(mut v: Vec<f64>) -> Value {
     })
 }
 
+fn sorted_ms(mut v: Vec<f64>) -> Vec<f64> {
+    v.sort_by(f64::total_cmp);
+    v.into_iter().map(|x| x.round()).collect()
+}
+
 /// A TCP connect from inside `from` to `ip:port`: the pod answered when
 /// its kernel sent a SYN-ACK.
 fn answers(from: &Path, ip: Ipv4Addr, port: u16) -> bool {
@@ -404,6 +409,10 @@ fn main() -> anyhow::Result<()> {
         "failures": failures,
         "duplicate_addresses": duplicates,
         "addr_ms": stats(ups.iter().map(|u| u.1).collect()),
+        // Every pod's figures, fastest first: the pods served from the warm
+        // pool and those that waited for the cloud show apart.
+        "addr_ms_sorted": sorted_ms(ups.iter().map(|u| u.1).collect()),
+        "answer_ms_sorted": sorted_ms(ups.iter().map(|u| u.2).collect()),
         "answer_ms": stats(ups.iter().map(|u| u.2).collect()),
         "burst_ms": (burst_ms * 10.0).round() / 10.0,
         "before": {"cloud_addresses": before.0.len(), "pool_addresses": before.1.len(), "enis": before.2},
