@@ -112,11 +112,11 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// Nearest-rank percentile of sorted samples (p99 of 30 is the largest).
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+fn percentile(sorted: &[f64], p: usize) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
-    let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
+    let rank = (p * sorted.len()).div_ceil(100);
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
@@ -124,8 +124,8 @@ fn stats(mut v: Vec<f64>) -> Value {
     v.sort_by(f64::total_cmp);
     let r = |x: f64| (x * 10.0).round() / 10.0;
     json!({
-        "p50": r(percentile(&v, 50.0)),
-        "p99": r(percentile(&v, 99.0)),
+        "p50": r(percentile(&v, 50)),
+        "p99": r(percentile(&v, 99)),
         "max": r(v.last().copied().unwrap_or(f64::NAN)),
     })
 }
@@ -403,7 +403,7 @@ fn main() -> anyhow::Result<()> {
         "lab": a.lab,
         "instance_type": st.instance_type,
         "prefix_delegation": st.prefix_delegation,
-        "faults": serde_json::to_value(&st.cloud_faults)?,
+        "faults": serde_json::to_value(st.cloud_faults)?,
         "pods": a.pods,
         "failed": failures.len(),
         "failures": failures,
