@@ -94,6 +94,14 @@ enum LabCmd {
         /// vpc: the agents delegate /28 prefixes (`--prefix-delegation`).
         #[arg(long)]
         prefix_delegation: bool,
+        /// vpc: the agents' `--eni-gc-grace`: seconds after which an
+        /// unattached podwire ENI is deleted [default: the agents', 300].
+        #[arg(long, value_name = "SECS")]
+        eni_gc_grace: Option<u64>,
+        /// vpc: the agents' `--reconcile-interval`: seconds between checks
+        /// of the pool against the cloud [default: the agents', 60].
+        #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
+        reconcile_interval: Option<u64>,
         /// Let pods reach the lab's instance metadata service (podwire's
         /// default, like the agents', is to keep them away from it).
         #[arg(long)]
@@ -549,6 +557,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             warm_ip_target,
             minimum_ip_target,
             prefix_delegation,
+            eni_gc_grace,
+            reconcile_interval,
             pod_imds_access,
             pod_cidr,
             block_size,
@@ -572,6 +582,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     ("--warm-ip-target", warm_ip_target.is_some()),
                     ("--minimum-ip-target", minimum_ip_target.is_some()),
                     ("--prefix-delegation", prefix_delegation),
+                    ("--eni-gc-grace", eni_gc_grace.is_some()),
+                    ("--reconcile-interval", reconcile_interval.is_some()),
                 ]
                 .into_iter()
                 .filter_map(|(f, given)| given.then_some(f))
@@ -603,6 +615,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 warm_ip_target,
                 minimum_ip_target,
                 prefix_delegation,
+                eni_gc_grace_secs: eni_gc_grace,
+                reconcile_interval_secs: reconcile_interval,
                 pod_imds_access,
                 pod_cidr,
                 block_size,

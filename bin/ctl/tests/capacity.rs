@@ -256,10 +256,8 @@ fn live_reaches_a_labs_agents() {
     assert_eq!(v["nodes"][0]["node"], "node-1");
 }
 
-/// The live figures follow the pods. Needs the agents' `capacity` object
-/// (helper "vpc", issue 9 contract): un-ignore once h-vpc is merged.
+/// The live figures follow the pods, from the agents' `capacity` object.
 #[test]
-#[ignore = "needs the vpc agent's /v1/state capacity object (branch h-vpc)"]
 fn live_figures_match_the_pods_of_a_lab() {
     if !require_root() {
         return;

@@ -132,13 +132,34 @@ fn available_enis(lab: &Lab) -> Vec<String> {
         .collect()
 }
 
-fn rfc3339_hours_ago(h: u64) -> String {
-    let secs = SystemTime::now()
+/// The agents' `--eni-gc-grace` in the pool lab.
+const GC_GRACE_SECS: u64 = 25;
+
+/// Now plus `secs`, as the created-at tag spells it.
+fn rfc3339_from_now(secs: u64) -> String {
+    let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .expect("clock")
-        .as_secs()
-        - h * 3600;
-    podwire_ipam::eni_gc::format_rfc3339(secs)
+        .as_secs();
+    podwire_ipam::eni_gc::format_rfc3339(now + secs)
+}
+
+/// A node's agent's command line, from its process.
+fn agent_cmdline(lab: &Lab, node: &str) -> Vec<String> {
+    let pid = lab.status()["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .find(|n| n["name"] == node)
+        .expect("node")["agent_pid"]
+        .as_i64()
+        .expect("the agent runs");
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .expect("the agent's cmdline")
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
 }
 
 fn created_eni_id(xml: &str) -> String {
@@ -155,14 +176,38 @@ fn the_pool_stays_true_meets_its_targets_and_survives_ec2_faults() {
     if !require_root() {
         return;
     }
-    let lab = Lab::up("t-vpool", &["--ec2-assign-reply", "all"]);
+    // Short pool timers instead of the agents' 60 s / 300 s: the grace
+    // stays above one EC2 call's budget (20 s), so under the faults of (f)
+    // no ENI of the agent's own is swept between its create and attach.
+    let lab = Lab::up(
+        "t-vpool",
+        &[
+            "--ec2-assign-reply",
+            "all",
+            "--reconcile-interval",
+            "2",
+            "--eni-gc-grace",
+            &GC_GRACE_SECS.to_string(),
+        ],
+    );
     let ns1 = lab.node_ns(1);
     let id1 = instance_id(&lab, "node-1");
+    for node in ["node-1", "node-2"] {
+        let args = agent_cmdline(&lab, node);
+        for (flag, want) in [
+            ("--reconcile-interval", "2".to_string()),
+            ("--eni-gc-grace", GC_GRACE_SECS.to_string()),
+        ] {
+            let got = args.windows(2).find(|w| w[0] == flag).map(|w| &w[1]);
+            assert_eq!(got, Some(&want), "{node}'s agent: {args:?}");
+        }
+    }
     lab.pod_add("far", "node-2", true);
 
-    // (c) A leftover ENI with the agent's tags (created an hour ago, never
-    // attached) and a foreign one; the sweep runs in the background while
-    // the rest of the test goes on.
+    // (c) A leftover ENI with the agent's tags, created now (as a crash
+    // between create and attach leaves it), one whose created-at tag says
+    // it is an hour younger than it is, and a foreign one; the sweep runs
+    // in the background while the rest of the test goes on.
     let subnets = lab.ctl_ok(&["lab", "ec2", "DescribeSubnets"]);
     let subnet_id = subnets
         .split("<subnetId>")
@@ -170,19 +215,22 @@ fn the_pool_stays_true_meets_its_targets_and_survives_ec2_faults() {
         .and_then(|s| s.split('<').next())
         .expect("a subnet")
         .to_string();
-    let created_at = rfc3339_hours_ago(1);
-    let leftover = created_eni_id(&lab.ctl_ok(&[
-        "lab",
-        "ec2",
-        "CreateNetworkInterface",
-        &format!("SubnetId={subnet_id}"),
-        "Description=left by a crash",
-        "TagSpecification.1.ResourceType=network-interface",
-        "TagSpecification.1.Tag.1.Key=podwire.io/instance-id",
-        &format!("TagSpecification.1.Tag.1.Value={id1}"),
-        "TagSpecification.1.Tag.2.Key=podwire.io/created-at",
-        &format!("TagSpecification.1.Tag.2.Value={created_at}"),
-    ]));
+    let tagged_eni = |created_at: &str| {
+        created_eni_id(&lab.ctl_ok(&[
+            "lab",
+            "ec2",
+            "CreateNetworkInterface",
+            &format!("SubnetId={subnet_id}"),
+            "Description=left by a crash",
+            "TagSpecification.1.ResourceType=network-interface",
+            "TagSpecification.1.Tag.1.Key=podwire.io/instance-id",
+            &format!("TagSpecification.1.Tag.1.Value={id1}"),
+            "TagSpecification.1.Tag.2.Key=podwire.io/created-at",
+            &format!("TagSpecification.1.Tag.2.Value={created_at}"),
+        ]))
+    };
+    let leftover = tagged_eni(&rfc3339_from_now(0));
+    let young_by_tag = tagged_eni(&rfc3339_from_now(3600));
     let foreign = created_eni_id(&lab.ctl_ok(&[
         "lab",
         "ec2",
@@ -237,8 +285,9 @@ fn the_pool_stays_true_meets_its_targets_and_survives_ec2_faults() {
         .iter()
         .map(|s| s.parse().expect("ip"))
         .collect();
+    // Within a few 2 s reconcile passes, not the default 60 s.
     eventually(
-        120,
+        20,
         "the unassigned addresses leave the agent's pool",
         || pool_addresses(&ns1).is_disjoint(&gone),
     );
@@ -255,14 +304,27 @@ fn the_pool_stays_true_meets_its_targets_and_survives_ec2_faults() {
         );
     }
 
-    // (c) The leftover is gone after its grace; the foreign one stays.
-    eventually(90, "the leftover podwire ENI is deleted", || {
-        !available_enis(&lab).contains(&leftover)
-    });
-    assert!(
-        available_enis(&lab).contains(&foreign),
-        "a foreign ENI was touched"
+    // (c) The leftover is gone once its grace is over (the sweep looks
+    // every 30 s); the foreign one stays, and so does the one whose
+    // created-at tag is younger than the grace although the ENI itself is
+    // older: the tag's age decides. The same sweep saw both.
+    eventually(
+        GC_GRACE_SECS + 45,
+        "the leftover podwire ENI is deleted",
+        || !available_enis(&lab).contains(&leftover),
     );
+    let avail = available_enis(&lab);
+    assert!(avail.contains(&foreign), "a foreign ENI was touched");
+    assert!(
+        avail.contains(&young_by_tag),
+        "an ENI younger than the grace by its created-at tag was deleted"
+    );
+    lab.ctl_ok(&[
+        "lab",
+        "ec2",
+        "DeleteNetworkInterface",
+        &format!("NetworkInterfaceId={young_by_tag}"),
+    ]);
 
     // (d) The burst leaves: ENIs and addresses converge to what
     // WARM_ENI_TARGET=1 says for no pods (the primary ENI, filled), idle

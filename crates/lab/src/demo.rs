@@ -46,6 +46,8 @@ fn demo_options(
         datastore: "sqlite".into(),
         cloud_faults: Default::default(),
         prefix_delegation: false,
+        eni_gc_grace_secs: None,
+        reconcile_interval_secs: None,
         external_pod_access,
     })
 }

@@ -94,6 +94,13 @@ pub struct LabState {
     /// vpc: the agents delegate /28 prefixes (`--prefix-delegation`).
     #[serde(default)]
     pub prefix_delegation: bool,
+    /// vpc: the agents' `--eni-gc-grace` (None: the agent's default, 300 s).
+    /// Tests shorten it so a leftover ENI goes within a test's time.
+    #[serde(default)]
+    pub eni_gc_grace_secs: Option<u64>,
+    /// vpc: the agents' `--reconcile-interval` (None: their default, 60 s).
+    #[serde(default)]
+    pub reconcile_interval_secs: Option<u64>,
     /// Pods may reach the lab's IMDS (the agents' `--pod-imds-access allow`);
     /// off by default, as on podwire nodes.
     #[serde(default)]
@@ -186,6 +193,8 @@ impl LabState {
             warm_ip_target: None,
             minimum_ip_target: None,
             prefix_delegation: false,
+            eni_gc_grace_secs: None,
+            reconcile_interval_secs: None,
             pod_imds_access: false,
             pod_cidr: None,
             block_size: 0,

@@ -146,8 +146,18 @@ pub(super) fn agent_args(st: &LabState, r: &NodeRec) -> Result<Vec<String>, LabE
         args.push("--minimum-ip-target".into());
         args.push(m.to_string());
     }
-    if st.prefix_delegation && st.mode == crate::state::Mode::Vpc {
-        args.push("--prefix-delegation".into());
+    if st.mode == crate::state::Mode::Vpc {
+        if st.prefix_delegation {
+            args.push("--prefix-delegation".into());
+        }
+        // The agents run with a clean environment: their pool timers reach
+        // them as flags or not at all.
+        if let Some(g) = st.eni_gc_grace_secs {
+            args.extend(["--eni-gc-grace".into(), g.to_string()]);
+        }
+        if let Some(r) = st.reconcile_interval_secs {
+            args.extend(["--reconcile-interval".into(), r.to_string()]);
+        }
     }
     Ok(args)
 }
@@ -230,6 +240,47 @@ mod tests {
         assert!(!has(&st));
         st.prefix_delegation = true;
         assert!(has(&st));
+    }
+
+    #[test]
+    fn the_pool_timers_reach_vpc_agents_only_when_set() {
+        let mut st = LabState::new("t", Mode::Vpc);
+        let args = agent_args(&st, &node()).expect("args");
+        assert_eq!(flag(&args, "--eni-gc-grace"), None, "{args:?}");
+        assert_eq!(flag(&args, "--reconcile-interval"), None, "{args:?}");
+        st.eni_gc_grace_secs = Some(7);
+        st.reconcile_interval_secs = Some(2);
+        let args = agent_args(&st, &node()).expect("args");
+        assert_eq!(flag(&args, "--eni-gc-grace"), Some("7"));
+        assert_eq!(flag(&args, "--reconcile-interval"), Some("2"));
+        // An overlay agent has no ENI pool: it would refuse neither flag,
+        // but they mean nothing there.
+        st.mode = Mode::Overlay;
+        st.pod_cidr = Some("172.16.0.0/16".parse().expect("cidr"));
+        st.block_size = 26;
+        let args = agent_args(&st, &node()).expect("args");
+        assert!(!args.iter().any(|a| a == "--eni-gc-grace"), "{args:?}");
+    }
+
+    #[test]
+    fn the_pool_timers_survive_lab_json() {
+        // `lab agent start` and `lab node add` read them back from lab.json.
+        let mut st = LabState::new("t", Mode::Vpc);
+        st.eni_gc_grace_secs = Some(7);
+        st.reconcile_interval_secs = Some(2);
+        let back: LabState =
+            serde_json::from_str(&serde_json::to_string(&st).expect("json")).expect("parse");
+        assert_eq!(back.eni_gc_grace_secs, Some(7));
+        assert_eq!(back.reconcile_interval_secs, Some(2));
+        // A lab.json of an older version has neither: the agents' defaults.
+        let mut v = serde_json::to_value(&st).expect("json");
+        if let Some(o) = v.as_object_mut() {
+            o.remove("eni_gc_grace_secs");
+            o.remove("reconcile_interval_secs");
+        }
+        let old: LabState = serde_json::from_value(v).expect("parse");
+        assert_eq!(old.eni_gc_grace_secs, None);
+        assert_eq!(old.reconcile_interval_secs, None);
     }
 
     #[test]

@@ -52,6 +52,10 @@ pub struct UpOptions {
     pub minimum_ip_target: Option<u32>,
     /// vpc: agents delegate /28 prefixes instead of single addresses.
     pub prefix_delegation: bool,
+    /// vpc: the agents' `--eni-gc-grace` and `--reconcile-interval` in
+    /// seconds (None: the agents' defaults).
+    pub eni_gc_grace_secs: Option<u64>,
+    pub reconcile_interval_secs: Option<u64>,
     /// Let pods reach the lab's instance metadata service.
     pub pod_imds_access: bool,
     /// overlay: the pod CIDR and its block size.
@@ -142,6 +146,8 @@ pub fn up(opts: &UpOptions) -> Result<LabState, LabError> {
         warm_ip_target: opts.warm_ip_target,
         minimum_ip_target: opts.minimum_ip_target,
         prefix_delegation: opts.prefix_delegation,
+        eni_gc_grace_secs: opts.eni_gc_grace_secs,
+        reconcile_interval_secs: opts.reconcile_interval_secs,
         pod_imds_access: opts.pod_imds_access,
         pod_cidr: (opts.mode == Mode::Overlay).then_some(opts.pod_cidr),
         block_size: opts.block_size,
