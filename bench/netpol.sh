@@ -11,6 +11,8 @@
 #     ADDS ADDs each (../shared/bench/cni-latency.sh, direct spawn).
 # 2.  iperf3 pod -> pod on the node, 5 alternating runs without / with the
 #     200 policies (both pods selected by them; the traffic allowed).
+# Env: STEPS="add tp flip" (default all), REUSE=1 (the lab from a KEEP=1 run),
+# KEEP=1 (leave the lab up), PODWIRE_BENCH_NOBUILD=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CHANGES=${1:-100}
@@ -33,11 +35,14 @@ cleanup() {
   [ -n "${KEEP:-}" ] || "$CTL" lab down --name "$LAB" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
+STEPS=${STEPS:-add tp flip}
+step() { case " $STEPS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+DB=/run/podwire/lab/$LAB/datastore.db
+if [ -z "${REUSE:-}" ]; then
 "$CTL" lab down --name "$LAB" >/dev/null 2>&1 || true
 
 echo "== lab: 1 overlay node, 250 pods"
 "$CTL" lab up --name "$LAB" --mode overlay --nodes 1 >/dev/null
-DB=/run/podwire/lab/$LAB/datastore.db
 for n in $(seq 0 9); do
   env=dev; [ $((n % 2)) = 0 ] && env=prod
   "$CTL" lab namespace add --name "$LAB" "ns-$n" --labels "team=t$((n % 3)),env=$env" >/dev/null
@@ -50,10 +55,16 @@ for i in $(seq 0 245); do
     --labels "app=app-$((m % 6)),role=${roles[$((m % 2))]},tier=${tiers[$(((m / 2) % 2))]}" \
     --port http=80/tcp >/dev/null
 done
-TIP=$("$CTL" lab pod add --name "$LAB" bench/flip-target --node node-1 --labels role=flip-target --port a=80/tcp --port b=81/tcp)
+"$CTL" lab pod add --name "$LAB" bench/flip-target --node node-1 --labels role=flip-target --port a=80/tcp --port b=81/tcp >/dev/null
 "$CTL" lab pod add --name "$LAB" bench/flip-client --node node-1 >/dev/null
-SIP=$("$CTL" lab pod add --name "$LAB" ns-0/iperf-s --node node-1 --labels app=app-0,role=server,tier=web)
+"$CTL" lab pod add --name "$LAB" ns-0/iperf-s --node node-1 --labels app=app-0,role=server,tier=web >/dev/null
 "$CTL" lab pod add --name "$LAB" ns-0/iperf-c --node node-1 --labels app=app-0,role=client,tier=web >/dev/null
+fi
+ip_of() {
+  "$CTL" lab status --name "$LAB" --json | python3 -c 'import json,sys; print([p["ip"] for n in json.load(sys.stdin)["nodes"] for p in n["pods"] if p["namespace"] + "/" + p["name"] == sys.argv[1]][0])' "$1"
+}
+TIP=$(ip_of bench/flip-target)
+SIP=$(ip_of ns-0/iperf-s)
 PODS=$("$CTL" lab status --name "$LAB" --json | python3 -c 'import json,sys; print(sum(len(n["pods"]) for n in json.load(sys.stdin)["nodes"]))')
 echo "pods on node-1: $PODS"
 
@@ -73,10 +84,13 @@ policies_on() {
   wait_chains some; sleep 0.5
 }
 policies_off() {
-  xargs -n 50 "$CTL" policy delete --lab "$LAB" <"$OUT/names.txt" >/dev/null
+  # Deleting what is not there is refused as a whole: delete what is.
+  "$CTL" policy list --lab "$LAB" | awk 'NR > 1 && $1 ~ /^ns-[0-9]$/ {print $1 "/" $2}' >"$OUT/present.txt" || true
+  [ -s "$OUT/present.txt" ] && xargs -n 50 "$CTL" policy delete --lab "$LAB" <"$OUT/present.txt" >/dev/null
   wait_chains zero; sleep 0.5
 }
 
+if step add; then
 echo "== 1b. CNI ADD p50, $ROUNDS alternating rounds of $ADDS ADDs"
 SOCK=/run/podwire/lab/$LAB/node-1/agent.sock
 cat >"$OUT/podwire-overlay.json" <<JSON
@@ -94,6 +108,7 @@ for r in $(seq 1 "$ROUNDS"); do
   done
 done
 unset CNI_ARGS
+fi
 
 echo "== 2. iperf3 ns-0/iperf-c -> ns-0/iperf-s, 5 alternating runs of ${T}s"
 gbps() {
@@ -105,6 +120,7 @@ gbps() {
   if [ -s "$PIDFILE" ]; then kill "$(cat "$PIDFILE")" 2>/dev/null || true; rm -f "$PIDFILE"; fi
   echo "$bps"
 }
+if step tp; then
 : >"$OUT/tp.txt"
 for r in 1 2 3 4 5; do
   for state in off on; do
@@ -113,7 +129,9 @@ for r in 1 2 3 4 5; do
     echo "$state $b" | tee -a "$OUT/tp.txt"
   done
 done
+fi
 
+if step flip; then
 echo "== 1a. policy change -> kernel, $CHANGES changes with the 200 policies"
 policies_on
 ip netns exec "pw-$LAB-pod-bench-flip-client" target/release/policy-flip --datastore "sqlite:$DB" \
@@ -121,19 +139,25 @@ ip netns exec "pw-$LAB-pod-bench-flip-client" target/release/policy-flip --datas
 NFT_LINES=$(ip netns exec "$NODE" nft list table ip podwire | wc -l)
 echo "node ruleset with the 200 policies: $NFT_LINES lines, $(np_chains) helper chains" | tee "$OUT/ruleset.txt"
 ip netns exec "$NODE" nft list table ip podwire >"$OUT/ruleset.nft"
+fi
 
-python3 - "$OUT" "$ROUNDS" <<'PY'
-import json, statistics, sys
-out, rounds = sys.argv[1], int(sys.argv[2])
+python3 - "$OUT" "$ROUNDS" "$STEPS" <<'PY'
+import json, os, statistics, sys
+out, rounds, steps = sys.argv[1], int(sys.argv[2]), sys.argv[3].split()
 def p50(s, r): return json.load(open(f"{out}/add-{s}-{r}.json"))["summary"]["add"]["wall_ns"]["p50"] / 1e6
-print("\n| round | ADD p50 ms, no policy | ADD p50 ms, 200 policies | ratio |")
-print("|---|---:|---:|---:|")
-offs, ons = [], []
-for r in range(1, rounds + 1):
-    a, b = p50("off", r), p50("on", r); offs.append(a); ons.append(b)
-    print(f"| {r} | {a:.2f} | {b:.2f} | {b/a:.2f} |")
-a, b = statistics.median(offs), statistics.median(ons)
-print(f"| median | {a:.2f} | {b:.2f} | **{b/a:.2f}** |")
+def adds():
+    print("\n| round | ADD p50 ms, no policy | ADD p50 ms, 200 policies | ratio |")
+    print("|---|---:|---:|---:|")
+    offs, ons = [], []
+    for r in range(1, rounds + 1):
+        a, b = p50("off", r), p50("on", r); offs.append(a); ons.append(b)
+        print(f"| {r} | {a:.2f} | {b:.2f} | {b/a:.2f} |")
+    a, b = statistics.median(offs), statistics.median(ons)
+    print(f"| median | {a:.2f} | {b:.2f} | **{b/a:.2f}** |")
+if "add" in steps:
+    adds()
+if "tp" not in steps:
+    sys.exit(0)
 tp = {"off": [], "on": []}
 for line in open(f"{out}/tp.txt"):
     s, v = line.split(); tp[s].append(float(v) / 1e9)

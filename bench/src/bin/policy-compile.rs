@@ -22,11 +22,16 @@ struct Args {
     node: String,
     #[arg(long, default_value_t = 20)]
     reps: usize,
+    /// Also show what one more endpoint on the node (an ADD) changes: the
+    /// new pod claims to be this pod (`ns/name`) at 10.255.255.1.
+    #[arg(long)]
+    add_as: Option<String>,
 }
 
 fn median(mut v: Vec<Duration>) -> f64 {
     v.sort();
-    v.get(v.len() / 2).map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
+    v.get(v.len() / 2)
+        .map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -35,15 +40,20 @@ fn main() -> anyhow::Result<()> {
     let list = |p: &str| store.list(p).map(|s| s.entries);
     let mut view = ClusterView::default();
     for e in list(keys::NAMESPACES)? {
-        view.namespaces
-            .push(decode::<NamespaceRecord>(&e.value, NamespaceRecord::validate)?);
+        view.namespaces.push(decode::<NamespaceRecord>(
+            &e.value,
+            NamespaceRecord::validate,
+        )?);
     }
     for e in list(keys::PODS)? {
-        view.pods.push(decode::<PodRecord>(&e.value, PodRecord::validate)?);
+        view.pods
+            .push(decode::<PodRecord>(&e.value, PodRecord::validate)?);
     }
     for e in list(keys::ENDPOINTS)? {
-        view.endpoints
-            .push(decode::<EndpointRecord>(&e.value, EndpointRecord::validate)?);
+        view.endpoints.push(decode::<EndpointRecord>(
+            &e.value,
+            EndpointRecord::validate,
+        )?);
     }
     for e in list(keys::POLICIES)? {
         view.policies.push(NetworkPolicy::from_record(&e.value)?);
@@ -109,7 +119,31 @@ fn main() -> anyhow::Result<()> {
         median(tr),
         a.reps
     );
-    if std::env::var_os("POLICY_COMPILE_SCRIPT").is_some() {
+    if let Some(pod) = &a.add_as {
+        let r = podwire_cluster::PodRef::parse(pod)?;
+        view.endpoints.push(EndpointRecord {
+            node: a.node.clone(),
+            container_id: "policy-compile-add".into(),
+            ifname: "eth0".into(),
+            ip: std::net::Ipv4Addr::new(10, 255, 255, 1),
+            pod: Some(r),
+        });
+        let next = podwire_policy::render_nft(&podwire_policy::compile(&view, &a.node));
+        let delta = next.script(Some(&nft));
+        let new_objects = next
+            .objects
+            .iter()
+            .filter(|o| !nft.objects.iter().any(|p| p.name() == o.name()))
+            .count();
+        println!(
+            "one ADD as {pod}: {new_objects} new helper objects, script {} lines / {} bytes",
+            delta.lines().count(),
+            delta.len()
+        );
+        if std::env::var_os("POLICY_COMPILE_SCRIPT").is_some() {
+            print!("{delta}");
+        }
+    } else if std::env::var_os("POLICY_COMPILE_SCRIPT").is_some() {
         print!("{script}");
     }
     Ok(())
