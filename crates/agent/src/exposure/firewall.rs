@@ -90,7 +90,7 @@ impl Firewall for Nft {
         }
         if let Some(p) = &change.policy {
             let script = match known.take() {
-                Some((h, last)) => keep_unchanged(p, &last).script(&h)?,
+                Some((h, last)) => keep_unchanged(p, &last).script_since(&h, Some(&last))?,
                 None => p.script(&nft::existing_helpers()?)?,
             };
             s.push_str(&script);
