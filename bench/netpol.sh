@@ -110,7 +110,6 @@ done
 unset CNI_ARGS
 fi
 
-echo "== 2. iperf3 ns-0/iperf-c -> ns-0/iperf-s, 5 alternating runs of ${T}s"
 gbps() {
   ip netns exec "pw-$LAB-pod-ns-0-iperf-s" iperf3 -s -1 -D -p 5201 -I "$PIDFILE" >/dev/null
   sleep 0.3
@@ -121,6 +120,7 @@ gbps() {
   echo "$bps"
 }
 if step tp; then
+echo "== 2. iperf3 ns-0/iperf-c -> ns-0/iperf-s, 5 alternating runs of ${T}s"
 : >"$OUT/tp.txt"
 for r in 1 2 3 4 5; do
   for state in off on; do
