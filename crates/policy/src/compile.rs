@@ -72,8 +72,40 @@ pub struct NodeRules {
     pub egress_chains: Vec<ChainRules>,
     /// Address sets, merged and sorted ranges, none empty.
     pub addr_sets: Vec<Vec<AddrRange>>,
+    /// What each of `addr_sets` stands for (the peers, and the namespace
+    /// when it matters): stable while the policies are, whatever pods come
+    /// and go. The set's name derives from it, so a pod that joins a set
+    /// changes its elements, not the chains that refer to it.
+    pub addr_set_keys: Vec<String>,
     /// (address, port) sets, sorted, none empty.
     pub pair_sets: Vec<Vec<(Ipv4Addr, u16)>>,
+    /// What each of `pair_sets` stands for, as `addr_set_keys`.
+    pub pair_set_keys: Vec<String>,
+}
+
+/// Sets interned by what they stand for, with their current elements.
+struct Keyed<T> {
+    keys: Interner<String>,
+    items: Vec<T>,
+}
+
+impl<T> Default for Keyed<T> {
+    fn default() -> Self {
+        Keyed {
+            keys: Interner::default(),
+            items: Vec::new(),
+        }
+    }
+}
+
+impl<T> Keyed<T> {
+    fn get(&mut self, key: String, items: T) -> usize {
+        let i = self.keys.get(key);
+        if i == self.items.len() {
+            self.items.push(items);
+        }
+        i
+    }
 }
 
 struct Interner<T: std::hash::Hash + Eq + Clone> {
@@ -106,8 +138,8 @@ pub fn compile(view: &ClusterView, node: &str) -> NodeRules {
     let idx = Index::new(view);
     let mut c = Compiler {
         idx: &idx,
-        addr_sets: Interner::default(),
-        pair_sets: Interner::default(),
+        addr_sets: Keyed::default(),
+        pair_sets: Keyed::default(),
         peer_cache: HashMap::new(),
         peers_cache: HashMap::new(),
         pair_cache: HashMap::new(),
@@ -141,7 +173,9 @@ pub fn compile(view: &ClusterView, node: &str) -> NodeRules {
     out.ingress_chains = ingress_chains.items;
     out.egress_chains = egress_chains.items;
     out.addr_sets = c.addr_sets.items;
+    out.addr_set_keys = c.addr_sets.keys.items;
     out.pair_sets = c.pair_sets.items;
+    out.pair_set_keys = c.pair_sets.keys.items;
     out
 }
 
@@ -149,8 +183,8 @@ type PeersCache = HashMap<(Option<String>, Vec<PolicyPeer>), Option<PeerMatch>>;
 
 struct Compiler<'i, 'a> {
     idx: &'i Index<'a>,
-    addr_sets: Interner<Vec<AddrRange>>,
-    pair_sets: Interner<Vec<(Ipv4Addr, u16)>>,
+    addr_sets: Keyed<Vec<AddrRange>>,
+    pair_sets: Keyed<Vec<(Ipv4Addr, u16)>>,
     /// (policy index, direction, rule index) → peer match: computed once.
     peer_cache: HashMap<(usize, PolicyType, usize), Option<PeerMatch>>,
     /// (namespace if it matters, peer list) → peer match.
@@ -233,7 +267,11 @@ impl Compiler<'_, '_> {
             if ranges.is_empty() {
                 None
             } else {
-                Some(PeerMatch::Set(self.addr_sets.get(ranges)))
+                // The peers (and the namespace when it matters) say what
+                // the set is; the same list in another policy is the same
+                // set.
+                let what = format!("{:?} {:?}", key.0, key.1);
+                Some(PeerMatch::Set(self.addr_sets.get(what, ranges)))
             }
         };
         self.peer_cache.insert((pi, t, ri), m.clone());
@@ -390,7 +428,12 @@ impl Compiler<'_, '_> {
         if pairs.is_empty() {
             None
         } else {
-            Some(self.pair_sets.get(pairs.into_iter().collect()))
+            let peers = match peer {
+                PeerMatch::Any => "any",
+                PeerMatch::Set(i) => self.addr_sets.keys.items.get(*i).map_or("", String::as_str),
+            };
+            let what = format!("{peers} {proto:?} {names:?}");
+            Some(self.pair_sets.get(what, pairs.into_iter().collect()))
         }
     }
 }

@@ -18,11 +18,17 @@
 //! rules match named address sets and, for egress to named ports, address
 //! . port sets.
 //!
-//! Helper chains and sets are named by a hash of their content
-//! (`np-c<hash>`, `np-s<hash>`): an object of that name already in the
-//! table is this very object, so an update adds only what is new, deletes
-//! only what is gone and rewrites the two verdict maps and the five rules
-//! of `network-policy` — all in one transaction (see [`NftPolicy::script`]).
+//! Helper chains are named by a hash of their content (`np-c<hash>`): a
+//! chain of that name already in the table is this very chain. Helper sets
+//! are named by a hash of what they stand for (`np-s<hash>` of the peers,
+//! [`NodeRules::addr_set_keys`]), not of their elements, and their elements
+//! are rewritten on every update: a pod that comes or goes changes set
+//! elements, never the chains that refer to the sets (with content-named
+//! sets every such ADD renamed the sets and rewrote the chains, half the
+//! ruleset at 250 pods and 200 policies). So an update adds only the chains
+//! that are new, deletes only what is gone and rewrites the sets, the two
+//! verdict maps and the five rules of `network-policy` — all in one
+//! transaction (see [`NftPolicy::script`]).
 //! Traffic the node itself sends to its pods goes through `output`, not
 //! `forward`, so it is never checked (kubelet probes pass).
 
@@ -46,6 +52,8 @@ const COMMENT_MAX: usize = 120;
 /// A helper object of the policy part.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NftObject {
+    /// Named by what it stands for: its elements are rewritten whenever
+    /// they differ from the previous policy's.
     Set {
         name: String,
         /// `type ...; flags ...;`
@@ -141,13 +149,12 @@ fn content_name(
 /// Renders a node's rules.
 pub fn render_nft(rules: &NodeRules) -> NftPolicy {
     let mut out = NftPolicy::default();
-    let set = |decl: String, elements: Vec<String>, out: &mut NftPolicy| -> String {
-        let mut parts = vec!["set", decl.as_str()];
-        parts.extend(elements.iter().map(String::as_str));
+    // `what` is unique within a rendering (compile interns sets by it).
+    let set = |decl: String, what: &str, elements: Vec<String>, out: &mut NftPolicy| -> String {
         let name = content_name(
             &out.objects,
             "np-s",
-            &parts,
+            &["set", decl.as_str(), what],
             |o| matches!(o, NftObject::Set { decl: d, elements: e, .. } if *d == decl && *e == elements),
         );
         if !out.objects.iter().any(|o| o.name() == name) {
@@ -160,7 +167,8 @@ pub fn render_nft(rules: &NodeRules) -> NftPolicy {
         name
     };
     let mut addr_names = Vec::new();
-    for s in &rules.addr_sets {
+    for (i, s) in rules.addr_sets.iter().enumerate() {
+        let what = rules.addr_set_keys.get(i).map_or("", String::as_str);
         let interval = s.iter().any(|r| r.first != r.last);
         let decl = if interval {
             "type ipv4_addr; flags interval;"
@@ -169,14 +177,16 @@ pub fn render_nft(rules: &NodeRules) -> NftPolicy {
         };
         addr_names.push(set(
             decl.to_string(),
+            what,
             s.iter().map(range).collect(),
             &mut out,
         ));
     }
     let mut pair_names = Vec::new();
-    for s in &rules.pair_sets {
+    for (i, s) in rules.pair_sets.iter().enumerate() {
         pair_names.push(set(
             "type ipv4_addr . inet_service;".to_string(),
+            rules.pair_set_keys.get(i).map_or("", String::as_str),
             s.iter().map(|(ip, p)| format!("{ip} . {p}")).collect(),
             &mut out,
         ));
@@ -362,8 +372,17 @@ impl NftPolicy {
             let _ = writeln!(s, "add map ip {t} {m} {{ type ipv4_addr : verdict; }}");
         }
         let _ = writeln!(s, "add set ip {t} {LOCAL_SET} {{ type ipv4_addr; }}");
-        // New objects, sets before the chains that refer to them.
-        for o in self.objects.iter().filter(|o| !had(o.name())) {
+        // New chains, and sets that are new or whose elements changed
+        // (named by what they stand for, their elements follow the pods; a
+        // previous policy from a listing has no elements, so they are all
+        // rewritten), sets before the chains that refer to them.
+        let same_in_previous =
+            |o: &NftObject| previous.is_some_and(|p| p.objects.iter().any(|q| q == o));
+        let write = |o: &&NftObject| match o {
+            NftObject::Set { .. } => !same_in_previous(o),
+            NftObject::Chain { .. } => !had(o.name()),
+        };
+        for o in self.objects.iter().filter(write) {
             match o {
                 NftObject::Set {
                     name,

@@ -26,41 +26,91 @@ pub(crate) trait Firewall: Send + Sync + std::fmt::Debug {
 }
 
 /// The node's nftables. Remembers which policy helpers it left in the
-/// table (the agent is the table's one owner), so only the first change
-/// after start, or after a failure, lists them from the kernel.
+/// table and the policy it applied last (the agent is the table's one
+/// owner), so only the first change after start, or after a failure, lists
+/// them from the kernel, and a set or map that is exactly as last applied
+/// is left as it is.
 #[derive(Debug, Default)]
 pub(crate) struct Nft {
-    helpers: std::sync::Mutex<Option<nft::Helpers>>,
+    last: std::sync::Mutex<Option<(nft::Helpers, PolicyRuleset)>>,
+}
+
+/// `next` with every set and map that `last` applied exactly so marked
+/// `fixed` (kept as the table has it): a pod that comes or goes rewrites
+/// the sets that hold it, not all of them.
+pub(crate) fn keep_unchanged(next: &PolicyRuleset, last: &PolicyRuleset) -> PolicyRuleset {
+    let mut p = next.clone();
+    for s in p.sets.iter_mut().filter(|s| !s.fixed) {
+        s.fixed = last.sets.contains(s);
+    }
+    p
+}
+
+#[cfg(test)]
+mod keep_tests {
+    use super::*;
+
+    fn set(name: &str, elements: &[&str]) -> HelperSet {
+        HelperSet {
+            name: name.into(),
+            map: false,
+            fixed: false,
+            decl: "type ipv4_addr;".into(),
+            elements: elements.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn only_sets_that_changed_since_the_last_apply_are_rewritten() {
+        let last = PolicyRuleset {
+            rules: vec!["counter".into()],
+            chains: Vec::new(),
+            sets: vec![set("np-sa", &["10.0.0.1"]), set("np-sb", &["10.0.0.2"])],
+        };
+        let mut next = last.clone();
+        next.sets[1].elements.push("10.0.0.3".into());
+        let kept = keep_unchanged(&next, &last);
+        let script = kept.script(&last.helpers()).expect("script");
+        assert!(!script.contains("flush set ip podwire np-sa"), "{script}");
+        assert!(!script.contains("10.0.0.1"), "{script}");
+        assert!(script.contains("flush set ip podwire np-sb"), "{script}");
+        assert!(script.contains("10.0.0.2, 10.0.0.3"), "{script}");
+        // Not in the table (a failure or a restart lost track): written.
+        let script = kept.script(&nft::Helpers::default()).expect("script");
+        assert!(script.contains("10.0.0.1"), "{script}");
+    }
 }
 
 impl Firewall for Nft {
     fn apply(&self, change: &Change) -> Result<(), DataplaneError> {
-        let mut known = self.helpers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut known = self.last.lock().unwrap_or_else(|p| p.into_inner());
         let mut s = String::new();
         if let Some(nets) = &change.cluster_nets {
             s.push_str(&nft::cluster_nets_script(nets));
         }
         if let Some(p) = &change.policy {
-            let existing = match known.take() {
-                Some(h) => h,
-                None => nft::existing_helpers()?,
+            let script = match known.take() {
+                Some((h, last)) => keep_unchanged(p, &last).script_since(&h, Some(&last))?,
+                None => p.script(&nft::existing_helpers()?)?,
             };
-            s.push_str(&p.script(&existing)?);
+            s.push_str(&script);
         }
         if s.is_empty() {
             return Ok(());
         }
         nft::apply(&s)?;
         if let Some(p) = &change.policy {
-            *known = Some(p.helpers());
+            *known = Some((p.helpers(), p.clone()));
         }
         Ok(())
     }
 }
 
 /// podwire-policy's rendering as the dataplane's network-policy concern:
-/// its content-named objects are `fixed` (kept when the table has them),
-/// `np-local` and the two verdict maps are rewritten each time.
+/// its chains are named by content, so `fixed` (kept when the table has
+/// them); its sets are named by what they stand for and, like `np-local`
+/// and the two verdict maps, rewritten each time (their elements follow
+/// the pods).
 pub(crate) fn ruleset(p: NftPolicy) -> PolicyRuleset {
     let mut sets = Vec::new();
     let mut chains = Vec::new();
@@ -73,7 +123,7 @@ pub(crate) fn ruleset(p: NftPolicy) -> PolicyRuleset {
             } => sets.push(HelperSet {
                 name,
                 map: false,
-                fixed: true,
+                fixed: false,
                 decl,
                 elements,
             }),

@@ -154,7 +154,45 @@ impl PolicyRuleset {
     /// The transaction that makes the concern exactly this, given the
     /// helpers the table holds now (`existing`).
     pub fn script(&self, existing: &Helpers) -> Result<String> {
+        self.script_since(existing, None)
+    }
+
+    /// As [`PolicyRuleset::script`], where `last` is what the table holds
+    /// (the ruleset this process applied last, and nothing changed it
+    /// since): a set or map both have is changed by its elements' difference
+    /// instead of flushed and refilled, so a pod that comes or goes costs
+    /// the kernel a few elements, not every pod's.
+    pub fn script_since(&self, existing: &Helpers, last: Option<&PolicyRuleset>) -> Result<String> {
         self.validate()?;
+        // name → (elements to delete, by key; elements to add), for the
+        // sets both rulesets have with the same declaration.
+        let diffs: std::collections::BTreeMap<&str, (Vec<&str>, Vec<&str>)> = self
+            .sets
+            .iter()
+            .filter_map(|x| {
+                let before = last?
+                    .sets
+                    .iter()
+                    .find(|l| l.name == x.name && l.map == x.map && l.decl == x.decl)?;
+                let in_table = if x.map {
+                    existing.maps.contains(&x.name)
+                } else {
+                    existing.sets.contains(&x.name)
+                };
+                if !in_table {
+                    return None;
+                }
+                let old: BTreeSet<&str> = before.elements.iter().map(String::as_str).collect();
+                let new: BTreeSet<&str> = x.elements.iter().map(String::as_str).collect();
+                // A map element is deleted by its key.
+                let del = old
+                    .difference(&new)
+                    .map(|e| e.split(" : ").next().unwrap_or(e))
+                    .collect();
+                let add = new.difference(&old).copied().collect();
+                Some((x.name.as_str(), (del, add)))
+            })
+            .collect();
         let chain = Concern::NetworkPolicy.chain();
         let kept_chain = |c: &HelperChain| c.fixed && existing.chains.contains(&c.name);
         let kept_set = |x: &HelperSet| {
@@ -191,16 +229,33 @@ impl PolicyRuleset {
         }
         for set in self.sets.iter().filter(|x| !kept_set(x)) {
             let kw = set.keyword();
+            if let Some((del, _)) = diffs.get(set.name.as_str()) {
+                for chunk in del.chunks(1000) {
+                    let _ = writeln!(
+                        s,
+                        "delete element ip {TABLE} {} {{ {} }}",
+                        set.name,
+                        chunk.join(", ")
+                    );
+                }
+                continue;
+            }
             let _ = writeln!(s, "add {kw} ip {TABLE} {} {{ {} }}", set.name, set.decl);
             let _ = writeln!(s, "flush {kw} ip {TABLE} {}", set.name);
         }
+        let elements = |x: &'_ HelperSet| -> Vec<String> {
+            match diffs.get(x.name.as_str()) {
+                Some((_, add)) => add.iter().map(ToString::to_string).collect(),
+                None => x.elements.clone(),
+            }
+        };
         // All chains exist before any rule or map element jumps to one.
         for c in self.chains.iter().filter(|c| !kept_chain(c)) {
             let _ = writeln!(s, "add chain ip {TABLE} {}", c.name);
             let _ = writeln!(s, "flush chain ip {TABLE} {}", c.name);
         }
         for set in self.sets.iter().filter(|x| !x.map && !kept_set(x)) {
-            for chunk in set.elements.chunks(1000) {
+            for chunk in elements(set).chunks(1000) {
                 let _ = writeln!(
                     s,
                     "add element ip {TABLE} {} {{ {} }}",
@@ -215,7 +270,7 @@ impl PolicyRuleset {
             }
         }
         for set in self.sets.iter().filter(|x| x.map && !kept_set(x)) {
-            for chunk in set.elements.chunks(1000) {
+            for chunk in elements(set).chunks(1000) {
                 let _ = writeln!(
                     s,
                     "add element ip {TABLE} {} {{ {} }}",
@@ -389,6 +444,58 @@ mod tests {
         let s = r.script(&Helpers::default()).expect("script");
         assert!(s.contains("add rule ip podwire np-in-x-a"), "{s}");
         assert_eq!(r.helpers().chains, ["np-in-x-a".to_string()].into());
+    }
+
+    #[test]
+    fn sets_and_maps_the_table_holds_change_by_their_difference() {
+        let mut last = ruleset();
+        last.sets.push(HelperSet {
+            name: "np-ingress".into(),
+            map: true,
+            fixed: false,
+            decl: "type ipv4_addr : verdict;".into(),
+            elements: vec![
+                "10.0.0.5 : jump np-in-x-a".into(),
+                "10.0.0.6 : jump np-in-x-a".into(),
+            ],
+        });
+        let mut next = last.clone();
+        next.sets[0].elements = vec!["10.0.0.0/24".into(), "10.0.1.0/24".into()];
+        next.sets[1].elements = vec![
+            "10.0.0.5 : jump np-in-x-a".into(),
+            "10.0.0.7 : jump np-in-x-a".into(),
+        ];
+        let s = next
+            .script_since(&last.helpers(), Some(&last))
+            .expect("script");
+        assert!(!s.contains("flush set ip podwire np-src-1"), "{s}");
+        assert!(!s.contains("flush map ip podwire np-ingress"), "{s}");
+        assert!(
+            s.contains("add element ip podwire np-src-1 { 10.0.1.0/24 }"),
+            "{s}"
+        );
+        assert!(!s.contains("10.0.0.0/24"), "{s}");
+        assert!(
+            s.contains("delete element ip podwire np-ingress { 10.0.0.6 }"),
+            "{s}"
+        );
+        assert!(
+            s.contains("add element ip podwire np-ingress { 10.0.0.7 : jump np-in-x-a }"),
+            "{s}"
+        );
+        assert!(!s.contains("10.0.0.5 : jump"), "{s}");
+        // The map's deletions come before any chain goes.
+        let pos = |n: &str| s.find(n).unwrap_or_else(|| panic!("{n}:\n{s}"));
+        assert!(
+            pos("delete element ip podwire np-ingress") < pos("add rule ip podwire network-policy")
+        );
+        // Not in the table (after a failure the agent forgets `last`):
+        // written whole.
+        let s = next
+            .script_since(&Helpers::default(), Some(&last))
+            .expect("script");
+        assert!(s.contains("flush set ip podwire np-src-1"), "{s}");
+        assert!(s.contains("10.0.0.0/24, 10.0.1.0/24"), "{s}");
     }
 
     #[test]
