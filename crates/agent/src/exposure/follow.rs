@@ -68,15 +68,25 @@ impl Exposure {
         }
         let started = Instant::now();
         let mut inner = self.lock();
+        let mut changed = false;
         for ev in events {
-            let r = match ev {
-                Event::Put(e) => inner.view.update(&e.key, Some(&e.value)),
-                Event::Delete { key, .. } => inner.view.update(key, None),
-                Event::Progress(_) => Ok(()),
+            let (key, value) = match ev {
+                Event::Put(e) => (e.key.as_str(), Some(e.value.as_slice())),
+                Event::Delete { key, .. } => (key.as_str(), None),
+                Event::Progress(_) => continue,
             };
-            if let Err(r) = r {
+            // The echo of this agent's own ADD or DEL changes nothing: no
+            // recompile (it cost every ADD a second compile of the node).
+            if inner.view.already_has(key, value) {
+                continue;
+            }
+            changed = true;
+            if let Err(r) = inner.view.update(key, value) {
                 self.reject(&r);
             }
+        }
+        if !changed {
+            return Ok(());
         }
         self.sync_locked(&mut inner)?;
         tracing::debug!(

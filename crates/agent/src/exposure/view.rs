@@ -124,6 +124,22 @@ impl View {
         self.endpoints.insert(keys::endpoint(&e), e);
     }
 
+    /// Whether a change of `key` to `value` is one the view already has:
+    /// the echo of this agent's own endpoint write or delete (ADD and DEL
+    /// apply their endpoint at once; the watch brings it back later).
+    pub fn already_has(&self, key: &str, value: Option<&[u8]>) -> bool {
+        if !key.starts_with(keys::ENDPOINTS) {
+            return false;
+        }
+        match (self.endpoints.get(key), value) {
+            (None, None) => true,
+            (Some(have), Some(v)) => {
+                decode::<EndpointRecord>(v, EndpointRecord::validate).is_ok_and(|e| &e == have)
+            }
+            _ => false,
+        }
+    }
+
     pub fn remove_endpoint(&mut self, key: &str) -> Option<EndpointRecord> {
         self.endpoints.remove(key)
     }
@@ -248,5 +264,38 @@ mod tests {
         let own = [Ipv4Addr::new(10, 0, 0, 10)];
         let cv = v.cluster_view("n1", &own);
         assert_eq!(cv.node_addresses.get("n1"), Some(&own.to_vec()));
+    }
+
+    /// The watch's echo of this agent's own endpoint write or delete is
+    /// recognised (no second compile per ADD); anything else is a change.
+    #[test]
+    fn the_echo_of_an_own_endpoint_change_is_recognised() {
+        let e = EndpointRecord {
+            node: "n1".into(),
+            container_id: "c1".into(),
+            ifname: "eth0".into(),
+            ip: Ipv4Addr::new(10, 0, 0, 5),
+            pod: None,
+        };
+        let key = keys::endpoint(&e);
+        let bytes = serde_json::to_vec(&e).expect("json");
+        let mut v = View::default();
+        assert!(v.already_has(&key, None), "a delete of what is not there");
+        assert!(!v.already_has(&key, Some(&bytes)), "a new endpoint");
+        v.put_endpoint(e.clone());
+        assert!(v.already_has(&key, Some(&bytes)), "the echo of the ADD");
+        assert!(!v.already_has(&key, None), "a delete of what is there");
+        let moved = EndpointRecord {
+            ip: Ipv4Addr::new(10, 0, 0, 6),
+            ..e
+        };
+        let moved = serde_json::to_vec(&moved).expect("json");
+        assert!(!v.already_has(&key, Some(&moved)), "another address");
+        assert!(
+            !v.already_has(&key, Some(b"not json")),
+            "garbage is a change"
+        );
+        let pod_key = "/podwire/pods/x/a";
+        assert!(!v.already_has(pod_key, None), "only endpoints echo");
     }
 }
