@@ -65,6 +65,7 @@ pub fn run(a: CapacityArgs) -> anyhow::Result<ExitCode> {
     }
     let table = LimitsTable::builtin().context("the built-in instance tables")?;
     let ty = a.instance_type.as_deref().unwrap_or_default();
+    let mut code = ExitCode::SUCCESS;
     let out = match (a.subnet, a.nodes) {
         (Some(subnet), Some(nodes)) => {
             let r = plan::plan(
@@ -82,6 +83,10 @@ pub fn run(a: CapacityArgs) -> anyhow::Result<ExitCode> {
                     },
                 },
             )?;
+            // A group that cannot even start is a failed plan (docs/CAPACITY.md).
+            if !r.fits() {
+                code = ExitCode::FAILURE;
+            }
             if a.json {
                 serde_json::to_string_pretty(&r)? + "\n"
             } else {
@@ -98,7 +103,7 @@ pub fn run(a: CapacityArgs) -> anyhow::Result<ExitCode> {
         }
     };
     print!("{out}");
-    Ok(ExitCode::SUCCESS)
+    Ok(code)
 }
 
 /// `/v1/state` of the agent at `endpoint`: its body, or why there is none.
