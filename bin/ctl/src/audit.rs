@@ -29,8 +29,9 @@ use serde_json::json;
 
 #[derive(Debug, Args)]
 pub struct AuditArgs {
-    /// The lab to audit [default: lab, unless --datastore].
-    #[arg(long, conflicts_with = "datastore")]
+    /// The lab to audit [default: lab, unless --datastore] (`--name`, as
+    /// the `lab` commands spell it, works too).
+    #[arg(long, visible_alias = "name", conflicts_with = "datastore")]
     lab: Option<String>,
     /// A podwire datastore, as the agents' --datastore (a real cluster's).
     #[arg(long)]
