@@ -47,8 +47,13 @@ pub struct CapacityArgs {
     /// (--agent), or this node's agent (http://127.0.0.1:61678).
     #[arg(long, conflicts_with_all = ["instance_type", "subnet"])]
     live: bool,
-    /// With --live: every node of this lab.
-    #[arg(long, requires = "live", conflicts_with = "agent")]
+    /// With --live: every node of this lab (`--name` works too).
+    #[arg(
+        long,
+        visible_alias = "name",
+        requires = "live",
+        conflicts_with = "agent"
+    )]
     lab: Option<String>,
     /// With --live: an agent's metrics endpoint, http://IP:PORT (repeat
     /// for several).
@@ -65,6 +70,7 @@ pub fn run(a: CapacityArgs) -> anyhow::Result<ExitCode> {
     }
     let table = LimitsTable::builtin().context("the built-in instance tables")?;
     let ty = a.instance_type.as_deref().unwrap_or_default();
+    let mut code = ExitCode::SUCCESS;
     let out = match (a.subnet, a.nodes) {
         (Some(subnet), Some(nodes)) => {
             let r = plan::plan(
@@ -82,6 +88,10 @@ pub fn run(a: CapacityArgs) -> anyhow::Result<ExitCode> {
                     },
                 },
             )?;
+            // A group that cannot even start is a failed plan (docs/CAPACITY.md).
+            if !r.fits() {
+                code = ExitCode::FAILURE;
+            }
             if a.json {
                 serde_json::to_string_pretty(&r)? + "\n"
             } else {
@@ -98,12 +108,16 @@ pub fn run(a: CapacityArgs) -> anyhow::Result<ExitCode> {
         }
     };
     print!("{out}");
-    Ok(ExitCode::SUCCESS)
+    Ok(code)
 }
 
 /// `/v1/state` of the agent at `endpoint`: its body, or why there is none.
 fn fetch(endpoint: &str) -> Result<String, String> {
-    let a = ops::http_get(endpoint, "/v1/state", AGENT_TIMEOUT).map_err(|e| e.to_string())?;
+    // The lab crate files a failed GET under "lab state"; no lab was asked.
+    let a = ops::http_get(endpoint, "/v1/state", AGENT_TIMEOUT).map_err(|e| match e {
+        podwire_lab::LabError::State(m) => m,
+        e => e.to_string(),
+    })?;
     if a.status != 200 {
         return Err(format!(
             "{endpoint}/v1/state answered {}: {}",
@@ -133,12 +147,22 @@ fn lab_answers(lab: &str) -> anyhow::Result<Vec<(String, Result<String, String>)
         .collect())
 }
 
+/// Neither --lab nor --agent, and this node's agent does not answer: say
+/// what was tried and what else to ask.
+fn no_local_agent(endpoint: &str, e: &str) -> String {
+    format!(
+        "no answer from this node's agent ({e}); without --lab or --agent, \
+         --live asks {endpoint}: give --lab NAME for a lab's agents, or --agent http://IP:PORT"
+    )
+}
+
 fn live(a: &CapacityArgs) -> anyhow::Result<ExitCode> {
     let answers = match (&a.lab, a.agent.as_slice()) {
         (Some(lab), _) => lab_answers(lab)?,
         (None, []) => {
             let ep = format!("http://{}", ops::AGENT_METRICS_ADDRESS);
-            vec![(ep.clone(), fetch(&ep))]
+            let got = fetch(&ep).map_err(|e| no_local_agent(&ep, &e));
+            vec![(ep, got)]
         }
         (None, agents) => agents.iter().map(|ep| (ep.clone(), fetch(ep))).collect(),
     };
@@ -154,4 +178,44 @@ fn live(a: &CapacityArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    /// Newuser F3: `--name` (the lab commands' spelling) was refused.
+    #[test]
+    fn name_is_an_alias_of_lab() {
+        for args in [
+            &["capacity", "--live", "--name", "nu1"][..],
+            &["policy", "apply", "-f", "p.yaml", "--name", "nu1"],
+            &["policy", "list", "--name", "nu1"],
+            &["policy", "delete", "x/p", "--name", "nu1"],
+            &["audit", "--name", "nu1"],
+        ] {
+            let r = crate::Cli::try_parse_from(
+                std::iter::once("podwirectl").chain(args.iter().copied()),
+            );
+            assert!(r.is_ok(), "{args:?}: {r:?}");
+        }
+        let cli = crate::Cli::try_parse_from(["podwirectl", "capacity", "--live", "--name", "nu1"])
+            .expect("parses");
+        let crate::Top::Capacity(a) = cli.cmd else {
+            panic!("not capacity");
+        };
+        assert_eq!(a.lab.as_deref(), Some("nu1"));
+    }
+
+    /// Newuser F8: `capacity --live` alone said "lab state" and no next step.
+    #[test]
+    fn live_without_a_source_says_what_it_tried() {
+        let m = super::no_local_agent("http://127.0.0.1:61678", "GET …: Connection refused");
+        assert!(m.contains("asks http://127.0.0.1:61678"), "{m}");
+        assert!(
+            m.contains("--lab NAME") && m.contains("--agent http://IP:PORT"),
+            "{m}"
+        );
+        assert!(!m.contains("lab state"), "{m}");
+    }
 }

@@ -30,6 +30,12 @@ pub enum NamespaceCmd {
         #[arg(required = true)]
         changes: Vec<String>,
     },
+    /// Delete a namespace (refused while pods are in it): its record goes.
+    Del {
+        #[arg(long, default_value = names::DEFAULT_LAB)]
+        name: String,
+        namespace: String,
+    },
 }
 
 fn print_labels(what: &str, labels: &podwire_cluster::records::Labels) {
@@ -55,6 +61,10 @@ pub fn namespace(cmd: NamespaceCmd) -> anyhow::Result<()> {
             let edits = kube::parse_label_edits(&changes)?;
             let l = ops::namespace_label(&name, &namespace, &edits)?;
             print_labels(&namespace, &l);
+        }
+        NamespaceCmd::Del { name, namespace } => {
+            ops::namespace_del(&name, &namespace)?;
+            println!("lab {name}: namespace {namespace} deleted");
         }
     }
     Ok(())
@@ -86,6 +96,17 @@ pub fn pod_spec(
     })
 }
 
+/// A pod argument: NS/NAME, or NAME with --namespace folded in as NS/NAME.
+pub fn pod_arg(pod: &str, namespace: Option<&str>) -> anyhow::Result<String> {
+    Ok(match (pod.contains('/'), namespace) {
+        (true, Some(_)) => {
+            anyhow::bail!("give the namespace as NS/NAME or with --namespace, not both")
+        }
+        (false, Some(ns)) => format!("{ns}/{pod}"),
+        _ => pod.to_string(),
+    })
+}
+
 /// `lab pod label NAME [--namespace NS] k=v … k-`.
 pub fn pod_label(
     lab: &str,
@@ -93,13 +114,7 @@ pub fn pod_label(
     namespace: Option<&str>,
     changes: &[String],
 ) -> anyhow::Result<()> {
-    let arg = match (pod.contains('/'), namespace) {
-        (true, Some(_)) => {
-            anyhow::bail!("give the namespace as NS/NAME or with --namespace, not both")
-        }
-        (false, Some(ns)) => format!("{ns}/{pod}"),
-        _ => pod.to_string(),
-    };
+    let arg = pod_arg(pod, namespace)?;
     let edits = kube::parse_label_edits(changes)?;
     let rec = ops::pod_label(lab, &arg, &edits)?;
     print_labels(&rec.key(), &rec.labels);
@@ -152,6 +167,53 @@ mod tests {
     fn parses(args: &[&str]) -> bool {
         crate::Cli::try_parse_from(std::iter::once("podwirectl").chain(args.iter().copied()))
             .is_ok()
+    }
+
+    /// Newuser F4: `lab pod del d --namespace y` was refused (and the tip
+    /// pointed at --name, the lab's name).
+    #[test]
+    fn pod_del_takes_a_namespace() {
+        let cli = crate::Cli::try_parse_from([
+            "podwirectl",
+            "lab",
+            "pod",
+            "del",
+            "d",
+            "--namespace",
+            "y",
+            "--name",
+            "nu2",
+        ])
+        .expect("parses");
+        let crate::Top::Lab {
+            cmd:
+                crate::LabCmd::Pod {
+                    cmd:
+                        crate::PodCmd::Del {
+                            name,
+                            pod,
+                            namespace,
+                        },
+                },
+        } = cli.cmd
+        else {
+            panic!("not lab pod del");
+        };
+        assert_eq!(name, "nu2");
+        assert_eq!(
+            super::pod_arg(&pod, namespace.as_deref()).expect("arg"),
+            "y/d"
+        );
+        assert_eq!(super::pod_arg("y/d", None).expect("arg"), "y/d");
+        assert_eq!(super::pod_arg("d", None).expect("arg"), "d");
+        assert!(super::pod_arg("y/d", Some("y")).is_err());
+    }
+
+    /// Newuser F11: no `lab namespace del`.
+    #[test]
+    fn namespace_del_parses() {
+        assert!(parses(&["lab", "namespace", "del", "x", "--name", "t"]));
+        assert!(!parses(&["lab", "namespace", "del"]));
     }
 
     #[test]

@@ -354,11 +354,13 @@ enum PodCmd {
         #[arg(required = true)]
         changes: Vec<String>,
     },
-    /// Delete a pod (NAME or NS/NAME).
+    /// Delete a pod: NAME (namespace default, or --namespace) or NS/NAME.
     Del {
         #[arg(long, default_value = names::DEFAULT_LAB)]
         name: String,
         pod: String,
+        #[arg(long)]
+        namespace: Option<String>,
     },
 }
 
@@ -527,6 +529,15 @@ fn format_node_status(v: &serde_json::Value) -> String {
     out
 }
 
+/// `lab allow-external`'s one-line confirmation.
+fn allow_external_done(lab: &str, on: bool) -> String {
+    if on {
+        format!("lab {lab}: node security group open to the external host")
+    } else {
+        format!("lab {lab}: node security group closed to the external host")
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let cmd = match cli.cmd {
         Top::Lab { cmd } => cmd,
@@ -680,8 +691,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => labpods::probe(&name, port, timeout_ms, json)?,
         LabCmd::ExternalPodAccess { name, access } => labpods::external_pod_access(&name, access)?,
         LabCmd::Pod {
-            cmd: PodCmd::Del { name, pod },
-        } => ops::pod_del(&name, &pod)?,
+            cmd:
+                PodCmd::Del {
+                    name,
+                    pod,
+                    namespace,
+                },
+        } => ops::pod_del(&name, &labpods::pod_arg(&pod, namespace.as_deref())?)?,
         LabCmd::Node {
             cmd: NodeCmd::Add { name },
         } => {
@@ -718,7 +734,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let now = ops::set_cloud_faults(&name, &faults.update()?, rand_seed())?;
             println!("{}", serde_json::to_string(&now)?);
         }
-        LabCmd::AllowExternal { name, state } => ops::set_allow_external(&name, state == "on")?,
+        LabCmd::AllowExternal { name, state } => {
+            ops::set_allow_external(&name, state == "on")?;
+            println!("{}", allow_external_done(&name, state == "on"));
+        }
         LabCmd::Ec2 {
             name,
             action,
@@ -751,7 +770,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         LabCmd::Demo { name, keep } => demo::run(&name, keep)?,
-        LabCmd::Down { name } => ops::down(&name)?,
+        LabCmd::Down { name } => {
+            ops::down(&name)?;
+            println!("lab {name} is down: its processes, namespaces and files are gone");
+        }
         LabCmd::Cloud { dir } => podwire_lab::cloud::serve(&dir)?,
         LabCmd::Http {
             dir: _,

@@ -21,8 +21,9 @@ use serde_json::json;
 /// datastore (`policy`, `audit`).
 #[derive(Debug, Args)]
 pub struct StoreArgs {
-    /// The lab whose datastore to use [default: lab, unless --datastore].
-    #[arg(long, conflicts_with = "datastore")]
+    /// The lab whose datastore to use [default: lab, unless --datastore]
+    /// (`--name`, as the `lab` commands spell it, works too).
+    #[arg(long, visible_alias = "name", conflicts_with = "datastore")]
     lab: Option<String>,
     /// A datastore, as the agents' --datastore: `sqlite:/path/file.db`,
     /// `etcd://host:port`, `etcd+https://host:port`.
@@ -73,10 +74,11 @@ impl StoreArgs {
 #[derive(Debug, Subcommand)]
 pub enum PolicyCmd {
     /// Create or replace the NetworkPolicies of FILE (YAML or JSON: one
-    /// object, a List, or several YAML documents; `-` reads stdin).
+    /// object, a List, or several YAML documents; `-` reads stdin). Several
+    /// -f apply together: all of them or nothing.
     Apply {
-        #[arg(short = 'f', long = "filename")]
-        file: PathBuf,
+        #[arg(short = 'f', long = "filename", required = true)]
+        file: Vec<PathBuf>,
         #[command(flatten)]
         store: StoreArgs,
     },
@@ -99,9 +101,12 @@ pub enum PolicyCmd {
 pub fn run(cmd: PolicyCmd) -> anyhow::Result<()> {
     match cmd {
         PolicyCmd::Apply { file, store } => {
-            let text = read_input(&file)?;
-            // Parsed and validated whole before the datastore is opened.
-            let policies = parse(&text).with_context(|| format!("{}", file.display()))?;
+            // Every file parsed and validated before the datastore is opened.
+            let mut policies = Vec::new();
+            for f in &file {
+                let text = read_input(f)?;
+                policies.extend(parse(&text).with_context(|| format!("{}", f.display()))?);
+            }
             for line in apply(store.open()?.as_ref(), &policies)? {
                 println!("{line}");
             }
@@ -332,6 +337,32 @@ spec:
   ingress:
   - ports: [{port: serve-80-tcp}]
 "#;
+
+    /// Newuser F11: several -f were refused ("cannot be used multiple times").
+    #[test]
+    fn apply_takes_several_files() {
+        use clap::Parser;
+        let cli = crate::Cli::try_parse_from([
+            "podwirectl",
+            "policy",
+            "apply",
+            "-f",
+            "a.yaml",
+            "-f",
+            "b.yaml",
+            "--lab",
+            "t",
+        ])
+        .expect("parses");
+        let crate::Top::Policy {
+            cmd: PolicyCmd::Apply { file, .. },
+        } = cli.cmd
+        else {
+            panic!("not policy apply");
+        };
+        assert_eq!(file, vec![PathBuf::from("a.yaml"), PathBuf::from("b.yaml")]);
+        assert!(crate::Cli::try_parse_from(["podwirectl", "policy", "apply"]).is_err());
+    }
 
     #[test]
     fn apply_writes_every_policy_and_reports_what_changed() {

@@ -168,6 +168,39 @@ fn the_planner_answers_in_json() {
     assert!(!o.status.success());
 }
 
+/// Newuser F10: a plan whose idle node does not fit the subnet exited 0;
+/// now it exits 1 and still prints the whole answer.
+#[test]
+fn a_plan_that_cannot_start_exits_1() {
+    let args = [
+        "capacity",
+        "--subnet",
+        "10.0.0.0/28",
+        "--instance-type",
+        "m5.large",
+        "--nodes",
+        "1",
+        "--prefix-delegation",
+    ];
+    let o = ctl(&args);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("DOES NOT FIT"), "{}", text(&o));
+    let o = ctl(&[&args[..], &["--json"]].concat());
+    assert_eq!(o.status.code(), Some(1));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(v["group"]["idle_fits"], false);
+    // A subnet that only limits the pods is a figure: exit 0.
+    ctl_ok(&[
+        "capacity",
+        "--subnet",
+        "10.0.0.0/24",
+        "--instance-type",
+        "m5.large",
+        "--nodes",
+        "4",
+    ]);
+}
+
 /// A stand-in agent on loopback serving one /v1/state document per
 /// connection, `answers` times.
 fn stand_in_agent(body: &'static str, answers: usize) -> (String, std::thread::JoinHandle<()>) {

@@ -164,3 +164,56 @@ fn settings_of_the_other_mode_are_refused() {
         assert!(!std::path::Path::new("/run/podwire/lab/t-wrongmode").exists());
     }
 }
+
+/// Newuser F4, F6, F9, F11 in one lab: `lab pod del NAME --namespace NS`;
+/// `lab namespace del` refused while a pod is in it, then done; the status
+/// text shows prefixes; a timed-out curl points at the audit; allow-external
+/// and down say what they did.
+#[test]
+fn namespaces_pods_and_confirmations_as_a_new_user_met_them() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::up("t-polish", &["--nodes", "1", "--prefix-delegation"]);
+    lab.ctl_ok(&["lab", "namespace", "add", "x"]);
+    lab.ctl_ok(&[
+        "lab",
+        "pod",
+        "add",
+        "a",
+        "--namespace",
+        "x",
+        "--node",
+        "node-1",
+    ]);
+    // Prefix delegation: the text names the /28s, not only `secondary []`.
+    let text = lab.ctl_ok(&["lab", "status"]);
+    assert!(text.contains("prefixes ["), "{text}");
+    // The security group is closed: the request times out, and the
+    // message says where to look.
+    let o = lab.ctl(&["lab", "curl", "external", "x/a"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(
+        err.contains(&format!("podwirectl audit --lab {} --pod x/a", lab.name)),
+        "{err}"
+    );
+    let o = lab.ctl(&["lab", "namespace", "del", "x"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(err.contains("still has a pod (a)"), "{err}");
+    lab.ctl_ok(&["lab", "pod", "del", "a", "--namespace", "x"]);
+    let out = lab.ctl_ok(&["lab", "namespace", "del", "x"]);
+    assert!(out.contains("namespace x deleted"), "{out}");
+    assert!(!lab.status()["namespaces"]
+        .as_array()
+        .expect("namespaces")
+        .iter()
+        .any(|n| n["name"] == "x"));
+    let out = lab.ctl_ok(&["lab", "allow-external", "on"]);
+    assert!(out.contains("open to the external host"), "{out}");
+    let out = lab.ctl_ok(&["lab", "allow-external", "off"]);
+    assert!(out.contains("closed to the external host"), "{out}");
+    let out = lab.ctl_ok(&["lab", "down"]);
+    assert!(out.contains(&format!("lab {} is down", lab.name)), "{out}");
+}

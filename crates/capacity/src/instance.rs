@@ -114,7 +114,16 @@ pub fn render(r: &InstanceReport) -> String {
         (None, Some(why)) => format!("none: {why}"),
         (None, None) => "none".into(),
     };
-    format!(
+    // The cap can put prefix delegation below secondary IPs (c6in.32xlarge:
+    // 250 < 394); turning it on then lowers max pods, which surprises.
+    let lowers = match r.max_pods_prefix_delegation {
+        Some(n) if n < r.max_pods => format!(
+            "note: prefix delegation LOWERS max pods for this type ({n} < {}: the vCPU cap)\n",
+            r.max_pods
+        ),
+        _ => String::new(),
+    };
+    let out = format!(
         "{}: {} ENIs x {} IPv4 addresses per ENI, hypervisor {}{}, vCPUs {}\n\
          max pods with secondary IPs:    {} ({} x ({} - 1) + 2)\n\
          max pods with prefix delegation: {}\n\
@@ -136,7 +145,8 @@ pub fn render(r: &InstanceReport) -> String {
             "secondary IPs"
         },
         r.pod_addresses,
-    )
+    );
+    out + &lowers
 }
 
 #[cfg(test)]
@@ -145,6 +155,22 @@ mod tests {
 
     fn table() -> LimitsTable {
         LimitsTable::builtin().expect("builtin")
+    }
+
+    /// Newuser F11: turning prefix delegation on lowers c6in.32xlarge's max
+    /// pods (250 < 394) and the text did not say so.
+    #[test]
+    fn the_text_notes_when_prefix_delegation_lowers_max_pods() {
+        let t = table();
+        for pd in [false, true] {
+            let text = render(&report(&t, "c6in.32xlarge", pd).expect("known"));
+            assert!(
+                text.contains("prefix delegation LOWERS max pods for this type (250 < 394"),
+                "{text}"
+            );
+        }
+        let text = render(&report(&t, "m5.large", true).expect("known"));
+        assert!(!text.contains("LOWERS"), "{text}");
     }
 
     #[test]

@@ -239,6 +239,21 @@ pub fn plan(table: &LimitsTable, q: &PlanInput<'_>) -> Result<PlanReport, Capaci
     })
 }
 
+/// `n word` or `n words`: "1 node", "2 nodes", "1 prefix", "3 prefixes".
+fn count(n: impl Into<u64>, one: &str, many: &str) -> String {
+    let n = n.into();
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+impl PlanReport {
+    /// Whether the group can start at all: false when the idle nodes' warm
+    /// pools alone overflow the subnet (`podwirectl capacity` then exits 1;
+    /// a subnet that merely limits the pods is a figure, exit 0).
+    pub fn fits(&self) -> bool {
+        self.group.idle_fits
+    }
+}
+
 /// The human form.
 pub fn render(r: &PlanReport) -> String {
     use std::fmt::Write;
@@ -247,8 +262,8 @@ pub fn render(r: &PlanReport) -> String {
     let nd = &r.node;
     let _ = writeln!(
         o,
-        "{} nodes of {} in {} ({} usable addresses{}), {}, warm pool {}",
-        g.nodes,
+        "{} of {} in {} ({} usable addresses{}), {}, warm pool {}",
+        count(g.nodes, "node", "nodes"),
         r.instance_type,
         r.subnet.cidr,
         r.subnet.usable,
@@ -266,21 +281,23 @@ pub fn render(r: &PlanReport) -> String {
     );
     let _ = writeln!(
         o,
-        "per node: kubelet --max-pods={}, up to {} pods with an address, {} ENIs allowed",
-        nd.kubelet_max_pods, nd.pod_addresses, nd.enis_allowed
+        "per node: kubelet --max-pods={}, up to {} with an address, {} allowed",
+        nd.kubelet_max_pods,
+        count(nd.pod_addresses, "pod", "pods"),
+        count(nd.enis_allowed, "ENI", "ENIs")
     );
     let held = |h: &Held| {
         format!(
-            "{} pods, {} ENIs{}, {} warm addresses, {} subnet addresses",
-            h.pods,
-            h.enis,
+            "{}, {}{}, {}, {}",
+            count(h.pods, "pod", "pods"),
+            count(h.enis, "ENI", "ENIs"),
             if r.prefix_delegation {
-                format!(", {} prefixes", h.prefixes)
+                format!(", {}", count(h.prefixes, "prefix", "prefixes"))
             } else {
                 String::new()
             },
-            h.warm_addresses,
-            h.subnet_addresses
+            count(h.warm_addresses, "warm address", "warm addresses"),
+            count(h.subnet_addresses, "subnet address", "subnet addresses")
         )
     };
     let _ = writeln!(o, "  idle node: {}", held(&nd.idle));
@@ -297,6 +314,12 @@ pub fn render(r: &PlanReport) -> String {
     );
     let _ = writeln!(o, "pods that fit: {} of {} ({})", g.pods_fit, g.pods_max, match g.limited_by {
         Constraint::InstanceLimit => "every node full: the instance limit binds, not the subnet".to_string(),
+        // The idle group already overflows: nodes cannot even take their warm pools.
+        Constraint::SubnetSize if !g.idle_fits => if g.nodes == 1 {
+            "the subnet runs out before the first pod: the idle node's warm pool does not fit".to_string()
+        } else {
+            "the subnet runs out before the first pod: the idle nodes' warm pools do not fit".to_string()
+        },
         Constraint::SubnetSize => format!("the subnet runs out at pod {}", g.pods_fit + 1),
         Constraint::PrefixFragmentation => format!(
             "the subnet runs out of free /28s at pod {} if single addresses scatter; {} if they pack",
@@ -307,8 +330,8 @@ pub fn render(r: &PlanReport) -> String {
     let _ = writeln!(o, "  at that point: {}", held(&g.at_fit));
     let _ = writeln!(
         o,
-        "the subnet holds {} full nodes (runs out at node {}) or {} idle ones",
-        g.full_nodes_fit,
+        "the subnet holds {} (runs out at node {}) or {} idle",
+        count(g.full_nodes_fit, "full node", "full nodes"),
         g.full_nodes_fit + 1,
         g.idle_nodes_fit
     );
@@ -504,6 +527,29 @@ mod tests {
         assert_eq!(r.group.pods_fit, 0);
         assert_eq!(r.group.limited_by, Constraint::SubnetSize);
         assert!(render(&r).contains("DOES NOT FIT"));
+        assert!(!r.fits());
+        assert!(render(&r).contains("idle nodes' warm pools do not fit"));
+    }
+
+    /// Newuser F10: one node in a /28 with prefixes read "1 nodes", "1
+    /// ENIs", "1 prefixes" and "runs out at pod 1", though the node's warm
+    /// prefix does not fit before any pod.
+    #[test]
+    fn one_idle_node_that_does_not_fit_is_worded_right() {
+        let r = run("10.0.0.0/28", "m5.large", 1, true, WarmFlags::default());
+        assert!(!r.fits());
+        let text = render(&r);
+        for bad in ["1 nodes", "1 ENIs", "1 prefixes", "runs out at pod 1"] {
+            assert!(!text.contains(bad), "{bad:?} in {text}");
+        }
+        for good in [
+            "1 node of m5.large",
+            "1 ENI, 1 prefix,",
+            "pods that fit: 0 of 108 (the subnet runs out before the first pod: the idle node's warm pool does not fit)",
+        ] {
+            assert!(text.contains(good), "{good:?} not in {text}");
+        }
+        assert!(run("10.0.0.0/20", "m5.large", 40, true, WarmFlags::default()).fits());
     }
 
     #[test]

@@ -216,6 +216,17 @@ pub fn write_pod(store: &dyn Datastore, r: &PodRecord) -> Result<(), LabError> {
     put(store, &keys::pod(&r.pod_ref()), &to_json(r)?)
 }
 
+/// Removes a namespace's record (absent already: nothing to do).
+pub fn delete_namespace(store: &dyn Datastore, name: &str) -> Result<(), LabError> {
+    let key = keys::namespace(name);
+    match store.get(&key).map_err(|e| store_err(&key, e))? {
+        Some(e) => store
+            .delete(&key, e.mod_revision)
+            .map_err(|e| store_err(&key, e)),
+        None => Ok(()),
+    }
+}
+
 /// Removes a pod's record (absent already: nothing to do).
 pub fn delete_pod(store: &dyn Datastore, r: &PodRecord) -> Result<(), LabError> {
     let key = keys::pod(&r.pod_ref());

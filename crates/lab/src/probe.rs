@@ -336,11 +336,35 @@ pub fn curl(st: &LabState, from: &str, to: &str) -> Result<String, LabError> {
             }
             Ok(body.to_string())
         }
-        Err(e) => Err(LabError::Command {
-            what: format!("GET http://{ip}:{port}/ ({label}) from {}", f.label),
-            msg: e.to_string(),
-        }),
+        Err(e) => {
+            let pod = st
+                .pods
+                .values()
+                .find(|p| p.ip == ip)
+                .map(|p| format!("{}/{}", p.namespace, p.name));
+            Err(LabError::Command {
+                what: format!("GET http://{ip}:{port}/ ({label}) from {}", f.label),
+                msg: format!(
+                    "{e}{}",
+                    drop_hint(&st.name, pod.as_deref(), e.kind()).unwrap_or_default()
+                ),
+            })
+        }
     }
+}
+
+/// After a timeout (something dropped the packets: a security group, the
+/// agents' posture, a NetworkPolicy, no route), where to see which layer:
+/// the audit, which explains each drop.
+fn drop_hint(lab: &str, pod: Option<&str>, kind: std::io::ErrorKind) -> Option<String> {
+    use std::io::ErrorKind::{TimedOut, WouldBlock};
+    if !matches!(kind, TimedOut | WouldBlock) {
+        return None;
+    }
+    Some(match pod {
+        Some(p) => format!("; to see which layer drops it: podwirectl audit --lab {lab} --pod {p}"),
+        None => format!("; to see which layer drops it: podwirectl audit --lab {lab}"),
+    })
 }
 
 /// The pods' listener: the same small web page (nginx's welcome, in
@@ -396,6 +420,24 @@ fn serve_on(l: &TcpListener, pod: &str, namespace: &str) {
 
 #[cfg(test)]
 mod tests {
+    /// Newuser F9: a timed-out `lab curl` said nothing of where to look.
+    #[test]
+    fn a_timeout_points_at_the_audit() {
+        use std::io::ErrorKind;
+        let h = super::drop_hint("nu1", Some("default/p1"), ErrorKind::TimedOut).expect("hint");
+        assert!(
+            h.contains("podwirectl audit --lab nu1 --pod default/p1"),
+            "{h}"
+        );
+        assert!(super::drop_hint("nu1", None, ErrorKind::WouldBlock)
+            .is_some_and(|h| h.contains("podwirectl audit --lab nu1")));
+        // A refusal is an answer (nothing listens), not a drop.
+        assert_eq!(
+            super::drop_hint("nu1", Some("default/p1"), ErrorKind::ConnectionRefused),
+            None
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -242,7 +242,7 @@ impl LabState {
         let p = names::lab_dir(lab).join("lab.json");
         let bytes = fs::read(&p).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
-                LabError::Usage(format!("no lab named {lab:?} is up (start one with `podwirectl lab up --name {lab} --mode vpc`)"))
+                LabError::Usage(not_up_message(lab, &labs_up()))
             } else {
                 LabError::State(format!("{}: {e}", p.display()))
             }
@@ -317,8 +317,52 @@ pub fn lock(dir: &Path) -> Result<LabLock, LabError> {
     Ok(LabLock { _lock: l })
 }
 
+/// The labs that are up: folders under the lab root with a lab.json
+/// (sorted; at most a screenful, the root is not trusted to be small).
+pub fn labs_up() -> Vec<String> {
+    const MAX: usize = 50;
+    let mut up: Vec<String> = fs::read_dir(names::lab_root())
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .take(1000)
+        .filter(|e| e.path().join("lab.json").is_file())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    up.sort();
+    up.truncate(MAX);
+    up
+}
+
+/// Why `lab` cannot be used: not up; the labs that are, to pick one with
+/// `--name`, or how to start one.
+fn not_up_message(lab: &str, up: &[String]) -> String {
+    if up.is_empty() {
+        format!("no lab named {lab:?} is up (start one with `podwirectl lab up --name {lab} --mode vpc`)")
+    } else {
+        format!(
+            "no lab named {lab:?} is up; up: {} (pick one with --name NAME, or --lab NAME for policy, audit and capacity)",
+            up.join(", ")
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    /// Newuser F8: `lab probe` without --name said the default lab was not
+    /// up, though nu1 and nu2 were, and did not name them.
+    #[test]
+    fn a_lab_that_is_not_up_names_those_that_are() {
+        let m = super::not_up_message("lab", &["nu1".into(), "nu2".into()]);
+        assert!(
+            m.contains("no lab named \"lab\" is up; up: nu1, nu2"),
+            "{m}"
+        );
+        assert!(m.contains("--name NAME"), "{m}");
+        let m = super::not_up_message("lab", &[]);
+        assert!(m.contains("podwirectl lab up --name lab --mode vpc"), "{m}");
+    }
+
     use super::*;
 
     fn mode(p: &Path) -> u32 {

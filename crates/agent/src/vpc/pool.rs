@@ -46,6 +46,11 @@ const FRESH: Duration = Duration::from_secs(60);
 /// With the fallback on, single addresses are asked for this long after
 /// the subnet had no free aligned /28.
 const PREFIX_RETRY: Duration = Duration::from_secs(300);
+/// After the pool grew (an Assign or Create the cloud answered), the
+/// subnet's figures are described again, but at most this often: while a
+/// cluster scales, `capacity --live` and its exhaustion warning then lag
+/// the cloud by seconds, not by a whole `--reconcile-interval`.
+pub const SUBNET_REFRESH_AFTER_GROWTH: Duration = Duration::from_secs(5);
 
 /// The description of every ENI podwire creates for `instance_id` (also
 /// how ENIs of older podwire versions, which had no tags, are recognised).
@@ -79,9 +84,12 @@ struct Pending {
     /// ENIs this agent created whose attach failed and whose delete failed
     /// too: not in flight, so the sweep deletes them without the grace.
     leftovers: BTreeSet<String>,
-    /// When DescribeSubnets last answered (at most once per interval: the
-    /// reconciles after each Assign need no fresh subnet figures).
+    /// When DescribeSubnets last answered: again every `--reconcile-interval`,
+    /// or [`SUBNET_REFRESH_AFTER_GROWTH`] after it when the pool grew since
+    /// (not after every Assign: a burst of them asks once).
     subnet_at: Option<Instant>,
+    /// The pool grew (a reply claimed addresses) since that answer.
+    grew: bool,
 }
 
 impl Pending {
@@ -89,6 +97,25 @@ impl Pending {
         self.expected.ips.extend(a.ips.iter().copied());
         self.expected.prefixes.extend(a.prefixes.iter().copied());
         self.since.get_or_insert(now);
+        if !a.ips.is_empty() || !a.prefixes.is_empty() {
+            self.grew = true;
+        }
+    }
+
+    /// Whether the subnet's figures are to be described again now.
+    fn subnet_due(&self, now: Instant, interval: Duration) -> bool {
+        self.subnet_at.is_none_or(|t| {
+            let age = now.saturating_duration_since(t);
+            age >= interval || (self.grew && age >= SUBNET_REFRESH_AFTER_GROWTH)
+        })
+    }
+
+    /// When a refresh owed to growth falls due (the loop reconciles then).
+    fn subnet_refresh_at(&self) -> Option<Instant> {
+        match (self.grew, self.subnet_at) {
+            (true, Some(t)) => Some(t + SUBNET_REFRESH_AFTER_GROWTH),
+            _ => None,
+        }
     }
 
     fn is_empty(&self) -> bool {
@@ -239,16 +266,14 @@ fn reconcile_now(shared: &Shared, pending: &mut Pending) -> Result<(), PoolError
         };
         adopt_eni(shared, e, o)?;
     }
-    let stale = pending
-        .subnet_at
-        .is_none_or(|t| now.duration_since(t) >= shared.config.reconcile_interval);
-    if stale {
+    if pending.subnet_due(now, shared.config.reconcile_interval) {
         match shared.metrics.ec2("DescribeSubnets", || {
             shared.ec2.describe_subnet(&shared.node.subnet_id)
         }) {
             Ok(s) => {
                 shared.lock().subnet = Some(s);
                 pending.subnet_at = Some(now);
+                pending.grew = false;
             }
             Err(e) => tracing::debug!(error = %e, "subnet figures not refreshed"),
         }
@@ -391,6 +416,10 @@ pub fn run(shared: &Shared) {
                     next_reconcile = Instant::now() + BACKOFF;
                 }
             }
+        }
+        // Growth inside the refresh gap: the subnet's figures at its end.
+        if let Some(t) = pending.subnet_refresh_at() {
+            next_reconcile = next_reconcile.min(t);
         }
         let mut st = shared.lock();
         match outcome {

@@ -29,7 +29,7 @@ mod status;
 pub use agent_http::{http_get, HttpAnswer};
 pub use agents::{agent_ready, agent_status, restart_agent, stop_agent, AGENT_METRICS_ADDRESS};
 pub use binaries::bin_dir;
-pub use namespaces::{namespace_add, namespace_label};
+pub use namespaces::{namespace_add, namespace_del, namespace_label};
 pub use nodes::{node_add, node_del};
 pub use pods::{pod_add, pod_del, pod_label, run_plugin, PodSpec};
 pub use posture::set_external_pod_access;

@@ -1,4 +1,4 @@
-//! `lab namespace add|label`: Kubernetes namespaces and their labels, in
+//! `lab namespace add|label|del`: Kubernetes namespaces and their labels, in
 //! lab.json and as NamespaceRecords in the lab's datastore.
 
 use podwire_cluster::records::{Labels, NAMESPACE_NAME_LABEL};
@@ -44,4 +44,57 @@ pub fn namespace_label(lab: &str, ns: &str, edits: &[LabelEdit]) -> Result<Label
         .insert(ns.to_string(), rec.labels.clone());
     st.save()?;
     Ok(rec.labels)
+}
+
+/// `lab namespace del NS`: refused while a pod is in it (delete those
+/// first) and for `default`; removes the lab's entry and the datastore's
+/// record (the policies of NS stay, as they select nothing).
+pub fn namespace_del(lab: &str, ns: &str) -> Result<(), LabError> {
+    let mut st = LabState::load(lab)?;
+    let _lock = state::lock(&st.dir())?;
+    st = LabState::load(lab)?;
+    if ns == names::DEFAULT_NAMESPACE {
+        return Err(LabError::Usage(format!(
+            "namespace {ns} cannot be deleted (pods without a namespace go there)"
+        )));
+    }
+    if !st.kube_namespaces.contains_key(ns) {
+        return Err(LabError::Usage(format!("lab {lab} has no namespace {ns}")));
+    }
+    let pods: Vec<&str> = st
+        .pods
+        .values()
+        .filter(|p| p.namespace == ns)
+        .map(|p| p.name.as_str())
+        .collect();
+    if let Some(why) = refuse_del(ns, &pods) {
+        return Err(LabError::Usage(why));
+    }
+    kube::delete_namespace(lab_store(&st)?.as_ref(), ns)?;
+    st.kube_namespaces.remove(ns);
+    st.save()?;
+    Ok(())
+}
+
+/// Why a namespace holding `pods` is not deleted (None: it is empty).
+fn refuse_del(ns: &str, pods: &[&str]) -> Option<String> {
+    (!pods.is_empty()).then(|| {
+        format!(
+            "namespace {ns} still has {} ({}): delete {} first (`lab pod del {ns}/NAME`)",
+            if pods.len() == 1 { "a pod" } else { "pods" },
+            pods.join(", "),
+            if pods.len() == 1 { "it" } else { "them" }
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_namespace_with_pods_is_not_deleted() {
+        assert_eq!(super::refuse_del("x", &[]), None);
+        let why = super::refuse_del("x", &["a", "b"]).expect("refused");
+        assert!(why.contains("still has pods (a, b)"), "{why}");
+        assert!(why.contains("lab pod del x/NAME"), "{why}");
+    }
 }

@@ -228,15 +228,27 @@ pub fn format_status(v: &serde_json::Value) -> String {
                 .flatten()
                 .filter_map(|x| x.as_str())
                 .collect();
+            let prefixes: Vec<&str> = e["prefixes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|x| x.as_str())
+                .collect();
             let _ = writeln!(
                 out,
-                "    eth{}  {}  {}  \"{}\"  primary {}  secondary [{}]",
+                "    eth{}  {}  {}  \"{}\"  primary {}  secondary [{}]{}",
                 e["device_index"],
                 e["id"].as_str().unwrap_or(""),
                 e["mac"].as_str().unwrap_or(""),
                 e["description"].as_str().unwrap_or(""),
                 e["primary_ip"].as_str().unwrap_or(""),
-                ips.join(" ")
+                ips.join(" "),
+                // Prefix delegation: the /28s are where the pods' addresses are.
+                if prefixes.is_empty() {
+                    String::new()
+                } else {
+                    format!("  prefixes [{}]", prefixes.join(" "))
+                }
             );
         }
     }
@@ -277,4 +289,37 @@ pub fn format_status(v: &serde_json::Value) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    /// Newuser F6: with prefix delegation the text showed `secondary []`
+    /// and no prefixes, though the JSON had them.
+    #[test]
+    fn the_text_shows_each_enis_prefixes() {
+        let v = serde_json::json!({
+            "nodes": [{
+                "name": "node-1", "instance_id": "i-1", "instance_type": "m5.large",
+                "primary_ip": "10.0.11.55", "netns": "pw-nu1-node-1",
+                "enis": [{
+                    "device_index": 0, "id": "eni-1", "mac": "0e:00:00:00:00:01",
+                    "description": "primary", "primary_ip": "10.0.11.55",
+                    "secondary_ips": [], "prefixes": ["10.0.3.32/28", "10.0.0.224/28"]
+                }, {
+                    "device_index": 1, "id": "eni-2", "mac": "0e:00:00:00:00:02",
+                    "description": "podwire", "primary_ip": "10.0.11.56",
+                    "secondary_ips": ["10.0.11.57"], "prefixes": []
+                }]
+            }]
+        });
+        let text = super::format_status(&v);
+        assert!(
+            text.contains("secondary []  prefixes [10.0.3.32/28 10.0.0.224/28]"),
+            "{text}"
+        );
+        assert!(
+            text.contains("secondary [10.0.11.57]\n"),
+            "no empty prefixes: {text}"
+        );
+    }
 }

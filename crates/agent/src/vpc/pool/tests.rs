@@ -446,3 +446,59 @@ fn the_loop_reconciles_every_interval() {
         "dropped before an interval passed: not the periodic reconcile"
     );
 }
+
+/// Newuser F2: the subnet's figures were described once per
+/// `--reconcile-interval` only, so `capacity --live` lagged a scaling
+/// cluster by up to a minute. Now an Assign the cloud answered brings a
+/// DescribeSubnets at the next reconcile once the short gap has passed, and
+/// a burst of Assigns inside the gap asks only once.
+#[test]
+fn the_subnet_is_described_again_soon_after_the_pool_grows() {
+    let handler: Arc<Handler> = Arc::new(|action, _| {
+        match action {
+        "AssignPrivateIpAddresses" => (200, format!(
+            "<AssignPrivateIpAddressesResponse><assignedPrivateIpAddressesSet><item><privateIpAddress>{}</privateIpAddress></item></assignedPrivateIpAddressesSet></AssignPrivateIpAddressesResponse>",
+            ip(11)
+        )),
+        "DescribeNetworkInterfaces" => dni(&eni_item("eni-0", Some(0), 10, &[11], "")),
+        "DescribeSubnets" => subnets(),
+        _ => error(400, "InvalidAction"),
+    }
+    });
+    let (endpoint, log) = fake_ec2(handler);
+    let describes = || {
+        log.lock()
+            .expect("log")
+            .iter()
+            .filter(|(a, _)| a == "DescribeSubnets")
+            .count()
+    };
+    let dir = state_dir();
+    let a = agent_on(&endpoint, &[], &dir);
+    let interval = a.config.reconcile_interval;
+    assert!(interval > SUBNET_REFRESH_AFTER_GROWTH * 2, "{interval:?}");
+    let now = Instant::now();
+    let Some(past_gap) = now.checked_sub(SUBNET_REFRESH_AFTER_GROWTH + Duration::from_secs(1))
+    else {
+        return; // a clock this young cannot express the case
+    };
+    // Described a moment ago, nothing grew: no DescribeSubnets.
+    let mut pending = Pending {
+        subnet_at: Some(past_gap),
+        ..Pending::default()
+    };
+    reconcile_now(&a, &mut pending).expect("reconcile");
+    assert_eq!(describes(), 0, "no growth, inside the interval");
+    assert_eq!(pending.subnet_refresh_at(), None);
+    // The pool grew: the next reconcile describes the subnet.
+    assign(&a, &mut pending, "eni-0", AddressRequest::Ips(1)).expect("assign");
+    reconcile_now(&a, &mut pending).expect("reconcile");
+    assert_eq!(describes(), 1, "growth past the gap");
+    // Growth again right away: not yet, but due at the end of the gap.
+    assign(&a, &mut pending, "eni-0", AddressRequest::Ips(1)).expect("assign");
+    reconcile_now(&a, &mut pending).expect("reconcile");
+    assert_eq!(describes(), 1, "inside the gap");
+    let due = pending.subnet_refresh_at().expect("a refresh is owed");
+    assert!(due > Instant::now() && due <= Instant::now() + SUBNET_REFRESH_AFTER_GROWTH);
+    assert!(pending.subnet_due(due, interval));
+}
