@@ -1136,6 +1136,11 @@ fn soak(mode: &str) {
             "0.1",
             "--fault-seed",
             &fault_seed_arg,
+            // An agent killed between detaching an idle ENI and deleting
+            // it leaves it unattached; its successor deletes it once the
+            // grace is over, and the books below wait 20 s for that.
+            "--eni-gc-grace",
+            "5",
         ]);
     }
     let lab = Lab::up(name, &extra);

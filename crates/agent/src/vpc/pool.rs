@@ -358,7 +358,9 @@ pub fn run(shared: &Shared) {
         };
         let outcome = match &plan {
             PoolPlan::Satisfied | PoolPlan::AtLimit => {
-                if let Some(outcome) = release_surplus(shared, &mut last_release) {
+                if let Some(outcome) =
+                    release_surplus(shared, &mut last_release, &mut pending.leftovers)
+                {
                     outcome
                 } else {
                     let st = shared.lock();
@@ -394,7 +396,8 @@ pub fn run(shared: &Shared) {
         };
         // A failed attach may have left its ENI behind (its delete can fail
         // too): look for it soon rather than at the next regular sweep.
-        if matches!(plan, PoolPlan::AttachEni { .. }) && outcome.is_err() {
+        // So may a failed detach-and-delete of an idle ENI.
+        if outcome.is_err() && !pending.leftovers.is_empty() {
             next_sweep = next_sweep.min(Instant::now() + BACKOFF);
         }
         let changed: Vec<(&str, u64)> = match (&plan, &outcome) {
@@ -497,7 +500,11 @@ fn fall_back_if_no_prefix(shared: &Shared, e: &Ec2Error, what: AddressRequest) -
 /// Gives back what the pool holds beyond its targets, at most once per
 /// `pool_decrease_interval`: addresses, prefixes, or a whole idle ENI
 /// (detached, then deleted).
-fn release_surplus(shared: &Shared, last: &mut Instant) -> Option<Result<u64, PoolError>> {
+fn release_surplus(
+    shared: &Shared,
+    last: &mut Instant,
+    leftovers: &mut BTreeSet<String>,
+) -> Option<Result<u64, PoolError>> {
     if last.elapsed() < shared.config.pool_decrease_interval {
         return None;
     }
@@ -546,7 +553,17 @@ fn release_surplus(shared: &Shared, last: &mut Instant) -> Option<Result<u64, Po
                 }
             }
         }
-        Surplus::Eni { eni_id } => detach_and_delete(shared, &eni_id).map(|()| 0),
+        Surplus::Eni { eni_id } => {
+            let r = detach_and_delete(shared, &eni_id).map(|()| 0);
+            if r.is_err() {
+                // This agent detached it (or tried): it is in nobody's
+                // flight, so the sweep deletes it without the grace once it
+                // is unattached (a fault soak found one left for the whole
+                // grace after a failed delete).
+                leftovers.insert(eni_id);
+            }
+            r
+        }
     })
 }
 
