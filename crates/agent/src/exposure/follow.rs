@@ -75,14 +75,15 @@ impl Exposure {
                 Event::Delete { key, .. } => (key.as_str(), None),
                 Event::Progress(_) => continue,
             };
-            // The echo of this agent's own ADD or DEL changes nothing: no
-            // recompile (it cost every ADD a second compile of the node).
-            if inner.view.already_has(key, value) {
-                continue;
-            }
-            changed = true;
-            if let Err(r) = inner.view.update(key, value) {
-                self.reject(&r);
+            // The echo of this agent's own ADD or DEL (or a record written
+            // again unchanged) changes nothing: no recompile — it cost every
+            // ADD a second compile of the node.
+            match inner.view.update(key, value) {
+                Ok(c) => changed |= c,
+                Err(r) => {
+                    changed = true;
+                    self.reject(&r);
+                }
             }
         }
         if !changed {

@@ -64,20 +64,32 @@ impl View {
         *self = View::default();
     }
 
-    /// Applies one key's new value (`None`: deleted).
-    pub fn update(&mut self, key: &str, value: Option<&[u8]>) -> Result<(), Rejected> {
+    /// Applies one key's new value (`None`: deleted). `Ok(false)`: the view
+    /// already held exactly this (the watch's echo of the agent's own
+    /// endpoint write or delete, or a rewrite of the same record), so
+    /// nothing needs compiling again. A rejected record has changed the
+    /// view (the old one is gone, a bad policy isolates its namespace).
+    pub fn update(&mut self, key: &str, value: Option<&[u8]>) -> Result<bool, Rejected> {
         let reject = |reason: String| Rejected {
             key: key.to_string(),
             reason,
         };
         macro_rules! put {
             ($map:expr, $decode:expr) => {{
-                $map.remove(key);
-                if let Some(v) = value {
-                    let rec = $decode(v).map_err(|e| reject(e.to_string()))?;
-                    $map.insert(key.to_string(), rec);
+                match value {
+                    None => Ok($map.remove(key).is_some()),
+                    Some(v) => match $decode(v) {
+                        Ok(rec) if $map.get(key) == Some(&rec) => Ok(false),
+                        Ok(rec) => {
+                            $map.insert(key.to_string(), rec);
+                            Ok(true)
+                        }
+                        Err(e) => {
+                            $map.remove(key);
+                            Err(reject(e.to_string()))
+                        }
+                    },
                 }
-                Ok(())
             }};
         }
         if key.starts_with(keys::NAMESPACES) {
@@ -98,15 +110,18 @@ impl View {
                 Ok(e)
             })
         } else if key.starts_with(keys::POLICIES) {
-            self.broken.remove(key);
-            self.policies.remove(key);
-            let Some(v) = value else { return Ok(()) };
+            let was_broken = self.broken.remove(key).is_some();
+            let Some(v) = value else {
+                return Ok(self.policies.remove(key).is_some() || was_broken);
+            };
             match NetworkPolicy::from_record(v) {
+                Ok(p) if !was_broken && self.policies.get(key) == Some(&p) => Ok(false),
                 Ok(p) => {
                     self.policies.insert(key.to_string(), p);
-                    Ok(())
+                    Ok(true)
                 }
                 Err(e) => {
+                    self.policies.remove(key);
                     if let Some(iso) = isolation_for(key) {
                         self.broken.insert(key.to_string(), iso);
                     }
@@ -116,28 +131,12 @@ impl View {
         } else if key.starts_with(keys::NODE_ADDRESSES) {
             put!(self.nodes, |v| decode(v, NodeAddressesRecord::validate))
         } else {
-            Ok(())
+            Ok(false)
         }
     }
 
     pub fn put_endpoint(&mut self, e: EndpointRecord) {
         self.endpoints.insert(keys::endpoint(&e), e);
-    }
-
-    /// Whether a change of `key` to `value` is one the view already has:
-    /// the echo of this agent's own endpoint write or delete (ADD and DEL
-    /// apply their endpoint at once; the watch brings it back later).
-    pub fn already_has(&self, key: &str, value: Option<&[u8]>) -> bool {
-        if !key.starts_with(keys::ENDPOINTS) {
-            return false;
-        }
-        match (self.endpoints.get(key), value) {
-            (None, None) => true,
-            (Some(have), Some(v)) => {
-                decode::<EndpointRecord>(v, EndpointRecord::validate).is_ok_and(|e| &e == have)
-            }
-            _ => false,
-        }
     }
 
     pub fn remove_endpoint(&mut self, key: &str) -> Option<EndpointRecord> {
@@ -266,10 +265,11 @@ mod tests {
         assert_eq!(cv.node_addresses.get("n1"), Some(&own.to_vec()));
     }
 
-    /// The watch's echo of this agent's own endpoint write or delete is
-    /// recognised (no second compile per ADD); anything else is a change.
+    /// The watch's echo of this agent's own endpoint write or delete, or
+    /// the same record written again, changes nothing (no second compile
+    /// per ADD); anything else is a change.
     #[test]
-    fn the_echo_of_an_own_endpoint_change_is_recognised() {
+    fn an_update_says_whether_it_changed_the_view() {
         let e = EndpointRecord {
             node: "n1".into(),
             container_id: "c1".into(),
@@ -280,22 +280,47 @@ mod tests {
         let key = keys::endpoint(&e);
         let bytes = serde_json::to_vec(&e).expect("json");
         let mut v = View::default();
-        assert!(v.already_has(&key, None), "a delete of what is not there");
-        assert!(!v.already_has(&key, Some(&bytes)), "a new endpoint");
+        assert_eq!(
+            v.update(&key, None),
+            Ok(false),
+            "a delete of what is not there"
+        );
         v.put_endpoint(e.clone());
-        assert!(v.already_has(&key, Some(&bytes)), "the echo of the ADD");
-        assert!(!v.already_has(&key, None), "a delete of what is there");
+        assert_eq!(
+            v.update(&key, Some(&bytes)),
+            Ok(false),
+            "the echo of the ADD"
+        );
         let moved = EndpointRecord {
             ip: Ipv4Addr::new(10, 0, 0, 6),
             ..e
         };
         let moved = serde_json::to_vec(&moved).expect("json");
-        assert!(!v.already_has(&key, Some(&moved)), "another address");
-        assert!(
-            !v.already_has(&key, Some(b"not json")),
-            "garbage is a change"
+        assert_eq!(v.update(&key, Some(&moved)), Ok(true), "another address");
+        assert!(v.update(&key, Some(b"not json")).is_err(), "garbage");
+        assert_eq!(
+            v.update(&key, None),
+            Ok(false),
+            "the garbage took the old one out"
         );
-        let pod_key = "/podwire/pods/x/a";
-        assert!(!v.already_has(pod_key, None), "only endpoints echo");
+        let ns = NamespaceRecord::new("x", Default::default()).expect("ns");
+        let ns_key = keys::namespace("x");
+        let ns_bytes = serde_json::to_vec(&ns).expect("json");
+        assert_eq!(v.update(&ns_key, Some(&ns_bytes)), Ok(true));
+        assert_eq!(
+            v.update(&ns_key, Some(&ns_bytes)),
+            Ok(false),
+            "rewritten the same"
+        );
+        assert_eq!(v.update(&ns_key, None), Ok(true));
+        let pk = "/podwire/policies/x/p";
+        let doc = br#"{"apiVersion":"networking.k8s.io/v1","kind":"NetworkPolicy","metadata":{"namespace":"x","name":"p"},"spec":{"podSelector":{}}}"#;
+        let pol = podwire_policy::parse_documents(std::str::from_utf8(doc).expect("utf8"))
+            .expect("policy")
+            .remove(0)
+            .to_record();
+        assert!(v.update(pk, Some(b"{")).is_err(), "broken: isolates");
+        assert_eq!(v.update(pk, Some(&pol)), Ok(true), "fixed: a change");
+        assert_eq!(v.update(pk, Some(&pol)), Ok(false));
     }
 }
