@@ -502,3 +502,59 @@ fn the_subnet_is_described_again_soon_after_the_pool_grows() {
     assert!(due > Instant::now() && due <= Instant::now() + SUBNET_REFRESH_AFTER_GROWTH);
     assert!(pending.subnet_due(due, interval));
 }
+
+/// An idle ENI above the targets is detached and deleted; when the delete
+/// fails after the detach, the ENI is unattached and young, and only the
+/// no-grace list gets it swept at once (a fault soak found such ENIs left
+/// for the whole grace).
+#[test]
+fn an_idle_eni_whose_delete_fails_is_swept_without_the_grace() {
+    let detached = Arc::new(Mutex::new(false));
+    let deletes_fail = Arc::new(Mutex::new(true));
+    let (d, f) = (detached.clone(), deletes_fail.clone());
+    let young = format_rfc3339(unix_now());
+    let handler: Arc<Handler> = Arc::new(move |action, _| {
+        match action {
+        "DescribeNetworkInterfaces" => {
+            let tags = format!("<tagSet><item><key>podwire.io/instance-id</key><value>i-pwt</value></item><item><key>podwire.io/created-at</key><value>{young}</value></item></tagSet>");
+            let device = if *d.lock().expect("d") { None } else { Some(1) };
+            dni(&eni_item("eni-1", device, 20, &[21, 22, 23, 24, 25, 26, 27, 28, 29], &tags))
+        }
+        "DetachNetworkInterface" => {
+            *d.lock().expect("d") = true;
+            (200, "<DetachNetworkInterfaceResponse><return>true</return></DetachNetworkInterfaceResponse>".into())
+        }
+        "DeleteNetworkInterface" if *f.lock().expect("f") => error(500, "InternalError"),
+        "DeleteNetworkInterface" => (200, "<DeleteNetworkInterfaceResponse><return>true</return></DeleteNetworkInterfaceResponse>".into()),
+        _ => error(400, "InvalidAction"),
+    }
+    });
+    let (endpoint, log) = fake_ec2(handler);
+    let dir = state_dir();
+    let a = agent_on(&endpoint, &[11, 12, 13, 14, 15, 16, 17, 18, 19], &dir);
+    {
+        let mut st = a.lock();
+        st.pool.add_eni("eni-1", 1, 2);
+        st.pool
+            .add_ips("eni-1", &(21..=29).map(ip).collect::<Vec<_>>());
+    }
+    let mut leftovers = BTreeSet::new();
+    let mut last = Instant::now()
+        .checked_sub(Duration::from_secs(3600))
+        .expect("an hour ago");
+    let r = release_surplus(&a, &mut last, &mut leftovers).expect("a surplus ENI");
+    assert!(r.is_err(), "the delete failed");
+    assert!(*detached.lock().expect("d"), "it was detached first");
+    assert!(leftovers.contains("eni-1"), "{leftovers:?}");
+    // The sweep deletes it although its created-at is younger than the grace.
+    *deletes_fail.lock().expect("f") = false;
+    assert_eq!(sweep_unattached(&a, &mut leftovers).expect("sweep"), 0);
+    let deleted = log
+        .lock()
+        .expect("log")
+        .iter()
+        .filter(|(action, _)| action == "DeleteNetworkInterface")
+        .count();
+    assert_eq!(deleted, 2, "one failed delete, then the sweep's");
+    assert!(leftovers.is_empty());
+}
