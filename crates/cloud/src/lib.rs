@@ -17,6 +17,8 @@ pub mod imds;
 pub mod imds_answer;
 pub mod limits;
 pub mod sigv4;
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing;
 
 pub use ec2::{Ec2Client, Ec2Error, NetworkInterface};
 pub use imds::{Imds, ImdsError};

@@ -2,67 +2,26 @@
 //! scripts: retries, their budget, the ClientToken kept across retries,
 //! and the parameters of the new calls as EC2 documents them.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::*;
 
-/// What the scripted server does with one request.
-#[derive(Debug, Clone)]
-enum Answer {
-    Reply(u16, String),
-    /// Read the request, then close without a reply (a lost answer).
-    Drop,
-}
+use crate::testing::{serve, Answer};
 
 /// A server on 127.0.0.1 answering requests in order with `script` (the
 /// last answer repeats); returns the client and the request bodies seen.
 fn server(script: Vec<Answer>) -> (Ec2Client, Arc<Mutex<Vec<String>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
     let seen = Arc::new(Mutex::new(Vec::new()));
     let log = seen.clone();
-    std::thread::spawn(move || {
-        for (n, conn) in listener.incoming().enumerate() {
-            let Ok(mut conn) = conn else { return };
-            let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
-            let mut reader = BufReader::new(conn.try_clone().expect("clone"));
-            let mut len = 0usize;
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                    break;
-                }
-                let l = line.trim_end().to_ascii_lowercase();
-                if l.is_empty() {
-                    break;
-                }
-                if let Some(v) = l.strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap_or(0);
-                }
-            }
-            let mut body = vec![0u8; len];
-            let _ = reader.read_exact(&mut body);
-            log.lock()
-                .expect("log")
-                .push(String::from_utf8_lossy(&body).into_owned());
-            let answer = script[n.min(script.len() - 1)].clone();
-            match answer {
-                Answer::Drop => drop(conn),
-                Answer::Reply(status, body) => {
-                    let _ = write!(
-                        conn,
-                        "HTTP/1.1 {status} X\r\ncontent-type: text/xml\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                }
-            }
-        }
+    let endpoint = serve(move |body, n| {
+        log.lock()
+            .expect("log")
+            .push(String::from_utf8_lossy(body).into_owned());
+        script[n.min(script.len() - 1)].clone()
     });
     let client = Ec2Client::new(
-        &format!("http://{addr}"),
+        &endpoint,
         "us-east-1",
         Credentials {
             access_key_id: "AKIAPWT".into(),

@@ -2,8 +2,9 @@
 //! what it does with replies that lie, addresses unassigned out of band,
 //! foreign and leftover ENIs, a hung cloud, and a subnet without /28s.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, TcpListener};
+use std::net::Ipv4Addr;
+
+use podwire_cloud::testing::Answer;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,59 +19,30 @@ type Handler = dyn Fn(&str, &[(String, String)]) -> (u16, String) + Send + Sync;
 /// Every request seen: (action, its parameters).
 type Log = Arc<Mutex<Vec<(String, Vec<(String, String)>)>>>;
 
-/// A fake EC2: answers each request with `handler(action, params)`; every
-/// (action, params) seen is logged. With `hang`, never answers.
+/// A fake EC2 (podwire-cloud's loopback server): answers each request
+/// with `handler(action, params)` (status 0: never answers); every
+/// (action, params) seen is logged.
 fn fake_ec2(handler: Arc<Handler>) -> (String, Log) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
     let log = Arc::new(Mutex::new(Vec::new()));
     let seen = log.clone();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { return };
-            let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
-            let mut reader = BufReader::new(conn.try_clone().expect("clone"));
-            let mut len = 0usize;
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                    break;
-                }
-                let l = line.trim_end().to_ascii_lowercase();
-                if l.is_empty() {
-                    break;
-                }
-                if let Some(v) = l.strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap_or(0);
-                }
-            }
-            let mut body = vec![0u8; len];
-            let _ = reader.read_exact(&mut body);
-            let params: Vec<(String, String)> = form_urlencoded::parse(&body)
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect();
-            let action = params
-                .iter()
-                .find(|(k, _)| k == "Action")
-                .map(|(_, v)| v.clone())
-                .unwrap_or_default();
-            seen.lock()
-                .expect("log")
-                .push((action.clone(), params.clone()));
-            let (status, body) = handler(&action, &params);
-            if status == 0 {
-                // Hang: hold the connection until the client gives up.
-                std::thread::sleep(Duration::from_secs(10));
-                continue;
-            }
-            let _ = write!(
-                conn,
-                "HTTP/1.1 {status} X\r\ncontent-type: text/xml\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
+    let endpoint = podwire_cloud::testing::serve(move |body, _| {
+        let params: Vec<(String, String)> = form_urlencoded::parse(body)
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        let action = params
+            .iter()
+            .find(|(k, _)| k == "Action")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        seen.lock()
+            .expect("log")
+            .push((action.clone(), params.clone()));
+        match handler(&action, &params) {
+            (0, _) => Answer::Hang,
+            (status, body) => Answer::Reply(status, body),
         }
     });
-    (format!("http://{addr}"), log)
+    (endpoint, log)
 }
 
 fn ip(n: u8) -> Ipv4Addr {
